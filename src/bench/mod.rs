@@ -1,0 +1,3 @@
+//! Load generators: commands that drive running services and print figures.
+
+pub mod relay;

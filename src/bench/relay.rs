@@ -1,0 +1,469 @@
+//! `call-coach bench-relay`: drives any relay that speaks CONTRACT.md.
+//!
+//! N calls, M subscribers per call plus K supervisors (`callId=*`), a target
+//! publish rate over keep-alive HTTP connections; prints events/s accepted
+//! and delivered and the publish-to-delivery latency (p50/p99/max), measured
+//! from a send timestamp carried in each event. `--idle N` instead measures
+//! the relay's memory per 1,000 idle subscribers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Options {
+    /// Base URL of the relay.
+    #[arg(long, default_value = "http://127.0.0.1:7070")]
+    pub url: String,
+    /// Concurrent calls the events are spread over.
+    #[arg(long, default_value_t = 100)]
+    pub calls: usize,
+    /// Websocket subscribers per call.
+    #[arg(long, default_value_t = 2)]
+    pub subscribers: usize,
+    /// Supervisors subscribed to all calls (`callId=*`).
+    #[arg(long, default_value_t = 2)]
+    pub supervisors: usize,
+    /// Target publish rates in events/s, comma-separated for a sweep;
+    /// 0 publishes as fast as the relay answers.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    pub rate: Vec<f64>,
+    /// Seconds each rate is held.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Publishing HTTP connections (requests in flight at most).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Bytes of filler text in each event (a transcript is ~200).
+    #[arg(long, default_value_t = 200)]
+    pub payload: usize,
+    /// Bearer token (else $CALL_COACH_BENCH_TOKEN); needs publish and
+    /// supervisor roles.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Instead of a load run: open this many idle subscribers and report the
+    /// relay's memory per 1,000 of them.
+    #[arg(long, value_name = "N")]
+    pub idle: Option<usize>,
+    /// Relay process id, to read its memory and CPU from /proc when its
+    /// /metrics has no process figures.
+    #[arg(long)]
+    pub pid: Option<u32>,
+}
+
+struct Target {
+    host: String,
+    port: u16,
+    token: Option<String>,
+    pid: Option<u32>,
+}
+
+impl Target {
+    fn parse(opts: &Options) -> anyhow::Result<Self> {
+        let rest = opts
+            .url
+            .strip_prefix("http://")
+            .context("--url must start with http://")?;
+        let authority = rest.split('/').next().unwrap_or(rest);
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), p.parse().context("bad port in --url")?),
+            None => (authority.to_owned(), 80),
+        };
+        let token = opts
+            .token
+            .clone()
+            .or_else(|| std::env::var("CALL_COACH_BENCH_TOKEN").ok());
+        Ok(Self {
+            host,
+            port,
+            token,
+            pid: opts.pid,
+        })
+    }
+
+    fn ws_url(&self, call: &str) -> String {
+        format!("ws://{}:{}/ws?callId={call}", self.host, self.port)
+    }
+
+    async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+        let stream = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .with_context(|| format!("cannot connect to {}:{}", self.host, self.port))?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    fn request(&self, method: &str, path: &str, body: Bytes) -> hyper::Request<Full<Bytes>> {
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", format!("{}:{}", self.host, self.port));
+        if !body.is_empty() {
+            req = req.header("content-type", "application/json");
+        }
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        req.body(Full::new(body))
+            .expect("static request parts are valid")
+    }
+
+    async fn subscribe(
+        &self,
+        call: &str,
+    ) -> anyhow::Result<
+        tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    > {
+        let mut req = self.ws_url(call).into_client_request()?;
+        if let Some(t) = &self.token {
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {t}").parse()?);
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .with_context(|| format!("websocket to {}", self.ws_url(call)))?;
+        Ok(ws)
+    }
+
+    /// Resident memory (bytes) and CPU seconds of the relay: from its
+    /// /metrics, else from /proc with --pid.
+    async fn process_stats(&self) -> Option<(f64, f64)> {
+        if let Ok(text) = self.get_text("/metrics").await {
+            let find = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            };
+            if let (Some(rss), Some(cpu)) = (
+                find("process_resident_memory_bytes "),
+                find("process_cpu_seconds_total "),
+            ) {
+                return Some((rss, cpu));
+            }
+        }
+        let pid = self.pid?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let rss = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<f64>()
+            .ok()?
+            * 1024.0;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let f: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+        let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        Some((rss, ticks / 100.0))
+    }
+
+    async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        let mut conn = self.connect().await?;
+        let resp = conn
+            .send_request(self.request("GET", path, Bytes::new()))
+            .await?;
+        if !resp.status().is_success() {
+            bail!("GET {path}: {}", resp.status());
+        }
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let target = Arc::new(Target::parse(&opts)?);
+    if let Some(n) = opts.idle {
+        return idle(&target, n).await;
+    }
+    if opts.calls == 0 {
+        bail!("--calls must be at least 1");
+    }
+    println!(
+        "relay {} | {} calls x {} subscribers + {} supervisors | {} publishers | {} s per rate",
+        opts.url, opts.calls, opts.subscribers, opts.supervisors, opts.concurrency, opts.duration
+    );
+    println!(
+        "{:>10} {:>12} {:>13} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10}",
+        "target/s",
+        "accepted/s",
+        "delivered/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "lost",
+        "errors",
+        "relay CPU"
+    );
+    for (round, rate) in opts.rate.iter().enumerate() {
+        let r = one_rate(&target, &opts, *rate, round).await?;
+        let target_label = if *rate > 0.0 {
+            format!("{rate:.0}")
+        } else {
+            "max".into()
+        };
+        println!(
+            "{:>10} {:>12.0} {:>13.0} {:>9.2} {:>9.2} {:>9.2} {:>9} {:>8} {:>10}",
+            target_label,
+            r.accepted as f64 / r.secs,
+            r.delivered as f64 / r.secs,
+            r.p50_ms,
+            r.p99_ms,
+            r.max_ms,
+            r.lost,
+            r.errors,
+            r.cpu
+                .map(|c| format!("{:.0}%", c * 100.0))
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    Ok(())
+}
+
+struct RoundResult {
+    secs: f64,
+    accepted: u64,
+    delivered: u64,
+    lost: u64,
+    errors: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    /// Relay CPU use during the round, in cores.
+    cpu: Option<f64>,
+}
+
+async fn one_rate(
+    target: &Arc<Target>,
+    opts: &Options,
+    rate: f64,
+    round: usize,
+) -> anyhow::Result<RoundResult> {
+    let prefix = format!(
+        "bench-{}-{}-{round}",
+        std::process::id(),
+        unix_micros() / 1000
+    );
+    let calls: Arc<Vec<String>> =
+        Arc::new((0..opts.calls).map(|i| format!("{prefix}-{i}")).collect());
+
+    // Subscribers first, all connected before the first event.
+    let delivered = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::new();
+    let mut subs = Vec::new();
+    for call in calls.iter() {
+        for _ in 0..opts.subscribers {
+            subs.push(target.subscribe(call).await?);
+        }
+    }
+    for _ in 0..opts.supervisors {
+        subs.push(target.subscribe("*").await?);
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    for ws in subs {
+        let prefix = prefix.clone();
+        let delivered = delivered.clone();
+        let done = done.clone();
+        readers.push(tokio::spawn(read_latencies(ws, prefix, delivered, done)));
+    }
+
+    let before = target.process_stats().await;
+    let accepted = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let until = start + Duration::from_secs_f64(opts.duration);
+    let filler = "x".repeat(opts.payload);
+    let mut publishers = Vec::new();
+    for _ in 0..opts.concurrency.max(1) {
+        let target = target.clone();
+        let calls = calls.clone();
+        let (accepted, errors, next) = (accepted.clone(), errors.clone(), next.clone());
+        let filler = filler.clone();
+        publishers.push(tokio::spawn(async move {
+            let mut conn: Option<SendRequest<Full<Bytes>>> = None;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if rate > 0.0 {
+                    let at = start + Duration::from_secs_f64(i as f64 / rate);
+                    if at >= until {
+                        return;
+                    }
+                    tokio::time::sleep_until(at.into()).await;
+                } else if Instant::now() >= until {
+                    return;
+                }
+                let call = &calls[i as usize % calls.len()];
+                let body = format!(
+                    r#"{{"type":"bench.tick","callId":"{call}","benchSentUs":{},"text":"{filler}"}}"#,
+                    unix_micros()
+                );
+                if conn.as_ref().is_none_or(|c| c.is_closed()) {
+                    conn = target.connect().await.ok();
+                }
+                let Some(c) = conn.as_mut() else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let req = target.request("POST", "/event", Bytes::from(body));
+                match c.send_request(req).await {
+                    Ok(resp) => {
+                        let ok = resp.status() == hyper::StatusCode::ACCEPTED;
+                        let _ = resp.into_body().collect().await;
+                        if ok {
+                            accepted.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        conn = None;
+                    }
+                }
+            }
+        }));
+    }
+    for p in publishers {
+        let _ = p.await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let after = target.process_stats().await;
+    let accepted = accepted.load(Ordering::Relaxed);
+    let expected = accepted * (opts.subscribers + opts.supervisors) as u64;
+    let settle = Instant::now() + Duration::from_secs(10);
+    while delivered.load(Ordering::Relaxed) < expected && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    done.store(true, Ordering::Relaxed);
+    let mut lat = Vec::new();
+    for r in readers {
+        if let Ok(Ok(v)) = tokio::time::timeout(Duration::from_secs(5), r).await {
+            lat.extend(v);
+        }
+    }
+    let delivered_n = delivered.load(Ordering::Relaxed);
+    let collected = collected_latencies(lat);
+    let cpu = match (before, after) {
+        (Some((_, c0)), Some((_, c1))) => Some((c1 - c0) / secs),
+        _ => None,
+    };
+    Ok(RoundResult {
+        secs,
+        accepted,
+        delivered: delivered_n,
+        lost: expected.saturating_sub(delivered_n),
+        errors: errors.load(Ordering::Relaxed),
+        p50_ms: collected.0,
+        p99_ms: collected.1,
+        max_ms: collected.2,
+        cpu,
+    })
+}
+
+/// Reads frames until the round is over, returning each event's
+/// publish-to-delivery latency in microseconds.
+async fn read_latencies(
+    mut ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    prefix: String,
+    delivered: Arc<AtomicU64>,
+    done: Arc<AtomicBool>,
+) -> Vec<u64> {
+    let mut out = Vec::new();
+    loop {
+        let msg = tokio::select! {
+            m = ws.next() => m,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                if done.load(Ordering::Relaxed) { break } else { continue }
+            }
+        };
+        let Some(Ok(Message::Text(text))) = msg else {
+            if msg.is_none() || matches!(msg, Some(Err(_))) {
+                break;
+            }
+            continue;
+        };
+        let now = unix_micros();
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        let ours = v["callId"].as_str().is_some_and(|c| c.starts_with(&prefix));
+        if let (true, Some(sent)) = (ours, v["benchSentUs"].as_u64()) {
+            out.push(now.saturating_sub(sent));
+            delivered.fetch_add(1, Ordering::Relaxed);
+        }
+        if done.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+    out
+}
+
+fn collected_latencies(mut v: Vec<u64>) -> (f64, f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    v.sort_unstable();
+    let pick = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+    (
+        pick(0.50),
+        pick(0.99),
+        *v.last().unwrap_or(&0) as f64 / 1000.0,
+    )
+}
+
+/// Opens `n` idle subscribers, each to its own call, and reports how much
+/// the relay's resident memory grew.
+async fn idle(target: &Arc<Target>, n: usize) -> anyhow::Result<()> {
+    let Some((before, _)) = target.process_stats().await else {
+        bail!(
+            "cannot read the relay's memory: its /metrics has no process_resident_memory_bytes; pass --pid"
+        );
+    };
+    let prefix = format!("idle-{}-{}", std::process::id(), unix_micros() / 1000);
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        conns.push(target.subscribe(&format!("{prefix}-{i}")).await?);
+        if (i + 1) % 1000 == 0 {
+            eprintln!("{} subscribers open", i + 1);
+        }
+    }
+    // Let the relay finish setting the sessions up.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let Some((after, _)) = target.process_stats().await else {
+        bail!("lost the relay's memory figures");
+    };
+    let per_1000 = (after - before) / n as f64 * 1000.0;
+    println!(
+        "idle subscribers: {n} | relay RSS {:.1} MiB -> {:.1} MiB | {:.2} MiB per 1,000 idle subscribers",
+        before / 1048576.0,
+        after / 1048576.0,
+        per_1000 / 1048576.0
+    );
+    for mut c in conns {
+        let _ = c.close(None).await;
+    }
+    Ok(())
+}

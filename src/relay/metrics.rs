@@ -1,0 +1,184 @@
+//! The relay's Prometheus metrics, rendered by hand in the text format.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A monotonically increasing count.
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds of the commit-latency histogram, in seconds.
+const COMMIT_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0];
+
+/// Why a request was refused, as a label.
+#[derive(Clone, Copy)]
+pub enum Rejection {
+    BadJson = 0,
+    BadEnvelope,
+    TooLarge,
+    ContentType,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Method,
+    BadRequest,
+}
+
+const REJECTION_LABELS: [&str; 9] = [
+    "bad_json",
+    "bad_envelope",
+    "too_large",
+    "content_type",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "method",
+    "bad_request",
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub events_in: Counter,
+    pub events_out: Counter,
+    pub events_replayed: Counter,
+    pub subscribers: AtomicI64,
+    pub subscriber_drops: Counter,
+    pub store_errors: Counter,
+    pub purged: Counter,
+    rejected: [Counter; 9],
+    commits: Counter,
+    commit_events: Counter,
+    commit_micros: Counter,
+    commit_buckets: [Counter; 10],
+}
+
+impl Metrics {
+    pub fn reject(&self, why: Rejection) {
+        self.rejected[why as usize].inc();
+    }
+
+    pub fn observe_commit(&self, took: Duration, events: usize) {
+        self.commits.inc();
+        self.events_in.add(events as u64);
+        self.commit_events.add(events as u64);
+        self.commit_micros.add(took.as_micros() as u64);
+        let secs = took.as_secs_f64();
+        for (bound, counter) in COMMIT_BUCKETS.iter().zip(&self.commit_buckets) {
+            if secs <= *bound {
+                counter.inc();
+            }
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let mut counter = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        counter(
+            "relay_events_in_total",
+            "Events accepted and durably stored.",
+            self.events_in.get(),
+        );
+        counter(
+            "relay_events_out_total",
+            "Event frames sent to subscribers (live and replay).",
+            self.events_out.get(),
+        );
+        counter(
+            "relay_events_replayed_total",
+            "Event frames sent from the store on subscribe.",
+            self.events_replayed.get(),
+        );
+        counter(
+            "relay_subscriber_drops_total",
+            "Subscribers dropped for not keeping up.",
+            self.subscriber_drops.get(),
+        );
+        counter(
+            "relay_store_errors_total",
+            "Failed store commits.",
+            self.store_errors.get(),
+        );
+        counter(
+            "relay_events_purged_total",
+            "Events deleted by retention.",
+            self.purged.get(),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP relay_subscribers Websocket subscribers connected.\n# TYPE relay_subscribers gauge\nrelay_subscribers {}",
+            self.subscribers.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP relay_rejected_total Requests refused, by reason.\n# TYPE relay_rejected_total counter"
+        );
+        for (label, c) in REJECTION_LABELS.iter().zip(&self.rejected) {
+            let _ = writeln!(o, "relay_rejected_total{{reason=\"{label}\"}} {}", c.get());
+        }
+        let _ = writeln!(
+            o,
+            "# HELP relay_store_commit_seconds Latency of one group commit.\n# TYPE relay_store_commit_seconds histogram"
+        );
+        for (bound, c) in COMMIT_BUCKETS.iter().zip(&self.commit_buckets) {
+            let _ = writeln!(
+                o,
+                "relay_store_commit_seconds_bucket{{le=\"{bound}\"}} {}",
+                c.get()
+            );
+        }
+        let commits = self.commits.get();
+        let _ = writeln!(
+            o,
+            "relay_store_commit_seconds_bucket{{le=\"+Inf\"}} {commits}\nrelay_store_commit_seconds_sum {}\nrelay_store_commit_seconds_count {commits}",
+            self.commit_micros.get() as f64 / 1e6
+        );
+        let _ = writeln!(
+            o,
+            "# HELP relay_store_commit_events_total Events written by group commits.\n# TYPE relay_store_commit_events_total counter\nrelay_store_commit_events_total {}",
+            self.commit_events.get()
+        );
+        if let Some((rss, cpu)) = process_stats() {
+            let _ = writeln!(
+                o,
+                "# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss}\n# HELP process_cpu_seconds_total User and system CPU time spent in seconds.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu}"
+            );
+        }
+        o
+    }
+}
+
+/// Resident memory (bytes) and CPU time (seconds) of this process.
+pub fn process_stats() -> Option<(u64, f64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which may itself contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux architecture (it is part of the ABI).
+    Some((rss_kib * 1024, ticks as f64 / 100.0))
+}

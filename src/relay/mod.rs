@@ -1,0 +1,93 @@
+//! relay: the event hub. `POST /event` in, stored durably, then out on
+//! `GET /ws` to every subscriber of the call (CONTRACT.md "Events").
+//!
+//! - [`server`]: HTTP routing, input checks, auth, the listener loop.
+//! - [`ws`]: one websocket subscription: replay from the store, then live.
+//! - [`store`]: SQLite log with group commit; the only writer of events.
+//! - [`hub`]: live fan-out with a bounded queue per subscriber.
+//! - [`calls`]: the call index behind `GET /calls` and agent tokens.
+//! - [`auth`]: the token file and what each token may do.
+//! - [`metrics`]: Prometheus counters.
+
+pub mod auth;
+pub mod calls;
+pub mod hub;
+pub mod metrics;
+pub mod server;
+pub mod store;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use server::{RelayError, run, serve};
+
+use crate::config::ConfigError;
+
+/// Name of the systemd credential holding the tokens file.
+pub const TOKENS_CREDENTIAL: &str = "relay_tokens";
+
+/// Settings of the relay (`[relay]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// HTTP and websocket listen address. `RELAY_LISTEN`.
+    pub listen: SocketAddr,
+    /// Token file (see [`auth`]); also the credential `relay_tokens`.
+    /// `RELAY_TOKENS_FILE`. Without one, the relay is open to anyone who
+    /// can reach it, so it only starts on a loopback address.
+    pub tokens_file: Option<PathBuf>,
+    /// Start on a non-loopback address without tokens anyway.
+    pub allow_unauthenticated_remote: bool,
+    /// Events older than this many days are deleted; 0 keeps them forever.
+    pub retention_days: u32,
+    /// `full`: fsync on every group commit (survives power loss);
+    /// `normal`: survives a relay crash, not a host crash; faster.
+    pub sync: store::Sync,
+    /// Events queued per subscriber before it is dropped as too slow.
+    pub subscriber_queue: usize,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// A call without `call.started` is listed as active while its last
+    /// event is at most this many seconds old.
+    pub call_recent_secs: u64,
+    /// A started call with no `call.ended` is no longer listed as active
+    /// after this many seconds without events.
+    pub call_stale_secs: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            tokens_file: None,
+            allow_unauthenticated_remote: false,
+            retention_days: 30,
+            sync: store::Sync::Full,
+            subscriber_queue: 4096,
+            max_connections: 8192,
+            call_recent_secs: 300,
+            call_stale_secs: 4 * 3600,
+        }
+    }
+}
+
+impl Settings {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.subscriber_queue == 0 {
+            return Err(ConfigError::invalid(
+                "relay.subscriber_queue",
+                "must be at least 1",
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "relay.max_connections",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}

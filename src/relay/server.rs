@@ -1,0 +1,542 @@
+//! The relay's HTTP side: listener loop, routing, input checks and auth.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::auth::{Access, Tokens, TokensError};
+use super::calls::{Activity, Calls};
+use super::hub::{Hub, Topic};
+use super::metrics::{Metrics, Rejection};
+use super::store::{self, Store, StoreError};
+use crate::config::Settings;
+use crate::event::{Envelope, EnvelopeError, MAX_EVENT_BYTES, is_valid_call_id, now_unix_ms};
+
+/// A request's headers must arrive within this time (slow-loris guard).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(
+        "refusing to listen on {0} without tokens: anyone on the network could read every call. \
+         Set relay.tokens_file (RELAY_TOKENS_FILE), or relay.allow_unauthenticated_remote = true"
+    )]
+    OpenToNetwork(SocketAddr),
+    #[error(transparent)]
+    Tokens(#[from] TokensError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub(super) struct State {
+    pub store: Store,
+    pub hub: Arc<Hub>,
+    pub calls: Arc<Calls>,
+    pub metrics: Arc<Metrics>,
+    tokens: Option<Tokens>,
+    activity: Activity,
+    pub shutdown: CancellationToken,
+}
+
+/// Binds the configured address, tells systemd when ready, and serves until
+/// `shutdown` is cancelled.
+pub async fn serve(settings: &Settings, shutdown: CancellationToken) -> Result<(), RelayError> {
+    let addr = settings.relay.listen;
+    check_exposure(settings)?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| RelayError::Bind { addr, source })?;
+    run(listener, settings, shutdown).await
+}
+
+fn check_exposure(settings: &Settings) -> Result<(), RelayError> {
+    let r = &settings.relay;
+    if !r.listen.ip().is_loopback() && r.tokens_file.is_none() && !r.allow_unauthenticated_remote {
+        return Err(RelayError::OpenToNetwork(r.listen));
+    }
+    Ok(())
+}
+
+/// Serves on an already bound listener until `shutdown` is cancelled, then
+/// stops accepting, closes subscribers with 1001, lets requests in flight
+/// finish and the store commit what it was given.
+pub async fn run(
+    listener: TcpListener,
+    settings: &Settings,
+    shutdown: CancellationToken,
+) -> Result<(), RelayError> {
+    let r = &settings.relay;
+    let local = listener.local_addr()?;
+    if !local.ip().is_loopback() && r.tokens_file.is_none() && !r.allow_unauthenticated_remote {
+        return Err(RelayError::OpenToNetwork(local));
+    }
+    let tokens = r.tokens_file.as_deref().map(Tokens::load).transpose()?;
+    let metrics = Arc::new(Metrics::default());
+    let hub = Arc::new(Hub::new(r.subscriber_queue, metrics.clone()));
+    let calls = Arc::new(Calls::default());
+    let opened = store::open(
+        &settings.state_dir,
+        r.sync,
+        r.retention_days,
+        hub.clone(),
+        calls.clone(),
+        metrics.clone(),
+    )?;
+    let state = Arc::new(State {
+        store: opened.store,
+        hub,
+        calls,
+        metrics,
+        tokens,
+        activity: Activity {
+            recent_ms: (r.call_recent_secs as i64).saturating_mul(1000),
+            stale_ms: (r.call_stale_secs as i64).saturating_mul(1000),
+        },
+        shutdown: shutdown.clone(),
+    });
+
+    let url = format!("http://{local}");
+    tracing::info!(
+        %url,
+        store = %store::db_path(&settings.state_dir).display(),
+        auth = state.tokens.is_some(),
+        "relay listening"
+    );
+    crate::systemd::ready(&format!("relay listening on {url}"));
+    let watchdog_state = state.clone();
+    crate::systemd::spawn_watchdog(shutdown.clone(), move || !watchdog_state.store.is_closed());
+
+    let connections = tokio_util::task::TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(r.max_connections));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: wait rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.cancelled() => {
+                    // Finish the request in flight, then close; idle
+                    // keep-alive connections close at once.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!("relay stopped accepting; finishing requests in flight");
+    connections.close();
+    connections.wait().await;
+    // The writer thread ends once every Store handle is gone: the last
+    // in-flight handler drops its clone of `state` when it finishes.
+    let writer = opened.writer;
+    drop(state);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .ok();
+    tracing::info!("relay stopped");
+    Ok(())
+}
+
+type Resp = Response<Full<Bytes>>;
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let resp = match (path.as_str(), &method) {
+        ("/healthz", &Method::GET | &Method::HEAD) => Ok(text(StatusCode::OK, "ok\n")),
+        ("/event", &Method::POST) => post_event(&state, req).await,
+        ("/ws", &Method::GET) => subscribe(&state, req),
+        ("/calls", &Method::GET) => list_calls(&state, &req),
+        ("/metrics", &Method::GET) => metrics(&state, &req),
+        ("/healthz" | "/ws" | "/calls" | "/metrics", _) => Err(Refusal::new(
+            Rejection::Method,
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not allowed on {path}"),
+        )),
+        ("/event", _) => Err(Refusal::new(
+            Rejection::Method,
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not allowed on /event; use POST"),
+        )),
+        ("/", _) => Err(Refusal::new(
+            Rejection::NotFound,
+            StatusCode::NOT_FOUND,
+            "the web UI is not part of this release yet",
+        )),
+        _ => Err(Refusal::new(
+            Rejection::NotFound,
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: {path}"),
+        )),
+    };
+    Ok(resp.unwrap_or_else(|r| {
+        state.metrics.reject(r.why);
+        let mut resp = json_response(r.status, &json!({ "error": r.message }));
+        if r.status == StatusCode::METHOD_NOT_ALLOWED {
+            let allow = match path.as_str() {
+                "/event" => "POST",
+                _ => "GET",
+            };
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if r.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"call-coach\""),
+            );
+        }
+        resp
+    }))
+}
+
+/// A refused request: the status, the message for the client, the metric.
+struct Refusal {
+    why: Rejection,
+    status: StatusCode,
+    message: String,
+}
+
+impl Refusal {
+    fn new(why: Rejection, status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            why,
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn text(status: StatusCode, body: &'static str) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// The token a request presents: `Authorization: Bearer T` or `?token=T`.
+fn presented_token<B>(req: &Request<B>) -> Option<String> {
+    if let Some(value) = req.headers().get(header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned());
+    }
+    query_param(req.uri().query(), "token")
+}
+
+impl State {
+    fn access<B>(&self, req: &Request<B>) -> Result<Access<'_>, Refusal> {
+        let Some(tokens) = &self.tokens else {
+            return Ok(Access::Open);
+        };
+        let Some(token) = presented_token(req) else {
+            return Err(Refusal::new(
+                Rejection::Unauthorized,
+                StatusCode::UNAUTHORIZED,
+                "a token is required: Authorization: Bearer TOKEN (or ?token= for websockets)",
+            ));
+        };
+        tokens.grant(&token).map(Access::Token).ok_or_else(|| {
+            Refusal::new(
+                Rejection::Unauthorized,
+                StatusCode::UNAUTHORIZED,
+                "unknown token",
+            )
+        })
+    }
+}
+
+fn forbidden(message: impl Into<String>) -> Refusal {
+    Refusal::new(Rejection::Forbidden, StatusCode::FORBIDDEN, message)
+}
+
+async fn post_event(state: &State, req: Request<Incoming>) -> Result<Resp, Refusal> {
+    if !state.access(&req)?.can_publish() {
+        return Err(forbidden("this token may not publish events"));
+    }
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/json") {
+        return Err(Refusal::new(
+            Rejection::ContentType,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type must be application/json, got {content_type:?}"),
+        ));
+    }
+    let too_large = || {
+        Refusal::new(
+            Rejection::TooLarge,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("event body is larger than {MAX_EVENT_BYTES} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_EVENT_BYTES as u64) {
+        return Err(too_large());
+    }
+    let body = match Limited::new(req.into_body(), MAX_EVENT_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(e) => {
+            return Err(Refusal::new(
+                Rejection::BadRequest,
+                StatusCode::BAD_REQUEST,
+                format!("could not read the request body: {e}"),
+            ));
+        }
+    };
+    let event = Envelope::parse(&body).map_err(|e| {
+        let why = match e {
+            EnvelopeError::Json(_) => Rejection::BadJson,
+            _ => Rejection::BadEnvelope,
+        };
+        Refusal::new(why, StatusCode::BAD_REQUEST, e.to_string())
+    })?;
+    match state.store.append(event).await {
+        Ok(a) => Ok(json_response(
+            StatusCode::ACCEPTED,
+            &json!({ "seq": a.seq }),
+        )),
+        Err(e) => {
+            let status = match *e {
+                StoreError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            Ok(json_response(
+                status,
+                &json!({ "error": format!("event not stored: {e}") }),
+            ))
+        }
+    }
+}
+
+fn subscribe(state: &Arc<State>, req: Request<Incoming>) -> Result<Resp, Refusal> {
+    let access = state.access(&req)?;
+    let query = req.uri().query();
+    let topic = match query_param(query, "callId").as_deref() {
+        None | Some("*") | Some("") => Topic::All,
+        Some(id) if is_valid_call_id(id) => Topic::Call(id.to_owned()),
+        Some(id) => {
+            return Err(Refusal::new(
+                Rejection::BadRequest,
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "callId must match ^[A-Za-z0-9][A-Za-z0-9._:-]{{0,127}}$ or be \"*\", got {id:?}"
+                ),
+            ));
+        }
+    };
+    let since = match query_param(query, "since") {
+        None => 0,
+        Some(s) => s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            Refusal::new(
+                Rejection::BadRequest,
+                StatusCode::BAD_REQUEST,
+                format!("since must be a non-negative integer, got {s:?}"),
+            )
+        })?,
+    };
+    let allowed = match &topic {
+        Topic::All => access.can_subscribe_all(),
+        Topic::Call(id) => access.can_subscribe(id, state.calls.agent_of(id).as_deref()),
+    };
+    if !allowed {
+        return Err(forbidden(match &topic {
+            Topic::All => "only a supervisor token may subscribe to all calls".to_owned(),
+            Topic::Call(id) => format!("this token may not follow call {id}"),
+        }));
+    }
+    let Some(accept) = websocket_accept(&req) else {
+        return Err(Refusal::new(
+            Rejection::BadRequest,
+            StatusCode::UPGRADE_REQUIRED,
+            "GET /ws is a websocket endpoint: send Upgrade: websocket",
+        ));
+    };
+    let state = state.clone();
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => super::ws::session(TokioIo::new(upgraded), state, topic, since).await,
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    Ok(resp)
+}
+
+/// The `Sec-WebSocket-Accept` value for a valid websocket upgrade request.
+fn websocket_accept<B>(req: &Request<B>) -> Option<String> {
+    let h = req.headers();
+    let has_token = |name: header::HeaderName, token: &str| {
+        h.get_all(name).iter().any(|v| {
+            v.to_str()
+                .map(|s| s.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
+                .unwrap_or(false)
+        })
+    };
+    if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
+        return None;
+    }
+    if h.get(header::SEC_WEBSOCKET_VERSION)?.as_bytes() != b"13" {
+        return None;
+    }
+    let key = h.get(header::SEC_WEBSOCKET_KEY)?;
+    Some(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
+}
+
+fn list_calls(state: &State, req: &Request<Incoming>) -> Result<Resp, Refusal> {
+    let access = state.access(req)?;
+    if !access.can_read() {
+        return Err(forbidden("this token may not list calls"));
+    }
+    let calls = state.calls.active(now_unix_ms(), state.activity, |c| {
+        access.can_subscribe(&c.call_id, c.agent.as_deref())
+    });
+    Ok(json_response(StatusCode::OK, &json!({ "calls": calls })))
+}
+
+fn metrics(state: &State, req: &Request<Incoming>) -> Result<Resp, Refusal> {
+    if !state.access(req)?.can_read() {
+        return Err(forbidden("this token may not read metrics"));
+    }
+    let mut resp = Response::new(Full::new(Bytes::from(state.metrics.render())));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(resp)
+}
+
+/// The first value of `name` in a query string, percent-decoded.
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k)? == name).then(|| percent_decode(v))?
+    })
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_decoded() {
+        let q = Some("callId=a%3Ab&since=3&token=x+y&flag");
+        assert_eq!(query_param(q, "callId").as_deref(), Some("a:b"));
+        assert_eq!(query_param(q, "since").as_deref(), Some("3"));
+        assert_eq!(query_param(q, "token").as_deref(), Some("x y"));
+        assert_eq!(query_param(q, "flag").as_deref(), Some(""));
+        assert_eq!(query_param(q, "none"), None);
+        assert_eq!(query_param(Some("callId=%zz"), "callId"), None);
+        assert_eq!(query_param(Some("callId=%e"), "callId"), None);
+        assert_eq!(query_param(None, "callId"), None);
+    }
+}

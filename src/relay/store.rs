@@ -1,0 +1,518 @@
+//! The relay's durable event log: SQLite in WAL mode, one writer thread that
+//! assigns `seq`/`ts`/`pos` and commits events in groups, and read
+//! connections for replay.
+//!
+//! Group commit is what makes "202 only once durable" fast: every publisher
+//! waiting at one moment shares one transaction and one fsync. An event is
+//! handed to the [`Hub`](super::hub::Hub) and answered only after its
+//! transaction committed, so nothing a subscriber saw or a publisher was
+//! promised can be lost.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::calls::{CallInfo, Calls};
+use super::hub::Hub;
+use super::metrics::Metrics;
+use crate::event::{Envelope, now_unix_ms, rfc3339_millis};
+
+/// Events queued for the writer at most; publishers wait beyond that.
+const QUEUE: usize = 16_384;
+/// Events in one transaction at most.
+const MAX_BATCH: usize = 4_096;
+/// Rows deleted per retention step, so purging never stalls publishing.
+const PURGE_CHUNK: i64 = 5_000;
+/// How often retention runs.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("event store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("event store: cannot create {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("event store is shutting down")]
+    Closed,
+    #[error("event store: {0}")]
+    Internal(String),
+}
+
+/// One stored event, as delivered to subscribers.
+#[derive(Debug)]
+pub struct StoredEvent {
+    /// Relay-wide position: increasing across all calls (the `pos` field).
+    pub pos: i64,
+    /// Per-call sequence number (the `seq` field).
+    pub seq: i64,
+    pub call_id: String,
+    /// The event as one JSON text, ready to send as a websocket frame.
+    pub json: Utf8Bytes,
+}
+
+/// What a publisher gets back once its event is durable.
+#[derive(Debug, Clone, Copy)]
+pub struct Appended {
+    pub seq: i64,
+    pub pos: i64,
+}
+
+struct Append {
+    event: Envelope,
+    reply: oneshot::Sender<Result<Appended, Arc<StoreError>>>,
+}
+
+/// Durability of a commit. `Full` fsyncs the WAL on every commit (survives
+/// power loss); `Normal` survives a crash of the relay but not of the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sync {
+    Full,
+    Normal,
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    tx: mpsc::Sender<Append>,
+    readers: Arc<Readers>,
+}
+
+/// Read connections for replay, reused across requests.
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+/// The file the store lives in.
+pub fn db_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("relay").join("events.sqlite3")
+}
+
+/// Opened store plus the writer thread to join on shutdown.
+pub struct Opened {
+    pub store: Store,
+    pub writer: std::thread::JoinHandle<()>,
+}
+
+/// Opens (or creates) the store and starts its writer thread. Seq counters
+/// and the call index are rebuilt from disk, so numbering carries on after a
+/// restart.
+pub fn open(
+    state_dir: &Path,
+    sync: Sync,
+    retention_days: u32,
+    hub: Arc<Hub>,
+    calls: Arc<Calls>,
+    metrics: Arc<Metrics>,
+) -> Result<Opened, StoreError> {
+    let path = db_path(state_dir);
+    let dir = path.parent().unwrap_or(state_dir);
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let conn = Connection::open(&path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match sync {
+            Sync::Full => "FULL",
+            Sync::Normal => "NORMAL",
+        },
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS events (
+             pos INTEGER PRIMARY KEY,
+             call_id TEXT NOT NULL,
+             seq INTEGER NOT NULL,
+             received_ms INTEGER NOT NULL,
+             body TEXT NOT NULL,
+             UNIQUE (call_id, seq)
+         );
+         CREATE TABLE IF NOT EXISTS calls (
+             call_id TEXT PRIMARY KEY,
+             last_seq INTEGER NOT NULL,
+             last_ms INTEGER NOT NULL,
+             started_ms INTEGER,
+             ended_ms INTEGER,
+             agent TEXT,
+             caller TEXT,
+             direction TEXT,
+             end_reason TEXT
+         ) WITHOUT ROWID;",
+    )?;
+    let next_pos: i64 =
+        conn.query_row("SELECT COALESCE(MAX(pos), 0) + 1 FROM events", [], |r| {
+            r.get(0)
+        })?;
+    calls.load(load_calls(&conn)?);
+
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let writer = Writer {
+        conn,
+        rx,
+        next_pos,
+        hub,
+        calls,
+        metrics,
+        retention: (retention_days > 0)
+            .then(|| Duration::from_secs(u64::from(retention_days) * 86_400)),
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let writer = std::thread::Builder::new()
+        .name("relay-store".into())
+        .spawn(move || writer.run(&runtime))
+        .map_err(|e| StoreError::Internal(format!("cannot start writer thread: {e}")))?;
+    Ok(Opened {
+        store: Store {
+            tx,
+            readers: Arc::new(Readers {
+                path,
+                idle: Mutex::new(Vec::new()),
+            }),
+        },
+        writer,
+    })
+}
+
+fn load_calls(conn: &Connection) -> Result<Vec<CallInfo>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT call_id, last_seq, last_ms, started_ms, ended_ms, agent, caller, direction, end_reason
+         FROM calls",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(CallInfo {
+            call_id: r.get(0)?,
+            last_seq: r.get(1)?,
+            last_ms: r.get(2)?,
+            started_ms: r.get(3)?,
+            ended_ms: r.get(4)?,
+            agent: r.get(5)?,
+            caller: r.get(6)?,
+            direction: r.get(7)?,
+            end_reason: r.get(8)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+impl Store {
+    /// True once the writer thread has stopped.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Stores one event; resolves once it is committed.
+    pub async fn append(&self, event: Envelope) -> Result<Appended, Arc<StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Append { event, reply })
+            .await
+            .map_err(|_| Arc::new(StoreError::Closed))?;
+        rx.await.map_err(|_| Arc::new(StoreError::Closed))?
+    }
+
+    /// Up to `limit` stored events after a cursor, in order: of one call
+    /// with `seq > after`, or of all calls with `pos > after`.
+    pub async fn read_after(
+        &self,
+        call_id: Option<String>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<Arc<StoredEvent>>, StoreError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.read_after(call_id.as_deref(), after, limit))
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))?
+    }
+}
+
+impl Readers {
+    fn read_after(
+        &self,
+        call_id: Option<&str>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<Arc<StoredEvent>>, StoreError> {
+        let conn = match self.idle.lock().ok().and_then(|mut v| v.pop()) {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )?;
+                c.busy_timeout(Duration::from_secs(5))?;
+                c
+            }
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let result = (|| {
+            let row = |r: &rusqlite::Row<'_>| {
+                Ok(Arc::new(StoredEvent {
+                    pos: r.get(0)?,
+                    seq: r.get(1)?,
+                    call_id: r.get(2)?,
+                    json: Utf8Bytes::from(r.get::<_, String>(3)?),
+                }))
+            };
+            let events = match call_id {
+                Some(id) => conn
+                    .prepare_cached(
+                        "SELECT pos, seq, call_id, body FROM events
+                         WHERE call_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                    )?
+                    .query_map(params![id, after, limit], row)?
+                    .collect::<Result<Vec<_>, _>>()?,
+                None => conn
+                    .prepare_cached(
+                        "SELECT pos, seq, call_id, body FROM events
+                         WHERE pos > ?1 ORDER BY pos LIMIT ?2",
+                    )?
+                    .query_map(params![after, limit], row)?
+                    .collect::<Result<Vec<_>, _>>()?,
+            };
+            Ok(events)
+        })();
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < 8
+        {
+            idle.push(conn);
+        }
+        result
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    rx: mpsc::Receiver<Append>,
+    next_pos: i64,
+    hub: Arc<Hub>,
+    calls: Arc<Calls>,
+    metrics: Arc<Metrics>,
+    retention: Option<Duration>,
+}
+
+impl Writer {
+    fn run(mut self, runtime: &tokio::runtime::Handle) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut next_purge = Instant::now();
+        let mut purging = false;
+        loop {
+            // While a purge is pending, poll without blocking so it can
+            // proceed in the gaps between publishes.
+            let wait = if purging {
+                Duration::ZERO
+            } else {
+                next_purge.saturating_duration_since(Instant::now())
+            };
+            let first = runtime.block_on(async {
+                if wait.is_zero() {
+                    match self.rx.try_recv() {
+                        Ok(a) => Some(Some(a)),
+                        Err(mpsc::error::TryRecvError::Empty) => Some(None),
+                        Err(mpsc::error::TryRecvError::Disconnected) => None,
+                    }
+                } else {
+                    match tokio::time::timeout(wait, self.rx.recv()).await {
+                        Ok(Some(a)) => Some(Some(a)),
+                        Ok(None) => None,
+                        Err(_) => Some(None),
+                    }
+                }
+            });
+            match first {
+                None => return, // every Store handle is gone: shutdown
+                Some(None) => {
+                    if let Some(retention) = self.retention {
+                        if !purging {
+                            next_purge = Instant::now() + PURGE_EVERY;
+                        }
+                        purging = match self.purge_step(retention) {
+                            Ok(more) => more,
+                            Err(e) => {
+                                tracing::error!(error = %e, "retention purge failed");
+                                false
+                            }
+                        };
+                    } else {
+                        next_purge = Instant::now() + PURGE_EVERY;
+                    }
+                }
+                Some(Some(a)) => {
+                    batch.push(a);
+                    while batch.len() < MAX_BATCH {
+                        match self.rx.try_recv() {
+                            Ok(a) => batch.push(a),
+                            Err(_) => break,
+                        }
+                    }
+                    self.commit(&mut batch);
+                }
+            }
+        }
+    }
+
+    /// Writes one group of events in one transaction, then publishes and
+    /// answers them. On failure every publisher in the group gets the error
+    /// and no numbers are used up.
+    fn commit(&mut self, batch: &mut Vec<Append>) {
+        let started = Instant::now();
+        let now_ms = now_unix_ms();
+        let ts = rfc3339_millis(now_ms);
+        let mut updates: HashMap<String, CallInfo> = HashMap::new();
+        let mut stored = Vec::with_capacity(batch.len());
+        let first_pos = self.next_pos;
+        let result = (|| -> Result<(), StoreError> {
+            let tx = self.conn.transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO events (pos, call_id, seq, received_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for (i, a) in batch.iter_mut().enumerate() {
+                    let call_id = a.event.call_id().to_owned();
+                    let info = match updates.get_mut(&call_id) {
+                        Some(info) => info,
+                        None => {
+                            let base = self
+                                .calls
+                                .get(&call_id)
+                                .unwrap_or_else(|| CallInfo::new(&call_id));
+                            updates.entry(call_id.clone()).or_insert(base)
+                        }
+                    };
+                    info.last_seq += 1;
+                    info.last_ms = now_ms;
+                    let seq = info.last_seq;
+                    let pos = first_pos + i as i64;
+                    info.observe(&a.event, now_ms);
+                    let fields = &mut a.event.fields;
+                    fields.insert("seq".into(), Value::from(seq));
+                    if !fields.contains_key("ts") {
+                        fields.insert("ts".into(), Value::from(ts.clone()));
+                    }
+                    fields.insert("pos".into(), Value::from(pos));
+                    let body = serde_json::to_string(fields)
+                        .map_err(|e| StoreError::Internal(e.to_string()))?;
+                    insert.execute(params![call_id, seq, now_ms, body])?;
+                    stored.push(Arc::new(StoredEvent {
+                        pos,
+                        seq,
+                        call_id,
+                        json: Utf8Bytes::from(body),
+                    }));
+                }
+                let mut upsert = tx.prepare_cached(
+                    "INSERT INTO calls (call_id, last_seq, last_ms, started_ms, ended_ms, agent, caller, direction, end_reason)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                     ON CONFLICT (call_id) DO UPDATE SET
+                       last_seq = excluded.last_seq, last_ms = excluded.last_ms,
+                       started_ms = excluded.started_ms, ended_ms = excluded.ended_ms,
+                       agent = excluded.agent, caller = excluded.caller,
+                       direction = excluded.direction, end_reason = excluded.end_reason",
+                )?;
+                for c in updates.values() {
+                    upsert.execute(params![
+                        c.call_id,
+                        c.last_seq,
+                        c.last_ms,
+                        c.started_ms,
+                        c.ended_ms,
+                        c.agent,
+                        c.caller,
+                        c.direction,
+                        c.end_reason
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        let elapsed = started.elapsed();
+        match result {
+            Ok(()) => {
+                self.next_pos = first_pos + batch.len() as i64;
+                self.metrics.observe_commit(elapsed, batch.len());
+                self.calls.update(updates.into_values());
+                self.hub.publish(&stored);
+                for (a, ev) in batch.drain(..).zip(&stored) {
+                    let _ = a.reply.send(Ok(Appended {
+                        seq: ev.seq,
+                        pos: ev.pos,
+                    }));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, events = batch.len(), "event store commit failed");
+                self.metrics.store_errors.inc();
+                let e = Arc::new(e);
+                for a in batch.drain(..) {
+                    let _ = a.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Deletes up to one chunk of events older than the retention period,
+    /// and forgets calls with nothing left. Returns whether more remain.
+    fn purge_step(&mut self, retention: Duration) -> Result<bool, StoreError> {
+        let cutoff = now_unix_ms() - retention.as_millis() as i64;
+        // `pos` grows with `received_ms`, so the first event to keep is found
+        // by a binary search over the primary key instead of a table scan.
+        let first_kept = self.first_pos_at_or_after(cutoff)?;
+        let tx = self.conn.transaction()?;
+        let deleted = tx.execute(
+            "DELETE FROM events WHERE pos IN (SELECT pos FROM events WHERE pos < ?1 ORDER BY pos LIMIT ?2)",
+            params![first_kept, PURGE_CHUNK],
+        )?;
+        let mut gone = Vec::new();
+        {
+            let mut stmt = tx.prepare_cached(
+                "SELECT call_id FROM calls WHERE last_ms < ?1
+                 AND NOT EXISTS (SELECT 1 FROM events e WHERE e.call_id = calls.call_id)",
+            )?;
+            for id in stmt.query_map(params![cutoff], |r| r.get::<_, String>(0))? {
+                gone.push(id?);
+            }
+            let mut del = tx.prepare_cached("DELETE FROM calls WHERE call_id = ?1")?;
+            for id in &gone {
+                del.execute(params![id])?;
+            }
+        }
+        tx.commit()?;
+        if deleted > 0 || !gone.is_empty() {
+            tracing::info!(events = deleted, calls = gone.len(), "retention purge");
+        }
+        self.calls.forget(&gone);
+        self.metrics.purged.add(deleted as u64);
+        Ok(deleted as i64 == PURGE_CHUNK)
+    }
+
+    fn first_pos_at_or_after(&self, cutoff_ms: i64) -> Result<i64, StoreError> {
+        let mut lo: i64 = 0;
+        let mut hi: i64 = self.next_pos;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT received_ms FROM events WHERE pos >= ?1 ORDER BY pos LIMIT 1",
+        )?;
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let ms: Option<i64> = stmt.query_row(params![mid], |r| r.get(0)).optional()?;
+            match ms {
+                Some(ms) if ms < cutoff_ms => lo = mid + 1,
+                _ => hi = mid,
+            }
+        }
+        Ok(lo)
+    }
+}
