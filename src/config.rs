@@ -117,7 +117,7 @@ impl Settings {
 }
 
 /// `$STATE_DIRECTORY` (first entry), else `/var/lib/call-coach` when it
-/// exists or can be made, else `$XDG_DATA_HOME/call-coach`.
+/// exists and is writable, else `$XDG_DATA_HOME/call-coach`.
 fn default_state_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os(ENV_SYSTEMD_STATE)
         && let Some(first) = dir.to_string_lossy().split(':').find(|s| !s.is_empty())
@@ -136,11 +136,15 @@ fn default_state_dir() -> PathBuf {
     data_home.join("call-coach")
 }
 
+/// Whether `dir` exists and this process may create files in it. Asks
+/// the kernel rather than writing, so looking changes nothing.
 fn is_writable_dir(dir: &Path) -> bool {
-    let probe = dir.join(format!(".call-coach-probe-{}", std::process::id()));
-    let ok = std::fs::create_dir_all(dir).is_ok() && std::fs::write(&probe, b"").is_ok();
-    let _ = std::fs::remove_file(&probe);
-    ok
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    dir.is_dir() && unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0
 }
 
 /// A secret value: never printed, logged or serialized in the clear.

@@ -405,7 +405,7 @@ impl Writer {
                     fields.insert("pos".into(), Value::from(pos));
                     let body = serde_json::to_string(fields)
                         .map_err(|e| StoreError::Internal(e.to_string()))?;
-                    insert.execute(params![call_id, seq, now_ms, body])?;
+                    insert.execute(params![pos, call_id, seq, now_ms, body])?;
                     stored.push(Arc::new(StoredEvent {
                         pos,
                         seq,

@@ -1,0 +1,136 @@
+//! Multicall dispatch, usage errors and `check-config`.
+
+use crate::util::{run_bin, service_link};
+
+#[test]
+fn list_names_every_service() {
+    let (code, out, _) = run_bin(None, &["--list"], &[]);
+    assert_eq!(code, 0);
+    for name in ["stt", "rtp2ws", "relay", "orchestrator", "ari-coach"] {
+        assert!(
+            out.lines().any(|l| l.starts_with(name)),
+            "{name} missing:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn bad_usage_exits_64_with_usage() {
+    for args in [&["frobnicate"][..], &[], &["relay", "--no-such-flag"]] {
+        let (code, out, err) = run_bin(None, args, &[]);
+        assert_eq!(code, 64, "{args:?}");
+        assert!((out + &err).contains("Usage:"), "{args:?} printed no usage");
+    }
+    let (code, out, _) = run_bin(None, &["--help"], &[]);
+    assert_eq!(code, 0);
+    assert!(out.contains("check-config"));
+}
+
+#[test]
+fn unbuilt_services_say_so_and_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    // Both ways of choosing a service: argv[0] and the first argument.
+    let via_link = service_link(dir.path(), "stt");
+    for (argv0, args) in [
+        (Some(via_link.as_path()), &[][..]),
+        (None, &["orchestrator"][..]),
+    ] {
+        let (code, _, err) = run_bin(argv0, args, &[]);
+        assert_eq!(code, 69, "{args:?}");
+        assert!(err.contains("not part of this build yet"), "{err}");
+    }
+}
+
+#[test]
+fn argv0_stem_picks_the_service() {
+    // `relay.exe`-style stems and paths work; a bad flag proves the relay's
+    // own parser ran (usage error 64, naming the relay subcommand).
+    let dir = tempfile::tempdir().unwrap();
+    let link = service_link(dir.path(), "relay");
+    let (code, _, err) = run_bin(Some(&link), &["--bogus"], &[]);
+    assert_eq!(code, 64);
+    assert!(err.contains("call-coach relay"), "{err}");
+}
+
+#[test]
+fn check_config_shows_sources_and_redacts_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cc.toml");
+    std::fs::write(
+        &file,
+        "[relay]\nretention_days = 7\n[stt]\nmodel_size = \"base\"\n",
+    )
+    .unwrap();
+    let creds = dir.path().join("creds");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("openrouter_api_key"), "sk-or-secret-from-cred\n").unwrap();
+    let (code, out, err) = run_bin(
+        None,
+        &["check-config", "--config", file.to_str().unwrap()],
+        &[
+            ("ARI_PASS", "verysecret"),
+            ("CALL_COACH_RELAY__SUBSCRIBER_QUEUE", "64"),
+            ("LANG", "es_ES.UTF-8"),
+            ("CREDENTIALS_DIRECTORY", creds.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let line = |key: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("{key} =")))
+            .unwrap_or_else(|| panic!("{key} missing:\n{out}"))
+            .to_owned()
+    };
+    assert!(line("relay.retention_days").contains("= 7"));
+    assert!(line("relay.retention_days").contains("cc.toml"));
+    assert!(line("relay.subscriber_queue").contains("CALL_COACH_RELAY__SUBSCRIBER_QUEUE"));
+    assert!(line("relay.listen").ends_with("# default"));
+    assert!(line("stt.language").contains("\"es\""));
+    assert!(line("stt.language").contains("environment variable LANG"));
+    assert!(line("ari_coach.ari_pass").contains("<redacted>"));
+    assert!(line("orchestrator.openrouter_api_key").contains("systemd credential"));
+    assert!(
+        !out.contains("verysecret") && !out.contains("sk-or-secret"),
+        "{out}"
+    );
+
+    let (code, out, _) = run_bin(None, &["check-config", "relay"], &[]);
+    assert_eq!(code, 0);
+    assert!(out.contains("relay.listen") && !out.contains("stt."));
+}
+
+#[test]
+fn check_config_errors_name_key_and_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cc.toml");
+    std::fs::write(&file, "[relay]\nlisten = 7070\n").unwrap();
+    let (code, _, err) = run_bin(
+        None,
+        &["check-config"],
+        &[("CALL_COACH_CONFIG", file.to_str().unwrap())],
+    );
+    assert_eq!(code, 64);
+    assert!(
+        err.contains("relay.listen") && err.contains("cc.toml"),
+        "{err}"
+    );
+
+    let (code, _, err) = run_bin(None, &["check-config"], &[("STT_LISTEN", "localhost")]);
+    assert_eq!(code, 64);
+    assert!(
+        err.contains("stt.listen") && err.contains("STT_LISTEN"),
+        "{err}"
+    );
+
+    let (code, _, err) = run_bin(None, &["check-config"], &[("DEVICE", "tpu")]);
+    assert_eq!(code, 64);
+    assert!(err.contains("stt.device"), "{err}");
+
+    let (code, _, err) = run_bin(
+        None,
+        &["check-config", "--config", "/nonexistent.toml"],
+        &[],
+    );
+    assert_eq!(code, 64);
+    assert!(err.contains("/nonexistent.toml"), "{err}");
+}

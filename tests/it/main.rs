@@ -1,0 +1,7 @@
+//! Integration tests: the real binary on loopback, real HTTP and websocket
+//! clients, real files on disk.
+
+mod cli;
+mod relay;
+mod relay_auth;
+mod util;

@@ -1,0 +1,307 @@
+//! Shared helpers: start the real binary under a service name on loopback,
+//! wait for its systemd READY=1, and talk to it with real HTTP and
+//! websocket clients.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_call-coach");
+
+/// A symlink named `name` to the binary, so argv[0] dispatch is exercised.
+pub fn service_link(dir: &Path, name: &str) -> PathBuf {
+    let link = dir.join(name);
+    if !link.exists() {
+        std::os::unix::fs::symlink(BIN, &link).expect("symlink");
+    }
+    link
+}
+
+/// A running relay started through a `relay` symlink.
+pub struct Relay {
+    pub dir: tempfile::TempDir,
+    pub child: Child,
+    pub addr: String,
+    notify: UnixDatagram,
+    env: Vec<(String, String)>,
+    pub token: Option<String>,
+}
+
+impl Relay {
+    pub fn start(env: &[(&str, &str)]) -> Relay {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir, env)
+    }
+
+    /// Starts a relay whose state lives in `dir` (reused across restarts).
+    pub fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Relay {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let (child, notify) = spawn(dir.path(), &env);
+        let mut relay = Relay {
+            dir,
+            child,
+            addr: String::new(),
+            notify,
+            env,
+            token: None,
+        };
+        relay.addr = relay.wait_ready();
+        relay
+    }
+
+    /// Waits for READY=1 and returns the address from its STATUS line.
+    fn wait_ready(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!(
+                    "relay exited before READY=1 ({status}); log:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no READY=1 within 30 s; log:\n{}",
+                self.log()
+            );
+            if let Some(msg) = self.recv_notify(Duration::from_millis(200))
+                && msg.lines().any(|l| l == "READY=1")
+            {
+                let status = msg
+                    .lines()
+                    .find_map(|l| l.strip_prefix("STATUS="))
+                    .expect("STATUS with READY");
+                let url = status.rsplit(' ').next().expect("url in STATUS");
+                return url.trim_start_matches("http://").to_owned();
+            }
+        }
+    }
+
+    /// One sd_notify datagram, if one arrives in time.
+    pub fn recv_notify(&self, timeout: Duration) -> Option<String> {
+        self.notify.set_read_timeout(Some(timeout)).ok()?;
+        let mut buf = [0u8; 4096];
+        let n = self.notify.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("relay.log")).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// SIGKILLs the relay and starts a new one on the same state directory.
+    pub fn kill_and_restart(mut self) -> Relay {
+        self.signal("KILL");
+        self.wait_exit(Duration::from_secs(10)).expect("killed");
+        let env = self.env.clone();
+        let token = self.token.clone();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        drop(self);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut relay = Relay::start_in(dir, &env);
+        relay.token = token;
+        relay
+    }
+
+    /// One HTTP request on a fresh connection.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> (u16, String) {
+        let stream = TcpStream::connect(&self.addr).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.addr);
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = sender
+            .send_request(req.body(Full::new(body.into())).expect("request"))
+            .await
+            .expect("response");
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Publishes one event; returns the status and the parsed answer.
+    pub async fn post(&self, event: &Value) -> (u16, Value) {
+        let (status, body) = self
+            .request(
+                "POST",
+                "/event",
+                &[("content-type", "application/json")],
+                event.to_string(),
+            )
+            .await;
+        let value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        (status, value)
+    }
+
+    /// Publishes and expects 202; returns the seq.
+    pub async fn publish(&self, event: Value) -> i64 {
+        let (status, body) = self.post(&event).await;
+        assert_eq!(status, 202, "publish {event}: {body}");
+        body["seq"].as_i64().expect("seq")
+    }
+
+    /// Opens a websocket subscription. `query` is e.g. `callId=a&since=3`.
+    pub async fn ws(&self, query: &str) -> Ws {
+        self.try_ws(query).await.expect("websocket")
+    }
+
+    pub async fn try_ws(&self, query: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let mut req = format!("ws://{}/ws?{query}", self.addr)
+            .into_client_request()
+            .expect("ws request");
+        if let Some(t) = &self.token {
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(req)
+            .await
+            .map(|(ws, _)| ws)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(dir: &Path, env: &[(String, String)]) -> (Child, UnixDatagram) {
+    let sock_path = dir.join(format!("notify-{}.sock", rand_suffix()));
+    let notify = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("relay.log"))
+        .expect("log file");
+    let mut cmd = Command::new(service_link(dir, "relay"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", dir)
+        .env("RUST_LOG", "info")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("RELAY_LISTEN", "127.0.0.1:0")
+        .env("STATE_DIR", dir.join("state"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    (cmd.spawn().expect("spawn relay"), notify)
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The next text frame as JSON, or None when the socket closed. Panics
+/// after `timeout` without one.
+pub async fn next_json(ws: &mut Ws, timeout: Duration) -> Option<Value> {
+    loop {
+        let msg = tokio::time::timeout(timeout, ws.next())
+            .await
+            .expect("no frame in time");
+        match msg {
+            Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).expect("json")),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Reads events until one with `seq` (or `pos`) `last` arrived; returns them.
+pub async fn read_until(ws: &mut Ws, field: &str, last: i64) -> Vec<Value> {
+    let mut out = Vec::new();
+    loop {
+        let ev = next_json(ws, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("socket closed before {field}={last}; got {}", out.len()));
+        let n = ev[field].as_i64().expect("numbered event");
+        out.push(ev);
+        if n >= last {
+            return out;
+        }
+    }
+}
+
+/// The `seq` (or another field) of each event.
+pub fn numbers(events: &[Value], field: &str) -> Vec<i64> {
+    events.iter().map(|e| e[field].as_i64().unwrap()).collect()
+}
+
+/// Runs the binary with arguments and environment; returns (status, stdout, stderr).
+pub fn run_bin(argv0: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(argv0.unwrap_or(Path::new(BIN)));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", "/nonexistent")
+        .args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
