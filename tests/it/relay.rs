@@ -204,7 +204,16 @@ async fn slow_subscriber_is_dropped_without_slowing_others() {
 async fn each_bad_input_gets_its_own_4xx_and_nothing_breaks() {
     let relay = Relay::start(&[]);
     let json_ct = [("content-type", "application/json")];
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    // (method, path, headers, body, expected status, words in the error)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        Vec<u8>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "POST",
             "/event",
