@@ -133,7 +133,11 @@ impl Target {
             req.headers_mut()
                 .insert("authorization", format!("Bearer {t}").parse()?);
         }
-        let (ws, _) = tokio_tungstenite::connect_async(req)
+        // tungstenite zeroes the free read buffer on every read; keep it
+        // small so the load generator spends its CPU on the load.
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(16 * 1024);
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), true)
             .await
             .with_context(|| format!("websocket to {}", self.ws_url(call)))?;
         Ok(ws)

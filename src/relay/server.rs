@@ -404,14 +404,14 @@ fn subscribe(state: &Arc<State>, req: Request<Incoming>) -> Result<Resp, Refusal
         }
     };
     let since = match query_param(query, "since") {
-        None => 0,
-        Some(s) => s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+        None => None,
+        Some(s) => Some(s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
             Refusal::new(
                 Rejection::BadRequest,
                 StatusCode::BAD_REQUEST,
                 format!("since must be a non-negative integer, got {s:?}"),
             )
-        })?,
+        })?),
     };
     let allowed = match &topic {
         Topic::All => access.can_subscribe_all(),

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -85,6 +86,8 @@ pub enum Sync {
 pub struct Store {
     tx: mpsc::Sender<Append>,
     readers: Arc<Readers>,
+    /// `pos` of the newest committed event; set before it reaches the hub.
+    head: Arc<AtomicI64>,
 }
 
 /// Read connections for replay, reused across requests.
@@ -160,10 +163,12 @@ pub fn open(
     calls.load(load_calls(&conn)?);
 
     let (tx, rx) = mpsc::channel(QUEUE);
+    let head = Arc::new(AtomicI64::new(next_pos - 1));
     let writer = Writer {
         conn,
         rx,
         next_pos,
+        head: head.clone(),
         hub,
         calls,
         metrics,
@@ -182,6 +187,7 @@ pub fn open(
                 path,
                 idle: Mutex::new(Vec::new()),
             }),
+            head,
         },
         writer,
     })
@@ -209,6 +215,12 @@ fn load_calls(conn: &Connection) -> Result<Vec<CallInfo>, StoreError> {
 }
 
 impl Store {
+    /// `pos` of the newest committed event. Any event committed later
+    /// reaches the hub after this value changed.
+    pub fn head(&self) -> i64 {
+        self.head.load(Ordering::Acquire)
+    }
+
     /// True once the writer thread has stopped.
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
@@ -298,6 +310,7 @@ struct Writer {
     conn: Connection,
     rx: mpsc::Receiver<Append>,
     next_pos: i64,
+    head: Arc<AtomicI64>,
     hub: Arc<Hub>,
     calls: Arc<Calls>,
     metrics: Arc<Metrics>,
@@ -443,6 +456,7 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.next_pos = first_pos + batch.len() as i64;
+                self.head.store(self.next_pos - 1, Ordering::Release);
                 self.metrics.observe_commit(elapsed, batch.len());
                 self.calls.update(updates.into_values());
                 self.hub.publish(&stored);

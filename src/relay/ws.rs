@@ -58,24 +58,40 @@ impl Cursor {
     }
 }
 
-pub(super) async fn session<S>(io: S, state: Arc<State>, topic: Topic, since: i64)
+/// `since`: the cursor to resume after. Without one, a call's subscriber
+/// gets the call from its first event, and an all-calls subscriber gets
+/// events from now on (the whole store would be weeks of calls).
+pub(super) async fn session<S>(io: S, state: Arc<State>, topic: Topic, since: Option<i64>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut config = WebSocketConfig::default();
-    config.max_message_size = Some(MAX_CLIENT_MESSAGE);
-    config.max_frame_size = Some(MAX_CLIENT_MESSAGE);
+    // Subscribers only send pings and closes. A small read buffer matters:
+    // tungstenite zeroes the whole free buffer on every read attempt, and
+    // each idle subscriber holds one.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(MAX_CLIENT_MESSAGE)
+        .max_message_size(Some(MAX_CLIENT_MESSAGE))
+        .max_frame_size(Some(MAX_CLIENT_MESSAGE));
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     state.metrics.subscribers.fetch_add(1, Ordering::Relaxed);
-    let mut cursor = Cursor { topic, last: since };
-    let end = run(ws, &state, &mut cursor).await;
+    let mut cursor = Cursor {
+        topic,
+        last: since.unwrap_or(0),
+    };
+    let live_only = since.is_none() && cursor.topic == Topic::All;
+    let end = run(ws, &state, &mut cursor, live_only).await;
     state.metrics.subscribers.fetch_sub(1, Ordering::Relaxed);
     if let Some(End::Store(e)) = end {
         tracing::error!(error = %e, "replay failed");
     }
 }
 
-async fn run<S>(ws: WebSocketStream<S>, state: &State, cursor: &mut Cursor) -> Option<End>
+async fn run<S>(
+    ws: WebSocketStream<S>,
+    state: &State,
+    cursor: &mut Cursor,
+    live_only: bool,
+) -> Option<End>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -87,12 +103,19 @@ where
 
     // Replay most of the history before joining the live queue, so a long
     // replay cannot overflow it.
-    if let Err(end) = replay(&mut tx, state, &call, cursor).await {
+    if !live_only && let Err(end) = replay(&mut tx, state, &call, cursor).await {
         return close(&mut tx, end).await;
     }
     let mut sub = state.hub.subscribe(cursor.topic.clone());
+    if live_only {
+        // Read after joining: what was committed up to here is skipped, what
+        // comes later is in the queue.
+        cursor.last = state.store.head();
+    }
     let result = async {
-        replay(&mut tx, state, &call, cursor).await?;
+        if !live_only {
+            replay(&mut tx, state, &call, cursor).await?;
+        }
         loop {
             tokio::select! {
                 biased;

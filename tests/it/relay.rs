@@ -142,6 +142,15 @@ async fn all_calls_subscription_and_resume_by_pos() {
     let mut ws = relay.ws("callId=*&since=25").await;
     let got = read_until(&mut ws, "pos", 30).await;
     assert_eq!(numbers(&got, "pos"), (26..=30).collect::<Vec<_>>());
+    // Without since, all calls means from now on: no weeks of history.
+    let mut live = relay.ws("callId=*").await;
+    relay.publish(ev("d", 0)).await;
+    let first = next_json(&mut live, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(first["pos"], 31);
+    // A single call without since still starts at its first event.
+    let mut one = relay.ws("callId=b").await;
+    let first = next_json(&mut one, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(first["seq"], 1);
 }
 
 #[tokio::test]
