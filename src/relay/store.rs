@@ -530,3 +530,91 @@ impl Writer {
         Ok(lo)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(call: &str) -> Envelope {
+        Envelope::parse(format!(r#"{{"type":"t","callId":"{call}"}}"#).as_bytes()).unwrap()
+    }
+
+    fn open_in(dir: &Path, retention_days: u32) -> (Opened, Arc<Calls>) {
+        let metrics = Arc::new(Metrics::default());
+        let hub = Arc::new(Hub::new(16, metrics.clone()));
+        let calls = Arc::new(Calls::default());
+        let opened = open(dir, Sync::Full, retention_days, hub, calls.clone(), metrics).unwrap();
+        (opened, calls)
+    }
+
+    async fn close(opened: Opened) {
+        drop(opened.store);
+        tokio::task::spawn_blocking(move || opened.writer.join().unwrap())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn retention_deletes_old_events_and_forgets_their_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let (opened, _) = open_in(dir.path(), 30);
+        for _ in 0..7 {
+            opened.store.append(event("old")).await.unwrap();
+        }
+        for _ in 0..3 {
+            opened.store.append(event("mixed")).await.unwrap();
+        }
+        close(opened).await;
+
+        // Age every event but the last of "mixed" by 31 days.
+        let conn = Connection::open(db_path(dir.path())).unwrap();
+        let day = 86_400_000i64;
+        conn.execute(
+            "UPDATE events SET received_ms = received_ms - 31 * ?1 WHERE pos < 10",
+            params![day],
+        )
+        .unwrap();
+        conn.execute(
+            "UPDATE calls SET last_ms = last_ms - 31 * ?1 WHERE call_id = 'old'",
+            params![day],
+        )
+        .unwrap();
+        drop(conn);
+
+        // A purge runs as soon as the writer is idle after opening.
+        let (opened, calls) = open_in(dir.path(), 30);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = opened.store.read_after(None, 0, 100).await.unwrap();
+            if left.len() == 1 && calls.get("old").is_none() {
+                assert_eq!((left[0].call_id.as_str(), left[0].seq), ("mixed", 3));
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "purge did not run: {} left",
+                left.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Numbering of a call with recent events carries on.
+        assert_eq!(opened.store.append(event("mixed")).await.unwrap().seq, 4);
+        close(opened).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn zero_retention_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let (opened, _) = open_in(dir.path(), 0);
+        opened.store.append(event("a")).await.unwrap();
+        close(opened).await;
+        let conn = Connection::open(db_path(dir.path())).unwrap();
+        conn.execute("UPDATE events SET received_ms = 0", [])
+            .unwrap();
+        drop(conn);
+        let (opened, _) = open_in(dir.path(), 0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(opened.store.read_after(None, 0, 10).await.unwrap().len(), 1);
+        close(opened).await;
+    }
+}
