@@ -30,3 +30,25 @@ pub fn init() {
         )
         .try_init();
 }
+
+/// Resident memory (bytes) and CPU time used (seconds) of a process: this
+/// one, or `pid`. Read from /proc; `None` where it cannot be read.
+pub fn process_stats(pid: Option<u32>) -> Option<(u64, f64)> {
+    let dir = pid.map_or_else(|| "/proc/self".to_owned(), |p| format!("/proc/{p}"));
+    let status = std::fs::read_to_string(format!("{dir}/status")).ok()?;
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
+    // Fields after the command name, which may itself contain spaces.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux architecture (it is part of the ABI).
+    Some((rss_kib * 1024, ticks as f64 / 100.0))
+}

@@ -158,21 +158,8 @@ impl Target {
                 return Some((rss, cpu));
             }
         }
-        let pid = self.pid?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let rss = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse::<f64>()
-            .ok()?
-            * 1024.0;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let f: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
-        let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-        Some((rss, ticks / 100.0))
+        let (rss, cpu) = crate::telemetry::process_stats(Some(self.pid?))?;
+        Some((rss as f64, cpu))
     }
 
     async fn get_text(&self, path: &str) -> anyhow::Result<String> {

@@ -153,7 +153,7 @@ impl Metrics {
             "# HELP relay_store_commit_events_total Events written by group commits.\n# TYPE relay_store_commit_events_total counter\nrelay_store_commit_events_total {}",
             self.commit_events.get()
         );
-        if let Some((rss, cpu)) = process_stats() {
+        if let Some((rss, cpu)) = crate::telemetry::process_stats(None) {
             let _ = writeln!(
                 o,
                 "# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss}\n# HELP process_cpu_seconds_total User and system CPU time spent in seconds.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu}"
@@ -161,24 +161,4 @@ impl Metrics {
         }
         o
     }
-}
-
-/// Resident memory (bytes) and CPU time (seconds) of this process.
-pub fn process_stats() -> Option<(u64, f64)> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let rss_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name, which may itself contain spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    // USER_HZ is 100 on every Linux architecture (it is part of the ABI).
-    Some((rss_kib * 1024, ticks as f64 / 100.0))
 }
