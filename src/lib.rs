@@ -8,6 +8,8 @@
 //! - [`cli`]: multicall dispatch (argv[0] stem or first argument), subcommands.
 //! - [`config`]: settings of every service: defaults < TOML < environment.
 //! - [`event`]: the event envelope of CONTRACT.md; the only wire types.
+//! - [`http`]: the HTTP connection loop, websocket upgrades, query strings.
+//! - [`audio`]: G.711, resampling, WAV, voice activity detection (pure).
 //! - [`relay`]: the event hub (store, fan-out, websocket, auth, metrics).
 //! - [`stt`], [`rtp2ws`], [`orchestrator`], [`ari_coach`]: the other
 //!   services (settings only so far).
@@ -15,10 +17,12 @@
 //! - [`telemetry`], [`shutdown`], [`systemd`]: logging, signals, sd_notify.
 
 pub mod ari_coach;
+pub mod audio;
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod event;
+pub mod http;
 pub mod orchestrator;
 pub mod relay;
 pub mod rtp2ws;

@@ -3,17 +3,15 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{Access, Tokens, TokensError};
@@ -23,9 +21,6 @@ use super::metrics::{Metrics, Rejection};
 use super::store::{self, Store, StoreError};
 use crate::config::Settings;
 use crate::event::{Envelope, EnvelopeError, MAX_EVENT_BYTES, is_valid_call_id, now_unix_ms};
-
-/// A request's headers must arrive within this time (slow-loris guard).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -125,58 +120,12 @@ pub async fn run(
     let watchdog_state = state.clone();
     crate::systemd::spawn_watchdog(shutdown.clone(), move || !watchdog_state.store.is_closed());
 
-    let connections = tokio_util::task::TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(r.max_connections));
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: wait rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
-        let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shutdown.cancelled() => {
-                    // Finish the request in flight, then close; idle
-                    // keep-alive connections close at once.
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
+    let handler_state = state.clone();
+    crate::http::serve(listener, r.max_connections, shutdown.clone(), move |req| {
+        handle(handler_state.clone(), req)
+    })
+    .await;
     tracing::info!("relay stopped accepting; finishing requests in flight");
-    connections.close();
-    connections.wait().await;
     // The writer thread ends once every Store handle is gone: the last
     // in-flight handler drops its clone of `state` when it finishes.
     let writer = opened.writer;
@@ -188,7 +137,7 @@ pub async fn run(
     Ok(())
 }
 
-type Resp = Response<Full<Bytes>>;
+use crate::http::{Resp, json_response, query_param, text, upgrade_response, websocket_accept};
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_owned();
@@ -256,26 +205,6 @@ impl Refusal {
             message: message.into(),
         }
     }
-}
-
-fn json_response(status: StatusCode, value: &serde_json::Value) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-fn text(status: StatusCode, body: &'static str) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
 }
 
 /// The token a request presents: `Authorization: Bearer T` or `?token=T`.
@@ -437,35 +366,7 @@ fn subscribe(state: &Arc<State>, req: Request<Incoming>) -> Result<Resp, Refusal
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });
-    let mut resp = Response::new(Full::new(Bytes::new()));
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    Ok(resp)
-}
-
-/// The `Sec-WebSocket-Accept` value for a valid websocket upgrade request.
-fn websocket_accept<B>(req: &Request<B>) -> Option<String> {
-    let h = req.headers();
-    let has_token = |name: header::HeaderName, token: &str| {
-        h.get_all(name).iter().any(|v| {
-            v.to_str()
-                .map(|s| s.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
-                .unwrap_or(false)
-        })
-    };
-    if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
-        return None;
-    }
-    if h.get(header::SEC_WEBSOCKET_VERSION)?.as_bytes() != b"13" {
-        return None;
-    }
-    let key = h.get(header::SEC_WEBSOCKET_KEY)?;
-    Some(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
+    Ok(upgrade_response(&accept))
 }
 
 fn list_calls(state: &State, req: &Request<Incoming>) -> Result<Resp, Refusal> {
@@ -489,54 +390,4 @@ fn metrics(state: &State, req: &Request<Incoming>) -> Result<Resp, Refusal> {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     Ok(resp)
-}
-
-/// The first value of `name` in a query string, percent-decoded.
-pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    query?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k)? == name).then(|| percent_decode(v))?
-    })
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_params_are_decoded() {
-        let q = Some("callId=a%3Ab&since=3&token=x+y&flag");
-        assert_eq!(query_param(q, "callId").as_deref(), Some("a:b"));
-        assert_eq!(query_param(q, "since").as_deref(), Some("3"));
-        assert_eq!(query_param(q, "token").as_deref(), Some("x y"));
-        assert_eq!(query_param(q, "flag").as_deref(), Some(""));
-        assert_eq!(query_param(q, "none"), None);
-        assert_eq!(query_param(Some("callId=%zz"), "callId"), None);
-        assert_eq!(query_param(Some("callId=%e"), "callId"), None);
-        assert_eq!(query_param(None, "callId"), None);
-    }
 }

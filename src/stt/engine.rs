@@ -1,0 +1,267 @@
+//! Whisper inference: one model loaded once and shared, one decoder state
+//! per worker, and the filters that keep Whisper's inventions ("[Música]",
+//! "Gracias por ver el video") out of the transcript.
+
+use std::path::Path;
+use std::sync::{Arc, Once};
+
+use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot load Whisper model {path}: {message}")]
+    Load { path: String, message: String },
+    #[error("whisper: {0}")]
+    Whisper(String),
+}
+
+/// Routes whisper.cpp's own logging into `tracing` instead of stderr.
+pub fn silence_whisper_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(whisper_rs::install_logging_hooks);
+}
+
+/// How to decode.
+#[derive(Debug, Clone)]
+pub struct DecodeOptions {
+    /// Forced language code (`es`), or `None` to detect it.
+    pub language: Option<String>,
+    /// CPU threads for one decode.
+    pub threads: usize,
+    /// Domain prompt and hotwords, fed as Whisper's initial prompt.
+    pub prompt: Option<String>,
+    /// Beam width; 1 is greedy.
+    pub beam: usize,
+    /// Fit the encoder window to the audio instead of 30 s.
+    pub fit_audio_ctx: bool,
+}
+
+/// The loaded model, shared by every worker.
+#[derive(Clone)]
+pub struct Engine {
+    ctx: Arc<WhisperContext>,
+}
+
+/// What Whisper made of one piece of audio.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub text: String,
+    /// Whisper's estimate that there was no speech at all (0..1).
+    pub no_speech_prob: f32,
+}
+
+impl Engine {
+    pub fn load(path: &Path) -> Result<Self, EngineError> {
+        silence_whisper_logs();
+        let ctx = WhisperContext::new_with_params(path, Default::default()).map_err(|e| {
+            EngineError::Load {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            }
+        })?;
+        Ok(Self { ctx: Arc::new(ctx) })
+    }
+
+    /// A decoder state for one worker.
+    pub fn worker(&self) -> Result<Worker, EngineError> {
+        let state = self
+            .ctx
+            .create_state()
+            .map_err(|e| EngineError::Whisper(e.to_string()))?;
+        Ok(Worker { state })
+    }
+}
+
+pub struct Worker {
+    state: WhisperState,
+}
+
+/// Encoder frames per second of audio (the encoder's 1500 frames are 30 s).
+const AUDIO_CTX_PER_SEC: f64 = 50.0;
+/// Encoder frames added to a fitted window, so the end of speech is never
+/// at the very edge.
+const AUDIO_CTX_MARGIN: i32 = 64;
+
+impl Worker {
+    /// Transcribes 16 kHz mono audio in [-1, 1].
+    pub fn transcribe(&mut self, audio: &[f32], opts: &DecodeOptions) -> Result<Decoded, EngineError> {
+        let strategy = if opts.beam > 1 {
+            SamplingStrategy::BeamSearch {
+                beam_size: opts.beam as i32,
+                patience: -1.0,
+            }
+        } else {
+            SamplingStrategy::Greedy { best_of: 1 }
+        };
+        let mut params = FullParams::new(strategy);
+        params.set_n_threads(opts.threads.max(1) as i32);
+        params.set_language(opts.language.as_deref());
+        params.set_detect_language(false);
+        params.set_translate(false);
+        params.set_no_context(true);
+        params.set_single_segment(true);
+        params.set_no_timestamps(true);
+        params.set_print_special(false);
+        params.set_print_progress(false);
+        params.set_print_realtime(false);
+        params.set_print_timestamps(false);
+        params.set_suppress_blank(true);
+        params.set_suppress_nst(true);
+        // No temperature fallback: a live partial must come back quickly,
+        // and a bad decode is caught by the filters instead.
+        params.set_temperature(0.0);
+        params.set_temperature_inc(0.0);
+        if let Some(prompt) = &opts.prompt {
+            params.set_initial_prompt(prompt);
+        }
+        if opts.fit_audio_ctx {
+            let secs = audio.len() as f64 / 16_000.0;
+            let ctx = (secs * AUDIO_CTX_PER_SEC).ceil() as i32 + AUDIO_CTX_MARGIN;
+            params.set_audio_ctx(ctx.clamp(128, 1500));
+        }
+        // Whisper wants at least a second of audio; pad short pieces.
+        let padded;
+        let audio = if audio.len() < 16_000 {
+            padded = {
+                let mut v = audio.to_vec();
+                v.resize(16_100, 0.0);
+                v
+            };
+            &padded[..]
+        } else {
+            audio
+        };
+        self.state
+            .full(params, audio)
+            .map_err(|e| EngineError::Whisper(e.to_string()))?;
+        let mut text = String::new();
+        let mut no_speech_prob: f32 = 0.0;
+        for segment in self.state.as_iter() {
+            if let Ok(s) = segment.to_str_lossy() {
+                text.push_str(&s);
+            }
+            no_speech_prob = no_speech_prob.max(segment.no_speech_probability());
+        }
+        Ok(Decoded {
+            text: text.trim().to_owned(),
+            no_speech_prob,
+        })
+    }
+}
+
+/// Phrases Whisper produces on silence, noise and music (subtitle credits
+/// from its training data): never a transcript.
+const HALLUCINATIONS: &[&str] = &[
+    "musica",
+    "musica de fondo",
+    "gracias por ver",
+    "gracias por ver el video",
+    "gracias por vernos",
+    "muchas gracias por ver el video",
+    "suscribete",
+    "suscribete al canal",
+    "no olvides suscribirte",
+    "subtitulos realizados por la comunidad de amara org",
+    "subtitulado por la comunidad de amara org",
+    "subtitulos por la comunidad de amara org",
+    "amara org",
+    "thanks for watching",
+    "thank you for watching",
+    "aplausos",
+    "risas",
+    "silencio",
+    "nos vemos en el proximo video",
+    "hasta el proximo video",
+];
+
+/// Short phrases Whisper also invents, but people really say: dropped only
+/// when Whisper itself doubts there was speech.
+const WEAK_HALLUCINATIONS: &[&str] = &["gracias", "muchas gracias", "thank you", "you", "adios", "chau"];
+
+/// Above this no-speech probability a weak hallucination is dropped.
+const WEAK_NO_SPEECH: f32 = 0.2;
+
+/// Lower case, accents and punctuation removed, spaces collapsed.
+pub fn normalise(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars().flat_map(char::to_lowercase) {
+        let c = match c {
+            'á' | 'à' | 'â' | 'ä' => 'a',
+            'é' | 'è' | 'ê' | 'ë' => 'e',
+            'í' | 'ì' | 'î' | 'ï' => 'i',
+            'ó' | 'ò' | 'ô' | 'ö' => 'o',
+            'ú' | 'ù' | 'û' | 'ü' => 'u',
+            other => other,
+        };
+        if c.is_alphanumeric() || c == 'ñ' {
+            out.push(c);
+        } else if !out.ends_with(' ') && !out.is_empty() {
+            out.push(' ');
+        }
+    }
+    out.trim_end().to_owned()
+}
+
+/// Why a decode is not a transcript, if it is not.
+pub fn reject_reason(decoded: &Decoded, max_no_speech: f32) -> Option<&'static str> {
+    let text = decoded.text.trim();
+    if text.is_empty() {
+        return Some("empty");
+    }
+    // Whole-text annotations: "[Música]", "(risas)", "♪ ♪", "*suspiro*".
+    let bracketed = (text.starts_with('[') && text.ends_with(']'))
+        || (text.starts_with('(') && text.ends_with(')'))
+        || (text.starts_with('*') && text.ends_with('*'));
+    if bracketed || text.chars().all(|c| !c.is_alphanumeric()) || text.contains('♪') {
+        return Some("annotation");
+    }
+    if decoded.no_speech_prob > max_no_speech {
+        return Some("no speech");
+    }
+    let norm = normalise(text);
+    if HALLUCINATIONS.contains(&norm.as_str()) {
+        return Some("known hallucination");
+    }
+    if decoded.no_speech_prob > WEAK_NO_SPEECH && WEAK_HALLUCINATIONS.contains(&norm.as_str()) {
+        return Some("likely hallucination");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(text: &str, p: f32) -> Decoded {
+        Decoded {
+            text: text.into(),
+            no_speech_prob: p,
+        }
+    }
+
+    #[test]
+    fn filters() {
+        assert_eq!(reject_reason(&d("[Música]", 0.0), 0.6), Some("annotation"));
+        assert_eq!(reject_reason(&d("(risas)", 0.0), 0.6), Some("annotation"));
+        assert_eq!(reject_reason(&d("♪ la la ♪", 0.0), 0.6), Some("annotation"));
+        assert_eq!(reject_reason(&d("...", 0.0), 0.6), Some("annotation"));
+        assert_eq!(
+            reject_reason(&d("¡Gracias por ver el video!", 0.0), 0.6),
+            Some("known hallucination")
+        );
+        assert_eq!(
+            reject_reason(&d("Subtítulos realizados por la comunidad de Amara.org", 0.1), 0.6),
+            Some("known hallucination")
+        );
+        assert_eq!(reject_reason(&d("Quiero cancelar", 0.9), 0.6), Some("no speech"));
+        assert_eq!(reject_reason(&d("Quiero cancelar mi contrato.", 0.1), 0.6), None);
+        assert_eq!(reject_reason(&d("Gracias, adiós", 0.1), 0.6), None);
+        assert_eq!(reject_reason(&d("Gracias.", 0.05), 0.6), None);
+        assert_eq!(reject_reason(&d("Gracias.", 0.4), 0.6), Some("likely hallucination"));
+    }
+
+    #[test]
+    fn normalise_strips_case_accents_punctuation() {
+        assert_eq!(normalise("¡Hola, Señor Pérez!  ¿Qué tal?"), "hola señor perez que tal");
+    }
+}

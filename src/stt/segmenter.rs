@@ -1,0 +1,318 @@
+//! Cuts one stream of 16 kHz audio into utterances with the VAD: a partial
+//! request while an utterance grows (every `partial_every` of new speech),
+//! a final one when it ends (after `end_silence` of silence, or forced at
+//! `max_utterance`). Pure: audio in, requests out.
+
+use std::collections::VecDeque;
+
+use crate::audio::vad::{FRAME, Vad, VadConfig};
+
+/// Samples per millisecond at 16 kHz.
+const PER_MS: usize = 16;
+
+#[derive(Debug, Clone, Copy)]
+pub struct SegmenterConfig {
+    /// Silence that ends an utterance (ms).
+    pub end_silence_ms: usize,
+    /// New speech between two partial requests (ms).
+    pub partial_every_ms: usize,
+    /// Longest utterance before it is split (ms).
+    pub max_utterance_ms: usize,
+    /// Shorter speech than this is a click or a cough: dropped (ms).
+    pub min_speech_ms: usize,
+    /// Audio kept before the detected start of speech (ms).
+    pub preroll_ms: usize,
+    /// Consecutive speech frames that open an utterance.
+    pub start_frames: usize,
+    /// An utterance whose speech frames vary less than this in level (dB,
+    /// standard deviation) is steady noise or a tone, not a voice.
+    pub min_level_spread_db: f32,
+    pub vad: VadConfig,
+}
+
+impl Default for SegmenterConfig {
+    fn default() -> Self {
+        Self {
+            end_silence_ms: 500,
+            partial_every_ms: 1000,
+            max_utterance_ms: 15_000,
+            min_speech_ms: 200,
+            preroll_ms: 300,
+            start_frames: 3,
+            min_level_spread_db: 2.5,
+            vad: VadConfig::default(),
+        }
+    }
+}
+
+/// What the segmenter asks the transcriber for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Partial(Utterance),
+    Final(Utterance),
+}
+
+/// A piece of audio with its place in the stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Utterance {
+    /// Counts utterances of this stream from 1.
+    pub index: u64,
+    /// From the start of the stream's audio.
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub audio: Vec<f32>,
+}
+
+struct Open {
+    index: u64,
+    /// Stream sample where `audio` starts.
+    start: u64,
+    audio: Vec<f32>,
+    /// Samples of `audio` up to the end of the last speech frame.
+    speech_end: usize,
+    speech_frames: usize,
+    speech_db: Vec<f32>,
+    silence_ms: usize,
+    speech_since_partial_ms: usize,
+}
+
+pub struct Segmenter {
+    config: SegmenterConfig,
+    vad: Vad,
+    /// Samples not yet making a whole frame.
+    pending: Vec<f32>,
+    /// Recent frames while idle, for the pre-roll.
+    preroll: VecDeque<Vec<f32>>,
+    /// Consecutive speech frames while idle.
+    run: usize,
+    /// Stream sample at the start of `pending`.
+    position: u64,
+    open: Option<Open>,
+    next_index: u64,
+    /// Utterances dropped by the utterance-level checks.
+    pub dropped: u64,
+}
+
+impl Segmenter {
+    pub fn new(config: SegmenterConfig) -> Self {
+        Self {
+            config,
+            vad: Vad::new(config.vad),
+            pending: Vec::new(),
+            preroll: VecDeque::new(),
+            run: 0,
+            position: 0,
+            open: None,
+            next_index: 1,
+            dropped: 0,
+        }
+    }
+
+    /// Feeds audio; returns what should be transcribed now.
+    pub fn push(&mut self, audio: &[f32]) -> Vec<Request> {
+        let mut out = Vec::new();
+        self.pending.extend_from_slice(audio);
+        let whole = self.pending.len() / FRAME * FRAME;
+        let frames: Vec<f32> = self.pending.drain(..whole).collect();
+        for frame in frames.chunks_exact(FRAME) {
+            self.frame(frame, &mut out);
+            self.position += FRAME as u64;
+        }
+        out
+    }
+
+    /// The stream ended: finalises what is open.
+    pub fn finish(&mut self) -> Vec<Request> {
+        let mut out = Vec::new();
+        if self.open.is_some() {
+            self.close(&mut out);
+        }
+        out
+    }
+
+    /// Whether an utterance is open (speech in progress).
+    pub fn in_speech(&self) -> bool {
+        self.open.is_some()
+    }
+
+    fn frame(&mut self, frame: &[f32], out: &mut Vec<Request>) {
+        let info = self.vad.frame(frame);
+        let c = self.config;
+        if let Some(open) = &mut self.open {
+            open.audio.extend_from_slice(frame);
+            if info.speech {
+                open.speech_frames += 1;
+                open.speech_db.push(info.db);
+                open.speech_end = open.audio.len();
+                open.silence_ms = 0;
+                open.speech_since_partial_ms += 20;
+            } else {
+                open.silence_ms += 20;
+            }
+            let length_ms = open.audio.len() / PER_MS;
+            if open.silence_ms >= c.end_silence_ms || length_ms >= c.max_utterance_ms {
+                self.close(out);
+            } else if open.speech_since_partial_ms >= c.partial_every_ms
+                && level_spread(&open.speech_db) >= c.min_level_spread_db
+            {
+                open.speech_since_partial_ms = 0;
+                out.push(Request::Partial(Utterance {
+                    index: open.index,
+                    start_ms: open.start / PER_MS as u64,
+                    end_ms: (open.start + open.audio.len() as u64) / PER_MS as u64,
+                    audio: open.audio.clone(),
+                }));
+            }
+            return;
+        }
+        let preroll_frames = c.preroll_ms / 20;
+        self.preroll.push_back(frame.to_vec());
+        while self.preroll.len() > preroll_frames.max(c.start_frames) {
+            self.preroll.pop_front();
+        }
+        self.run = if info.speech { self.run + 1 } else { 0 };
+        if self.run >= c.start_frames {
+            let audio: Vec<f32> = self.preroll.drain(..).flatten().collect();
+            let start = self.position + FRAME as u64 - audio.len() as u64;
+            self.open = Some(Open {
+                index: self.next_index,
+                start,
+                speech_end: audio.len(),
+                speech_frames: self.run,
+                speech_db: vec![info.db; self.run],
+                audio,
+                silence_ms: 0,
+                speech_since_partial_ms: self.run * 20,
+            });
+            self.next_index += 1;
+            self.run = 0;
+        }
+    }
+
+    fn close(&mut self, out: &mut Vec<Request>) {
+        let Some(mut open) = self.open.take() else {
+            return;
+        };
+        let c = self.config;
+        // Keep a little of the trailing silence: Whisper ends words better.
+        let keep = (open.speech_end + 200 * PER_MS).min(open.audio.len());
+        open.audio.truncate(keep);
+        let speech_ms = open.speech_frames * 20;
+        if speech_ms < c.min_speech_ms || level_spread(&open.speech_db) < c.min_level_spread_db {
+            self.dropped += 1;
+            // Send a final anyway if partials were requested, so the
+            // consumer can close the utterance; with no audio it is empty.
+            if open.speech_frames * 20 >= c.partial_every_ms {
+                out.push(Request::Final(Utterance {
+                    index: open.index,
+                    start_ms: open.start / PER_MS as u64,
+                    end_ms: (open.start + keep as u64) / PER_MS as u64,
+                    audio: Vec::new(),
+                }));
+            }
+            return;
+        }
+        out.push(Request::Final(Utterance {
+            index: open.index,
+            start_ms: open.start / PER_MS as u64,
+            end_ms: (open.start + open.speech_end as u64) / PER_MS as u64,
+            audio: open.audio,
+        }));
+    }
+}
+
+/// Standard deviation of the levels, in dB.
+fn level_spread(db: &[f32]) -> f32 {
+    if db.len() < 2 {
+        return 0.0;
+    }
+    let mean = db.iter().sum::<f32>() / db.len() as f32;
+    (db.iter().map(|d| (d - mean).powi(2)).sum::<f32>() / db.len() as f32).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A crude voice: harmonics of 150 Hz with a 4 Hz syllable envelope.
+    fn voice(ms: usize) -> Vec<f32> {
+        (0..ms * PER_MS)
+            .map(|i| {
+                let t = i as f32 / 16_000.0;
+                let env = 0.55 + 0.45 * (2.0 * std::f32::consts::PI * 4.0 * t).sin();
+                (1..20)
+                    .map(|h| (2.0 * std::f32::consts::PI * 150.0 * h as f32 * t).sin())
+                    .sum::<f32>()
+                    * 0.01
+                    * env
+            })
+            .collect()
+    }
+
+    fn run(seg: &mut Segmenter, audio: &[f32]) -> Vec<Request> {
+        audio.chunks(333).flat_map(|c| seg.push(c)).collect()
+    }
+
+    #[test]
+    fn one_utterance_with_partials_and_a_final() {
+        let mut seg = Segmenter::new(SegmenterConfig::default());
+        let mut audio = vec![0.0; 16_000];
+        audio.extend(voice(2_500));
+        audio.extend(vec![0.0; 16_000]);
+        let reqs = run(&mut seg, &audio);
+        let partials = reqs.iter().filter(|r| matches!(r, Request::Partial(_))).count();
+        let finals: Vec<&Utterance> = reqs
+            .iter()
+            .filter_map(|r| match r {
+                Request::Final(u) => Some(u),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(partials, 2, "{reqs:?}");
+        assert_eq!(finals.len(), 1);
+        let u = finals[0];
+        assert_eq!(u.index, 1);
+        assert!((650..=1000).contains(&u.start_ms), "start {}", u.start_ms);
+        assert!((3400..=3600).contains(&u.end_ms), "end {}", u.end_ms);
+        assert!(seg.finish().is_empty());
+    }
+
+    #[test]
+    fn long_speech_is_split_and_end_of_stream_finalises() {
+        let config = SegmenterConfig {
+            max_utterance_ms: 3_000,
+            ..Default::default()
+        };
+        let mut seg = Segmenter::new(config);
+        let mut audio = vec![0.0; 8_000];
+        audio.extend(voice(7_000));
+        let reqs = run(&mut seg, &audio);
+        let finals = reqs.iter().filter(|r| matches!(r, Request::Final(_))).count();
+        assert_eq!(finals, 2);
+        let last = seg.finish();
+        assert!(matches!(&last[..], [Request::Final(u)] if u.index == 3));
+    }
+
+    #[test]
+    fn silence_noise_and_tones_make_no_final_with_audio() {
+        let mut seg = Segmenter::new(SegmenterConfig::default());
+        let mut audio = vec![0.0; 16_000];
+        // Steady white-ish noise (LCG), then a hold tone.
+        let mut x: u32 = 1;
+        audio.extend((0..16_000 * 10).map(|_| {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (x >> 16) as f32 / 65_536.0 * 0.2 - 0.1
+        }));
+        audio.extend((0..16_000 * 5).map(|i| (i as f32 * 0.166_9).sin() * 0.3));
+        let reqs: Vec<Request> = run(&mut seg, &audio).into_iter().chain(seg.finish()).collect();
+        assert!(
+            reqs.iter().all(|r| matches!(r, Request::Final(u) if u.audio.is_empty())
+                || matches!(r, Request::Partial(_))),
+            "{:?}",
+            reqs.iter().map(|r| match r {
+                Request::Partial(u) => format!("P{} {}-{}", u.index, u.start_ms, u.end_ms),
+                Request::Final(u) => format!("F{} {}-{} {}", u.index, u.start_ms, u.end_ms, u.audio.len()),
+            }).collect::<Vec<_>>()
+        );
+    }
+}
