@@ -22,7 +22,9 @@ impl Default for Upsampler2x {
 
 impl Upsampler2x {
     pub fn new() -> Self {
-        let taps = 2 * HALF_TAPS;
+        // Odd length: a whole-sample delay, so output samples land exactly
+        // on the 16 kHz grid.
+        let taps = 2 * HALF_TAPS - 1;
         let center = (taps - 1) as f64 / 2.0;
         let cutoff = 3_800.0 / 16_000.0; // of the output rate
         let beta = 6.0;
@@ -41,9 +43,10 @@ impl Upsampler2x {
         // Gain 2 makes up for the inserted zeros; normalise each phase.
         let mut phases = [[0f32; HALF_TAPS]; 2];
         for (p, phase) in phases.iter_mut().enumerate() {
-            let sum: f64 = (0..HALF_TAPS).map(|k| h[2 * k + p]).sum();
+            let tap_at = |k: usize| h.get(2 * k + p).copied().unwrap_or(0.0);
+            let sum: f64 = (0..HALF_TAPS).map(tap_at).sum();
             for (k, tap) in phase.iter_mut().enumerate() {
-                *tap = (h[2 * k + p] / sum) as f32;
+                *tap = (tap_at(k) / sum) as f32;
             }
         }
         Self {
@@ -71,7 +74,7 @@ impl Upsampler2x {
 
     /// Output samples of delay the filter adds.
     pub fn delay() -> usize {
-        HALF_TAPS
+        HALF_TAPS - 1
     }
 }
 
@@ -110,7 +113,7 @@ mod tests {
         assert_eq!(out.len(), 16000);
         let want = tone(1000.0, 16000.0, 16000);
         // Compare after the filter's delay settles.
-        let d = Upsampler2x::delay() - 1;
+        let d = Upsampler2x::delay();
         let err: Vec<f32> = out[1000..15000]
             .iter()
             .zip(&want[1000 - d..15000 - d])
