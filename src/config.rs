@@ -41,6 +41,8 @@ const CONTRACT_ENV: &[(&str, &[&str])] = &[
     ("DEVICE", &["stt.device"]),
     ("COMPUTE_TYPE", &["stt.compute_type"]),
     ("RELAY_URL", &["stt.relay_url"]),
+    ("RELAY_TOKEN", &["stt.relay_token"]),
+    ("RELAY_TOKEN_FILE", &["stt.relay_token_file"]),
     ("CALL_ID", &["rtp2ws.call_id"]),
     ("BASE_PORT", &["rtp2ws.base_port", "ari_coach.base_port"]),
     (
@@ -309,7 +311,12 @@ impl Loaded {
             .find(|(k, _)| k == ENV_CREDENTIALS)
             .map(|(_, v)| PathBuf::from(v));
         let s = &mut self.settings;
-        let slots: [(&str, &mut Option<Secret>, &Option<PathBuf>); 2] = [
+        let slots: [(&str, &mut Option<Secret>, &Option<PathBuf>); 3] = [
+            (
+                "stt.relay_token",
+                &mut s.stt.relay_token,
+                &s.stt.relay_token_file,
+            ),
             (
                 "orchestrator.openrouter_api_key",
                 &mut s.orchestrator.openrouter_api_key,

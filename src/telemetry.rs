@@ -2,13 +2,15 @@
 //! connected to the journal (`JOURNAL_STREAM`), else human-readable stderr.
 //! `RUST_LOG` filters either way (default `info`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// Installs the global subscriber. Safe to call more than once.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,whisper_rs=warn"));
     let registry = tracing_subscriber::registry().with(filter);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         match tracing_journald::layer() {
@@ -52,3 +54,20 @@ pub fn process_stats(pid: Option<u32>) -> Option<(u64, f64)> {
     // USER_HZ is 100 on every Linux architecture (it is part of the ABI).
     Some((rss_kib * 1024, ticks as f64 / 100.0))
 }
+
+/// A monotonically increasing count, for Prometheus metrics.
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+

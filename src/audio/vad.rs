@@ -1,9 +1,10 @@
 //! Voice activity detection on 20 ms frames of 16 kHz audio.
 //!
 //! A frame is speech-like when its energy stands clearly above the noise
-//! floor (the quietest frame of the last few seconds) and its spectrum is
-//! not dominated by one or two pure tones (hold tones, DTMF, beeps). The
-//! segmenter adds utterance-level checks on top.
+//! floor (the quietest frame of the last few seconds). Each frame also
+//! reports its dominant frequency and how much of the band it holds, so
+//! the segmenter can tell a held tone or DTMF from a voice over a whole
+//! utterance (one frame of a clean vowel looks as tonal as a beep).
 
 /// Samples per frame at 16 kHz (20 ms).
 pub const FRAME: usize = 320;
@@ -18,9 +19,6 @@ pub struct VadConfig {
     pub above_floor_db: f32,
     /// Absolute minimum level of speech, dBFS.
     pub min_level_db: f32,
-    /// Above this share of band energy in the two strongest narrow peaks,
-    /// a frame is a tone, not a voice.
-    pub max_tonality: f32,
 }
 
 impl Default for VadConfig {
@@ -28,7 +26,6 @@ impl Default for VadConfig {
         Self {
             above_floor_db: 10.0,
             min_level_db: -50.0,
-            max_tonality: 0.7,
         }
     }
 }
@@ -41,6 +38,8 @@ pub struct Frame {
     pub db: f32,
     /// Share of 300-3400 Hz energy in the two strongest narrow peaks.
     pub tonality: f32,
+    /// The strongest frequency in 300-3400 Hz (Hz).
+    pub peak_hz: f32,
 }
 
 pub struct Vad {
@@ -51,9 +50,12 @@ pub struct Vad {
 
 impl Vad {
     pub fn new(config: VadConfig) -> Self {
+        // Until real quiet is heard, assume a quiet line: a stream that
+        // starts in mid-sentence must not take its speech for the floor.
+        let assumed = config.min_level_db - config.above_floor_db;
         Self {
             config,
-            history: std::collections::VecDeque::with_capacity(FLOOR_FRAMES),
+            history: std::iter::repeat_n(assumed, FLOOR_FRAMES).collect(),
             fft: Fft::new(FFT),
         }
     }
@@ -62,21 +64,24 @@ impl Vad {
     pub fn frame(&mut self, samples: &[f32]) -> Frame {
         let energy = samples.iter().map(|x| x * x).sum::<f32>() / samples.len().max(1) as f32;
         let db = 10.0 * (energy + 1e-10).log10();
-        if self.history.len() == FLOOR_FRAMES {
-            self.history.pop_front();
-        }
+        self.history.pop_front();
         self.history.push_back(db);
         let floor = self.history.iter().copied().fold(f32::INFINITY, f32::min);
         let loud = db > self.config.min_level_db && db > floor + self.config.above_floor_db;
-        let tonality = if loud { self.tonality(samples) } else { 0.0 };
+        let (tonality, peak_hz) = if loud {
+            self.tonality(samples)
+        } else {
+            (0.0, 0.0)
+        };
         Frame {
-            speech: loud && tonality < self.config.max_tonality,
+            speech: loud,
             db,
             tonality,
+            peak_hz,
         }
     }
 
-    fn tonality(&mut self, samples: &[f32]) -> f32 {
+    fn tonality(&mut self, samples: &[f32]) -> (f32, f32) {
         let power = self.fft.power(samples);
         let bin_hz = 16_000.0 / FFT as f32;
         let lo = (300.0 / bin_hz) as usize;
@@ -84,11 +89,12 @@ impl Vad {
         let band = &power[lo..=hi];
         let total: f32 = band.iter().sum();
         if total <= 0.0 {
-            return 0.0;
+            return (0.0, 0.0);
         }
         let mut taken = vec![false; band.len()];
         let mut peaks = 0.0;
-        for _ in 0..2 {
+        let mut peak_hz = 0.0;
+        for round in 0..2 {
             let Some((i, _)) = band
                 .iter()
                 .enumerate()
@@ -97,6 +103,9 @@ impl Vad {
             else {
                 break;
             };
+            if round == 0 {
+                peak_hz = (lo + i) as f32 * bin_hz;
+            }
             for j in i.saturating_sub(2)..=(i + 2).min(band.len() - 1) {
                 if !taken[j] {
                     taken[j] = true;
@@ -104,7 +113,7 @@ impl Vad {
                 }
             }
         }
-        peaks / total
+        (peaks / total, peak_hz)
     }
 }
 
@@ -202,11 +211,16 @@ mod tests {
     }
 
     #[test]
-    fn pure_tones_and_dtmf_are_not_speech() {
+    fn pure_tones_and_dtmf_are_tonal_at_their_frequency() {
         for freqs in [&[425.0][..], &[697.0, 1209.0], &[941.0, 1477.0], &[1000.0]] {
             let frames = classify(&tones(freqs, 0.3, 25));
-            let speech = frames.iter().filter(|f| f.speech).count();
-            assert_eq!(speech, 0, "{freqs:?}: {:?}", frames[5]);
+            let f = frames[10];
+            assert!(f.tonality > 0.9, "{freqs:?}: {f:?}");
+            assert!(
+                freqs.iter().any(|x| (x - f.peak_hz).abs() <= 32.0),
+                "{freqs:?}: peak {}",
+                f.peak_hz
+            );
         }
     }
 
@@ -221,5 +235,6 @@ mod tests {
         let frames = classify(&x);
         let speech = frames.iter().filter(|f| f.speech).count();
         assert!(speech > 20, "only {speech} of 25 frames: {:?}", frames[3]);
+        assert!(frames[10].tonality < 0.5, "{:?}", frames[10]);
     }
 }

@@ -32,8 +32,9 @@ pub struct DecodeOptions {
     pub prompt: Option<String>,
     /// Beam width; 1 is greedy.
     pub beam: usize,
-    /// Fit the encoder window to the audio instead of 30 s.
-    pub fit_audio_ctx: bool,
+    /// Fit the encoder window to the audio instead of 30 s, but never
+    /// below this many encoder frames (50 per second; 1500 = always 30 s).
+    pub min_audio_ctx: i32,
 }
 
 /// The loaded model, shared by every worker.
@@ -114,11 +115,12 @@ impl Worker {
         if let Some(prompt) = &opts.prompt {
             params.set_initial_prompt(prompt);
         }
-        if opts.fit_audio_ctx {
-            let secs = audio.len() as f64 / 16_000.0;
-            let ctx = (secs * AUDIO_CTX_PER_SEC).ceil() as i32 + AUDIO_CTX_MARGIN;
-            params.set_audio_ctx(ctx.clamp(128, 1500));
-        }
+        let secs = audio.len() as f64 / 16_000.0;
+        let ctx = (secs * AUDIO_CTX_PER_SEC).ceil() as i32 + AUDIO_CTX_MARGIN;
+        params.set_audio_ctx(ctx.clamp(opts.min_audio_ctx.clamp(64, 1500), 1500));
+        // A runaway decode ("7, 7, 7, ...") stops at a length no speaker
+        // reaches: about 8 tokens a second plus some slack.
+        params.set_max_tokens((secs * 8.0) as i32 + 24);
         // Whisper wants at least a second of audio; pad short pieces.
         let padded;
         let audio = if audio.len() < 16_000 {

@@ -1,12 +1,33 @@
 //! stt: Whisper speech-to-text over websocket (CONTRACT.md "Audio into
-//! stt"). Only its settings exist so far; the service itself is not built
-//! yet and the dispatcher says so.
+//! stt"). Audio in per call leg, `transcript` events out to the relay and
+//! back on the same websocket.
+//!
+//! - [`server`]: listener, `/ws` validation, `/healthz`, `/metrics`.
+//! - [`session`]: one audio stream: decode, resample, segment, transcribe.
+//! - [`segmenter`]: VAD-driven utterances, partial and final requests.
+//! - [`pool`]: the bounded worker pool (finals before partials).
+//! - [`engine`]: whisper-rs inference and the hallucination filters.
+//! - [`publish`]: posting events to the relay, buffered across outages.
+//! - [`model`]: model files: list, import (GGML, CTranslate2), fetch.
+
+pub mod engine;
+pub mod metrics;
+pub mod model;
+pub mod offline;
+pub mod pool;
+pub mod publish;
+pub mod segmenter;
+pub mod server;
+pub mod session;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+pub use server::{SttError, serve};
+
+use crate::config::{ConfigError, Secret};
 
 /// Settings of the stt service (`[stt]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -16,14 +37,57 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Transcription language, forced. `LANG` (language part of a locale).
     pub language: String,
+    /// Let Whisper detect the language instead of forcing `language`.
+    pub detect_language: bool,
     /// Whisper model size (`tiny`, `base`, `small`, ...). `MODEL_SIZE`.
     pub model_size: String,
+    /// A model file to load instead of the one `model_size` and
+    /// `compute_type` pick in the model directory.
+    pub model_file: Option<PathBuf>,
     /// `cpu` or `cuda`. `DEVICE`.
     pub device: String,
     /// `int8` (GGML q8_0) or `float16` (f16). `COMPUTE_TYPE`.
     pub compute_type: String,
     /// Where transcripts are posted. `RELAY_URL`.
     pub relay_url: String,
+    /// Token for the relay when its auth is on. `RELAY_TOKEN`, or
+    /// `RELAY_TOKEN_FILE`, or the credential `relay_token`.
+    pub relay_token: Option<Secret>,
+    /// File holding the relay token. `RELAY_TOKEN_FILE`.
+    pub relay_token_file: Option<PathBuf>,
+    /// Transcriptions run at once (each with its own decoder state).
+    pub workers: usize,
+    /// CPU threads per transcription; 0 shares the machine's cores among
+    /// the workers.
+    pub threads_per_worker: usize,
+    /// Beam width; 1 is greedy (fastest).
+    pub beam: usize,
+    /// Smallest Whisper encoder window, in frames of 20 ms: short
+    /// utterances use a window fitted to their length but at least this
+    /// (1500 = always the full 30 s: slowest, most accurate).
+    pub min_audio_ctx: i32,
+    /// Silence that ends an utterance, in ms.
+    pub end_silence_ms: usize,
+    /// New speech between two partial transcripts, in ms.
+    pub partial_every_ms: usize,
+    /// Longest utterance before it is split, in ms.
+    pub max_utterance_ms: usize,
+    /// Shorter speech is ignored, in ms.
+    pub min_speech_ms: usize,
+    /// Whisper's no-speech probability above which a result is dropped.
+    pub max_no_speech_prob: f32,
+    /// Domain prompt given to Whisper (product names, the agent script).
+    pub prompt: Option<String>,
+    /// Words Whisper should favour; appended to the prompt.
+    pub hotwords: Vec<String>,
+    /// Concurrent audio streams at most.
+    pub max_streams: usize,
+    /// Largest audio frame a client may send, in bytes.
+    pub max_frame_bytes: usize,
+    /// A stream with no audio for this many seconds is closed.
+    pub idle_timeout_secs: u64,
+    /// Transcript events held while the relay is unreachable.
+    pub publish_queue: usize,
 }
 
 impl Default for Settings {
@@ -31,10 +95,29 @@ impl Default for Settings {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             language: "es".into(),
+            detect_language: false,
             model_size: "small".into(),
+            model_file: None,
             device: "cpu".into(),
             compute_type: "int8".into(),
             relay_url: "http://127.0.0.1:7070/event".into(),
+            relay_token: None,
+            relay_token_file: None,
+            workers: 1,
+            threads_per_worker: 0,
+            beam: 1,
+            min_audio_ctx: 768,
+            end_silence_ms: 500,
+            partial_every_ms: 1000,
+            max_utterance_ms: 15_000,
+            min_speech_ms: 200,
+            max_no_speech_prob: 0.6,
+            prompt: None,
+            hotwords: Vec::new(),
+            max_streams: 256,
+            max_frame_bytes: 256 * 1024,
+            idle_timeout_secs: 60,
+            publish_queue: 10_000,
         }
     }
 }
@@ -47,10 +130,7 @@ impl Settings {
                 format!("must be \"cpu\" or \"cuda\", got {:?}", self.device),
             ));
         }
-        if !matches!(
-            self.compute_type.as_str(),
-            "int8" | "float16" | "q8_0" | "f16"
-        ) {
+        if model::Quant::parse(&self.compute_type).is_none() {
             return Err(ConfigError::invalid(
                 "stt.compute_type",
                 format!(
@@ -59,6 +139,50 @@ impl Settings {
                 ),
             ));
         }
+        if self.workers == 0 || self.workers > 64 {
+            return Err(ConfigError::invalid("stt.workers", "must be 1 to 64"));
+        }
+        if !(0.0..=1.0).contains(&self.max_no_speech_prob) {
+            return Err(ConfigError::invalid(
+                "stt.max_no_speech_prob",
+                "must be between 0 and 1",
+            ));
+        }
+        if self.end_silence_ms < 100 || self.partial_every_ms < 200 {
+            return Err(ConfigError::invalid(
+                "stt.end_silence_ms",
+                "end_silence_ms must be at least 100 and partial_every_ms at least 200",
+            ));
+        }
+        if self.max_utterance_ms < 1000 || self.max_utterance_ms > 30_000 {
+            return Err(ConfigError::invalid(
+                "stt.max_utterance_ms",
+                "must be 1000 to 30000 (Whisper sees 30 s at most)",
+            ));
+        }
         Ok(())
+    }
+
+    /// `language`, or `None` when detection was asked for.
+    pub fn forced_language(&self) -> Option<String> {
+        (!self.detect_language).then(|| self.language.clone())
+    }
+
+    /// The prompt with the hotwords appended.
+    pub fn full_prompt(&self) -> Option<String> {
+        let mut parts: Vec<String> = self.prompt.iter().cloned().collect();
+        if !self.hotwords.is_empty() {
+            parts.push(self.hotwords.join(", "));
+        }
+        (!parts.is_empty()).then(|| parts.join(" "))
+    }
+
+    /// CPU threads per worker.
+    pub fn threads(&self) -> usize {
+        if self.threads_per_worker > 0 {
+            return self.threads_per_worker;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / self.workers).max(1)
     }
 }

@@ -72,6 +72,10 @@ struct Open {
     speech_end: usize,
     speech_frames: usize,
     speech_db: Vec<f32>,
+    /// (tonality, dominant Hz) of each speech frame, to spot tones.
+    speech_tone: Vec<(f32, f32)>,
+    /// Level of every frame of `audio`, for choosing where to split.
+    frame_db: Vec<f32>,
     silence_ms: usize,
     speech_since_partial_ms: usize,
 }
@@ -140,9 +144,11 @@ impl Segmenter {
         let c = self.config;
         if let Some(open) = &mut self.open {
             open.audio.extend_from_slice(frame);
+            open.frame_db.push(info.db);
             if info.speech {
                 open.speech_frames += 1;
                 open.speech_db.push(info.db);
+                open.speech_tone.push((info.tonality, info.peak_hz));
                 open.speech_end = open.audio.len();
                 open.silence_ms = 0;
                 open.speech_since_partial_ms += 20;
@@ -150,8 +156,10 @@ impl Segmenter {
                 open.silence_ms += 20;
             }
             let length_ms = open.audio.len() / PER_MS;
-            if open.silence_ms >= c.end_silence_ms || length_ms >= c.max_utterance_ms {
+            if open.silence_ms >= c.end_silence_ms {
                 self.close(out);
+            } else if length_ms >= c.max_utterance_ms {
+                self.split(out);
             } else if open.speech_since_partial_ms >= c.partial_every_ms
                 && level_spread(&open.speech_db) >= c.min_level_spread_db
             {
@@ -180,6 +188,8 @@ impl Segmenter {
                 speech_end: audio.len(),
                 speech_frames: self.run,
                 speech_db: vec![info.db; self.run],
+                speech_tone: vec![(info.tonality, info.peak_hz); self.run],
+                frame_db: vec![info.db; audio.len() / FRAME],
                 audio,
                 silence_ms: 0,
                 speech_since_partial_ms: self.run * 20,
@@ -187,6 +197,40 @@ impl Segmenter {
             self.next_index += 1;
             self.run = 0;
         }
+    }
+
+    /// Speech too long without a pause: ends the utterance at the quietest
+    /// frame of its last three seconds (a breath, a word boundary) rather
+    /// than mid-word, and carries the rest into the next utterance.
+    fn split(&mut self, out: &mut Vec<Request>) {
+        let Some(open) = &mut self.open else {
+            return;
+        };
+        let n = open.frame_db.len();
+        let window = n.saturating_sub(150)..n.saturating_sub(5);
+        let cut = window
+            .clone()
+            .min_by(|a, b| open.frame_db[*a].total_cmp(&open.frame_db[*b]))
+            .map_or(n, |i| i + 1);
+        let rest_audio = open.audio.split_off((cut * FRAME).min(open.audio.len()));
+        let rest_db = open.frame_db.split_off(cut.min(n));
+        let rest_start = open.start + (cut * FRAME) as u64;
+        open.speech_end = open.speech_end.min(open.audio.len());
+        self.close(out);
+        let speech_frames = rest_db.len();
+        self.open = Some(Open {
+            index: self.next_index,
+            start: rest_start,
+            speech_end: rest_audio.len(),
+            speech_frames,
+            speech_db: rest_db.clone(),
+            speech_tone: Vec::new(),
+            frame_db: rest_db,
+            audio: rest_audio,
+            silence_ms: 0,
+            speech_since_partial_ms: speech_frames * 20,
+        });
+        self.next_index += 1;
     }
 
     fn close(&mut self, out: &mut Vec<Request>) {
@@ -198,7 +242,10 @@ impl Segmenter {
         let keep = (open.speech_end + 200 * PER_MS).min(open.audio.len());
         open.audio.truncate(keep);
         let speech_ms = open.speech_frames * 20;
-        if speech_ms < c.min_speech_ms || level_spread(&open.speech_db) < c.min_level_spread_db {
+        if speech_ms < c.min_speech_ms
+            || level_spread(&open.speech_db) < c.min_level_spread_db
+            || is_tone(&open.speech_tone)
+        {
             self.dropped += 1;
             // Send a final anyway if partials were requested, so the
             // consumer can close the utterance; with no audio it is empty.
@@ -219,6 +266,34 @@ impl Segmenter {
             audio: open.audio,
         }));
     }
+}
+
+/// DTMF row and column frequencies (Hz).
+const DTMF_HZ: [f32; 8] = [697.0, 770.0, 852.0, 941.0, 1209.0, 1336.0, 1477.0, 1633.0];
+
+/// Whether an utterance is a held tone or DTMF rather than a voice: most
+/// of its frames are nearly pure and either share one frequency or sit on
+/// DTMF frequencies. A voice's dominant harmonic wanders with its pitch.
+fn is_tone(frames: &[(f32, f32)]) -> bool {
+    if frames.is_empty() {
+        return false;
+    }
+    let pure: Vec<f32> = frames
+        .iter()
+        .filter(|(t, _)| *t > 0.9)
+        .map(|(_, hz)| *hz)
+        .collect();
+    let n = frames.len() as f32;
+    let dtmf = pure
+        .iter()
+        .filter(|hz| DTMF_HZ.iter().any(|d| (*hz - d).abs() <= 32.0))
+        .count() as f32;
+    let modal = pure
+        .iter()
+        .map(|a| pure.iter().filter(|b| (*a - *b).abs() <= 32.0).count())
+        .max()
+        .unwrap_or(0) as f32;
+    dtmf / n > 0.5 || modal / n > 0.6
 }
 
 /// Standard deviation of the levels, in dB.
@@ -286,11 +361,27 @@ mod tests {
         let mut seg = Segmenter::new(config);
         let mut audio = vec![0.0; 8_000];
         audio.extend(voice(7_000));
-        let reqs = run(&mut seg, &audio);
-        let finals = reqs.iter().filter(|r| matches!(r, Request::Final(_))).count();
-        assert_eq!(finals, 2);
-        let last = seg.finish();
-        assert!(matches!(&last[..], [Request::Final(u)] if u.index == 3));
+        let mut reqs = run(&mut seg, &audio);
+        assert!(seg.in_speech(), "speech was still going on");
+        reqs.extend(seg.finish());
+        let finals: Vec<&Utterance> = reqs
+            .iter()
+            .filter_map(|r| match r {
+                Request::Final(u) => Some(u),
+                _ => None,
+            })
+            .collect();
+        assert!(finals.len() >= 3, "{} finals", finals.len());
+        for pair in finals.windows(2) {
+            assert_eq!(pair[1].index, pair[0].index + 1);
+            // Split pieces follow each other without losing audio.
+            assert!(pair[1].start_ms <= pair[0].end_ms + 20, "{:?} then {:?}", (pair[0].start_ms, pair[0].end_ms), (pair[1].start_ms, pair[1].end_ms));
+        }
+        for u in &finals {
+            assert!(u.end_ms - u.start_ms <= 3_000, "{}..{}", u.start_ms, u.end_ms);
+        }
+        let total: u64 = finals.iter().map(|u| u.audio.len() as u64).sum();
+        assert!(total >= 7_000 * PER_MS as u64 - 16_000, "audio lost: {total}");
     }
 
     #[test]

@@ -210,9 +210,8 @@ fn find_pip() -> Option<Vec<String>> {
 }
 
 fn sha256_file(path: &Path) -> Result<String, ModelError> {
-    let mut f = std::fs::File::open(path).map_err(super::io_err(path))?;
     let mut h = sha2::Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(super::io_err(path))?;
+    hash_file(path, &mut h)?;
     Ok(hex(&h.finalize()))
 }
 
@@ -223,10 +222,21 @@ fn joined_sha256(dir: &Path) -> Result<String, ModelError> {
         if !p.is_file() {
             break;
         }
-        let mut f = std::fs::File::open(&p).map_err(super::io_err(&p))?;
-        std::io::copy(&mut f, &mut h).map_err(super::io_err(&p))?;
+        hash_file(&p, &mut h)?;
     }
     Ok(hex(&h.finalize()))
+}
+
+fn hash_file(path: &Path, h: &mut sha2::Sha256) -> Result<(), ModelError> {
+    let mut f = std::fs::File::open(path).map_err(super::io_err(path))?;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).map_err(super::io_err(path))?;
+        if n == 0 {
+            return Ok(());
+        }
+        h.update(&buf[..n]);
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -1,0 +1,337 @@
+//! `call-coach bench-stt`: N concurrent calls (two streams each, agent and
+//! customer) played into a running stt at real time from WAV clips, with
+//! silence between clips for the chosen speech ratio. Prints end-of-speech
+//! to final latency (p50/p95/max), partial cadence, real-time factor, stt's
+//! CPU and peak memory, and WER when reference texts are given.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::audio::wav::Wav;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Options {
+    /// stt base URL.
+    #[arg(long, default_value = "ws://127.0.0.1:8080")]
+    pub url: String,
+    /// Concurrent calls (two streams each).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub calls: Vec<usize>,
+    /// WAV clips (8 or 16 kHz, 16-bit mono) played in turn.
+    #[arg(long, required = true, num_args = 1..)]
+    pub clips: Vec<PathBuf>,
+    /// Share of each stream that is speech.
+    #[arg(long, default_value_t = 0.4)]
+    pub speech_ratio: f64,
+    /// Seconds each run lasts.
+    #[arg(long, default_value_t = 60.0)]
+    pub duration: f64,
+    /// Reference texts, `CLIP_FILE_NAME<TAB>text` per line, for WER.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+}
+
+struct Clip {
+    name: String,
+    pcm: Vec<u8>,
+    samples: usize,
+    rate: u32,
+}
+
+#[derive(Default)]
+struct Observed {
+    /// End-of-speech to final, ms.
+    latency_ms: Vec<f64>,
+    /// Between consecutive partials of one utterance, ms.
+    partial_gaps_ms: Vec<f64>,
+    finals: usize,
+    partials: usize,
+    /// (clip name, hypothesis) for WER.
+    hypotheses: Vec<(String, String)>,
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let clips: Vec<Clip> = opts
+        .clips
+        .iter()
+        .map(|p| {
+            let wav = Wav::read(p)?;
+            if wav.rate != 8_000 && wav.rate != 16_000 {
+                bail!("{}: {} Hz; use 8 or 16 kHz", p.display(), wav.rate);
+            }
+            let mono = wav.channel(0);
+            Ok(Clip {
+                name: p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                pcm: mono.iter().flat_map(|s| s.to_le_bytes()).collect(),
+                samples: mono.len(),
+                rate: wav.rate,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    if clips.is_empty() {
+        bail!("no clips");
+    }
+    let rate = clips[0].rate;
+    if clips.iter().any(|c| c.rate != rate) {
+        bail!("all clips must have the same sample rate");
+    }
+    let clips = Arc::new(clips);
+    let references: HashMap<String, String> = match &opts.reference {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| p.display().to_string())?
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        None => HashMap::new(),
+    };
+    let http = opts.url.replacen("ws://", "http://", 1);
+    println!(
+        "stt {} | clips {} at {} Hz | speech {:.0}% | {} s per run",
+        opts.url,
+        clips.len(),
+        rate,
+        opts.speech_ratio * 100.0,
+        opts.duration
+    );
+    println!(
+        "{:>6} {:>8} {:>8} {:>9} {:>9} {:>9} {:>12} {:>7} {:>9} {:>10} {:>7}",
+        "calls", "streams", "finals", "p50 ms", "p95 ms", "max ms", "partial gap", "RTF", "stt CPU", "stt RSS", "WER"
+    );
+    for &calls in &opts.calls {
+        let before = scrape(&http).await;
+        let observed = Arc::new(Mutex::new(Observed::default()));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..calls {
+            for (s, speaker) in ["agent", "customer"].iter().enumerate() {
+                let url = format!(
+                    "{}/ws?callId=bench-{}-{c}&speaker={speaker}&sampleRate={rate}&encoding=s16le",
+                    opts.url.trim_end_matches('/'),
+                    std::process::id()
+                );
+                let clips = clips.clone();
+                let observed = observed.clone();
+                let offset = c * 2 + s;
+                let duration = Duration::from_secs_f64(opts.duration);
+                let ratio = opts.speech_ratio;
+                tasks.push(tokio::spawn(async move {
+                    play(url, clips, offset, ratio, duration, rate, observed).await
+                }));
+            }
+        }
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let (http, done) = (http.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut peak = 0.0f64;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Some(m) = scrape(&http).await {
+                        peak = peak.max(m.rss);
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                peak
+            })
+        };
+        for t in tasks {
+            t.await??;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut peak_rss = watcher.await.unwrap_or(0.0);
+        let after = scrape(&http).await;
+        if let Some(a) = &after {
+            peak_rss = peak_rss.max(a.rss);
+        }
+        let o = observed.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let mut lat = o.latency_ms.clone();
+        lat.sort_by(f64::total_cmp);
+        let pick = |q: f64| lat.get(((lat.len().max(1) - 1) as f64 * q).round() as usize).copied().unwrap_or(f64::NAN);
+        let gap = if o.partial_gaps_ms.is_empty() {
+            f64::NAN
+        } else {
+            o.partial_gaps_ms.iter().sum::<f64>() / o.partial_gaps_ms.len() as f64
+        };
+        let (rtf, cpu) = match (&before, &after) {
+            (Some(b), Some(a)) => (
+                (a.decode_secs - b.decode_secs) / (a.audio_secs - b.audio_secs).max(1e-9),
+                (a.cpu - b.cpu) / secs,
+            ),
+            _ => (f64::NAN, f64::NAN),
+        };
+        let wer = word_error_rate(&o.hypotheses, &references);
+        println!(
+            "{:>6} {:>8} {:>8} {:>9.0} {:>9.0} {:>9.0} {:>9.0} ms {:>7.3} {:>8.0}% {:>6.0} MiB {:>7}",
+            calls,
+            calls * 2,
+            o.finals,
+            pick(0.5),
+            pick(0.95),
+            lat.last().copied().unwrap_or(f64::NAN),
+            gap,
+            rtf,
+            cpu * 100.0,
+            peak_rss / 1048576.0,
+            wer.map_or("-".into(), |w| format!("{:.1}%", w * 100.0)),
+        );
+    }
+    Ok(())
+}
+
+/// Streams clips with silence between them at real time, and records what
+/// comes back.
+async fn play(
+    url: String,
+    clips: Arc<Vec<Clip>>,
+    offset: usize,
+    ratio: f64,
+    duration: Duration,
+    rate: u32,
+    observed: Arc<Mutex<Observed>>,
+) -> anyhow::Result<()> {
+    let (ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    let (mut tx, mut rx) = ws.split();
+    let start = Instant::now();
+    // Which clip ends at which stream millisecond, for WER attribution.
+    let schedule: Arc<Mutex<Vec<(u64, u64, String)>>> = Arc::default();
+    let reader = {
+        let observed = observed.clone();
+        let schedule = schedule.clone();
+        tokio::spawn(async move {
+            let mut last_partial: HashMap<String, Instant> = HashMap::new();
+            while let Some(Ok(msg)) = rx.next().await {
+                let Message::Text(text) = msg else { continue };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+                    continue;
+                };
+                let now = Instant::now();
+                let id = v["utteranceId"].as_str().unwrap_or_default().to_owned();
+                let mut o = match observed.lock() {
+                    Ok(o) => o,
+                    Err(_) => return,
+                };
+                if v["final"] == true {
+                    o.finals += 1;
+                    let end_ms = v["endMs"].as_u64().unwrap_or(0);
+                    let spoken_end = start + Duration::from_millis(end_ms);
+                    o.latency_ms.push(now.saturating_duration_since(spoken_end).as_secs_f64() * 1000.0);
+                    last_partial.remove(&id);
+                    let start_ms = v["startMs"].as_u64().unwrap_or(0);
+                    if let Ok(sched) = schedule.lock()
+                        && let Some((_, _, name)) = sched
+                            .iter()
+                            .find(|(s, e, _)| start_ms + 400 >= *s && start_ms < *e)
+                    {
+                        let hyp = v["text"].as_str().unwrap_or_default().to_owned();
+                        o.hypotheses.push((name.clone(), hyp));
+                    }
+                } else {
+                    o.partials += 1;
+                    if let Some(prev) = last_partial.insert(id, now) {
+                        o.partial_gaps_ms.push((now - prev).as_secs_f64() * 1000.0);
+                    }
+                }
+            }
+        })
+    };
+    let frame = (rate as usize / 50) * 2; // 20 ms of s16le
+    let mut sent_samples: u64 = 0;
+    let mut i = offset;
+    'outer: while start.elapsed() < duration {
+        let clip = &clips[i % clips.len()];
+        i += 1;
+        let gap = (clip.samples as f64 * (1.0 / ratio.clamp(0.05, 1.0) - 1.0)) as usize;
+        let begin_ms = sent_samples * 1000 / u64::from(rate);
+        let end_ms = (sent_samples + clip.samples as u64) * 1000 / u64::from(rate);
+        if let Ok(mut s) = schedule.lock() {
+            s.push((begin_ms, end_ms, clip.name.clone()));
+        }
+        let silence = vec![0u8; gap * 2];
+        for chunk in clip.pcm.chunks(frame).chain(silence.chunks(frame)) {
+            let due = start + Duration::from_micros(sent_samples * 1_000_000 / u64::from(rate));
+            tokio::time::sleep_until(due.into()).await;
+            tx.send(Message::binary(chunk.to_vec())).await?;
+            sent_samples += (chunk.len() / 2) as u64;
+            if start.elapsed() >= duration + Duration::from_secs(30) {
+                break 'outer;
+            }
+        }
+    }
+    tx.send(Message::text(r#"{"type":"end"}"#)).await?;
+    let _ = tokio::time::timeout(Duration::from_secs(60), reader).await;
+    Ok(())
+}
+
+struct Scraped {
+    rss: f64,
+    cpu: f64,
+    audio_secs: f64,
+    decode_secs: f64,
+}
+
+async fn scrape(http: &str) -> Option<Scraped> {
+    let url = format!("{}/metrics", http.trim_end_matches('/'));
+    let text = tokio::task::spawn_blocking(move || {
+        ureq::get(&url)
+            .call()
+            .ok()?
+            .body_mut()
+            .read_to_string()
+            .ok()
+    })
+    .await
+    .ok()??;
+    let find = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+    };
+    Some(Scraped {
+        rss: find("process_resident_memory_bytes")?,
+        cpu: find("process_cpu_seconds_total")?,
+        audio_secs: find("stt_audio_seconds_total")?,
+        decode_secs: find("stt_decode_seconds_total")?,
+    })
+}
+
+/// Word error rate of the hypotheses against their clips' references
+/// (case, accents and punctuation normalised); `None` without references.
+pub fn word_error_rate(hyps: &[(String, String)], refs: &HashMap<String, String>) -> Option<f64> {
+    let mut errors = 0usize;
+    let mut words = 0usize;
+    for (clip, hyp) in hyps {
+        let Some(reference) = refs.get(clip) else { continue };
+        let r: Vec<String> = crate::stt::engine::normalise(reference)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        let h: Vec<String> = crate::stt::engine::normalise(hyp)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        errors += edit_distance(&r, &h);
+        words += r.len();
+    }
+    (words > 0).then(|| errors as f64 / words as f64)
+}
+
+/// Levenshtein distance over words.
+pub fn edit_distance(a: &[String], b: &[String]) -> usize {
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, x) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, y) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(x != y)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}

@@ -1,0 +1,88 @@
+//! `call-coach transcribe FILE...`: files through the same path as live
+//! audio (resample, VAD segments, Whisper, filters), for checking a model
+//! and measuring accuracy.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+
+use super::engine::{DecodeOptions, Decoded, Engine, reject_reason};
+use super::segmenter::{Request, Segmenter, SegmenterConfig};
+use crate::audio::resample::Upsampler2x;
+use crate::audio::wav::Wav;
+
+/// A file as 16 kHz mono f32 (the first channel of a stereo file).
+pub fn load_16k(path: &Path) -> anyhow::Result<Vec<f32>> {
+    let wav = Wav::read(path)?;
+    let pcm = crate::audio::to_f32(&wav.channel(0));
+    match wav.rate {
+        16_000 => Ok(pcm),
+        8_000 => {
+            let mut out = Vec::with_capacity(pcm.len() * 2);
+            Upsampler2x::new().process(&pcm, &mut out);
+            Ok(out)
+        }
+        other => anyhow::bail!("{}: {other} Hz; use 8000 or 16000 Hz", path.display()),
+    }
+}
+
+pub fn transcribe_files(
+    settings: &crate::config::Settings,
+    files: &[PathBuf],
+    whole: bool,
+) -> anyhow::Result<()> {
+    let s = &settings.stt;
+    let path = super::server::model_path(settings)?;
+    let engine = Engine::load(&path)?;
+    let mut worker = engine.worker()?;
+    let options = DecodeOptions {
+        language: s.forced_language(),
+        threads: s.threads(),
+        prompt: s.full_prompt(),
+        beam: s.beam,
+        min_audio_ctx: if whole { 1500 } else { s.min_audio_ctx },
+    };
+    for file in files {
+        let audio = load_16k(file).with_context(|| file.display().to_string())?;
+        let started = Instant::now();
+        let mut texts = Vec::new();
+        let pieces: Vec<Vec<f32>> = if whole {
+            vec![audio.clone()]
+        } else {
+            let mut seg = Segmenter::new(SegmenterConfig {
+                end_silence_ms: s.end_silence_ms,
+                max_utterance_ms: s.max_utterance_ms,
+                min_speech_ms: s.min_speech_ms,
+                ..Default::default()
+            });
+            let mut reqs = seg.push(&audio);
+            reqs.extend(seg.finish());
+            reqs.into_iter()
+                .filter_map(|r| match r {
+                    Request::Final(u) if !u.audio.is_empty() => {
+                        tracing::debug!(start_ms = u.start_ms, end_ms = u.end_ms, "utterance");
+                        Some(u.audio)
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        for piece in pieces {
+            let decoded: Decoded = worker.transcribe(&piece, &options)?;
+            tracing::debug!(text = %decoded.text, no_speech = decoded.no_speech_prob, "decoded");
+            if reject_reason(&decoded, s.max_no_speech_prob).is_none() {
+                texts.push(decoded.text);
+            }
+        }
+        let secs = audio.len() as f64 / 16_000.0;
+        let took = started.elapsed().as_secs_f64();
+        eprintln!(
+            "{}: {secs:.1} s of audio in {took:.2} s (RTF {:.3})",
+            file.display(),
+            took / secs.max(1e-6)
+        );
+        println!("{}\t{}", file.display(), texts.join(" "));
+    }
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! Posting events to the relay from a thread of its own (ureq, blocking),
+//! in order, with a bounded buffer: when the relay is down, events wait and
+//! are retried with backoff, so a relay restart loses nothing. When the
+//! buffer is full, the oldest partial goes first; finals go only when
+//! nothing else is left to drop.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::metrics::Metrics;
+use crate::config::Secret;
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+#[derive(Default)]
+struct Buffer {
+    events: VecDeque<Value>,
+    closed: bool,
+}
+
+pub struct Publisher {
+    buffer: Mutex<Buffer>,
+    ready: Condvar,
+    capacity: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Publisher {
+    /// Starts the posting thread.
+    pub fn start(
+        url: String,
+        token: Option<Secret>,
+        capacity: usize,
+        metrics: Arc<Metrics>,
+    ) -> (Arc<Self>, std::thread::JoinHandle<()>) {
+        let publisher = Arc::new(Self {
+            buffer: Mutex::default(),
+            ready: Condvar::new(),
+            capacity: capacity.max(1),
+            metrics,
+        });
+        let p = publisher.clone();
+        let handle = std::thread::Builder::new()
+            .name("stt-publish".into())
+            .spawn(move || p.run(&url, token.as_ref()))
+            .expect("spawning the publisher thread");
+        (publisher, handle)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Buffer> {
+        self.buffer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues an event; never blocks.
+    pub fn send(&self, event: Value) {
+        let mut b = self.lock();
+        if b.events.len() >= self.capacity {
+            let victim = b
+                .events
+                .iter()
+                .position(|e| e["final"] == Value::Bool(false))
+                .unwrap_or(0);
+            b.events.remove(victim);
+            self.metrics.publish_dropped.inc();
+            tracing::warn!("relay buffer full: dropped the oldest {}", if victim == 0 { "event" } else { "partial" });
+        }
+        b.events.push_back(event);
+        self.metrics
+            .publish_queue
+            .store(b.events.len() as i64, Ordering::Relaxed);
+        drop(b);
+        self.ready.notify_one();
+    }
+
+    /// Stops taking events; the thread keeps posting what it has for up to
+    /// 5 s more, then gives up.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
+
+    fn run(&self, url: &str, token: Option<&Secret>) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut backoff = BACKOFF_START;
+        let mut closed_at: Option<Instant> = None;
+        loop {
+            let event = {
+                let mut b = self.lock();
+                loop {
+                    // Taken out while in flight; put back if it fails.
+                    if let Some(e) = b.events.pop_front() {
+                        break e;
+                    }
+                    if b.closed {
+                        return;
+                    }
+                    b = self.ready.wait(b).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            if self.lock().closed {
+                let since = *closed_at.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(5) {
+                    let left = self.lock().events.len();
+                    tracing::error!(events = left, "relay unreachable at shutdown: events not delivered");
+                    self.metrics.publish_dropped.add(left as u64);
+                    return;
+                }
+            }
+            let mut req = agent.post(url).header("content-type", "application/json");
+            if let Some(t) = token {
+                req = req.header("authorization", &format!("Bearer {}", t.expose()));
+            }
+            let outcome = req.send(event.to_string().as_bytes());
+            let done = match outcome {
+                Ok(resp) if resp.status().is_success() => {
+                    self.metrics.published.inc();
+                    true
+                }
+                Ok(resp) if resp.status().as_u16() == 429 || resp.status().is_server_error() => {
+                    tracing::warn!(status = %resp.status(), "relay refused an event for now; retrying");
+                    false
+                }
+                Ok(resp) => {
+                    // A 4xx will not get better by retrying.
+                    tracing::error!(status = %resp.status(), "relay rejected a transcript event; dropped");
+                    self.metrics.publish_dropped.inc();
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay unreachable; retrying");
+                    false
+                }
+            };
+            let mut b = self.lock();
+            if done {
+                backoff = BACKOFF_START;
+            } else {
+                b.events.push_front(event);
+                self.metrics.publish_retries.inc();
+            }
+            self.metrics
+                .publish_queue
+                .store(b.events.len() as i64, Ordering::Relaxed);
+            if !done {
+                let _ = self.ready.wait_timeout(b, backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! stt's listener: `GET /ws` (audio streams), `GET /healthz`, `GET /metrics`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::engine::{DecodeOptions, Engine, EngineError};
+use super::metrics::Metrics;
+use super::model::{self, ModelError};
+use super::pool::Pool;
+use super::publish::Publisher;
+use super::session::{self, StreamParams};
+use crate::http::{Resp, json_response, text, upgrade_response, websocket_accept};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SttError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(
+        "DEVICE=cuda, but this build of call-coach has no CUDA support: rebuild with `cargo build --release --features cuda`, or set DEVICE=cpu"
+    )]
+    NoCuda,
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub(super) struct State {
+    pub settings: super::Settings,
+    pub pool: Arc<Pool>,
+    pub publisher: Arc<Publisher>,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+    next_stream: AtomicU64,
+    sessions: TaskTracker,
+}
+
+/// The model file the settings ask for.
+pub fn model_path(settings: &crate::config::Settings) -> Result<PathBuf, ModelError> {
+    let s = &settings.stt;
+    match &s.model_file {
+        Some(path) => Ok(path.clone()),
+        None => model::resolve(
+            &settings.model_dir(),
+            &s.model_size,
+            model::quant_for_compute_type(&s.compute_type),
+        ),
+    }
+}
+
+/// Loads the model, binds, tells systemd when ready, and serves until
+/// `shutdown`; then finalises open streams and flushes to the relay.
+pub async fn serve(
+    settings: &crate::config::Settings,
+    shutdown: CancellationToken,
+) -> Result<(), SttError> {
+    let addr = settings.stt.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| SttError::Bind { addr, source })?;
+    run(listener, settings, shutdown).await
+}
+
+pub async fn run(
+    listener: TcpListener,
+    settings: &crate::config::Settings,
+    shutdown: CancellationToken,
+) -> Result<(), SttError> {
+    let s = settings.stt.clone();
+    if s.device == "cuda" && !cfg!(feature = "cuda") {
+        return Err(SttError::NoCuda);
+    }
+    let path = model_path(settings)?;
+    let started = std::time::Instant::now();
+    let engine = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || Engine::load(&path))
+            .await
+            .map_err(|e| EngineError::Whisper(e.to_string()))??
+    };
+    tracing::info!(
+        model = %path.display(),
+        load_ms = started.elapsed().as_millis() as u64,
+        workers = s.workers,
+        threads = s.threads(),
+        language = %s.language,
+        "model loaded"
+    );
+    let metrics = Arc::new(Metrics::default());
+    let options = DecodeOptions {
+        language: s.forced_language(),
+        threads: s.threads(),
+        prompt: s.full_prompt(),
+        beam: s.beam,
+        min_audio_ctx: s.min_audio_ctx,
+    };
+    let (pool, workers) = Pool::start(&engine, s.workers, options, metrics.clone())?;
+    let (publisher, publish_thread) = Publisher::start(
+        s.relay_url.clone(),
+        s.relay_token.clone(),
+        s.publish_queue,
+        metrics.clone(),
+    );
+    let state = Arc::new(State {
+        settings: s,
+        pool: pool.clone(),
+        publisher: publisher.clone(),
+        metrics,
+        shutdown: shutdown.clone(),
+        next_stream: AtomicU64::new(1),
+        sessions: TaskTracker::new(),
+    });
+
+    let local = listener.local_addr()?;
+    let url = format!("ws://{local}/ws");
+    tracing::info!(%url, "stt listening");
+    crate::systemd::ready(&format!("stt listening on {url}"));
+    crate::systemd::spawn_watchdog(shutdown.clone(), || true);
+
+    let handler_state = state.clone();
+    crate::http::serve(
+        listener,
+        state.settings.max_streams + 64,
+        shutdown.clone(),
+        move |req| handle(handler_state.clone(), req),
+    )
+    .await;
+    tracing::info!("stt stopped accepting; finalising open streams");
+    state.sessions.close();
+    state.sessions.wait().await;
+    pool.close();
+    publisher.close();
+    drop(state);
+    tokio::task::spawn_blocking(move || {
+        for w in workers {
+            let _ = w.join();
+        }
+        let _ = publish_thread.join();
+    })
+    .await
+    .ok();
+    tracing::info!("stt stopped");
+    Ok(())
+}
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    let resp = match (req.uri().path(), req.method()) {
+        ("/healthz", &Method::GET | &Method::HEAD) => text(StatusCode::OK, "ok\n"),
+        ("/metrics", &Method::GET) => {
+            let mut resp = Response::new(Full::new(Bytes::from(state.metrics.render())));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
+        ("/ws", &Method::GET) => open_stream(&state, req),
+        (path, _) => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({ "error": format!("no such endpoint: {path}; audio goes to /ws") }),
+        ),
+    };
+    Ok(resp)
+}
+
+fn open_stream(state: &Arc<State>, req: Request<Incoming>) -> Resp {
+    let refuse = |status: StatusCode, message: String| {
+        state.metrics.rejected_streams.inc();
+        json_response(status, &json!({ "error": message }))
+    };
+    let params = match StreamParams::parse(req.uri().query()) {
+        Ok(p) => p,
+        Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
+    };
+    let Some(accept) = websocket_accept(&req) else {
+        return refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "GET /ws is a websocket endpoint: send Upgrade: websocket".into(),
+        );
+    };
+    if state.metrics.streams.load(Ordering::Relaxed) >= state.settings.max_streams as i64 {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("already {} streams: the limit (stt.max_streams)", state.settings.max_streams),
+        );
+    }
+    if state.shutdown.is_cancelled() {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "stt is shutting down".into());
+    }
+    let stream_id = state.next_stream.fetch_add(1, Ordering::Relaxed);
+    let task_state = state.clone();
+    state.sessions.spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                session::run(TokioIo::new(upgraded), task_state, params, stream_id).await
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    upgrade_response(&accept)
+}

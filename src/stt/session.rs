@@ -1,0 +1,339 @@
+//! One audio stream over a websocket: binary frames of raw audio in,
+//! `transcript` events out (to the relay and back on the socket).
+//!
+//! `{"type":"end"}` or closing the socket ends the stream: what is open is
+//! finalised and every final is delivered before the socket closes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+
+use super::engine::reject_reason;
+use super::pool::{Done, Job, Kind};
+use super::segmenter::{Request, Segmenter, SegmenterConfig, Utterance};
+use super::server::State;
+use crate::audio::Encoding;
+use crate::audio::resample::Upsampler2x;
+
+/// Longest wait for outstanding finals once a stream ended.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A stream's parameters, checked before the upgrade.
+#[derive(Debug, Clone)]
+pub struct StreamParams {
+    pub call_id: String,
+    pub speaker: String,
+    pub sample_rate: u32,
+    pub encoding: Encoding,
+}
+
+impl StreamParams {
+    /// From the query string; the error says which parameter is wrong.
+    pub fn parse(query: Option<&str>) -> Result<Self, String> {
+        use crate::http::query_param;
+        let call_id = query_param(query, "callId").ok_or("callId is required")?;
+        if !crate::event::is_valid_call_id(&call_id) {
+            return Err(format!(
+                "callId must match ^[A-Za-z0-9][A-Za-z0-9._:-]{{0,127}}$, got {call_id:?}"
+            ));
+        }
+        let speaker = query_param(query, "speaker").unwrap_or_else(|| "mix".into());
+        if !matches!(speaker.as_str(), "agent" | "customer" | "mix") {
+            return Err(format!("speaker must be agent, customer or mix, got {speaker:?}"));
+        }
+        let sample_rate = match query_param(query, "sampleRate").as_deref() {
+            None | Some("16000") => 16_000,
+            Some("8000") => 8_000,
+            Some(other) => return Err(format!("sampleRate must be 8000 or 16000, got {other:?}")),
+        };
+        let encoding = match query_param(query, "encoding") {
+            None => Encoding::S16le,
+            Some(e) => Encoding::parse(&e)
+                .ok_or_else(|| format!("encoding must be s16le, s16be, pcmu or pcma, got {e:?}"))?,
+        };
+        Ok(Self {
+            call_id,
+            speaker,
+            sample_rate,
+            encoding,
+        })
+    }
+}
+
+/// Per-stream state of the transcripts already sent.
+struct Published {
+    /// Utterances whose final went out: late partials are dropped.
+    finalised: HashSet<u64>,
+    /// Utterances with a partial out (their final must follow, even empty).
+    with_partial: HashSet<u64>,
+    /// The text of the last partial per utterance, to skip repeats.
+    last_partial: Option<(u64, String)>,
+}
+
+pub(super) async fn run<S>(io: S, state: Arc<State>, params: StreamParams, stream_id: u64)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = WebSocketConfig::default()
+        .read_buffer_size(64 * 1024)
+        .max_message_size(Some(state.settings.max_frame_bytes))
+        .max_frame_size(Some(state.settings.max_frame_bytes));
+    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    state.metrics.streams.fetch_add(1, Ordering::Relaxed);
+    state.metrics.streams_total.inc();
+    let span = tracing::info_span!("stream", call_id = %params.call_id, speaker = %params.speaker);
+    let _guard = span.enter();
+    tracing::info!(rate = params.sample_rate, encoding = ?params.encoding, "stream opened");
+    drop(_guard);
+    let result = stream(ws, &state, &params, stream_id).await;
+    state.pool.forget_stream(stream_id);
+    state.metrics.streams.fetch_sub(1, Ordering::Relaxed);
+    match result {
+        Ok(()) => tracing::info!(call_id = %params.call_id, speaker = %params.speaker, "stream closed"),
+        Err(e) => tracing::warn!(call_id = %params.call_id, speaker = %params.speaker, error = %e, "stream ended"),
+    }
+}
+
+async fn stream<S>(
+    ws: WebSocketStream<S>,
+    state: &State,
+    params: &StreamParams,
+    stream_id: u64,
+) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let s = &state.settings;
+    let (mut tx, mut rx) = ws.split();
+    let (reply_tx, mut replies) = mpsc::unbounded_channel::<Done>();
+    let mut segmenter = Segmenter::new(SegmenterConfig {
+        end_silence_ms: s.end_silence_ms,
+        partial_every_ms: s.partial_every_ms,
+        max_utterance_ms: s.max_utterance_ms,
+        min_speech_ms: s.min_speech_ms,
+        ..Default::default()
+    });
+    let mut upsampler = (params.sample_rate == 8_000).then(Upsampler2x::new);
+    let mut leftover: Vec<u8> = Vec::new();
+    let mut decoded: Vec<i16> = Vec::new();
+    let mut finals_pending: HashSet<u64> = HashSet::new();
+    let mut published = Published {
+        finalised: HashSet::new(),
+        with_partial: HashSet::new(),
+        last_partial: None,
+    };
+    let utterance_prefix = format!("{}-{}", params.speaker, unique_tag(stream_id));
+    let idle = Duration::from_secs(s.idle_timeout_secs.max(1));
+    let mut last_audio = Instant::now();
+    let mut samples_in: u64 = 0;
+    let mut reason: Option<(CloseCode, &'static str)> = None;
+
+    // Start and end (ms) of each requested utterance, for its events.
+    let mut spans: HashMap<u64, (u64, u64)> = HashMap::new();
+    let submit = |requests: Vec<Request>,
+                  finals_pending: &mut HashSet<u64>,
+                  spans: &mut HashMap<u64, (u64, u64)>| {
+        for r in requests {
+            let (kind, u) = match r {
+                Request::Partial(u) => (Kind::Partial, u),
+                Request::Final(u) => (Kind::Final, u),
+            };
+            if kind == Kind::Final {
+                finals_pending.insert(u.index);
+            }
+            spans.insert(u.index, (u.start_ms, u.end_ms));
+            let Utterance { index, audio, .. } = u;
+            state.pool.submit(Job {
+                stream: stream_id,
+                utterance: index,
+                kind,
+                audio,
+                queued: Instant::now(),
+                reply: reply_tx.clone(),
+            });
+        }
+    };
+
+    // Receive audio until the stream ends.
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => {
+                reason = Some((CloseCode::Away, "stt shutting down"));
+                break;
+            }
+            _ = tokio::time::sleep_until((last_audio + idle).into()) => {
+                reason = Some((CloseCode::Policy, "no audio received in time"));
+                break;
+            }
+            done = replies.recv() => {
+                if let Some(done) = done {
+                    deliver(state, params, &utterance_prefix, &spans, done, &mut finals_pending, &mut published, &mut tx).await;
+                }
+            }
+            msg = rx.next() => match msg {
+                Some(Ok(Message::Binary(bytes))) => {
+                    last_audio = Instant::now();
+                    leftover.extend_from_slice(&bytes);
+                    decoded.clear();
+                    let used = params.encoding.decode(&leftover, &mut decoded);
+                    leftover.drain(..used);
+                    samples_in += decoded.len() as u64;
+                    let pcm = crate::audio::to_f32(&decoded);
+                    let pcm16 = match &mut upsampler {
+                        Some(up) => {
+                            let mut out = Vec::with_capacity(pcm.len() * 2);
+                            up.process(&pcm, &mut out);
+                            out
+                        }
+                        None => pcm,
+                    };
+                    submit(segmenter.push(&pcm16), &mut finals_pending, &mut spans);
+                }
+                Some(Ok(Message::Text(text))) => {
+                    let kind = serde_json::from_str::<Value>(&text).ok()
+                        .and_then(|v| v["type"].as_str().map(str::to_owned));
+                    if kind.as_deref() == Some("end") {
+                        break;
+                    }
+                    let _ = tx.send(Message::text(json!({"type":"error","error":"text frames must be {\"type\":\"end\"}; audio goes in binary frames"}).to_string())).await;
+                }
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    // Oversized frames and protocol errors end the stream;
+                    // what was heard so far is still finalised.
+                    tracing::warn!(error = %e, "websocket error");
+                    reason = Some((CloseCode::Size, "frame too large or malformed"));
+                    break;
+                }
+            }
+        }
+    }
+    state
+        .metrics
+        .audio_seconds
+        .add(samples_in * 1000 / u64::from(params.sample_rate));
+    state
+        .metrics
+        .segments_dropped
+        .add(segmenter.dropped);
+    submit(segmenter.finish(), &mut finals_pending, &mut spans);
+
+    // Deliver every outstanding final before closing.
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while !finals_pending.is_empty() {
+        match tokio::time::timeout_at(deadline.into(), replies.recv()).await {
+            Ok(Some(done)) => {
+                deliver(state, params, &utterance_prefix, &spans, done, &mut finals_pending, &mut published, &mut tx).await;
+            }
+            _ => {
+                tracing::error!(left = finals_pending.len(), "finals still pending at the drain deadline");
+                break;
+            }
+        }
+    }
+    let frame = reason.map(|(code, why)| CloseFrame {
+        code,
+        reason: why.into(),
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(5), tx.send(Message::Close(frame))).await;
+    Ok(())
+}
+
+/// Turns a finished transcription into a `transcript` event, if it is one.
+#[allow(clippy::too_many_arguments)]
+async fn deliver<W>(
+    state: &State,
+    params: &StreamParams,
+    prefix: &str,
+    spans: &HashMap<u64, (u64, u64)>,
+    done: Done,
+    finals_pending: &mut HashSet<u64>,
+    published: &mut Published,
+    tx: &mut W,
+) where
+    W: futures_util::Sink<Message> + Unpin,
+{
+    let index = done.utterance;
+    let is_final = done.kind == Kind::Final;
+    if is_final {
+        finals_pending.remove(&index);
+    } else if published.finalised.contains(&index) || finals_pending.contains(&index) {
+        // Its final is out or on its way: this partial is stale.
+        return;
+    }
+    let Some(&(start_ms, end_ms)) = spans.get(&index) else {
+        return;
+    };
+    let decoded = match done.result {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "transcription failed");
+            if !is_final {
+                return;
+            }
+            super::engine::Decoded {
+                text: String::new(),
+                no_speech_prob: 1.0,
+            }
+        }
+    };
+    let mut text = decoded.text.clone();
+    if let Some(why) = reject_reason(&decoded, state.settings.max_no_speech_prob) {
+        if !decoded.text.is_empty() {
+            state.metrics.filtered.inc();
+            tracing::debug!(reason = why, text = %decoded.text, "dropped a transcription");
+        }
+        text.clear();
+    }
+    if is_final {
+        published.finalised.insert(index);
+        // An empty final is only needed to close a partial already shown.
+        if text.is_empty() && !published.with_partial.remove(&index) {
+            return;
+        }
+    } else {
+        if text.is_empty() {
+            return;
+        }
+        if published.last_partial.as_ref() == Some(&(index, text.clone())) {
+            return;
+        }
+        published.last_partial = Some((index, text.clone()));
+        published.with_partial.insert(index);
+    }
+    let event = json!({
+        "type": "transcript",
+        "callId": params.call_id,
+        "speaker": params.speaker,
+        "text": text,
+        "final": is_final,
+        "utteranceId": format!("{prefix}-{index}"),
+        "startMs": start_ms,
+        "endMs": end_ms,
+        "latencyMs": done.total.as_millis() as u64,
+    });
+    tracing::debug!(final_ = is_final, decode_ms = done.decode.as_millis() as u64, text = %text, "transcript");
+    state.publisher.send(event.clone());
+    let _ = tx.send(Message::text(event.to_string())).await;
+}
+
+/// A short tag unique to this stream in this process's life and across
+/// restarts (time-based), so utterance ids never repeat within a call.
+fn unique_tag(stream_id: u64) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    format!("{:x}", (nanos / 1000) ^ (stream_id << 40))
+}
