@@ -209,10 +209,16 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Stt(common) => run_service("stt", &common, |settings, shutdown| async move {
-            crate::stt::serve(&settings, shutdown).await.map_err(anyhow::Error::from)
+            crate::stt::serve(&settings, shutdown)
+                .await
+                .map_err(anyhow::Error::from)
         }),
         Command::Model(cmd) => model_command(cmd),
-        Command::Transcribe { common, files, whole } => transcribe(&common, &files, whole),
+        Command::Transcribe {
+            common,
+            files,
+            whole,
+        } => transcribe(&common, &files, whole),
         Command::BenchStt(opts) => {
             crate::telemetry::init();
             match runtime().and_then(|rt| rt.block_on(crate::bench::stt::run(opts))) {
@@ -326,13 +332,20 @@ fn model_command(cmd: ModelCommand) -> ExitCode {
             let dir = loaded.settings.model_dir();
             return match model::list(&dir) {
                 Ok(models) if models.is_empty() => {
-                    println!("no models in {}; install one with: call-coach model fetch base", dir.display());
+                    println!(
+                        "no models in {}; install one with: call-coach model fetch base",
+                        dir.display()
+                    );
                     ExitCode::SUCCESS
                 }
                 Ok(models) => {
                     println!("models in {}:", dir.display());
                     for m in models {
-                        let name = m.path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+                        let name = m
+                            .path
+                            .file_name()
+                            .map(|n| n.to_string_lossy())
+                            .unwrap_or_default();
                         println!(
                             "  {name:<28} {:<9} {:<5} {:>8.1} MiB",
                             m.hparams.size_name(),
@@ -348,16 +361,28 @@ fn model_command(cmd: ModelCommand) -> ExitCode {
                 }
             };
         }
-        ModelCommand::Import { common, path, name, quant } => {
+        ModelCommand::Import {
+            common,
+            path,
+            name,
+            quant,
+        } => {
             let loaded = match load_config(&common) {
                 Ok(l) => l,
                 Err(code) => return code,
             };
             let quant = model::Quant::parse(&quant).unwrap_or(model::Quant::Q8_0);
             let dir = loaded.settings.model_dir();
-            (common, model::import(&path, &dir, name.as_deref(), quant, &progress))
+            (
+                common,
+                model::import(&path, &dir, name.as_deref(), quant, &progress),
+            )
         }
-        ModelCommand::Fetch { common, size, quant } => {
+        ModelCommand::Fetch {
+            common,
+            size,
+            quant,
+        } => {
             let loaded = match load_config(&common) {
                 Ok(l) => l,
                 Err(code) => return code,

@@ -10,7 +10,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 /// Installs the global subscriber. Safe to call more than once.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,whisper_rs=warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,whisper_rs=warn"));
     let registry = tracing_subscriber::registry().with(filter);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         match tracing_journald::layer() {
@@ -70,4 +71,3 @@ impl Counter {
         self.0.load(Ordering::Relaxed)
     }
 }
-

@@ -44,8 +44,16 @@ impl Encoding {
         let used = bytes.len() - bytes.len() % self.width();
         let bytes = &bytes[..used];
         match self {
-            Self::S16le => out.extend(bytes.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]))),
-            Self::S16be => out.extend(bytes.chunks_exact(2).map(|c| i16::from_be_bytes([c[0], c[1]]))),
+            Self::S16le => out.extend(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| i16::from_le_bytes([c[0], c[1]])),
+            ),
+            Self::S16be => out.extend(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| i16::from_be_bytes([c[0], c[1]])),
+            ),
             Self::Pcmu => out.extend(bytes.iter().map(|b| g711::ulaw_to_linear(*b))),
             Self::Pcma => out.extend(bytes.iter().map(|b| g711::alaw_to_linear(*b))),
         }

@@ -128,9 +128,7 @@ struct Fft {
 impl Fft {
     fn new(n: usize) -> Self {
         let window = (0..FRAME)
-            .map(|i| {
-                0.5 - 0.5 * (2.0 * std::f32::consts::PI * i as f32 / (FRAME - 1) as f32).cos()
-            })
+            .map(|i| 0.5 - 0.5 * (2.0 * std::f32::consts::PI * i as f32 / (FRAME - 1) as f32).cos())
             .collect();
         Self {
             n,

@@ -61,8 +61,14 @@ impl Wav {
                             .chunks_exact(2)
                             .map(|c| i16::from_le_bytes([c[0], c[1]]))
                             .collect(),
-                        (7, 8) => body.iter().map(|x| super::g711::ulaw_to_linear(*x)).collect(),
-                        (6, 8) => body.iter().map(|x| super::g711::alaw_to_linear(*x)).collect(),
+                        (7, 8) => body
+                            .iter()
+                            .map(|x| super::g711::ulaw_to_linear(*x))
+                            .collect(),
+                        (6, 8) => body
+                            .iter()
+                            .map(|x| super::g711::alaw_to_linear(*x))
+                            .collect(),
                         _ => return Err(format!("unsupported format tag {tag} with {bits} bits")),
                     };
                     return Ok(Self {

@@ -67,7 +67,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
             let mono = wav.channel(0);
             Ok(Clip {
-                name: p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                name: p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
                 pcm: mono.iter().flat_map(|s| s.to_le_bytes()).collect(),
                 samples: mono.len(),
                 rate: wav.rate,
@@ -102,7 +105,17 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     );
     println!(
         "{:>6} {:>8} {:>8} {:>9} {:>9} {:>9} {:>12} {:>7} {:>9} {:>10} {:>7}",
-        "calls", "streams", "finals", "p50 ms", "p95 ms", "max ms", "partial gap", "RTF", "stt CPU", "stt RSS", "WER"
+        "calls",
+        "streams",
+        "finals",
+        "p50 ms",
+        "p95 ms",
+        "max ms",
+        "partial gap",
+        "RTF",
+        "stt CPU",
+        "stt RSS",
+        "WER"
     );
     for &calls in &opts.calls {
         let before = scrape(&http).await;
@@ -153,7 +166,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let o = observed.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         let mut lat = o.latency_ms.clone();
         lat.sort_by(f64::total_cmp);
-        let pick = |q: f64| lat.get(((lat.len().max(1) - 1) as f64 * q).round() as usize).copied().unwrap_or(f64::NAN);
+        let pick = |q: f64| {
+            lat.get(((lat.len().max(1) - 1) as f64 * q).round() as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
         let gap = if o.partial_gaps_ms.is_empty() {
             f64::NAN
         } else {
@@ -223,7 +240,8 @@ async fn play(
                     o.finals += 1;
                     let end_ms = v["endMs"].as_u64().unwrap_or(0);
                     let spoken_end = start + Duration::from_millis(end_ms);
-                    o.latency_ms.push(now.saturating_duration_since(spoken_end).as_secs_f64() * 1000.0);
+                    o.latency_ms
+                        .push(now.saturating_duration_since(spoken_end).as_secs_f64() * 1000.0);
                     last_partial.remove(&id);
                     let start_ms = v["startMs"].as_u64().unwrap_or(0);
                     if let Ok(sched) = schedule.lock()
@@ -291,8 +309,13 @@ async fn scrape(http: &str) -> Option<Scraped> {
     .await
     .ok()??;
     let find = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
     };
     Some(Scraped {
         rss: find("process_resident_memory_bytes")?,
@@ -308,7 +331,9 @@ pub fn word_error_rate(hyps: &[(String, String)], refs: &HashMap<String, String>
     let mut errors = 0usize;
     let mut words = 0usize;
     for (clip, hyp) in hyps {
-        let Some(reference) = refs.get(clip) else { continue };
+        let Some(reference) = refs.get(clip) else {
+            continue;
+        };
         let r: Vec<String> = crate::stt::engine::normalise(reference)
             .split_whitespace()
             .map(str::to_owned)
@@ -329,7 +354,9 @@ pub fn edit_distance(a: &[String], b: &[String]) -> usize {
     for (i, x) in a.iter().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, y) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(x != y)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(x != y))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }

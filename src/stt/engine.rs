@@ -85,7 +85,11 @@ const AUDIO_CTX_MARGIN: i32 = 64;
 
 impl Worker {
     /// Transcribes 16 kHz mono audio in [-1, 1].
-    pub fn transcribe(&mut self, audio: &[f32], opts: &DecodeOptions) -> Result<Decoded, EngineError> {
+    pub fn transcribe(
+        &mut self,
+        audio: &[f32],
+        opts: &DecodeOptions,
+    ) -> Result<Decoded, EngineError> {
         let strategy = if opts.beam > 1 {
             SamplingStrategy::BeamSearch {
                 beam_size: opts.beam as i32,
@@ -178,7 +182,14 @@ const HALLUCINATIONS: &[&str] = &[
 
 /// Short phrases Whisper also invents, but people really say: dropped only
 /// when Whisper itself doubts there was speech.
-const WEAK_HALLUCINATIONS: &[&str] = &["gracias", "muchas gracias", "thank you", "you", "adios", "chau"];
+const WEAK_HALLUCINATIONS: &[&str] = &[
+    "gracias",
+    "muchas gracias",
+    "thank you",
+    "you",
+    "adios",
+    "chau",
+];
 
 /// Above this no-speech probability a weak hallucination is dropped.
 const WEAK_NO_SPEECH: f32 = 0.2;
@@ -252,18 +263,33 @@ mod tests {
             Some("known hallucination")
         );
         assert_eq!(
-            reject_reason(&d("Subtítulos realizados por la comunidad de Amara.org", 0.1), 0.6),
+            reject_reason(
+                &d("Subtítulos realizados por la comunidad de Amara.org", 0.1),
+                0.6
+            ),
             Some("known hallucination")
         );
-        assert_eq!(reject_reason(&d("Quiero cancelar", 0.9), 0.6), Some("no speech"));
-        assert_eq!(reject_reason(&d("Quiero cancelar mi contrato.", 0.1), 0.6), None);
+        assert_eq!(
+            reject_reason(&d("Quiero cancelar", 0.9), 0.6),
+            Some("no speech")
+        );
+        assert_eq!(
+            reject_reason(&d("Quiero cancelar mi contrato.", 0.1), 0.6),
+            None
+        );
         assert_eq!(reject_reason(&d("Gracias, adiós", 0.1), 0.6), None);
         assert_eq!(reject_reason(&d("Gracias.", 0.05), 0.6), None);
-        assert_eq!(reject_reason(&d("Gracias.", 0.4), 0.6), Some("likely hallucination"));
+        assert_eq!(
+            reject_reason(&d("Gracias.", 0.4), 0.6),
+            Some("likely hallucination")
+        );
     }
 
     #[test]
     fn normalise_strips_case_accents_punctuation() {
-        assert_eq!(normalise("¡Hola, Señor Pérez!  ¿Qué tal?"), "hola señor perez que tal");
+        assert_eq!(
+            normalise("¡Hola, Señor Pérez!  ¿Qué tal?"),
+            "hola señor perez que tal"
+        );
     }
 }

@@ -38,25 +38,115 @@ impl Metrics {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         };
         let g = |a: &AtomicI64| a.load(Ordering::Relaxed).to_string();
-        put("stt_streams", "gauge", "Audio streams connected.", g(&self.streams));
-        put("stt_streams_total", "counter", "Audio streams accepted.", self.streams_total.get().to_string());
-        put("stt_streams_rejected_total", "counter", "Audio streams refused (bad parameters, too many).", self.rejected_streams.get().to_string());
-        put("stt_audio_seconds_total", "counter", "Seconds of audio received.", (self.audio_seconds.get() as f64 / 1000.0).to_string());
-        put("stt_queue_finals", "gauge", "Final transcriptions waiting for a worker.", g(&self.queue_finals));
-        put("stt_queue_partials", "gauge", "Partial transcriptions waiting for a worker.", g(&self.queue_partials));
-        put("stt_partials_skipped_total", "counter", "Partials skipped because a newer request replaced them.", self.partials_skipped.get().to_string());
-        put("stt_partials_total", "counter", "Partial transcriptions done.", self.partials_done.get().to_string());
-        put("stt_finals_total", "counter", "Final transcriptions done.", self.finals_done.get().to_string());
-        put("stt_filtered_total", "counter", "Results dropped as hallucination or no speech.", self.filtered.get().to_string());
-        put("stt_segments_dropped_total", "counter", "Utterances dropped as noise or too short.", self.segments_dropped.get().to_string());
-        put("stt_decode_seconds_total", "counter", "Time spent in Whisper.", (self.decode_micros.get() as f64 / 1e6).to_string());
-        put("stt_published_total", "counter", "Transcript events accepted by the relay.", self.published.get().to_string());
-        put("stt_publish_retries_total", "counter", "Failed attempts to post to the relay.", self.publish_retries.get().to_string());
-        put("stt_publish_dropped_total", "counter", "Events dropped: refused by the relay, or the buffer was full.", self.publish_dropped.get().to_string());
-        put("stt_publish_queue", "gauge", "Events waiting to be posted.", g(&self.publish_queue));
+        put(
+            "stt_streams",
+            "gauge",
+            "Audio streams connected.",
+            g(&self.streams),
+        );
+        put(
+            "stt_streams_total",
+            "counter",
+            "Audio streams accepted.",
+            self.streams_total.get().to_string(),
+        );
+        put(
+            "stt_streams_rejected_total",
+            "counter",
+            "Audio streams refused (bad parameters, too many).",
+            self.rejected_streams.get().to_string(),
+        );
+        put(
+            "stt_audio_seconds_total",
+            "counter",
+            "Seconds of audio received.",
+            (self.audio_seconds.get() as f64 / 1000.0).to_string(),
+        );
+        put(
+            "stt_queue_finals",
+            "gauge",
+            "Final transcriptions waiting for a worker.",
+            g(&self.queue_finals),
+        );
+        put(
+            "stt_queue_partials",
+            "gauge",
+            "Partial transcriptions waiting for a worker.",
+            g(&self.queue_partials),
+        );
+        put(
+            "stt_partials_skipped_total",
+            "counter",
+            "Partials skipped because a newer request replaced them.",
+            self.partials_skipped.get().to_string(),
+        );
+        put(
+            "stt_partials_total",
+            "counter",
+            "Partial transcriptions done.",
+            self.partials_done.get().to_string(),
+        );
+        put(
+            "stt_finals_total",
+            "counter",
+            "Final transcriptions done.",
+            self.finals_done.get().to_string(),
+        );
+        put(
+            "stt_filtered_total",
+            "counter",
+            "Results dropped as hallucination or no speech.",
+            self.filtered.get().to_string(),
+        );
+        put(
+            "stt_segments_dropped_total",
+            "counter",
+            "Utterances dropped as noise or too short.",
+            self.segments_dropped.get().to_string(),
+        );
+        put(
+            "stt_decode_seconds_total",
+            "counter",
+            "Time spent in Whisper.",
+            (self.decode_micros.get() as f64 / 1e6).to_string(),
+        );
+        put(
+            "stt_published_total",
+            "counter",
+            "Transcript events accepted by the relay.",
+            self.published.get().to_string(),
+        );
+        put(
+            "stt_publish_retries_total",
+            "counter",
+            "Failed attempts to post to the relay.",
+            self.publish_retries.get().to_string(),
+        );
+        put(
+            "stt_publish_dropped_total",
+            "counter",
+            "Events dropped: refused by the relay, or the buffer was full.",
+            self.publish_dropped.get().to_string(),
+        );
+        put(
+            "stt_publish_queue",
+            "gauge",
+            "Events waiting to be posted.",
+            g(&self.publish_queue),
+        );
         if let Some((rss, cpu)) = crate::telemetry::process_stats(None) {
-            put("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", rss.to_string());
-            put("process_cpu_seconds_total", "counter", "User and system CPU time spent in seconds.", cpu.to_string());
+            put(
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes.",
+                rss.to_string(),
+            );
+            put(
+                "process_cpu_seconds_total",
+                "counter",
+                "User and system CPU time spent in seconds.",
+                cpu.to_string(),
+            );
         }
         o
     }

@@ -106,7 +106,7 @@ impl Default for Settings {
             workers: 1,
             threads_per_worker: 0,
             beam: 1,
-            min_audio_ctx: 768,
+            min_audio_ctx: 256,
             end_silence_ms: 500,
             partial_every_ms: 1000,
             max_utterance_ms: 15_000,

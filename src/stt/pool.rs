@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::engine::{Decoded, DecodeOptions, Engine, EngineError};
+use super::engine::{DecodeOptions, Decoded, Engine, EngineError};
 use super::metrics::Metrics;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +87,9 @@ impl Pool {
                                 no_speech_prob: 1.0,
                             })
                         } else {
-                            worker.transcribe(&job.audio, &options).map_err(|e| e.to_string())
+                            worker
+                                .transcribe(&job.audio, &options)
+                                .map_err(|e| e.to_string())
                         };
                         let decode = started.elapsed();
                         pool.metrics.decode_micros.add(decode.as_micros() as u64);

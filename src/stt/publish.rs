@@ -67,7 +67,10 @@ impl Publisher {
                 .unwrap_or(0);
             b.events.remove(victim);
             self.metrics.publish_dropped.inc();
-            tracing::warn!("relay buffer full: dropped the oldest {}", if victim == 0 { "event" } else { "partial" });
+            tracing::warn!(
+                "relay buffer full: dropped the oldest {}",
+                if victim == 0 { "event" } else { "partial" }
+            );
         }
         b.events.push_back(event);
         self.metrics
@@ -110,7 +113,10 @@ impl Publisher {
                 let since = *closed_at.get_or_insert_with(Instant::now);
                 if since.elapsed() > Duration::from_secs(5) {
                     let left = self.lock().events.len();
-                    tracing::error!(events = left, "relay unreachable at shutdown: events not delivered");
+                    tracing::error!(
+                        events = left,
+                        "relay unreachable at shutdown: events not delivered"
+                    );
                     self.metrics.publish_dropped.add(left as u64);
                     return;
                 }

@@ -335,7 +335,10 @@ mod tests {
         audio.extend(voice(2_500));
         audio.extend(vec![0.0; 16_000]);
         let reqs = run(&mut seg, &audio);
-        let partials = reqs.iter().filter(|r| matches!(r, Request::Partial(_))).count();
+        let partials = reqs
+            .iter()
+            .filter(|r| matches!(r, Request::Partial(_)))
+            .count();
         let finals: Vec<&Utterance> = reqs
             .iter()
             .filter_map(|r| match r {
@@ -375,13 +378,26 @@ mod tests {
         for pair in finals.windows(2) {
             assert_eq!(pair[1].index, pair[0].index + 1);
             // Split pieces follow each other without losing audio.
-            assert!(pair[1].start_ms <= pair[0].end_ms + 20, "{:?} then {:?}", (pair[0].start_ms, pair[0].end_ms), (pair[1].start_ms, pair[1].end_ms));
+            assert!(
+                pair[1].start_ms <= pair[0].end_ms + 20,
+                "{:?} then {:?}",
+                (pair[0].start_ms, pair[0].end_ms),
+                (pair[1].start_ms, pair[1].end_ms)
+            );
         }
         for u in &finals {
-            assert!(u.end_ms - u.start_ms <= 3_000, "{}..{}", u.start_ms, u.end_ms);
+            assert!(
+                u.end_ms - u.start_ms <= 3_000,
+                "{}..{}",
+                u.start_ms,
+                u.end_ms
+            );
         }
         let total: u64 = finals.iter().map(|u| u.audio.len() as u64).sum();
-        assert!(total >= 7_000 * PER_MS as u64 - 16_000, "audio lost: {total}");
+        assert!(
+            total >= 7_000 * PER_MS as u64 - 16_000,
+            "audio lost: {total}"
+        );
     }
 
     #[test]
@@ -395,15 +411,22 @@ mod tests {
             (x >> 16) as f32 / 65_536.0 * 0.2 - 0.1
         }));
         audio.extend((0..16_000 * 5).map(|i| (i as f32 * 0.166_9).sin() * 0.3));
-        let reqs: Vec<Request> = run(&mut seg, &audio).into_iter().chain(seg.finish()).collect();
+        let reqs: Vec<Request> = run(&mut seg, &audio)
+            .into_iter()
+            .chain(seg.finish())
+            .collect();
         assert!(
-            reqs.iter().all(|r| matches!(r, Request::Final(u) if u.audio.is_empty())
-                || matches!(r, Request::Partial(_))),
+            reqs.iter()
+                .all(|r| matches!(r, Request::Final(u) if u.audio.is_empty())
+                    || matches!(r, Request::Partial(_))),
             "{:?}",
-            reqs.iter().map(|r| match r {
-                Request::Partial(u) => format!("P{} {}-{}", u.index, u.start_ms, u.end_ms),
-                Request::Final(u) => format!("F{} {}-{} {}", u.index, u.start_ms, u.end_ms, u.audio.len()),
-            }).collect::<Vec<_>>()
+            reqs.iter()
+                .map(|r| match r {
+                    Request::Partial(u) => format!("P{} {}-{}", u.index, u.start_ms, u.end_ms),
+                    Request::Final(u) =>
+                        format!("F{} {}-{} {}", u.index, u.start_ms, u.end_ms, u.audio.len()),
+                })
+                .collect::<Vec<_>>()
         );
     }
 }

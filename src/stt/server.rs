@@ -200,11 +200,17 @@ fn open_stream(state: &Arc<State>, req: Request<Incoming>) -> Resp {
     if state.metrics.streams.load(Ordering::Relaxed) >= state.settings.max_streams as i64 {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("already {} streams: the limit (stt.max_streams)", state.settings.max_streams),
+            format!(
+                "already {} streams: the limit (stt.max_streams)",
+                state.settings.max_streams
+            ),
         );
     }
     if state.shutdown.is_cancelled() {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "stt is shutting down".into());
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stt is shutting down".into(),
+        );
     }
     let stream_id = state.next_stream.fetch_add(1, Ordering::Relaxed);
     let task_state = state.clone();

@@ -49,7 +49,9 @@ impl StreamParams {
         }
         let speaker = query_param(query, "speaker").unwrap_or_else(|| "mix".into());
         if !matches!(speaker.as_str(), "agent" | "customer" | "mix") {
-            return Err(format!("speaker must be agent, customer or mix, got {speaker:?}"));
+            return Err(format!(
+                "speaker must be agent, customer or mix, got {speaker:?}"
+            ));
         }
         let sample_rate = match query_param(query, "sampleRate").as_deref() {
             None | Some("16000") => 16_000,
@@ -99,8 +101,12 @@ where
     state.pool.forget_stream(stream_id);
     state.metrics.streams.fetch_sub(1, Ordering::Relaxed);
     match result {
-        Ok(()) => tracing::info!(call_id = %params.call_id, speaker = %params.speaker, "stream closed"),
-        Err(e) => tracing::warn!(call_id = %params.call_id, speaker = %params.speaker, error = %e, "stream ended"),
+        Ok(()) => {
+            tracing::info!(call_id = %params.call_id, speaker = %params.speaker, "stream closed")
+        }
+        Err(e) => {
+            tracing::warn!(call_id = %params.call_id, speaker = %params.speaker, error = %e, "stream ended")
+        }
     }
 }
 
@@ -223,10 +229,7 @@ where
         .metrics
         .audio_seconds
         .add(samples_in * 1000 / u64::from(params.sample_rate));
-    state
-        .metrics
-        .segments_dropped
-        .add(segmenter.dropped);
+    state.metrics.segments_dropped.add(segmenter.dropped);
     submit(segmenter.finish(), &mut finals_pending, &mut spans);
 
     // Deliver every outstanding final before closing.
@@ -234,10 +237,23 @@ where
     while !finals_pending.is_empty() {
         match tokio::time::timeout_at(deadline.into(), replies.recv()).await {
             Ok(Some(done)) => {
-                deliver(state, params, &utterance_prefix, &spans, done, &mut finals_pending, &mut published, &mut tx).await;
+                deliver(
+                    state,
+                    params,
+                    &utterance_prefix,
+                    &spans,
+                    done,
+                    &mut finals_pending,
+                    &mut published,
+                    &mut tx,
+                )
+                .await;
             }
             _ => {
-                tracing::error!(left = finals_pending.len(), "finals still pending at the drain deadline");
+                tracing::error!(
+                    left = finals_pending.len(),
+                    "finals still pending at the drain deadline"
+                );
                 break;
             }
         }

@@ -4,4 +4,5 @@
 mod cli;
 mod relay;
 mod relay_auth;
+mod stt;
 mod util;

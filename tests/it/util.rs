@@ -30,7 +30,12 @@ pub fn service_link(dir: &Path, name: &str) -> PathBuf {
 }
 
 /// A running relay started through a `relay` symlink.
-pub struct Relay {
+pub type Relay = Service;
+
+/// A running service started through a symlink with its name (argv[0]
+/// dispatch), waited on until READY=1.
+pub struct Service {
+    pub name: &'static str,
     pub dir: tempfile::TempDir,
     pub child: Child,
     pub addr: String,
@@ -39,20 +44,28 @@ pub struct Relay {
     pub token: Option<String>,
 }
 
-impl Relay {
-    pub fn start(env: &[(&str, &str)]) -> Relay {
-        let dir = tempfile::tempdir().expect("tempdir");
-        Self::start_in(dir, env)
+impl Service {
+    pub fn start(env: &[(&str, &str)]) -> Service {
+        Self::start_named("relay", env)
     }
 
-    /// Starts a relay whose state lives in `dir` (reused across restarts).
-    pub fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Relay {
+    pub fn start_named(name: &'static str, env: &[(&str, &str)]) -> Service {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in_named(name, dir, env)
+    }
+
+    pub fn start_in_named(
+        name: &'static str,
+        dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+    ) -> Service {
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        let (child, notify) = spawn(dir.path(), &env);
-        let mut relay = Relay {
+        let (child, notify) = spawn(name, dir.path(), &env);
+        let mut relay = Service {
+            name,
             dir,
             child,
             addr: String::new(),
@@ -66,17 +79,19 @@ impl Relay {
 
     /// Waits for READY=1 and returns the address from its STATUS line.
     fn wait_ready(&mut self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // stt loads a model first.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 panic!(
-                    "relay exited before READY=1 ({status}); log:\n{}",
+                    "{} exited before READY=1 ({status}); log:\n{}",
+                    self.name,
                     self.log()
                 );
             }
             assert!(
                 Instant::now() < deadline,
-                "no READY=1 within 30 s; log:\n{}",
+                "no READY=1 within 60 s; log:\n{}",
                 self.log()
             );
             if let Some(msg) = self.recv_notify(Duration::from_millis(200))
@@ -87,7 +102,10 @@ impl Relay {
                     .find_map(|l| l.strip_prefix("STATUS="))
                     .expect("STATUS with READY");
                 let url = status.rsplit(' ').next().expect("url in STATUS");
-                return url.trim_start_matches("http://").to_owned();
+                let addr = url
+                    .trim_start_matches("http://")
+                    .trim_start_matches("ws://");
+                return addr.trim_end_matches("/ws").to_owned();
             }
         }
     }
@@ -101,7 +119,8 @@ impl Relay {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("relay.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join(format!("{}.log", self.name)))
+            .unwrap_or_default()
     }
 
     pub fn signal(&self, sig: &str) {
@@ -126,15 +145,16 @@ impl Relay {
     }
 
     /// SIGKILLs the relay and starts a new one on the same state directory.
-    pub fn kill_and_restart(mut self) -> Relay {
+    pub fn kill_and_restart(mut self) -> Service {
         self.signal("KILL");
         self.wait_exit(Duration::from_secs(10)).expect("killed");
         let env = self.env.clone();
         let token = self.token.clone();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        let name = self.name;
         drop(self);
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let mut relay = Relay::start_in(dir, &env);
+        let mut relay = Service::start_in_named(name, dir, &env);
         relay.token = token;
         relay
     }
@@ -211,28 +231,31 @@ impl Relay {
     }
 }
 
-impl Drop for Relay {
+impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-fn spawn(dir: &Path, env: &[(String, String)]) -> (Child, UnixDatagram) {
+fn spawn(name: &str, dir: &Path, env: &[(String, String)]) -> (Child, UnixDatagram) {
     let sock_path = dir.join(format!("notify-{}.sock", rand_suffix()));
     let notify = UnixDatagram::bind(&sock_path).expect("bind notify socket");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.join("relay.log"))
+        .open(dir.join(format!("{name}.log")))
         .expect("log file");
-    let mut cmd = Command::new(service_link(dir, "relay"));
+    let mut cmd = Command::new(service_link(dir, name));
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", dir)
         .env("RUST_LOG", "info")
         .env("NOTIFY_SOCKET", &sock_path)
         .env("RELAY_LISTEN", "127.0.0.1:0")
+        .env("STT_LISTEN", "127.0.0.1:0")
+        // Tests run side by side on few cores: one thread per decode.
+        .env("CALL_COACH_STT__THREADS_PER_WORKER", "1")
         .env("STATE_DIR", dir.join("state"))
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log"))
@@ -240,7 +263,7 @@ fn spawn(dir: &Path, env: &[(String, String)]) -> (Child, UnixDatagram) {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    (cmd.spawn().expect("spawn relay"), notify)
+    (cmd.spawn().expect("spawn service"), notify)
 }
 
 fn rand_suffix() -> String {
@@ -304,4 +327,54 @@ pub fn run_bin(argv0: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> (i3
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Where the test suite's Whisper model lives: `$CALL_COACH_TEST_MODELS`,
+/// else the cache `scripts/test.sh` fills. A missing model fails the test
+/// with the command that installs it.
+pub fn model_dir() -> PathBuf {
+    let dir = std::env::var_os("CALL_COACH_TEST_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/call-coach/models")
+        });
+    let model = dir.join("ggml-base-q8_0.bin");
+    assert!(
+        model.is_file(),
+        "the stt tests need the Whisper base model at {}: run `bash scripts/test.sh`, or \
+         `MODEL_DIR={} call-coach model fetch base`",
+        model.display(),
+        dir.display()
+    );
+    dir
+}
+
+/// The Spanish test recordings (Debian's asterisk-core-sounds-es-wav).
+pub const SOUNDS_ES: &str = "/usr/share/asterisk/sounds/es";
+
+/// A recording by name, failing clearly when the package is missing.
+pub fn sound(name: &str) -> PathBuf {
+    let p = Path::new(SOUNDS_ES).join(format!("{name}.wav"));
+    assert!(
+        p.is_file(),
+        "{} is missing: apt-get install asterisk-core-sounds-es-wav (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// Reference texts of the recordings, `name -> text`.
+pub fn sound_references() -> std::collections::HashMap<String, String> {
+    let path = "/usr/share/doc/asterisk-core-sounds-es/core-sounds-es.txt.gz";
+    let out = Command::new("zcat").arg(path).output().expect("zcat");
+    assert!(
+        out.status.success(),
+        "{path} is missing: apt-get install asterisk-core-sounds-es (scripts/test.sh does)"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
 }

@@ -192,7 +192,8 @@ fn read_string(input: &mut impl Read) -> io::Result<String> {
     while s.last() == Some(&0) {
         s.pop();
     }
-    String::from_utf8(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "name is not UTF-8"))
+    String::from_utf8(s)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "name is not UTF-8"))
 }
 
 /// Token strings in id order, from `vocabulary.txt` (one per line) or
@@ -281,7 +282,10 @@ impl Converter {
     /// `linear_0` (3 x n_state rows); whisper.cpp wants them apart, and has
     /// no key bias (it is all zeros).
     fn self_attention(&mut self, p: &str, q: &str, n_state: usize) -> Result<(), Ct2Error> {
-        self.norm(&format!("{p}/self_attention/layer_norm"), &format!("{q}.attn_ln"))?;
+        self.norm(
+            &format!("{p}/self_attention/layer_norm"),
+            &format!("{q}.attn_ln"),
+        )?;
         let (d, w) = self.take(&format!("{p}/self_attention/linear_0/weight"))?;
         let (_, b) = self.take(&format!("{p}/self_attention/linear_0/bias"))?;
         if d.len() != 2 || d[0] != 3 * n_state || b.len() != 3 * n_state {
@@ -294,19 +298,32 @@ impl Converter {
         let block = n_state * cols;
         for (i, part) in ["query", "key", "value"].into_iter().enumerate() {
             let weight = w[i * block..(i + 1) * block].to_vec();
-            self.push(format!("{q}.attn.{part}.weight"), vec![n_state, cols], weight);
+            self.push(
+                format!("{q}.attn.{part}.weight"),
+                vec![n_state, cols],
+                weight,
+            );
             if part != "key" {
                 let bias = b[i * n_state..(i + 1) * n_state].to_vec();
                 self.push(format!("{q}.attn.{part}.bias"), vec![n_state], bias);
             }
         }
-        self.linear(&format!("{p}/self_attention/linear_1"), &format!("{q}.attn.out"))
+        self.linear(
+            &format!("{p}/self_attention/linear_1"),
+            &format!("{q}.attn.out"),
+        )
     }
 
     /// Cross-attention: query, then key and value stacked, then output.
     fn cross_attention(&mut self, p: &str, q: &str) -> Result<(), Ct2Error> {
-        self.norm(&format!("{p}/attention/layer_norm"), &format!("{q}.cross_attn_ln"))?;
-        self.linear(&format!("{p}/attention/linear_0"), &format!("{q}.cross_attn.query"))?;
+        self.norm(
+            &format!("{p}/attention/layer_norm"),
+            &format!("{q}.cross_attn_ln"),
+        )?;
+        self.linear(
+            &format!("{p}/attention/linear_0"),
+            &format!("{q}.cross_attn.query"),
+        )?;
         let (d, w) = self.take(&format!("{p}/attention/linear_1/weight"))?;
         let (_, b) = self.take(&format!("{p}/attention/linear_1/bias"))?;
         if d.len() != 2 || d[0] % 2 != 0 || b.len() != d[0] {
@@ -325,8 +342,15 @@ impl Converter {
             vec![rows, cols],
             w[rows * cols..].to_vec(),
         );
-        self.push(format!("{q}.cross_attn.value.bias"), vec![rows], b[rows..].to_vec());
-        self.linear(&format!("{p}/attention/linear_2"), &format!("{q}.cross_attn.out"))
+        self.push(
+            format!("{q}.cross_attn.value.bias"),
+            vec![rows],
+            b[rows..].to_vec(),
+        );
+        self.linear(
+            &format!("{p}/attention/linear_2"),
+            &format!("{q}.cross_attn.out"),
+        )
     }
 
     fn ffn(&mut self, p: &str, q: &str) -> Result<(), Ct2Error> {
@@ -351,7 +375,9 @@ fn convert(arrays: Arrays, vocab: Vec<String>) -> Result<Model, Ct2Error> {
     };
     let (pe_dims, pe) = c.take("encoder/position_encodings/encodings")?;
     if pe_dims.len() != 2 {
-        return Err(Ct2Error::Malformed("encoder position encodings are not 2-D".into()));
+        return Err(Ct2Error::Malformed(
+            "encoder position encodings are not 2-D".into(),
+        ));
     }
     let (n_audio_ctx, n_audio_state) = (pe_dims[0], pe_dims[1]);
     c.push("encoder.positional_embedding".into(), pe_dims, pe);
@@ -366,7 +392,9 @@ fn convert(arrays: Arrays, vocab: Vec<String>) -> Result<Model, Ct2Error> {
         c.push(format!("encoder.{conv}.bias"), vec![d[0], 1], b);
     }
     let mut n_audio_layer = 0;
-    while c.has(&format!("encoder/layer_{n_audio_layer}/ffn/linear_0/weight")) {
+    while c.has(&format!(
+        "encoder/layer_{n_audio_layer}/ffn/linear_0/weight"
+    )) {
         let p = format!("encoder/layer_{n_audio_layer}");
         let q = format!("encoder.blocks.{n_audio_layer}");
         c.self_attention(&p, &q, n_audio_state)?;
@@ -439,7 +467,9 @@ fn byte_vocabulary(tokens: &[String]) -> Result<Vec<Vec<u8>>, Ct2Error> {
             t.chars()
                 .map(|c| {
                     decoder.get(&c).copied().ok_or_else(|| {
-                        Ct2Error::Malformed(format!("token {t:?} has a character outside the byte map"))
+                        Ct2Error::Malformed(format!(
+                            "token {t:?} has a character outside the byte map"
+                        ))
                     })
                 })
                 .collect()

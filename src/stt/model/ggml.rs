@@ -114,7 +114,10 @@ pub enum Data {
     F32(Vec<f32>),
     F16(Vec<half::f16>),
     /// Raw bytes of a ggml type we only pass through.
-    Raw { ty: i32, bytes: Vec<u8> },
+    Raw {
+        ty: i32,
+        bytes: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -231,9 +234,10 @@ impl Model {
                         out.write_all(&x.to_le_bytes())?;
                     }
                 }
-                (_, _) => out.write_all(&quantize_q8_0(&t.to_f32()?).map_err(|e| {
-                    GgmlError::Malformed(format!("{}: {e}", t.name))
-                })?)?,
+                (_, _) => out.write_all(
+                    &quantize_q8_0(&t.to_f32()?)
+                        .map_err(|e| GgmlError::Malformed(format!("{}: {e}", t.name)))?,
+                )?,
             }
         }
         Ok(())
@@ -315,7 +319,7 @@ impl Model {
                     Data::F16(v)
                 }
                 TYPE_Q8_0 => {
-                    if n % Q8_0_BLOCK != 0 {
+                    if !n.is_multiple_of(Q8_0_BLOCK) {
                         return Err(GgmlError::Malformed(format!("{name}: bad q8_0 size")));
                     }
                     let mut bytes = vec![0u8; n / Q8_0_BLOCK * Q8_0_BYTES];
@@ -347,7 +351,7 @@ impl Model {
 /// q8_0 as ggml defines it: blocks of 32 values, each an f16 scale
 /// (max |x| / 127) and 32 signed bytes (x / scale, rounded).
 pub fn quantize_q8_0(values: &[f32]) -> Result<Vec<u8>, String> {
-    if values.len() % Q8_0_BLOCK != 0 {
+    if !values.len().is_multiple_of(Q8_0_BLOCK) {
         return Err(format!(
             "{} values is not a multiple of the q8_0 block ({Q8_0_BLOCK})",
             values.len()
@@ -487,7 +491,9 @@ mod tests {
 
     #[test]
     fn q8_0_round_trips_within_half_a_step() {
-        let values: Vec<f32> = (0..128).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let values: Vec<f32> = (0..128)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
         let q = quantize_q8_0(&values).unwrap();
         assert_eq!(q.len(), 4 * Q8_0_BYTES);
         let back = dequantize_q8_0(&q);
@@ -498,7 +504,10 @@ mod tests {
             }
         }
         assert!(quantize_q8_0(&[1.0; 31]).is_err());
-        assert_eq!(dequantize_q8_0(&quantize_q8_0(&[0.0; 32]).unwrap()), vec![0.0; 32]);
+        assert_eq!(
+            dequantize_q8_0(&quantize_q8_0(&[0.0; 32]).unwrap()),
+            vec![0.0; 32]
+        );
     }
 
     #[test]

@@ -123,7 +123,14 @@ pub fn read_hparams(path: &Path) -> Result<ggml::Hparams, ModelError> {
     let mut f = std::fs::File::open(path).map_err(io_err(path))?;
     let mut head = [0u8; 48];
     f.read_exact(&mut head).map_err(io_err(path))?;
-    let word = |i: usize| i32::from_le_bytes([head[i * 4], head[i * 4 + 1], head[i * 4 + 2], head[i * 4 + 3]]);
+    let word = |i: usize| {
+        i32::from_le_bytes([
+            head[i * 4],
+            head[i * 4 + 1],
+            head[i * 4 + 2],
+            head[i * 4 + 3],
+        ])
+    };
     let magic = word(0) as u32;
     if magic != ggml::MAGIC {
         return Err(ggml::GgmlError::Magic(magic).into());
