@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
-# The test command of README.md: sets up what a fresh machine lacks, then
-# runs the checks CI runs. Safe to run again; it installs only what is
-# missing.
+# The test command of README.md: sets up what a fresh machine lacks (build
+# tools, the Spanish test recordings, the Whisper base model), then runs the
+# checks CI runs. Safe to run again; it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if [ "$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi
 need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
+command -v cmake >/dev/null || need_apt+=(cmake)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+# Real Spanish recordings and their reference texts, for the stt tests.
+[ -f /usr/share/asterisk/sounds/es/vm-intro.wav ] || need_apt+=(asterisk-core-sounds-es-wav)
+[ -f /usr/share/doc/asterisk-core-sounds-es/core-sounds-es.txt.gz ] || need_apt+=(asterisk-core-sounds-es)
+command -v pip3 >/dev/null || command -v pip >/dev/null || need_apt+=(python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
-  if [ "$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy >/dev/null 2>&1 || true
@@ -21,6 +26,15 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+
+# The Whisper base model, fetched once and kept between runs.
+export CALL_COACH_TEST_MODELS="${CALL_COACH_TEST_MODELS:-$HOME/.cache/call-coach/models}"
+if [ ! -f "$CALL_COACH_TEST_MODELS/ggml-base-q8_0.bin" ]; then
+  echo "== fetching the Whisper base model into $CALL_COACH_TEST_MODELS"
+  cargo build --locked --quiet
+  MODEL_DIR="$CALL_COACH_TEST_MODELS" ./target/debug/call-coach model fetch base --quant q8_0
+fi
+
 echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

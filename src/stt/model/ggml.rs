@@ -207,7 +207,9 @@ impl Model {
         }
         for t in &self.tensors {
             let ty = match &t.data {
-                Data::Raw { ty, .. } => *ty,
+                // Already quantized: kept only when that is what was asked.
+                Data::Raw { ty, .. } if *ty == TYPE_Q8_0 && quant == Quant::Q8_0 => *ty,
+                Data::Raw { ty, .. } => return Err(GgmlError::Quantized(t.name.clone(), *ty)),
                 _ => stored_type(t, quant),
             };
             put_i32(out, len_i32(t.dims.len())?)?;

@@ -156,6 +156,12 @@ pub fn read_any(path: &Path) -> Result<ggml::Model, ModelError> {
         return Ok(ct2::read_dir(path)?);
     }
     if path.is_file() {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(io_err(path))?;
+        let mut magic = [0u8; 4];
+        if f.read_exact(&mut magic).is_err() || u32::from_le_bytes(magic) != ggml::MAGIC {
+            return Err(ModelError::Unknown(path.to_owned()));
+        }
         let f = std::fs::File::open(path).map_err(io_err(path))?;
         return Ok(ggml::Model::read(&mut BufReader::new(f))?);
     }
