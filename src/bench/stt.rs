@@ -52,8 +52,9 @@ struct Observed {
     partial_gaps_ms: Vec<f64>,
     finals: usize,
     partials: usize,
-    /// (clip name, hypothesis) for WER.
-    hypotheses: Vec<(String, String)>,
+    /// Final texts of each clip playback ((stream, clip start ms) -> (clip
+    /// name, texts)), joined for WER.
+    hypotheses: HashMap<(usize, u64), (String, Vec<String>)>,
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
@@ -183,7 +184,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             ),
             _ => (f64::NAN, f64::NAN),
         };
-        let wer = word_error_rate(&o.hypotheses, &references);
+        // Only clips that finished playing count towards WER.
+        let hyps: Vec<(String, String)> = o
+            .hypotheses
+            .values()
+            .map(|(name, texts)| (name.clone(), texts.join(" ")))
+            .collect();
+        let wer = word_error_rate(&hyps, &references);
         println!(
             "{:>6} {:>8} {:>8} {:>9.0} {:>9.0} {:>9.0} {:>9.0} ms {:>7.3} {:>8.0}% {:>6.0} MiB {:>7}",
             calls,
@@ -245,12 +252,16 @@ async fn play(
                     last_partial.remove(&id);
                     let start_ms = v["startMs"].as_u64().unwrap_or(0);
                     if let Ok(sched) = schedule.lock()
-                        && let Some((_, _, name)) = sched
+                        && let Some((begin, _, name)) = sched
                             .iter()
                             .find(|(s, e, _)| start_ms + 400 >= *s && start_ms < *e)
                     {
                         let hyp = v["text"].as_str().unwrap_or_default().to_owned();
-                        o.hypotheses.push((name.clone(), hyp));
+                        o.hypotheses
+                            .entry((offset, *begin))
+                            .or_insert_with(|| (name.clone(), Vec::new()))
+                            .1
+                            .push(hyp);
                     }
                 } else {
                     o.partials += 1;
