@@ -9,7 +9,8 @@ use crate::telemetry::Counter;
 pub struct Metrics {
     pub streams: AtomicI64,
     pub streams_total: Counter,
-    pub audio_seconds: Counter,
+    /// Milliseconds of audio received.
+    pub audio_ms: Counter,
     /// Jobs waiting for a worker (finals + partials).
     pub queue_finals: AtomicI64,
     pub queue_partials: AtomicI64,
@@ -60,7 +61,7 @@ impl Metrics {
             "stt_audio_seconds_total",
             "counter",
             "Seconds of audio received.",
-            (self.audio_seconds.get() as f64 / 1000.0).to_string(),
+            (self.audio_ms.get() as f64 / 1000.0).to_string(),
         );
         put(
             "stt_queue_finals",

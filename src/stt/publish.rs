@@ -112,7 +112,8 @@ impl Publisher {
             if self.lock().closed {
                 let since = *closed_at.get_or_insert_with(Instant::now);
                 if since.elapsed() > Duration::from_secs(5) {
-                    let left = self.lock().events.len();
+                    // The one in hand is lost too.
+                    let left = self.lock().events.len() + 1;
                     tracing::error!(
                         events = left,
                         "relay unreachable at shutdown: events not delivered"

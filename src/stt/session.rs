@@ -227,7 +227,7 @@ where
     }
     state
         .metrics
-        .audio_seconds
+        .audio_ms
         .add(samples_in * 1000 / u64::from(params.sample_rate));
     state.metrics.segments_dropped.add(segmenter.dropped);
     submit(segmenter.finish(), &mut finals_pending, &mut spans);
