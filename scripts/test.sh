@@ -31,8 +31,7 @@ cargo clippy --all-targets --locked -- -D warnings
 export CALL_COACH_TEST_MODELS="${CALL_COACH_TEST_MODELS:-$HOME/.cache/call-coach/models}"
 if [ ! -f "$CALL_COACH_TEST_MODELS/ggml-base-q8_0.bin" ]; then
   echo "== fetching the Whisper base model into $CALL_COACH_TEST_MODELS"
-  cargo build --locked --quiet
-  MODEL_DIR="$CALL_COACH_TEST_MODELS" ./target/debug/call-coach model fetch base --quant q8_0
+  MODEL_DIR="$CALL_COACH_TEST_MODELS" cargo run --locked --quiet -- model fetch base --quant q8_0
 fi
 
 echo "== cargo test"
