@@ -56,17 +56,20 @@ pub(super) struct State {
 /// `shutdown` is cancelled.
 pub async fn serve(settings: &Settings, shutdown: CancellationToken) -> Result<(), RelayError> {
     let addr = settings.relay.listen;
-    check_exposure(settings)?;
+    // Refuse before binding, so an exposed address is never even opened.
+    check_exposure(settings, addr)?;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| RelayError::Bind { addr, source })?;
     run(listener, settings, shutdown).await
 }
 
-fn check_exposure(settings: &Settings) -> Result<(), RelayError> {
+/// Without tokens the relay serves anyone who reaches it: only loopback,
+/// unless explicitly allowed.
+fn check_exposure(settings: &Settings, addr: SocketAddr) -> Result<(), RelayError> {
     let r = &settings.relay;
-    if !r.listen.ip().is_loopback() && r.tokens_file.is_none() && !r.allow_unauthenticated_remote {
-        return Err(RelayError::OpenToNetwork(r.listen));
+    if !addr.ip().is_loopback() && r.tokens_file.is_none() && !r.allow_unauthenticated_remote {
+        return Err(RelayError::OpenToNetwork(addr));
     }
     Ok(())
 }
@@ -81,9 +84,7 @@ pub async fn run(
 ) -> Result<(), RelayError> {
     let r = &settings.relay;
     let local = listener.local_addr()?;
-    if !local.ip().is_loopback() && r.tokens_file.is_none() && !r.allow_unauthenticated_remote {
-        return Err(RelayError::OpenToNetwork(local));
-    }
+    check_exposure(settings, local)?;
     let tokens = r.tokens_file.as_deref().map(Tokens::load).transpose()?;
     let metrics = Arc::new(Metrics::default());
     let hub = Arc::new(Hub::new(r.subscriber_queue, metrics.clone()));

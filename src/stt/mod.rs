@@ -148,10 +148,16 @@ impl Settings {
                 "must be between 0 and 1",
             ));
         }
-        if self.end_silence_ms < 100 || self.partial_every_ms < 200 {
+        if self.end_silence_ms < 100 {
             return Err(ConfigError::invalid(
                 "stt.end_silence_ms",
-                "end_silence_ms must be at least 100 and partial_every_ms at least 200",
+                "must be at least 100",
+            ));
+        }
+        if self.partial_every_ms < 200 {
+            return Err(ConfigError::invalid(
+                "stt.partial_every_ms",
+                "must be at least 200",
             ));
         }
         if self.max_utterance_ms < 1000 || self.max_utterance_ms > 30_000 {
