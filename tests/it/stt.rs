@@ -229,6 +229,7 @@ async fn silence_noise_tones_and_dtmf_produce_no_transcript() {
                 .collect(),
         ),
         ("dtmf", dtmf("5551234#")),
+        ("music", music(20)),
     ];
     for (name, audio) in cases {
         let call = format!("quiet-{name}");
@@ -243,6 +244,27 @@ async fn silence_noise_tones_and_dtmf_produce_no_transcript() {
         let heard = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
         assert!(heard.is_err(), "{name}: the relay got {heard:?}");
     }
+}
+
+/// Hold music: a melody of plucked notes (four harmonics, decaying) over a
+/// bass line, 120 beats a minute.
+fn music(seconds: usize) -> Vec<i16> {
+    let melody = [262.0, 330.0, 392.0, 523.0, 494.0, 392.0, 440.0, 349.0];
+    let bass = [131.0, 131.0, 175.0, 196.0];
+    let note = 4000; // samples: half a second at 8 kHz
+    (0..seconds * 8000)
+        .map(|i| {
+            let t = (i % note) as f32 / 8000.0;
+            let f = melody[(i / note) % melody.len()];
+            let b = bass[(i / (note * 2)) % bass.len()];
+            let env = (-t * 4.0).exp();
+            let tone: f32 = (1..=4)
+                .map(|h| (2.0 * std::f32::consts::PI * f * h as f32 * t).sin() / h as f32)
+                .sum();
+            let low = (2.0 * std::f32::consts::PI * b * t).sin() * 0.5;
+            ((tone * env + low) * 4000.0) as i16
+        })
+        .collect()
 }
 
 /// DTMF digits, 100 ms on and 100 ms off each.
