@@ -1,9 +1,11 @@
-//! Audio: sample formats, G.711, resampling, WAV files and voice activity
-//! detection. Pure functions and state machines; no I/O but what the
-//! caller hands in.
+//! Audio: sample formats, G.711, RTP packets, the jitter buffer,
+//! resampling, WAV files and voice activity detection. Pure functions and
+//! state machines; no I/O but what the caller hands in.
 
 pub mod g711;
+pub mod jitter;
 pub mod resample;
+pub mod rtp;
 pub mod vad;
 pub mod wav;
 
