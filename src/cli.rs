@@ -322,77 +322,27 @@ where
 
 fn model_command(cmd: ModelCommand) -> ExitCode {
     use crate::stt::model;
+    let common = match &cmd {
+        ModelCommand::List(c)
+        | ModelCommand::Import { common: c, .. }
+        | ModelCommand::Fetch { common: c, .. } => c,
+    };
+    let loaded = match load_config(common) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let dir = loaded.settings.model_dir();
     let progress = |line: &str| eprintln!("call-coach model: {line}");
-    let (common, result) = match cmd {
-        ModelCommand::List(common) => {
-            let loaded = match load_config(&common) {
-                Ok(l) => l,
-                Err(code) => return code,
-            };
-            let dir = loaded.settings.model_dir();
-            return match model::list(&dir) {
-                Ok(models) if models.is_empty() => {
-                    println!(
-                        "no models in {}; install one with: call-coach model fetch base",
-                        dir.display()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Ok(models) => {
-                    println!("models in {}:", dir.display());
-                    for m in models {
-                        let name = m
-                            .path
-                            .file_name()
-                            .map(|n| n.to_string_lossy())
-                            .unwrap_or_default();
-                        println!(
-                            "  {name:<28} {:<9} {:<5} {:>8.1} MiB",
-                            m.hparams.size_name(),
-                            m.hparams.quant().map_or("?", |q| q.name()),
-                            m.bytes as f64 / 1048576.0
-                        );
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("call-coach model list: {e}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
+    let quant_of = |q: &str| model::Quant::parse(q).unwrap_or(model::Quant::Q8_0);
+    let result = match &cmd {
+        ModelCommand::List(_) => return list_models(&dir),
         ModelCommand::Import {
-            common,
-            path,
-            name,
-            quant,
-        } => {
-            let loaded = match load_config(&common) {
-                Ok(l) => l,
-                Err(code) => return code,
-            };
-            let quant = model::Quant::parse(&quant).unwrap_or(model::Quant::Q8_0);
-            let dir = loaded.settings.model_dir();
-            (
-                common,
-                model::import(&path, &dir, name.as_deref(), quant, &progress),
-            )
-        }
-        ModelCommand::Fetch {
-            common,
-            size,
-            quant,
-        } => {
-            let loaded = match load_config(&common) {
-                Ok(l) => l,
-                Err(code) => return code,
-            };
-            let quant = model::Quant::parse(&quant).unwrap_or(model::Quant::Q8_0);
-            let dir = loaded.settings.model_dir();
-            (common, model::fetch::fetch(&size, &dir, quant, &progress))
+            path, name, quant, ..
+        } => model::import(path, &dir, name.as_deref(), quant_of(quant), &progress),
+        ModelCommand::Fetch { size, quant, .. } => {
+            model::fetch::fetch(size, &dir, quant_of(quant), &progress)
         }
     };
-    let _ = common;
     match result {
         Ok(path) => {
             println!("{}", path.display());
@@ -400,6 +350,39 @@ fn model_command(cmd: ModelCommand) -> ExitCode {
         }
         Err(e) => {
             eprintln!("call-coach model: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn list_models(dir: &Path) -> ExitCode {
+    match crate::stt::model::list(dir) {
+        Ok(models) if models.is_empty() => {
+            println!(
+                "no models in {}; install one with: call-coach model fetch base",
+                dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(models) => {
+            println!("models in {}:", dir.display());
+            for m in models {
+                let name = m
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default();
+                println!(
+                    "  {name:<28} {:<9} {:<5} {:>8.1} MiB",
+                    m.hparams.size_name(),
+                    m.hparams.quant().map_or("?", |q| q.name()),
+                    m.bytes as f64 / 1048576.0
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("call-coach model list: {e}");
             ExitCode::FAILURE
         }
     }

@@ -324,6 +324,15 @@ mod tests {
             .collect()
     }
 
+    fn finals(reqs: &[Request]) -> Vec<&Utterance> {
+        reqs.iter()
+            .filter_map(|r| match r {
+                Request::Final(u) => Some(u),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn run(seg: &mut Segmenter, audio: &[f32]) -> Vec<Request> {
         audio.chunks(333).flat_map(|c| seg.push(c)).collect()
     }
@@ -339,13 +348,7 @@ mod tests {
             .iter()
             .filter(|r| matches!(r, Request::Partial(_)))
             .count();
-        let finals: Vec<&Utterance> = reqs
-            .iter()
-            .filter_map(|r| match r {
-                Request::Final(u) => Some(u),
-                _ => None,
-            })
-            .collect();
+        let finals = finals(&reqs);
         assert_eq!(partials, 2, "{reqs:?}");
         assert_eq!(finals.len(), 1);
         let u = finals[0];
@@ -367,13 +370,7 @@ mod tests {
         let mut reqs = run(&mut seg, &audio);
         assert!(seg.in_speech(), "speech was still going on");
         reqs.extend(seg.finish());
-        let finals: Vec<&Utterance> = reqs
-            .iter()
-            .filter_map(|r| match r {
-                Request::Final(u) => Some(u),
-                _ => None,
-            })
-            .collect();
+        let finals = finals(&reqs);
         assert!(finals.len() >= 3, "{} finals", finals.len());
         for pair in finals.windows(2) {
             assert_eq!(pair[1].index, pair[0].index + 1);
