@@ -129,4 +129,17 @@ fn stt_without_a_model_says_which_command_installs_it() {
         err.contains("call-coach model fetch base --quant f16"),
         "{err}"
     );
+
+    // A CPU-only build says how to get CUDA instead of failing later.
+    let (code, _, err) = run_bin(
+        Some(&link),
+        &[],
+        &[
+            ("MODEL_DIR", model_dir().to_str().unwrap()),
+            ("MODEL_SIZE", "base"),
+            ("DEVICE", "cuda"),
+        ],
+    );
+    assert_eq!(code, 64);
+    assert!(err.contains("--features cuda"), "{err}");
 }
