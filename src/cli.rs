@@ -106,8 +106,8 @@ enum Command {
     Relay(Common),
     /// Run stt: Whisper speech-to-text over websocket (127.0.0.1:8080).
     Stt(Common),
-    /// Run rtp2ws: RTP to stt streams [not built yet].
-    Rtp2ws(Pending),
+    /// Run rtp2ws: RTP from Asterisk to stt streams (control 127.0.0.1:7071).
+    Rtp2ws(Common),
     /// Run the orchestrator: rules, metrics and LLM coaching [not built yet].
     Orchestrator(Pending),
     /// Run ari-coach: the Asterisk ARI application [not built yet].
@@ -147,9 +147,9 @@ enum Command {
     BenchStt(crate::bench::stt::Options),
     /// A sample call through the whole pipeline [not built yet].
     Demo(Pending),
-    /// Play audio files as RTP the way Asterisk sends it [not built yet].
+    /// Play audio files into rtp2ws as RTP, the way Asterisk sends it.
     #[command(name = "simulate-call")]
-    SimulateCall(Pending),
+    SimulateCall(crate::simulate::Options),
 }
 
 /// Entry point of the binary.
@@ -229,11 +229,26 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Command::Rtp2ws(_) => not_built("the rtp2ws service"),
+        Command::Rtp2ws(common) => {
+            run_service("rtp2ws", &common, |settings, shutdown| async move {
+                crate::rtp2ws::serve(&settings, shutdown)
+                    .await
+                    .map_err(anyhow::Error::from)
+            })
+        }
         Command::Orchestrator(_) => not_built("the orchestrator service"),
         Command::AriCoach(_) => not_built("the ari-coach service"),
         Command::Demo(_) => not_built("`call-coach demo`"),
-        Command::SimulateCall(_) => not_built("`call-coach simulate-call`"),
+        Command::SimulateCall(opts) => {
+            crate::telemetry::init();
+            match runtime().and_then(|rt| rt.block_on(crate::simulate::run(opts))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("call-coach simulate-call: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

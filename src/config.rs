@@ -369,6 +369,7 @@ impl Loaded {
     fn validate(&self) -> Result<(), ConfigError> {
         self.settings.relay.validate()?;
         self.settings.stt.validate()?;
+        self.settings.rtp2ws.validate()?;
         if self.settings.shutdown_timeout_secs == 0 {
             return Err(ConfigError::invalid(
                 "shutdown_timeout_secs",

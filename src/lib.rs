@@ -14,6 +14,7 @@
 //! - [`stt`], [`rtp2ws`], [`orchestrator`], [`ari_coach`]: the other
 //!   services (settings only so far).
 //! - [`bench`]: load generators that print figures.
+//! - [`simulate`]: `simulate-call`, Asterisk's RTP side for tests and demos.
 //! - [`telemetry`], [`shutdown`], [`systemd`]: logging, signals, sd_notify.
 
 pub mod ari_coach;
@@ -27,6 +28,7 @@ pub mod orchestrator;
 pub mod relay;
 pub mod rtp2ws;
 pub mod shutdown;
+pub mod simulate;
 pub mod stt;
 pub mod systemd;
 pub mod telemetry;

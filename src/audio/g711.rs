@@ -43,6 +43,26 @@ pub fn linear_to_ulaw(sample: i16) -> u8 {
     !((sign | (exponent << 4) | mantissa) as u8)
 }
 
+/// A linear sample to A-law (for the call simulator).
+pub fn linear_to_alaw(sample: i16) -> u8 {
+    let mut pcm = i32::from(sample) >> 3;
+    let mask = if pcm >= 0 {
+        0xd5
+    } else {
+        pcm = -pcm - 1;
+        0x55
+    };
+    const SEG_END: [i32; 8] = [0x1f, 0x3f, 0x7f, 0xff, 0x1ff, 0x3ff, 0x7ff, 0xfff];
+    let seg = SEG_END.iter().position(|e| pcm <= *e).unwrap_or(8) as i32;
+    let aval = if seg >= 8 {
+        0x7f
+    } else {
+        let shift = if seg < 2 { 1 } else { seg };
+        (seg << 4) | ((pcm >> shift) & 0x0f)
+    };
+    (aval as u8) ^ mask
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,6 +77,15 @@ mod tests {
         assert_eq!(alaw_to_linear(0x55), -8);
         assert_eq!(alaw_to_linear(0xaa), 32256);
         assert_eq!(alaw_to_linear(0x2a), -32256);
+    }
+
+    #[test]
+    fn alaw_round_trip_is_close() {
+        for s in (-32000i32..32000).step_by(97) {
+            let back = i32::from(alaw_to_linear(linear_to_alaw(s as i16)));
+            let tol = (s.abs() / 16).max(16);
+            assert!((back - s).abs() <= tol, "{s} -> {back}");
+        }
     }
 
     #[test]

@@ -1,10 +1,20 @@
-//! rtp2ws: Asterisk ExternalMedia RTP to stt websocket streams (CONTRACT.md
-//! "rtp2ws"). Only its settings exist so far; the service itself is not
-//! built yet and the dispatcher says so.
+//! rtp2ws: Asterisk ExternalMedia RTP to stt websocket streams, one per
+//! call leg (CONTRACT.md "rtp2ws").
+//!
+//! - [`control`]: the loopback HTTP API (`POST/GET/DELETE /streams`).
+//! - [`leg`]: one leg: a UDP port, RTP checks, the jitter buffer, and the
+//!   stt websocket with reconnects and a bounded buffer.
 
-use std::net::SocketAddr;
+pub mod control;
+pub mod leg;
+
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
+
+pub use control::{Rtp2wsError, serve};
+
+use crate::config::ConfigError;
 
 /// Settings of the rtp2ws service (`[rtp2ws]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -14,10 +24,21 @@ pub struct Settings {
     pub call_id: Option<String>,
     /// First UDP port for RTP. `BASE_PORT`.
     pub base_port: u16,
+    /// How many ports from `base_port` legs may use.
+    pub port_range: u16,
+    /// Address the RTP ports listen on (Asterisk's side of the host).
+    pub rtp_bind: IpAddr,
     /// Loopback HTTP control API address. `RTP2WS_CONTROL`.
     pub control: SocketAddr,
     /// The stt websocket. `STT_URL`.
     pub stt_url: String,
+    /// A leg with no packets for this many seconds is closed.
+    pub idle_timeout_secs: u64,
+    /// Reordering window of the jitter buffer, in ms.
+    pub jitter_ms: u64,
+    /// Audio held while stt is unreachable, in seconds; older audio is
+    /// dropped and counted.
+    pub buffer_secs: u64,
 }
 
 impl Default for Settings {
@@ -25,8 +46,39 @@ impl Default for Settings {
         Self {
             call_id: None,
             base_port: 14000,
+            port_range: 1000,
+            rtp_bind: IpAddr::from([127, 0, 0, 1]),
             control: SocketAddr::from(([127, 0, 0, 1], 7071)),
             stt_url: "ws://127.0.0.1:8080/ws".into(),
+            idle_timeout_secs: 30,
+            jitter_ms: 60,
+            buffer_secs: 5,
         }
+    }
+}
+
+impl Settings {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.port_range == 0 || u32::from(self.base_port) + u32::from(self.port_range) > 65_536 {
+            return Err(ConfigError::invalid(
+                "rtp2ws.port_range",
+                "base_port + port_range must stay within 65535, and the range is at least 1",
+            ));
+        }
+        if let Some(id) = &self.call_id
+            && !crate::event::is_valid_call_id(id)
+        {
+            return Err(ConfigError::invalid(
+                "rtp2ws.call_id",
+                format!("{id:?} is not a valid callId"),
+            ));
+        }
+        if !self.stt_url.starts_with("ws://") {
+            return Err(ConfigError::invalid(
+                "rtp2ws.stt_url",
+                "must be a ws:// URL",
+            ));
+        }
+        Ok(())
     }
 }

@@ -30,7 +30,7 @@ fn bad_usage_exits_64_with_usage() {
 fn unbuilt_services_say_so_and_fail() {
     let dir = tempfile::tempdir().unwrap();
     // Both ways of choosing a service: argv[0] and the first argument.
-    let via_link = service_link(dir.path(), "rtp2ws");
+    let via_link = service_link(dir.path(), "ari-coach");
     for (argv0, args) in [
         (Some(via_link.as_path()), &[][..]),
         (None, &["orchestrator"][..]),

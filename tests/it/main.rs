@@ -5,5 +5,6 @@ mod cli;
 mod model;
 mod relay;
 mod relay_auth;
+mod rtp2ws;
 mod stt;
 mod util;

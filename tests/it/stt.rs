@@ -128,7 +128,10 @@ async fn transcribes_spanish_in_every_encoding_and_publishes_to_the_relay() {
         ),
         (
             "pcma",
-            audio.iter().map(|s| linear_to_alaw(*s)).collect(),
+            audio
+                .iter()
+                .map(|s| call_coach::audio::g711::linear_to_alaw(*s))
+                .collect(),
             160,
         ),
     ];
@@ -187,26 +190,6 @@ async fn transcribes_spanish_in_every_encoding_and_publishes_to_the_relay() {
         got.iter().any(|e| e["final"] == false),
         "no partials for a 7 s utterance"
     );
-}
-
-/// ITU-T G.711 A-law, for the test's own encoding.
-fn linear_to_alaw(sample: i16) -> u8 {
-    let mut pcm = i32::from(sample) >> 3;
-    let mask = if pcm >= 0 {
-        0xd5
-    } else {
-        pcm = -pcm - 1;
-        0x55
-    };
-    let seg_end = [0x1f, 0x3f, 0x7f, 0xff, 0x1ff, 0x3ff, 0x7ff, 0xfff];
-    let seg = seg_end.iter().position(|e| pcm <= *e).unwrap_or(8) as i32;
-    let aval = if seg >= 8 {
-        0x7f
-    } else {
-        let shift = if seg < 2 { 1 } else { seg };
-        (seg << 4) | ((pcm >> shift) & 0x0f)
-    };
-    (aval as u8) ^ mask
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,0 +1,334 @@
+//! One call leg: a UDP port that takes RTP from one source, a jitter
+//! buffer, and the stt websocket the audio goes to.
+//!
+//! The stt side runs in a task of its own with a bounded buffer: while stt
+//! is down or restarting, audio waits (up to `buffer_secs`) and the task
+//! reconnects with backoff; older audio is dropped and counted. Nothing on
+//! the stt side can stall the UDP side, or any other leg.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use tokio::net::UdpSocket;
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::audio::jitter::{JitterBuffer, JitterConfig};
+use crate::audio::{g711, rtp};
+
+/// The audio format of a leg, as ari-coach names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Slin16,
+    Slin,
+    Ulaw,
+    Alaw,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "slin16" => Some(Self::Slin16),
+            "slin" | "slin8" => Some(Self::Slin),
+            "ulaw" | "pcmu" => Some(Self::Ulaw),
+            "alaw" | "pcma" => Some(Self::Alaw),
+            _ => None,
+        }
+    }
+
+    pub fn payload_type(self) -> u8 {
+        match self {
+            Self::Slin16 => rtp::PT_SLIN16,
+            Self::Slin => rtp::PT_SLIN,
+            Self::Ulaw => rtp::PT_PCMU,
+            Self::Alaw => rtp::PT_PCMA,
+        }
+    }
+
+    pub fn rate(self) -> u32 {
+        match self {
+            Self::Slin16 => 16_000,
+            _ => 8_000,
+        }
+    }
+
+    /// Payload bytes to samples (L16 is big-endian on the wire).
+    pub fn decode(self, payload: &[u8]) -> Vec<i16> {
+        match self {
+            Self::Slin16 | Self::Slin => payload
+                .chunks_exact(2)
+                .map(|c| i16::from_be_bytes([c[0], c[1]]))
+                .collect(),
+            Self::Ulaw => payload.iter().map(|b| g711::ulaw_to_linear(*b)).collect(),
+            Self::Alaw => payload.iter().map(|b| g711::alaw_to_linear(*b)).collect(),
+        }
+    }
+}
+
+/// Counters of one leg (and, summed, of the service).
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counters {
+    pub packets: AtomicU64,
+    pub bytes_to_stt: AtomicU64,
+    pub lost: AtomicU64,
+    pub late: AtomicU64,
+    pub reordered: AtomicU64,
+    pub not_rtp: AtomicU64,
+    pub wrong_payload_type: AtomicU64,
+    pub wrong_source: AtomicU64,
+    /// Milliseconds of audio dropped because stt was away too long.
+    pub dropped_ms: AtomicU64,
+    pub reconnects: AtomicU64,
+}
+
+/// Bumps a counter of the leg and the same one of the service.
+fn bump(pair: &[&Counters; 2], field: impl Fn(&Counters) -> &AtomicU64, n: u64) {
+    for c in pair {
+        field(c).fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// What a leg is, for `GET /streams`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Spec {
+    pub id: String,
+    pub call_id: String,
+    pub speaker: String,
+    pub format: Format,
+    pub port: u16,
+    /// Fixed legs of the compatibility mode never close for idleness.
+    #[serde(skip)]
+    pub fixed: bool,
+}
+
+/// How legs run (from the settings).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub stt_url: String,
+    /// No packets for this long closes a leg (not a fixed one).
+    pub idle: Duration,
+    pub jitter_ms: u64,
+    pub buffer_secs: u64,
+}
+
+/// Runs a leg until `stop`, or until it has been idle too long.
+pub async fn run(
+    socket: UdpSocket,
+    spec: Spec,
+    options: Options,
+    counters: Arc<Counters>,
+    totals: Arc<Counters>,
+    stop: CancellationToken,
+) {
+    let rate = spec.format.rate();
+    let idle = options.idle;
+    let outbox = Arc::new(Outbox {
+        frames: Mutex::new(VecDeque::new()),
+        notify: Notify::new(),
+        capacity_samples: (options.buffer_secs.max(1) * u64::from(rate)) as usize,
+        closed: std::sync::atomic::AtomicBool::new(false),
+    });
+    let url = format!(
+        "{}?callId={}&speaker={}&sampleRate={rate}&encoding=s16le",
+        options.stt_url, spec.call_id, spec.speaker
+    );
+    let sender = tokio::spawn(send_to_stt(
+        url,
+        outbox.clone(),
+        counters.clone(),
+        totals.clone(),
+    ));
+    let packet_ms = 20;
+    let mut jitter = JitterBuffer::new(JitterConfig {
+        window: (options.jitter_ms / packet_ms).max(1),
+        max_fill: rate,
+    });
+    let mut source: Option<SocketAddr> = None;
+    let mut buf = vec![0u8; 2048];
+    let mut out = Vec::new();
+    let mut last_packet = Instant::now();
+    let mut last_warning: Option<Instant> = None;
+    let pair = [&*counters, &*totals];
+    loop {
+        let deadline = last_packet + idle;
+        let received = tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep_until(deadline.into()), if !spec.fixed => {
+                tracing::info!(leg = %spec.id, "no RTP for {} s: closing", idle.as_secs());
+                break;
+            }
+            r = socket.recv_from(&mut buf) => r,
+        };
+        let Ok((n, from)) = received else { continue };
+        let mut warn = |what: &str| {
+            if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                last_warning = Some(Instant::now());
+                tracing::warn!(leg = %spec.id, %from, "{what} (logged at most every 10 s)");
+            }
+        };
+        if *source.get_or_insert(from) != from {
+            bump(&pair, |c| &c.wrong_source, 1);
+            warn("RTP from another source than the first: dropped");
+            continue;
+        }
+        let packet = match rtp::parse(&buf[..n]) {
+            Ok(p) => p,
+            Err(e) => {
+                bump(&pair, |c| &c.not_rtp, 1);
+                warn(&format!("not RTP ({e}): dropped"));
+                continue;
+            }
+        };
+        if packet.payload_type != spec.format.payload_type() {
+            bump(&pair, |c| &c.wrong_payload_type, 1);
+            warn(&format!(
+                "payload type {} on a {:?} leg: dropped",
+                packet.payload_type, spec.format
+            ));
+            continue;
+        }
+        last_packet = Instant::now();
+        bump(&pair, |c| &c.packets, 1);
+        let before = jitter.stats;
+        out.clear();
+        jitter.push(
+            packet.ssrc,
+            packet.sequence,
+            packet.timestamp,
+            spec.format.decode(packet.payload),
+            &mut out,
+        );
+        let after = jitter.stats;
+        bump(&pair, |c| &c.lost, after.lost - before.lost);
+        bump(&pair, |c| &c.late, after.late - before.late);
+        bump(&pair, |c| &c.reordered, after.reordered - before.reordered);
+        if !out.is_empty() {
+            outbox.push(std::mem::take(&mut out), &pair, rate);
+        }
+    }
+    out.clear();
+    jitter.flush(&mut out);
+    if !out.is_empty() {
+        outbox.push(out, &pair, rate);
+    }
+    outbox.close();
+    let _ = tokio::time::timeout(Duration::from_secs(60), sender).await;
+}
+
+/// Audio waiting for stt.
+struct Outbox {
+    frames: Mutex<VecDeque<Vec<i16>>>,
+    notify: Notify,
+    capacity_samples: usize,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Outbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Vec<i16>>> {
+        self.frames.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues samples; drops the oldest beyond the bound.
+    fn push(&self, samples: Vec<i16>, pair: &[&Counters; 2], rate: u32) {
+        let mut q = self.lock();
+        q.push_back(samples);
+        let mut held: usize = q.iter().map(Vec::len).sum();
+        while held > self.capacity_samples {
+            let Some(old) = q.pop_front() else { break };
+            held -= old.len();
+            bump(
+                pair,
+                |c| &c.dropped_ms,
+                old.len() as u64 * 1000 / u64::from(rate),
+            );
+        }
+        drop(q);
+        self.notify.notify_one();
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+}
+
+/// Sends queued audio to stt, reconnecting with backoff; at the end sends
+/// `{"type":"end"}` and waits for stt to close (its finals come first).
+async fn send_to_stt(
+    url: String,
+    outbox: Arc<Outbox>,
+    counters: Arc<Counters>,
+    totals: Arc<Counters>,
+) {
+    let pair = [&*counters, &*totals];
+    let mut backoff = Duration::from_millis(100);
+    let mut first = true;
+    'connect: loop {
+        let ws = match tokio_tungstenite::connect_async(&url).await {
+            Ok((ws, _)) => ws,
+            Err(e) => {
+                if outbox.closed.load(Ordering::Acquire) && outbox.lock().is_empty() {
+                    return;
+                }
+                tracing::warn!(error = %e, %url, "stt unreachable; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        if !first {
+            bump(&pair, |c| &c.reconnects, 1);
+            tracing::info!(%url, "reconnected to stt");
+        }
+        first = false;
+        backoff = Duration::from_millis(100);
+        let (mut tx, mut rx) = ws.split();
+        loop {
+            let next = outbox.lock().pop_front();
+            match next {
+                Some(samples) => {
+                    let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+                    let n = bytes.len() as u64;
+                    if tx.send(Message::binary(bytes)).await.is_err() {
+                        // Put it back and reconnect.
+                        outbox.lock().push_front(samples);
+                        continue 'connect;
+                    }
+                    bump(&pair, |c| &c.bytes_to_stt, n);
+                }
+                None if outbox.closed.load(Ordering::Acquire) => {
+                    let _ = tx.send(Message::text(r#"{"type":"end"}"#)).await;
+                    // stt closes once every final is out.
+                    let _ = tokio::time::timeout(Duration::from_secs(60), async {
+                        while let Some(Ok(m)) = rx.next().await {
+                            if m.is_close() {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
+                    return;
+                }
+                None => {
+                    tokio::select! {
+                        _ = outbox.notify.notified() => {}
+                        // stt's echoes are not needed here; reading keeps
+                        // the socket healthy and notices a closed stt.
+                        m = rx.next() => if !matches!(m, Some(Ok(_))) {
+                            continue 'connect;
+                        },
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! `call-coach simulate-call`: stands in for Asterisk. Asks rtp2ws for an
+//! agent leg and a customer leg exactly as ari-coach does, sends two WAV
+//! files (or the two channels of a stereo one) as RTP the way ExternalMedia
+//! does (20 ms packets, random SSRC and first sequence number, timestamp
+//! +samples per packet, big-endian slin16 as payload type 118), optionally
+//! with loss, jitter and so reordering, and releases the legs at the end.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::net::UdpSocket;
+
+use crate::audio::resample::Upsampler2x;
+use crate::audio::wav::Wav;
+use crate::audio::{g711, rtp};
+use crate::rtp2ws::leg::Format;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Options {
+    /// The agent's side (WAV, 8 or 16 kHz).
+    #[arg(long, required_unless_present = "stereo")]
+    pub agent: Option<PathBuf>,
+    /// The customer's side.
+    #[arg(long, required_unless_present = "stereo")]
+    pub customer: Option<PathBuf>,
+    /// One stereo WAV: left the agent, right the customer.
+    #[arg(long, conflicts_with_all = ["agent", "customer"])]
+    pub stereo: Option<PathBuf>,
+    /// rtp2ws control API.
+    #[arg(long, default_value = "http://127.0.0.1:7071")]
+    pub rtp2ws: String,
+    /// Call id (default: a new one).
+    #[arg(long)]
+    pub call_id: Option<String>,
+    /// RTP format, as ari-coach asks for it.
+    #[arg(long, default_value = "slin16", value_parser = ["slin16", "slin", "ulaw", "alaw"])]
+    pub format: String,
+    /// Pace packets at real time (else ten times faster).
+    #[arg(long)]
+    pub realtime: bool,
+    /// Share of packets to drop (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    pub loss: f64,
+    /// Random delay of up to this many ms per packet (reorders them).
+    #[arg(long, default_value_t = 0)]
+    pub jitter_ms: u64,
+    /// Seed for loss and jitter.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+struct Side {
+    speaker: &'static str,
+    samples: Vec<i16>,
+}
+
+fn to_rate(wav: &Wav, channel: u16, rate: u32) -> anyhow::Result<Vec<i16>> {
+    let samples = wav.channel(channel);
+    match (wav.rate, rate) {
+        (a, b) if a == b => Ok(samples),
+        (8_000, 16_000) => {
+            let mut out = Vec::with_capacity(samples.len() * 2);
+            Upsampler2x::new().process(&crate::audio::to_f32(&samples), &mut out);
+            Ok(out
+                .into_iter()
+                .map(|x| (x * 32768.0).clamp(-32768.0, 32767.0) as i16)
+                .collect())
+        }
+        (a, b) => bail!(
+            "a {a} Hz file cannot be sent as {b} Hz RTP; use an 8 kHz file for slin, ulaw and alaw"
+        ),
+    }
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let format = Format::parse(&opts.format).context("format")?;
+    let rate = format.rate();
+    let sides = match (&opts.stereo, &opts.agent, &opts.customer) {
+        (Some(path), _, _) => {
+            let wav = Wav::read(path)?;
+            if wav.channels != 2 {
+                bail!(
+                    "{} has {} channels; --stereo wants 2",
+                    path.display(),
+                    wav.channels
+                );
+            }
+            vec![
+                Side {
+                    speaker: "agent",
+                    samples: to_rate(&wav, 0, rate)?,
+                },
+                Side {
+                    speaker: "customer",
+                    samples: to_rate(&wav, 1, rate)?,
+                },
+            ]
+        }
+        (None, Some(a), Some(c)) => vec![
+            Side {
+                speaker: "agent",
+                samples: to_rate(&Wav::read(a)?, 0, rate)?,
+            },
+            Side {
+                speaker: "customer",
+                samples: to_rate(&Wav::read(c)?, 0, rate)?,
+            },
+        ],
+        _ => bail!("give --agent and --customer, or --stereo"),
+    };
+    // Asterisk sends packets for as long as the call lasts, silence
+    // included: pad the shorter side.
+    let mut sides = sides;
+    let longest = sides.iter().map(|s| s.samples.len()).max().unwrap_or(0);
+    for side in &mut sides {
+        side.samples.resize(longest, 0);
+    }
+    let call_id = opts
+        .call_id
+        .clone()
+        .unwrap_or_else(|| format!("sim-{}-{}", std::process::id(), crate::event::now_unix_ms()));
+    let base = opts.rtp2ws.trim_end_matches('/').to_owned();
+    let host = base
+        .trim_start_matches("http://")
+        .split(':')
+        .next()
+        .unwrap_or("127.0.0.1")
+        .to_owned();
+
+    // Ask for the legs exactly as ari-coach will.
+    let mut legs = Vec::new();
+    for side in &sides {
+        let body =
+            serde_json::json!({"callId": call_id, "speaker": side.speaker, "format": opts.format});
+        let url = format!("{base}/streams");
+        let answer = tokio::task::spawn_blocking(move || -> anyhow::Result<serde_json::Value> {
+            let mut resp = ureq::post(&url)
+                .header("content-type", "application/json")
+                .send(body.to_string().as_bytes())
+                .with_context(|| format!("POST {url}"))?;
+            Ok(serde_json::from_str(&resp.body_mut().read_to_string()?)?)
+        })
+        .await??;
+        let port = answer["port"]
+            .as_u64()
+            .context("no port in rtp2ws's answer")? as u16;
+        let id = answer["id"]
+            .as_str()
+            .context("no id in rtp2ws's answer")?
+            .to_owned();
+        let target: SocketAddr = format!("{host}:{port}").parse().context("rtp2ws address")?;
+        legs.push((id, target));
+    }
+    println!(
+        "call {call_id}: agent -> {}, customer -> {}",
+        legs[0].1, legs[1].1
+    );
+
+    // Every packet of both legs with its send time, then in time order.
+    let mut rng = opts.seed.max(1);
+    let mut random = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let per_packet = (rate / 50) as usize;
+    let mut schedule: Vec<(f64, usize, Vec<u8>)> = Vec::new();
+    let (mut sent, mut dropped) = (0u64, 0u64);
+    for (leg, side) in sides.iter().enumerate() {
+        let ssrc = (random() * f64::from(u32::MAX)) as u32;
+        let first_seq = (random() * 65_535.0) as u16;
+        for (i, chunk) in side.samples.chunks(per_packet).enumerate() {
+            if random() < opts.loss {
+                dropped += 1;
+                continue;
+            }
+            let payload: Vec<u8> = match format {
+                Format::Slin16 | Format::Slin => {
+                    chunk.iter().flat_map(|s| s.to_be_bytes()).collect()
+                }
+                Format::Ulaw => chunk.iter().map(|s| g711::linear_to_ulaw(*s)).collect(),
+                Format::Alaw => chunk.iter().map(|s| g711::linear_to_alaw(*s)).collect(),
+            };
+            let seq = first_seq.wrapping_add(i as u16);
+            let ts = (per_packet * (i + 1)) as u32;
+            let packet = rtp::build(format.payload_type(), seq, ts, ssrc, &payload);
+            let at = i as f64 * 0.020 + random() * opts.jitter_ms as f64 / 1000.0;
+            schedule.push((at, leg, packet));
+        }
+    }
+    schedule.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    let speed = if opts.realtime { 1.0 } else { 10.0 };
+    let start = tokio::time::Instant::now();
+    for (at, leg, packet) in &schedule {
+        tokio::time::sleep_until(start + Duration::from_secs_f64(at / speed)).await;
+        socket.send_to(packet, legs[*leg].1).await?;
+        sent += 1;
+    }
+    // Let the jitter buffer see the last packets before closing.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (id, _) in &legs {
+        let url = format!("{base}/streams/{id}");
+        let status = tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
+            agent.delete(&url).call().map(|r| r.status().as_u16())
+        })
+        .await?
+        .with_context(|| format!("DELETE {id}"))?;
+        match status {
+            204 => {}
+            // rtp2ws already closed it (idle): nothing left to release.
+            404 => eprintln!("leg {id} was already closed by rtp2ws"),
+            other => bail!("DELETE {id}: HTTP {other}"),
+        }
+    }
+    println!("sent {sent} RTP packets, dropped {dropped} on purpose; legs released");
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! rtp2ws with simulate-call standing in for Asterisk, a real stt with the
+//! real model, and a real relay.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::util::{Service, model_dir, next_json, run_bin, sound};
+
+/// relay, stt posting to it, rtp2ws feeding stt, on ports from `base_port`.
+fn start_chain(base_port: u16) -> (Service, Service, Service) {
+    let relay = Service::start(&[]);
+    let relay_url = format!("http://{}/event", relay.addr);
+    let models = model_dir();
+    let stt = Service::start_named(
+        "stt",
+        &[
+            ("MODEL_DIR", models.to_str().unwrap()),
+            ("MODEL_SIZE", "base"),
+            ("RELAY_URL", &relay_url),
+        ],
+    );
+    let stt_url = format!("ws://{}/ws", stt.addr);
+    let rtp2ws = Service::start_named(
+        "rtp2ws",
+        &[
+            ("STT_URL", &stt_url),
+            ("RTP2WS_CONTROL", "127.0.0.1:0"),
+            ("BASE_PORT", &base_port.to_string()),
+            ("CALL_COACH_RTP2WS__IDLE_TIMEOUT_SECS", "2"),
+        ],
+    );
+    (relay, stt, rtp2ws)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_simulated_call_with_loss_and_jitter_is_transcribed_per_speaker() {
+    let (relay, _stt, rtp2ws) = start_chain(31_000);
+    let mut sub = relay.ws("callId=sim-1").await;
+    let control = format!("http://{}", rtp2ws.addr);
+    let sim = tokio::task::spawn_blocking(move || {
+        run_bin(
+            None,
+            &[
+                "simulate-call",
+                "--agent",
+                sound("vm-intro").to_str().unwrap(),
+                "--customer",
+                sound("conf-enteringno").to_str().unwrap(),
+                "--rtp2ws",
+                &control,
+                "--call-id",
+                "sim-1",
+                "--loss",
+                "0.05",
+                "--jitter-ms",
+                "40",
+                "--realtime",
+            ],
+            &[],
+        )
+    });
+    let (code, out, err) = sim.await.unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("dropped") && out.contains("legs released"),
+        "{out}"
+    );
+    // DELETE waits for stt's finals, so both speakers' finals are in.
+    let mut finals: Vec<Value> = Vec::new();
+    while finals.len() < 2 {
+        let ev = next_json(&mut sub, Duration::from_secs(30))
+            .await
+            .expect("relay event");
+        if ev["final"] == true {
+            finals.push(ev);
+        }
+    }
+    let text_of = |speaker: &str| -> String {
+        finals
+            .iter()
+            .filter(|e| e["speaker"] == speaker)
+            .map(|e| e["text"].as_str().unwrap().to_lowercase())
+            .collect()
+    };
+    assert!(text_of("agent").contains("mensaje"), "{finals:?}");
+    assert!(text_of("customer").contains("conferencia"), "{finals:?}");
+    for f in &finals {
+        let (s, e) = (f["startMs"].as_u64().unwrap(), f["endMs"].as_u64().unwrap());
+        assert!(s < e && e < 9_000, "implausible span {s}..{e}");
+    }
+    // The legs are gone and the loss was seen.
+    let (_, streams) = rtp2ws.request("GET", "/streams", &[], "").await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&streams).unwrap()["streams"],
+        json!([])
+    );
+    let (_, metrics) = rtp2ws.request("GET", "/metrics", &[], "").await;
+    let lost: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rtp2ws_lost_packets_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(lost > 5, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn control_api_checks_input_and_legs_guard_their_port() {
+    let (_relay, _stt, rtp2ws) = start_chain(32_000);
+    let ct = [("content-type", "application/json")];
+    for (body, needle) in [
+        ("nope", "not JSON"),
+        (r#"{"speaker":"agent"}"#, "callId must match"),
+        (r#"{"callId":"c","speaker":"boss"}"#, "speaker must be"),
+        (r#"{"callId":"c","format":"opus"}"#, "format must be"),
+    ] {
+        let (status, text) = rtp2ws.request("POST", "/streams", &ct, body).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(text.contains(needle), "{body}: {text}");
+    }
+    let (status, _) = rtp2ws.request("DELETE", "/streams/leg-999", &[], "").await;
+    assert_eq!(status, 404);
+
+    let (status, text) = rtp2ws
+        .request(
+            "POST",
+            "/streams",
+            &ct,
+            r#"{"callId":"guard","speaker":"agent","format":"slin16"}"#,
+        )
+        .await;
+    assert_eq!(status, 201, "{text}");
+    let leg: Value = serde_json::from_str(&text).unwrap();
+    let port = leg["port"].as_u64().unwrap() as u16;
+    assert_eq!(port, 32_000);
+    let target = format!("127.0.0.1:{port}");
+    let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let good = call_coach::audio::rtp::build(118, 1, 320, 5, &[0u8; 640]);
+    a.send_to(&good, &target).unwrap(); // latches a as the source
+    a.send_to(b"hello, not rtp", &target).unwrap();
+    a.send_to(
+        &call_coach::audio::rtp::build(0, 2, 640, 5, &[0u8; 160]),
+        &target,
+    )
+    .unwrap();
+    b.send_to(
+        &call_coach::audio::rtp::build(118, 3, 960, 5, &[0u8; 640]),
+        &target,
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, streams) = rtp2ws.request("GET", "/streams", &[], "").await;
+    let streams: Value = serde_json::from_str(&streams).unwrap();
+    let c = &streams["streams"][0]["counters"];
+    assert_eq!(
+        (
+            c["packets"].as_u64(),
+            c["notRtp"].as_u64(),
+            c["wrongPayloadType"].as_u64(),
+            c["wrongSource"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1), Some(1)),
+        "{streams}"
+    );
+    // With no more packets the leg closes by itself and frees its port.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_, streams) = rtp2ws.request("GET", "/streams", &[], "").await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&streams).unwrap()["streams"],
+        json!([])
+    );
+    let (status, text) = rtp2ws
+        .request(
+            "POST",
+            "/streams",
+            &ct,
+            r#"{"callId":"again","speaker":"customer"}"#,
+        )
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["port"],
+        32_000
+    );
+}
