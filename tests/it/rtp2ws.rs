@@ -185,3 +185,70 @@ async fn control_api_checks_input_and_legs_guard_their_port() {
         32_000
     );
 }
+
+/// The original deployment's mode: `CALL_ID` fixed, RTP straight to
+/// `BASE_PORT + 1` (agent) with no control API call.
+#[tokio::test(flavor = "multi_thread")]
+async fn compatibility_mode_listens_on_fixed_ports() {
+    let relay = Service::start(&[]);
+    let relay_url = format!("http://{}/event", relay.addr);
+    let models = model_dir();
+    let stt = Service::start_named(
+        "stt",
+        &[
+            ("MODEL_DIR", models.to_str().unwrap()),
+            ("MODEL_SIZE", "base"),
+            ("RELAY_URL", &relay_url),
+        ],
+    );
+    let stt_url = format!("ws://{}/ws", stt.addr);
+    let rtp2ws = Service::start_named(
+        "rtp2ws",
+        &[
+            ("STT_URL", &stt_url),
+            ("RTP2WS_CONTROL", "127.0.0.1:0"),
+            ("BASE_PORT", "33000"),
+            ("CALL_ID", "live"),
+        ],
+    );
+    let (_, streams) = rtp2ws.request("GET", "/streams", &[], "").await;
+    for port in [33000, 33001, 33002] {
+        assert!(streams.contains(&format!("\"port\":{port}")), "{streams}");
+    }
+    let mut sub = relay.ws("callId=live").await;
+    // vm-intro as 16 kHz big-endian slin16, 20 ms packets, to the agent port.
+    let wav = call_coach::audio::wav::Wav::read(&sound("vm-intro")).unwrap();
+    let mut up = Vec::new();
+    call_coach::audio::resample::Upsampler2x::new()
+        .process(&call_coach::audio::to_f32(&wav.channel(0)), &mut up);
+    let mut pcm: Vec<i16> = up.iter().map(|x| (x * 32767.0) as i16).collect();
+    pcm.extend(vec![0i16; 16_000]);
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for (i, chunk) in pcm.chunks(320).enumerate() {
+        let payload: Vec<u8> = chunk.iter().flat_map(|s| s.to_be_bytes()).collect();
+        let packet =
+            call_coach::audio::rtp::build(118, i as u16, 320 * (i as u32 + 1), 77, &payload);
+        socket.send_to(&packet, "127.0.0.1:33001").unwrap();
+        if i % 10 == 0 {
+            // A little pacing so the socket buffer never overflows.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    loop {
+        let ev = next_json(&mut sub, Duration::from_secs(60))
+            .await
+            .expect("transcript");
+        if ev["final"] == true {
+            assert_eq!(ev["speaker"], "agent");
+            assert!(
+                ev["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_lowercase()
+                    .contains("mensaje"),
+                "{ev}"
+            );
+            break;
+        }
+    }
+}
