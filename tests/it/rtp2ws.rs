@@ -252,3 +252,83 @@ async fn compatibility_mode_listens_on_fixed_ports() {
         }
     }
 }
+
+/// stt is down while a call's audio arrives: rtp2ws holds it (up to
+/// `buffer_secs`), keeps retrying, and delivers it once stt is up.
+#[tokio::test(flavor = "multi_thread")]
+async fn audio_waits_for_stt_to_come_back() {
+    let relay = Service::start(&[]);
+    let relay_url = format!("http://{}/event", relay.addr);
+    let stt_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let stt_url = format!("ws://127.0.0.1:{stt_port}/ws");
+    let rtp2ws = Service::start_named(
+        "rtp2ws",
+        &[
+            ("STT_URL", &stt_url),
+            ("RTP2WS_CONTROL", "127.0.0.1:0"),
+            ("BASE_PORT", "34000"),
+            ("CALL_COACH_RTP2WS__BUFFER_SECS", "10"),
+        ],
+    );
+    let mut sub = relay.ws("callId=sim-outage").await;
+    let control = format!("http://{}", rtp2ws.addr);
+    let sim = tokio::task::spawn_blocking(move || {
+        run_bin(
+            None,
+            &[
+                "simulate-call",
+                "--agent",
+                sound("conf-enteringno").to_str().unwrap(),
+                "--customer",
+                sound("conf-enteringno").to_str().unwrap(),
+                "--rtp2ws",
+                &control,
+                "--call-id",
+                "sim-outage",
+            ],
+            &[],
+        )
+    });
+    // The audio is sent (ten times real time) while nothing listens.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let models = model_dir();
+    let _stt = Service::start_named(
+        "stt",
+        &[
+            ("MODEL_DIR", models.to_str().unwrap()),
+            ("MODEL_SIZE", "base"),
+            ("RELAY_URL", &relay_url),
+            ("STT_LISTEN", &format!("127.0.0.1:{stt_port}")),
+        ],
+    );
+    let (code, _, err) = sim.await.unwrap();
+    assert_eq!(code, 0, "{err}");
+    let mut speakers = Vec::new();
+    while speakers.len() < 2 {
+        let ev = next_json(&mut sub, Duration::from_secs(60))
+            .await
+            .expect("transcript");
+        if ev["final"] == true {
+            assert!(
+                ev["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_lowercase()
+                    .contains("conferencia"),
+                "{ev}"
+            );
+            speakers.push(ev["speaker"].as_str().unwrap().to_owned());
+        }
+    }
+    speakers.sort();
+    assert_eq!(speakers, ["agent", "customer"]);
+    let (_, metrics) = rtp2ws.request("GET", "/metrics", &[], "").await;
+    assert!(
+        metrics.contains("rtp2ws_dropped_audio_ms_total 0"),
+        "{metrics}"
+    );
+}
