@@ -142,6 +142,9 @@ enum Command {
         #[arg(long)]
         whole: bool,
     },
+    /// Load generator for rtp2ws: N RTP streams into a counting sink.
+    #[command(name = "bench-rtp2ws")]
+    BenchRtp2ws(crate::bench::rtp2ws::Options),
     /// Load generator for a running stt: real-time streams from WAV files.
     #[command(name = "bench-stt")]
     BenchStt(crate::bench::stt::Options),
@@ -219,6 +222,17 @@ pub fn main() -> ExitCode {
             files,
             whole,
         } => transcribe(&common, &files, whole),
+        Command::BenchRtp2ws(opts) => {
+            crate::telemetry::init();
+            crate::raise_fd_limit();
+            match runtime().and_then(|rt| rt.block_on(crate::bench::rtp2ws::run(opts))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("call-coach bench-rtp2ws: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::BenchStt(opts) => {
             crate::telemetry::init();
             match runtime().and_then(|rt| rt.block_on(crate::bench::stt::run(opts))) {

@@ -1,4 +1,5 @@
 //! Load generators: commands that drive running services and print figures.
 
 pub mod relay;
+pub mod rtp2ws;
 pub mod stt;

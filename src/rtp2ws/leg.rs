@@ -224,6 +224,10 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(60), sender).await;
 }
 
+/// Most samples sent to stt in one frame (a second at 16 kHz), well under
+/// stt's frame limit.
+const MAX_FRAME_SAMPLES: usize = 16_000;
+
 /// Audio waiting for stt.
 struct Outbox {
     frames: Mutex<VecDeque<Vec<i16>>>,
@@ -293,8 +297,20 @@ async fn send_to_stt(
         backoff = Duration::from_millis(100);
         let (mut tx, mut rx) = ws.split();
         loop {
-            let next = outbox.lock().pop_front();
-            match next {
+            // Everything waiting goes in one frame: under load that is one
+            // websocket write for many packets.
+            let next: Vec<i16> = {
+                let mut q = outbox.lock();
+                let mut joined = Vec::new();
+                while let Some(block) = q.pop_front() {
+                    joined.extend_from_slice(&block);
+                    if joined.len() >= MAX_FRAME_SAMPLES {
+                        break;
+                    }
+                }
+                joined
+            };
+            match (!next.is_empty()).then_some(next) {
                 Some(samples) => {
                     let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
                     let n = bytes.len() as u64;
