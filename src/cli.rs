@@ -200,17 +200,7 @@ pub fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
         }),
         Command::CheckConfig { common, service } => check_config(&common, service.as_deref()),
-        Command::BenchRelay(opts) => {
-            crate::telemetry::init();
-            crate::raise_fd_limit();
-            match runtime().and_then(|rt| rt.block_on(crate::bench::relay::run(opts))) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("call-coach bench-relay: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::BenchRelay(opts) => run_tool("bench-relay", crate::bench::relay::run(opts)),
         Command::Stt(common) => run_service("stt", &common, |settings, shutdown| async move {
             crate::stt::serve(&settings, shutdown)
                 .await
@@ -222,27 +212,8 @@ pub fn main() -> ExitCode {
             files,
             whole,
         } => transcribe(&common, &files, whole),
-        Command::BenchRtp2ws(opts) => {
-            crate::telemetry::init();
-            crate::raise_fd_limit();
-            match runtime().and_then(|rt| rt.block_on(crate::bench::rtp2ws::run(opts))) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("call-coach bench-rtp2ws: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::BenchStt(opts) => {
-            crate::telemetry::init();
-            match runtime().and_then(|rt| rt.block_on(crate::bench::stt::run(opts))) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("call-coach bench-stt: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::BenchRtp2ws(opts) => run_tool("bench-rtp2ws", crate::bench::rtp2ws::run(opts)),
+        Command::BenchStt(opts) => run_tool("bench-stt", crate::bench::stt::run(opts)),
         Command::Rtp2ws(common) => {
             run_service("rtp2ws", &common, |settings, shutdown| async move {
                 crate::rtp2ws::serve(&settings, shutdown)
@@ -253,15 +224,20 @@ pub fn main() -> ExitCode {
         Command::Orchestrator(_) => not_built("the orchestrator service"),
         Command::AriCoach(_) => not_built("the ari-coach service"),
         Command::Demo(_) => not_built("`call-coach demo`"),
-        Command::SimulateCall(opts) => {
-            crate::telemetry::init();
-            match runtime().and_then(|rt| rt.block_on(crate::simulate::run(opts))) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("call-coach simulate-call: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::SimulateCall(opts) => run_tool("simulate-call", crate::simulate::run(opts)),
+    }
+}
+
+/// Runs a tool subcommand (load generators, the call simulator) to its
+/// end: logging, a generous file limit, a runtime, and the error printed.
+fn run_tool(name: &str, tool: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    crate::telemetry::init();
+    crate::raise_fd_limit();
+    match runtime().and_then(|rt| rt.block_on(tool)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("call-coach {name}: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -5,21 +5,12 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::util::{Service, model_dir, next_json, run_bin, sound};
+use crate::util::{Service, event_url, next_final, next_json, run_bin, sound, start_stt, text};
 
 /// relay, stt posting to it, rtp2ws feeding stt, on ports from `base_port`.
 fn start_chain(base_port: u16) -> (Service, Service, Service) {
     let relay = Service::start(&[]);
-    let relay_url = format!("http://{}/event", relay.addr);
-    let models = model_dir();
-    let stt = Service::start_named(
-        "stt",
-        &[
-            ("MODEL_DIR", models.to_str().unwrap()),
-            ("MODEL_SIZE", "base"),
-            ("RELAY_URL", &relay_url),
-        ],
-    );
+    let stt = start_stt(&event_url(&relay), &[]);
     let stt_url = format!("ws://{}/ws", stt.addr);
     let rtp2ws = Service::start_named(
         "rtp2ws",
@@ -191,16 +182,7 @@ async fn control_api_checks_input_and_legs_guard_their_port() {
 #[tokio::test(flavor = "multi_thread")]
 async fn compatibility_mode_listens_on_fixed_ports() {
     let relay = Service::start(&[]);
-    let relay_url = format!("http://{}/event", relay.addr);
-    let models = model_dir();
-    let stt = Service::start_named(
-        "stt",
-        &[
-            ("MODEL_DIR", models.to_str().unwrap()),
-            ("MODEL_SIZE", "base"),
-            ("RELAY_URL", &relay_url),
-        ],
-    );
+    let stt = start_stt(&event_url(&relay), &[]);
     let stt_url = format!("ws://{}/ws", stt.addr);
     let rtp2ws = Service::start_named(
         "rtp2ws",
@@ -258,7 +240,6 @@ async fn compatibility_mode_listens_on_fixed_ports() {
 #[tokio::test(flavor = "multi_thread")]
 async fn audio_waits_for_stt_to_come_back() {
     let relay = Service::start(&[]);
-    let relay_url = format!("http://{}/event", relay.addr);
     let stt_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -295,34 +276,17 @@ async fn audio_waits_for_stt_to_come_back() {
     });
     // The audio is sent (ten times real time) while nothing listens.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let models = model_dir();
-    let _stt = Service::start_named(
-        "stt",
-        &[
-            ("MODEL_DIR", models.to_str().unwrap()),
-            ("MODEL_SIZE", "base"),
-            ("RELAY_URL", &relay_url),
-            ("STT_LISTEN", &format!("127.0.0.1:{stt_port}")),
-        ],
+    let _stt = start_stt(
+        &event_url(&relay),
+        &[("STT_LISTEN", &format!("127.0.0.1:{stt_port}"))],
     );
     let (code, _, err) = sim.await.unwrap();
     assert_eq!(code, 0, "{err}");
     let mut speakers = Vec::new();
     while speakers.len() < 2 {
-        let ev = next_json(&mut sub, Duration::from_secs(60))
-            .await
-            .expect("transcript");
-        if ev["final"] == true {
-            assert!(
-                ev["text"]
-                    .as_str()
-                    .unwrap()
-                    .to_lowercase()
-                    .contains("conferencia"),
-                "{ev}"
-            );
-            speakers.push(ev["speaker"].as_str().unwrap().to_owned());
-        }
+        let ev = next_final(&mut sub, Duration::from_secs(60)).await;
+        assert!(text(&ev).contains("conferencia"), "{ev}");
+        speakers.push(ev["speaker"].as_str().unwrap().to_owned());
     }
     speakers.sort();
     assert_eq!(speakers, ["agent", "customer"]);

@@ -8,7 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::util::{Service, model_dir, next_json, sound};
+use crate::util::{Service, event_url, model_dir, next_final, next_json, sound, start_stt, text};
 
 /// Audio of a WAV file as 8 kHz mono samples.
 fn samples(name: &str) -> Vec<i16> {
@@ -31,15 +31,7 @@ fn silence(ms: usize) -> Vec<i16> {
 /// A relay and an stt posting to it, with settings for quick tests.
 fn start_pair(extra: &[(&str, &str)]) -> (Service, Service) {
     let relay = Service::start(&[]);
-    let relay_url = format!("http://{}/event", relay.addr);
-    let models = model_dir();
-    let mut env: Vec<(&str, &str)> = vec![
-        ("MODEL_DIR", models.to_str().unwrap()),
-        ("MODEL_SIZE", "base"),
-        ("RELAY_URL", &relay_url),
-    ];
-    env.extend_from_slice(extra);
-    let stt = Service::start_named("stt", &env);
+    let stt = start_stt(&event_url(&relay), extra);
     (relay, stt)
 }
 
@@ -386,16 +378,7 @@ async fn a_relay_outage_loses_nothing() {
         .local_addr()
         .unwrap()
         .port();
-    let relay_url = format!("http://127.0.0.1:{port}/event");
-    let models = model_dir();
-    let stt = Service::start_named(
-        "stt",
-        &[
-            ("MODEL_DIR", models.to_str().unwrap()),
-            ("MODEL_SIZE", "base"),
-            ("RELAY_URL", &relay_url),
-        ],
-    );
+    let stt = start_stt(&format!("http://127.0.0.1:{port}/event"), &[]);
     let mut ws = open(&stt, "callId=outage&speaker=agent&sampleRate=8000").await;
     let mut audio = silence(300);
     audio.extend(samples("conf-enteringno"));
@@ -405,21 +388,8 @@ async fn a_relay_outage_loses_nothing() {
     // Now the relay comes up; stt's retries deliver what it held.
     let relay = Service::start(&[("RELAY_LISTEN", &format!("127.0.0.1:{port}"))]);
     let mut sub = relay.ws("callId=outage").await;
-    loop {
-        let ev = next_json(&mut sub, Duration::from_secs(30))
-            .await
-            .expect("held event");
-        if ev["final"] == true {
-            assert!(
-                ev["text"]
-                    .as_str()
-                    .unwrap()
-                    .to_lowercase()
-                    .contains("conferencia")
-            );
-            break;
-        }
-    }
+    let ev = next_final(&mut sub, Duration::from_secs(30)).await;
+    assert!(text(&ev).contains("conferencia"), "{ev}");
 }
 
 /// Word error rate over the `vm-` and `conf-` recordings of five words or

@@ -378,3 +378,36 @@ pub fn sound_references() -> std::collections::HashMap<String, String> {
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
         .collect()
 }
+
+/// An stt with the test model, posting to `relay` (or to `relay_url`),
+/// with extra settings.
+pub fn start_stt(relay_url: &str, extra: &[(&str, &str)]) -> Service {
+    let models = model_dir();
+    let mut env: Vec<(&str, &str)> = vec![
+        ("MODEL_DIR", models.to_str().unwrap()),
+        ("MODEL_SIZE", "base"),
+        ("RELAY_URL", relay_url),
+    ];
+    env.extend_from_slice(extra);
+    Service::start_named("stt", &env)
+}
+
+/// The relay's `POST /event` URL.
+pub fn event_url(relay: &Service) -> String {
+    format!("http://{}/event", relay.addr)
+}
+
+/// The next final transcript on a subscription, skipping partials.
+pub async fn next_final(ws: &mut Ws, timeout: Duration) -> Value {
+    loop {
+        let ev = next_json(ws, timeout).await.expect("a final transcript");
+        if ev["final"] == true {
+            return ev;
+        }
+    }
+}
+
+/// The lower-case text of a transcript event.
+pub fn text(ev: &Value) -> String {
+    ev["text"].as_str().unwrap_or_default().to_lowercase()
+}
