@@ -32,6 +32,7 @@ pub mod simulate;
 pub mod stt;
 pub mod systemd;
 pub mod telemetry;
+pub mod text;
 
 /// Raises the soft open-file limit to the hard limit: every websocket
 /// subscriber is a file descriptor, and the default soft limit (often 1024)

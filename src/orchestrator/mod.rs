@@ -1,6 +1,11 @@
-//! orchestrator: coaching from rules, live metrics and an LLM. Only its
-//! settings exist so far; the service itself is not built yet and the
+//! orchestrator: coaching from rules, live metrics and an LLM. Built so
+//! far: the live metrics ([`metrics`]) and the rules coach ([`rules`],
+//! with the default Spanish set in `rules.es.toml`); the service that
+//! subscribes to the relay and publishes them is not built yet and the
 //! dispatcher says so.
+
+pub mod metrics;
+pub mod rules;
 
 use std::path::PathBuf;
 

@@ -194,26 +194,7 @@ const WEAK_HALLUCINATIONS: &[&str] = &[
 /// Above this no-speech probability a weak hallucination is dropped.
 const WEAK_NO_SPEECH: f32 = 0.2;
 
-/// Lower case, accents and punctuation removed, spaces collapsed.
-pub fn normalise(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars().flat_map(char::to_lowercase) {
-        let c = match c {
-            'á' | 'à' | 'â' | 'ä' => 'a',
-            'é' | 'è' | 'ê' | 'ë' => 'e',
-            'í' | 'ì' | 'î' | 'ï' => 'i',
-            'ó' | 'ò' | 'ô' | 'ö' => 'o',
-            'ú' | 'ù' | 'û' | 'ü' => 'u',
-            other => other,
-        };
-        if c.is_alphanumeric() || c == 'ñ' {
-            out.push(c);
-        } else if !out.ends_with(' ') && !out.is_empty() {
-            out.push(' ');
-        }
-    }
-    out.trim_end().to_owned()
-}
+pub use crate::text::normalise;
 
 /// Why a decode is not a transcript, if it is not.
 pub fn reject_reason(decoded: &Decoded, max_no_speech: f32) -> Option<&'static str> {
@@ -282,14 +263,6 @@ mod tests {
         assert_eq!(
             reject_reason(&d("Gracias.", 0.4), 0.6),
             Some("likely hallucination")
-        );
-    }
-
-    #[test]
-    fn normalise_strips_case_accents_punctuation() {
-        assert_eq!(
-            normalise("¡Hola, Señor Pérez!  ¿Qué tal?"),
-            "hola señor perez que tal"
         );
     }
 }
