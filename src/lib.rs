@@ -9,6 +9,7 @@
 //! - [`config`]: settings of every service: defaults < TOML < environment.
 //! - [`event`]: the event envelope of CONTRACT.md; the only wire types.
 //! - [`http`]: the HTTP connection loop, websocket upgrades, query strings.
+//! - [`publish`]: posting events to the relay, buffered across outages.
 //! - [`audio`]: G.711, resampling, WAV, voice activity detection (pure).
 //! - [`relay`]: the event hub (store, fan-out, websocket, auth, metrics).
 //! - [`stt`], [`rtp2ws`], [`orchestrator`], [`ari_coach`]: the other
@@ -25,6 +26,7 @@ pub mod config;
 pub mod event;
 pub mod http;
 pub mod orchestrator;
+pub mod publish;
 pub mod relay;
 pub mod rtp2ws;
 pub mod shutdown;

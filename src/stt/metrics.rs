@@ -25,10 +25,8 @@ pub struct Metrics {
     pub segments_dropped: Counter,
     /// Microseconds spent in Whisper.
     pub decode_micros: Counter,
-    pub published: Counter,
-    pub publish_retries: Counter,
-    pub publish_dropped: Counter,
-    pub publish_queue: AtomicI64,
+    /// The relay publisher's own counters.
+    pub publish: std::sync::Arc<crate::publish::PublishStats>,
     pub rejected_streams: Counter,
 }
 
@@ -115,25 +113,25 @@ impl Metrics {
             "stt_published_total",
             "counter",
             "Transcript events accepted by the relay.",
-            self.published.get().to_string(),
+            self.publish.published.get().to_string(),
         );
         put(
             "stt_publish_retries_total",
             "counter",
             "Failed attempts to post to the relay.",
-            self.publish_retries.get().to_string(),
+            self.publish.retries.get().to_string(),
         );
         put(
             "stt_publish_dropped_total",
             "counter",
             "Events dropped: refused by the relay, or the buffer was full.",
-            self.publish_dropped.get().to_string(),
+            self.publish.dropped.get().to_string(),
         );
         put(
             "stt_publish_queue",
             "gauge",
             "Events waiting to be posted.",
-            g(&self.publish_queue),
+            g(&self.publish.queue),
         );
         if let Some((rss, cpu)) = crate::telemetry::process_stats(None) {
             put(

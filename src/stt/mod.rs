@@ -7,7 +7,6 @@
 //! - [`segmenter`]: VAD-driven utterances, partial and final requests.
 //! - [`pool`]: the bounded worker pool (finals before partials).
 //! - [`engine`]: whisper-rs inference and the hallucination filters.
-//! - [`publish`]: posting events to the relay, buffered across outages.
 //! - [`model`]: model files: list, import (GGML, CTranslate2), fetch.
 
 pub mod engine;
@@ -15,7 +14,6 @@ pub mod metrics;
 pub mod model;
 pub mod offline;
 pub mod pool;
-pub mod publish;
 pub mod segmenter;
 pub mod server;
 pub mod session;

@@ -21,9 +21,9 @@ use super::engine::{DecodeOptions, Engine, EngineError};
 use super::metrics::Metrics;
 use super::model::{self, ModelError};
 use super::pool::Pool;
-use super::publish::Publisher;
 use super::session::{self, StreamParams};
 use crate::http::{Resp, json_response, text, upgrade_response, websocket_accept};
+use crate::publish::Publisher;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SttError {
@@ -118,7 +118,7 @@ pub async fn run(
         s.relay_url.clone(),
         s.relay_token.clone(),
         s.publish_queue,
-        metrics.clone(),
+        metrics.publish.clone(),
     );
     let state = Arc::new(State {
         settings: s,

@@ -1,4 +1,5 @@
-//! Posting events to the relay from a thread of its own (ureq, blocking),
+//! Posting events to the relay (used by stt and the orchestrator) from a
+//! thread of its own (ureq, blocking),
 //! in order, with a bounded buffer: when the relay is down, events wait and
 //! are retried with backoff, so a relay restart loses nothing. When the
 //! buffer is full, the oldest partial goes first; finals go only when
@@ -11,8 +12,21 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::metrics::Metrics;
 use crate::config::Secret;
+use crate::telemetry::Counter;
+
+/// What the publisher has done, for the owning service's metrics.
+#[derive(Default)]
+pub struct PublishStats {
+    /// Events the relay accepted.
+    pub published: Counter,
+    /// Failed attempts (relay unreachable, 429, 5xx).
+    pub retries: Counter,
+    /// Events given up: refused by the relay, or the buffer was full.
+    pub dropped: Counter,
+    /// Events waiting.
+    pub queue: std::sync::atomic::AtomicI64,
+}
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -27,7 +41,7 @@ pub struct Publisher {
     buffer: Mutex<Buffer>,
     ready: Condvar,
     capacity: usize,
-    metrics: Arc<Metrics>,
+    metrics: Arc<PublishStats>,
 }
 
 impl Publisher {
@@ -36,7 +50,7 @@ impl Publisher {
         url: String,
         token: Option<Secret>,
         capacity: usize,
-        metrics: Arc<Metrics>,
+        metrics: Arc<PublishStats>,
     ) -> (Arc<Self>, std::thread::JoinHandle<()>) {
         let publisher = Arc::new(Self {
             buffer: Mutex::default(),
@@ -46,7 +60,7 @@ impl Publisher {
         });
         let p = publisher.clone();
         let handle = std::thread::Builder::new()
-            .name("stt-publish".into())
+            .name("relay-publish".into())
             .spawn(move || p.run(&url, token.as_ref()))
             .expect("spawning the publisher thread");
         (publisher, handle)
@@ -66,7 +80,7 @@ impl Publisher {
                 .position(|e| e["final"] == Value::Bool(false))
                 .unwrap_or(0);
             b.events.remove(victim);
-            self.metrics.publish_dropped.inc();
+            self.metrics.dropped.inc();
             tracing::warn!(
                 "relay buffer full: dropped the oldest {}",
                 if victim == 0 { "event" } else { "partial" }
@@ -74,7 +88,7 @@ impl Publisher {
         }
         b.events.push_back(event);
         self.metrics
-            .publish_queue
+            .queue
             .store(b.events.len() as i64, Ordering::Relaxed);
         drop(b);
         self.ready.notify_one();
@@ -118,7 +132,7 @@ impl Publisher {
                         events = left,
                         "relay unreachable at shutdown: events not delivered"
                     );
-                    self.metrics.publish_dropped.add(left as u64);
+                    self.metrics.dropped.add(left as u64);
                     return;
                 }
             }
@@ -138,8 +152,8 @@ impl Publisher {
                 }
                 Ok(resp) => {
                     // A 4xx will not get better by retrying.
-                    tracing::error!(status = %resp.status(), "relay rejected a transcript event; dropped");
-                    self.metrics.publish_dropped.inc();
+                    tracing::error!(status = %resp.status(), "relay rejected an event; dropped");
+                    self.metrics.dropped.inc();
                     true
                 }
                 Err(e) => {
@@ -152,10 +166,10 @@ impl Publisher {
                 backoff = BACKOFF_START;
             } else {
                 b.events.push_front(event);
-                self.metrics.publish_retries.inc();
+                self.metrics.retries.inc();
             }
             self.metrics
-                .publish_queue
+                .queue
                 .store(b.events.len() as i64, Ordering::Relaxed);
             if !done {
                 let _ = self.ready.wait_timeout(b, backoff);
