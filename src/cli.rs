@@ -108,8 +108,8 @@ enum Command {
     Stt(Common),
     /// Run rtp2ws: RTP from Asterisk to stt streams (control 127.0.0.1:7071).
     Rtp2ws(Common),
-    /// Run the orchestrator: rules, metrics and LLM coaching [not built yet].
-    Orchestrator(Pending),
+    /// Run the orchestrator: live metrics, rules coach, checklist, summaries.
+    Orchestrator(Common),
     /// Run ari-coach: the Asterisk ARI application [not built yet].
     #[command(name = "ari-coach")]
     AriCoach(Pending),
@@ -221,7 +221,13 @@ pub fn main() -> ExitCode {
                     .map_err(anyhow::Error::from)
             })
         }
-        Command::Orchestrator(_) => not_built("the orchestrator service"),
+        Command::Orchestrator(common) => {
+            run_service("orchestrator", &common, |settings, shutdown| async move {
+                crate::orchestrator::serve(&settings, shutdown)
+                    .await
+                    .map_err(anyhow::Error::from)
+            })
+        }
         Command::AriCoach(_) => not_built("the ari-coach service"),
         Command::Demo(_) => not_built("`call-coach demo`"),
         Command::SimulateCall(opts) => run_tool("simulate-call", crate::simulate::run(opts)),
@@ -314,6 +320,8 @@ where
                             | crate::relay::RelayError::Tokens(_)
                     )
                 })
+                || e.downcast_ref::<crate::orchestrator::OrchestratorError>()
+                    .is_some()
                 || e.downcast_ref::<crate::stt::SttError>().is_some_and(|e| {
                     matches!(
                         e,

@@ -41,8 +41,14 @@ const CONTRACT_ENV: &[(&str, &[&str])] = &[
     ("DEVICE", &["stt.device"]),
     ("COMPUTE_TYPE", &["stt.compute_type"]),
     ("RELAY_URL", &["stt.relay_url"]),
-    ("RELAY_TOKEN", &["stt.relay_token"]),
-    ("RELAY_TOKEN_FILE", &["stt.relay_token_file"]),
+    (
+        "RELAY_TOKEN",
+        &["stt.relay_token", "orchestrator.relay_token"],
+    ),
+    (
+        "RELAY_TOKEN_FILE",
+        &["stt.relay_token_file", "orchestrator.relay_token_file"],
+    ),
     ("CALL_ID", &["rtp2ws.call_id"]),
     ("BASE_PORT", &["rtp2ws.base_port", "ari_coach.base_port"]),
     (
@@ -311,7 +317,12 @@ impl Loaded {
             .find(|(k, _)| k == ENV_CREDENTIALS)
             .map(|(_, v)| PathBuf::from(v));
         let s = &mut self.settings;
-        let slots: [(&str, &mut Option<Secret>, &Option<PathBuf>); 3] = [
+        let slots: [(&str, &mut Option<Secret>, &Option<PathBuf>); 4] = [
+            (
+                "orchestrator.relay_token",
+                &mut s.orchestrator.relay_token,
+                &s.orchestrator.relay_token_file,
+            ),
             (
                 "stt.relay_token",
                 &mut s.stt.relay_token,

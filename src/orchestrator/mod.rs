@@ -1,11 +1,20 @@
-//! orchestrator: coaching from rules, live metrics and an LLM. Built so
-//! far: the live metrics ([`metrics`]) and the rules coach ([`rules`],
-//! with the default Spanish set in `rules.es.toml`); the service that
-//! subscribes to the relay and publishes them is not built yet and the
-//! dispatcher says so.
+//! orchestrator: coaching for every live call. It follows the relay,
+//! keeps per-call state, and publishes `metrics`, `tip`, `checklist` and
+//! `summary` events.
+//!
+//! - [`service`]: the relay subscription, per-call state, the tick.
+//! - [`metrics`]: live figures from transcripts alone.
+//! - [`rules`]: the rules coach and the compliance checklist (default
+//!   Spanish set in `rules.es.toml`).
+//!
+//! The LLM coach (OpenRouter or any OpenAI-compatible API) is not built
+//! yet: the settings below are read but not used.
 
 pub mod metrics;
 pub mod rules;
+pub mod service;
+
+pub use service::{OrchestratorError, serve};
 
 use std::path::PathBuf;
 
@@ -30,6 +39,30 @@ pub struct Settings {
     pub relay_ws: String,
     /// Where tips, metrics and summaries are posted. `RELAY_EVENT`.
     pub relay_event: String,
+    /// Follow only `relay_ws`'s call id, as the original deployment did;
+    /// by default every call is followed (`callId=*` on the same relay).
+    pub single_call: bool,
+    /// Relay token (publish and supervisor roles) when relay auth is on.
+    /// `RELAY_TOKEN`, or `RELAY_TOKEN_FILE`, or the credential `relay_token`.
+    pub relay_token: Option<Secret>,
+    /// File holding the relay token. `RELAY_TOKEN_FILE`.
+    pub relay_token_file: Option<PathBuf>,
+    /// A rules file (see `rules.es.toml` for the format).
+    pub rules_file: Option<PathBuf>,
+    /// `replace` the built-in rules with `rules_file`, or `extend` them.
+    pub rules_mode: RulesMode,
+    /// How often each call's metrics are published, in seconds.
+    pub metrics_every_secs: u64,
+    /// A call with no events for this long is summarised and forgotten
+    /// (its `call.ended` was lost), in seconds.
+    pub idle_call_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RulesMode {
+    Replace,
+    Extend,
 }
 
 impl Default for Settings {
@@ -41,6 +74,13 @@ impl Default for Settings {
             llm_base_url: "https://openrouter.ai/api/v1".into(),
             relay_ws: "ws://127.0.0.1:7070/ws?callId=live".into(),
             relay_event: "http://127.0.0.1:7070/event".into(),
+            single_call: false,
+            relay_token: None,
+            relay_token_file: None,
+            rules_file: None,
+            rules_mode: RulesMode::Replace,
+            metrics_every_secs: 5,
+            idle_call_secs: 600,
         }
     }
 }

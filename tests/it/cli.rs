@@ -31,10 +31,7 @@ fn unbuilt_services_say_so_and_fail() {
     let dir = tempfile::tempdir().unwrap();
     // Both ways of choosing a service: argv[0] and the first argument.
     let via_link = service_link(dir.path(), "ari-coach");
-    for (argv0, args) in [
-        (Some(via_link.as_path()), &[][..]),
-        (None, &["orchestrator"][..]),
-    ] {
+    for (argv0, args) in [(Some(via_link.as_path()), &[][..]), (None, &["demo"][..])] {
         let (code, _, err) = run_bin(argv0, args, &[]);
         assert_eq!(code, 69, "{args:?}");
         assert!(err.contains("not part of this build yet"), "{err}");

@@ -3,6 +3,7 @@
 
 mod cli;
 mod model;
+mod orchestrator;
 mod relay;
 mod relay_auth;
 mod rtp2ws;
