@@ -6,10 +6,10 @@
 //! - [`metrics`]: live figures from transcripts alone.
 //! - [`rules`]: the rules coach and the compliance checklist (default
 //!   Spanish set in `rules.es.toml`).
-//!
-//! The LLM coach (OpenRouter or any OpenAI-compatible API) is not built
-//! yet: the settings below are read but not used.
+//! - [`llm`]: the LLM coach (OpenRouter or any OpenAI-compatible API),
+//!   streamed tips, retries, circuit breaker, daily budget.
 
+pub mod llm;
 pub mod metrics;
 pub mod rules;
 pub mod service;
@@ -56,6 +56,27 @@ pub struct Settings {
     /// A call with no events for this long is summarised and forgotten
     /// (its `call.ended` was lost), in seconds.
     pub idle_call_secs: u64,
+    /// Language of the LLM prompt (`es`, `en`).
+    pub language: String,
+    /// An LLM request that takes longer fails, in seconds.
+    pub llm_timeout_secs: u64,
+    /// Wait after a customer's final utterance before asking the LLM (more
+    /// may follow), in ms.
+    pub llm_debounce_ms: u64,
+    /// At most one LLM tip per call this often, in seconds.
+    pub llm_min_interval_secs: u64,
+    /// LLM requests at once, over all calls.
+    pub llm_max_concurrent: usize,
+    /// Tokens a day for the LLM at most (0: no limit).
+    pub llm_daily_token_budget: u64,
+}
+
+impl Settings {
+    /// The LLM coach runs with an API key, or with a base URL of its own
+    /// (a local server needs no key).
+    pub fn llm_enabled(&self) -> bool {
+        self.openrouter_api_key.is_some() || self.llm_base_url != Settings::default().llm_base_url
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +102,12 @@ impl Default for Settings {
             rules_mode: RulesMode::Replace,
             metrics_every_secs: 5,
             idle_call_secs: 600,
+            language: "es".into(),
+            llm_timeout_secs: 20,
+            llm_debounce_ms: 1500,
+            llm_min_interval_secs: 20,
+            llm_max_concurrent: 2,
+            llm_daily_token_budget: 500_000,
         }
     }
 }

@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::sync::CancellationToken;
 
+use super::llm::{self, LlmCoach, LlmConfig};
 use super::metrics::CallMetrics;
 use super::rules::{CallRules, Fired, RuleSet, RulesError};
 use super::{RulesMode, Settings};
@@ -35,7 +36,16 @@ struct Call {
     tips: u64,
     /// Rule id -> how often it fired.
     fired: HashMap<String, u64>,
+    /// The last final utterances, speaker-labelled (agent = true), for the
+    /// LLM prompt.
+    recent: std::collections::VecDeque<(bool, String)>,
+    /// When the LLM should be asked (after the debounce), and when it last was.
+    llm_due: Option<Instant>,
+    llm_last: Option<Instant>,
 }
+
+/// Final utterances kept for the LLM prompt.
+const RECENT_UTTERANCES: usize = 12;
 
 impl Call {
     fn new(now: Instant) -> Self {
@@ -47,6 +57,9 @@ impl Call {
             rules: CallRules::default(),
             tips: 0,
             fired: HashMap::new(),
+            recent: std::collections::VecDeque::new(),
+            llm_due: None,
+            llm_last: None,
         }
     }
 
@@ -91,9 +104,23 @@ pub async fn serve(
     let stats = Arc::new(PublishStats::default());
     let (publisher, publish_thread) =
         Publisher::start(s.relay_event.clone(), s.relay_token.clone(), 10_000, stats);
+    let llm = s.llm_enabled().then(|| {
+        LlmCoach::start(
+            LlmConfig {
+                base_url: s.llm_base_url.clone(),
+                model: s.openrouter_model.clone(),
+                api_key: s.openrouter_api_key.clone(),
+                timeout: Duration::from_secs(s.llm_timeout_secs.max(1)),
+                max_concurrent: s.llm_max_concurrent,
+                daily_token_budget: s.llm_daily_token_budget,
+            },
+            publisher.clone(),
+        )
+    });
     tracing::info!(
         rules = rules.rules.len(),
         checklist = rules.checklist.len(),
+        llm = llm.is_some(),
         "orchestrator started"
     );
     crate::systemd::ready("orchestrator following the relay");
@@ -104,6 +131,7 @@ pub async fn serve(
     let mut backoff = Duration::from_millis(200);
     let every = Duration::from_secs(s.metrics_every_secs.max(1));
     let mut tick = tokio::time::interval(every);
+    let mut llm_tick = tokio::time::interval(Duration::from_millis(250));
     'connect: while !shutdown.is_cancelled() {
         let url = subscription_url(&s, cursor)?;
         let mut req = match url.as_str().into_client_request() {
@@ -134,6 +162,11 @@ pub async fn serve(
             tokio::select! {
                 _ = shutdown.cancelled() => break 'connect,
                 _ = tick.tick() => tick_all(&mut calls, &rules, &publisher, &s),
+                _ = llm_tick.tick(), if llm.is_some() => {
+                    if let Some(coach) = &llm {
+                        ask_llm(&mut calls, coach, &s);
+                    }
+                }
                 msg = ws.next() => match msg {
                     Some(Ok(Message::Text(text))) => {
                         let Ok(ev) = serde_json::from_str::<Value>(&text) else { continue };
@@ -147,7 +180,7 @@ pub async fn serve(
                             tracing::warn!("the relay dropped us as too slow; resuming");
                             continue 'connect;
                         }
-                        handle(&mut calls, &rules, &publisher, &ev);
+                        handle(&mut calls, &rules, &publisher, &ev, llm.is_some(), &s);
                     }
                     Some(Ok(_)) => {}
                     Some(Err(_)) | None => {
@@ -171,7 +204,14 @@ pub async fn serve(
     Ok(())
 }
 
-fn handle(calls: &mut HashMap<String, Call>, rules: &RuleSet, publisher: &Publisher, ev: &Value) {
+fn handle(
+    calls: &mut HashMap<String, Call>,
+    rules: &RuleSet,
+    publisher: &Publisher,
+    ev: &Value,
+    llm: bool,
+    s: &Settings,
+) {
     let Some(call_id) = ev["callId"].as_str() else {
         return;
     };
@@ -208,6 +248,16 @@ fn handle(calls: &mut HashMap<String, Call>, rules: &RuleSet, publisher: &Publis
             publish_tips(call_id, call, fired, publisher);
             if changed {
                 publish_checklist(call_id, call, rules, publisher);
+            }
+            if is_final && !text.trim().is_empty() {
+                call.recent.push_back((agent, text.to_owned()));
+                if call.recent.len() > RECENT_UTTERANCES {
+                    call.recent.pop_front();
+                }
+                // The customer spoke: ask the LLM once they pause.
+                if llm && !agent {
+                    call.llm_due = Some(now + Duration::from_millis(s.llm_debounce_ms));
+                }
             }
         }
         _ => {}
@@ -247,6 +297,33 @@ fn tick_all(
         if changed {
             publish_checklist(id, call, rules, publisher);
         }
+    }
+}
+
+/// Sends the calls whose debounce has passed to the LLM, at most once per
+/// `llm_min_interval_secs` per call.
+fn ask_llm(calls: &mut HashMap<String, Call>, coach: &LlmCoach, s: &Settings) {
+    let now = Instant::now();
+    let interval = Duration::from_secs(s.llm_min_interval_secs);
+    for (id, call) in calls.iter_mut() {
+        let due = call.llm_due.is_some_and(|d| d <= now);
+        let rested = call
+            .llm_last
+            .is_none_or(|t| now.duration_since(t) >= interval);
+        if !(due && rested) {
+            continue;
+        }
+        call.llm_due = None;
+        call.llm_last = Some(now);
+        call.tips += 1;
+        let transcript: Vec<(bool, String)> = call.recent.iter().cloned().collect();
+        let fired: Vec<String> = call.fired.keys().cloned().collect();
+        let metrics = serde_json::to_value(call.metrics.snapshot(now)).unwrap_or_default();
+        coach.request(llm::Job {
+            call_id: id.clone(),
+            tip_id: format!("llm-{}", call.tips),
+            messages: llm::messages(&s.language, &transcript, &metrics, &fired),
+        });
     }
 }
 

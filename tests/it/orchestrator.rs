@@ -122,3 +122,238 @@ async fn coaches_a_call_from_its_transcripts() {
         "{text}"
     );
 }
+
+/// What the stand-in LLM server answers, request by request.
+#[derive(Clone)]
+enum Answer {
+    /// SSE chunks of `delta.content`, with a pause before each.
+    Stream(Vec<&'static str>),
+    /// An error status, with `Retry-After` seconds if given.
+    Status(u16, Option<u64>),
+}
+
+/// A local server that speaks OpenAI's chat-completions protocol: `POST
+/// /v1/chat/completions` with `stream: true` answered as server-sent events
+/// (`data: {chunk}` lines, then `data: [DONE]`), or an error status. Returns
+/// its base URL and the requests it received.
+async fn fake_llm(
+    script: Vec<Answer>,
+) -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>,
+) {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>> = Default::default();
+    let script = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(
+        script,
+    )));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (log, script) = (log.clone(), script.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (log, script) = (log.clone(), script.clone());
+                        async move {
+                            let auth = req
+                                .headers()
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned();
+                            let path = req.uri().path().to_owned();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                            log.lock().unwrap().push((format!("{path} {auth}"), json));
+                            let answer = script
+                                .lock()
+                                .unwrap()
+                                .pop_front()
+                                .unwrap_or(Answer::Status(500, None));
+                            let (tx, rx) = tokio::sync::mpsc::channel::<
+                                Result<Frame<Bytes>, std::convert::Infallible>,
+                            >(8);
+                            let mut resp = hyper::Response::builder();
+                            match answer {
+                                Answer::Status(code, retry) => {
+                                    resp = resp.status(code);
+                                    if let Some(r) = retry {
+                                        resp = resp.header("retry-after", r.to_string());
+                                    }
+                                    drop(tx);
+                                }
+                                Answer::Stream(chunks) => {
+                                    resp = resp.header("content-type", "text/event-stream");
+                                    tokio::spawn(async move {
+                                        for c in chunks {
+                                            tokio::time::sleep(Duration::from_millis(200)).await;
+                                            let chunk =
+                                                json!({"choices":[{"delta":{"content":c}}]});
+                                            let _ = tx
+                                                .send(Ok(Frame::data(Bytes::from(format!(
+                                                    "data: {chunk}\n\n"
+                                                )))))
+                                                .await;
+                                        }
+                                        let usage =
+                                            json!({"choices":[],"usage":{"total_tokens":321}});
+                                        let _ = tx
+                                            .send(Ok(Frame::data(Bytes::from(format!(
+                                                "data: {usage}\n\ndata: [DONE]\n\n"
+                                            )))))
+                                            .await;
+                                    });
+                                }
+                            }
+                            let stream = tokio_stream_from(rx);
+                            Ok::<_, std::convert::Infallible>(
+                                resp.body(StreamBody::new(stream)).unwrap(),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (base, seen)
+}
+
+/// A receiver as a stream of body frames.
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// A relay and an orchestrator whose LLM is `llm_base`; waits until the
+/// orchestrator follows the relay.
+async fn start_with_llm(llm_base: &str) -> (Service, Service) {
+    let relay = Service::start(&[]);
+    let ws_url = format!("ws://{}/ws", relay.addr);
+    let orchestrator = Service::start_named(
+        "orchestrator",
+        &[
+            ("RELAY_WS", &ws_url),
+            ("RELAY_EVENT", &event_url(&relay)),
+            ("LLM_BASE_URL", llm_base),
+            ("OPENROUTER_API_KEY", "sk-test-secret"),
+            ("OPENROUTER_MODEL", "test/model"),
+            ("CALL_COACH_ORCHESTRATOR__LLM_DEBOUNCE_MS", "100"),
+        ],
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, metrics) = relay.request("GET", "/metrics", &[], "").await;
+        if metrics.lines().any(|l| l == "relay_subscribers 1") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the orchestrator never subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (relay, orchestrator)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn llm_tips_stream_in_after_a_429() {
+    let (base, seen) = fake_llm(vec![
+        Answer::Status(429, Some(1)),
+        Answer::Stream(vec!["Pregunta ", "qué le haría ", "quedarse."]),
+    ])
+    .await;
+    let (relay, orchestrator) = start_with_llm(&base).await;
+    let mut sub = relay.ws("callId=l-1").await;
+    relay
+        .publish(json!({"type":"transcript","callId":"l-1","speaker":"customer","text":"Quiero cancelar mi línea.",
+                        "utteranceId":"c-1","final":true,"startMs":0,"endMs":2000}))
+        .await;
+    let mut seen_events = Vec::new();
+    until(&mut sub, &mut seen_events, |e| {
+        e["source"] == "llm" && e["final"] == true
+    })
+    .await;
+    let llm: Vec<&Value> = seen_events
+        .iter()
+        .filter(|e| e["source"] == "llm")
+        .collect();
+    assert!(
+        llm.len() >= 2,
+        "no streamed update before the final: {llm:?}"
+    );
+    let id = &llm[0]["tipId"];
+    assert!(llm.iter().all(|e| &e["tipId"] == id), "{llm:?}");
+    assert!(llm.iter().rev().skip(1).all(|e| e["final"] == false));
+    assert_eq!(
+        llm.last().unwrap()["text"],
+        "Pregunta qué le haría quedarse."
+    );
+    // The rules coach answered too, without waiting for the LLM.
+    let rules_at = seen_events
+        .iter()
+        .position(|e| e["rule"] == "cancelacion")
+        .expect("rules tip");
+    assert!(
+        rules_at
+            < seen_events
+                .iter()
+                .position(|e| e["source"] == "llm")
+                .unwrap()
+    );
+    let requests = seen.lock().unwrap().clone();
+    assert_eq!(requests.len(), 2, "one 429, one retry");
+    let (line, body) = &requests[1];
+    assert_eq!(line, "/v1/chat/completions Bearer sk-test-secret");
+    assert_eq!(body["model"], "test/model");
+    assert_eq!(body["stream"], true);
+    assert!(
+        body["messages"][1]["content"]
+            .as_str()
+            .unwrap()
+            .contains("CLIENTE: Quiero cancelar")
+    );
+    assert!(
+        !orchestrator.log().contains("sk-test-secret"),
+        "the key reached the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_llm_leaves_the_rules_coach_working() {
+    let (base, seen) = fake_llm(vec![]).await; // every request: 500
+    let (relay, _orchestrator) = start_with_llm(&base).await;
+    let mut sub = relay.ws("callId=l-2").await;
+    relay
+        .publish(json!({"type":"transcript","callId":"l-2","speaker":"customer","text":"Quiero hablar con un supervisor.",
+                        "utteranceId":"c-1","final":true,"startMs":0,"endMs":2000}))
+        .await;
+    let mut events = Vec::new();
+    until(&mut sub, &mut events, |e| e["rule"] == "supervisor").await;
+    // Three attempts, then it gives up; nothing from the LLM is published.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while seen.lock().unwrap().len() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retries did not happen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    relay
+        .publish(json!({"type":"call.ended","callId":"l-2","reason":"hangup"}))
+        .await;
+    until(&mut sub, &mut events, |e| e["type"] == "summary").await;
+    assert!(events.iter().all(|e| e["source"] != "llm"), "{events:?}");
+    assert_eq!(seen.lock().unwrap().len(), 3);
+}
