@@ -142,6 +142,9 @@ enum Command {
         #[arg(long)]
         whole: bool,
     },
+    /// Load generator for the orchestrator: scripted calls through a relay.
+    #[command(name = "bench-orchestrator")]
+    BenchOrchestrator(crate::bench::orchestrator::Options),
     /// Load generator for rtp2ws: N RTP streams into a counting sink.
     #[command(name = "bench-rtp2ws")]
     BenchRtp2ws(crate::bench::rtp2ws::Options),
@@ -212,6 +215,9 @@ pub fn main() -> ExitCode {
             files,
             whole,
         } => transcribe(&common, &files, whole),
+        Command::BenchOrchestrator(opts) => {
+            run_tool("bench-orchestrator", crate::bench::orchestrator::run(opts))
+        }
         Command::BenchRtp2ws(opts) => run_tool("bench-rtp2ws", crate::bench::rtp2ws::run(opts)),
         Command::BenchStt(opts) => run_tool("bench-stt", crate::bench::stt::run(opts)),
         Command::Rtp2ws(common) => {

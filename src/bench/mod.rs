@@ -1,5 +1,6 @@
 //! Load generators: commands that drive running services and print figures.
 
+pub mod orchestrator;
 pub mod relay;
 pub mod rtp2ws;
 pub mod stt;

@@ -90,6 +90,24 @@ fn subscription_url(s: &Settings, since: Option<i64>) -> Result<String, Orchestr
     Ok(format!("{base}?{}", params.join("&")))
 }
 
+/// Where events go: tips, checklists and summaries on one publisher, the
+/// periodic metrics on another, so a burst of metrics (every call at each
+/// tick) never delays a tip.
+struct Out {
+    urgent: Arc<Publisher>,
+    bulk: Arc<Publisher>,
+}
+
+impl Out {
+    fn send(&self, event: Value) {
+        self.urgent.send(event);
+    }
+
+    fn metrics(&self, event: Value) {
+        self.bulk.send(event);
+    }
+}
+
 /// Runs until `shutdown`.
 pub async fn serve(
     settings: &crate::config::Settings,
@@ -102,8 +120,18 @@ pub async fn serve(
     });
     subscription_url(&s, None)?;
     let stats = Arc::new(PublishStats::default());
-    let (publisher, publish_thread) =
+    let (urgent, urgent_thread) = Publisher::start(
+        s.relay_event.clone(),
+        s.relay_token.clone(),
+        10_000,
+        stats.clone(),
+    );
+    let (bulk, bulk_thread) =
         Publisher::start(s.relay_event.clone(), s.relay_token.clone(), 10_000, stats);
+    let publisher = Out {
+        urgent: urgent.clone(),
+        bulk: bulk.clone(),
+    };
     let llm = s.llm_enabled().then(|| {
         LlmCoach::start(
             LlmConfig {
@@ -114,7 +142,7 @@ pub async fn serve(
                 max_concurrent: s.llm_max_concurrent,
                 daily_token_budget: s.llm_daily_token_budget,
             },
-            publisher.clone(),
+            urgent.clone(),
         )
     });
     tracing::info!(
@@ -198,8 +226,13 @@ pub async fn serve(
             finish(&id, call, "orchestrator stopping", &rules, &publisher);
         }
     }
-    publisher.close();
-    let _ = tokio::task::spawn_blocking(move || publish_thread.join()).await;
+    urgent.close();
+    bulk.close();
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = urgent_thread.join();
+        let _ = bulk_thread.join();
+    })
+    .await;
     tracing::info!("orchestrator stopped");
     Ok(())
 }
@@ -207,7 +240,7 @@ pub async fn serve(
 fn handle(
     calls: &mut HashMap<String, Call>,
     rules: &RuleSet,
-    publisher: &Publisher,
+    publisher: &Out,
     ev: &Value,
     llm: bool,
     s: &Settings,
@@ -264,12 +297,7 @@ fn handle(
     }
 }
 
-fn tick_all(
-    calls: &mut HashMap<String, Call>,
-    rules: &RuleSet,
-    publisher: &Publisher,
-    s: &Settings,
-) {
+fn tick_all(calls: &mut HashMap<String, Call>, rules: &RuleSet, publisher: &Out, s: &Settings) {
     let now = Instant::now();
     let idle = Duration::from_secs(s.idle_call_secs.max(1));
     let stale: Vec<String> = calls
@@ -291,7 +319,7 @@ fn tick_all(
     for (id, call) in calls.iter_mut() {
         let snapshot = call.metrics.snapshot(now);
         let at = call.elapsed_ms(now);
-        publisher.send(metrics_event(id, &snapshot, at));
+        publisher.metrics(metrics_event(id, &snapshot, at));
         let (fired, changed) = call.rules.tick(rules, &snapshot, at);
         publish_tips(id, call, fired, publisher);
         if changed {
@@ -335,7 +363,7 @@ fn metrics_event(call_id: &str, snapshot: &super::metrics::Snapshot, call_ms: u6
     ev
 }
 
-fn publish_tips(call_id: &str, call: &mut Call, fired: Vec<Fired>, publisher: &Publisher) {
+fn publish_tips(call_id: &str, call: &mut Call, fired: Vec<Fired>, publisher: &Out) {
     for f in fired {
         call.tips += 1;
         *call.fired.entry(f.rule.clone()).or_default() += 1;
@@ -353,7 +381,7 @@ fn publish_tips(call_id: &str, call: &mut Call, fired: Vec<Fired>, publisher: &P
     }
 }
 
-fn publish_checklist(call_id: &str, call: &Call, rules: &RuleSet, publisher: &Publisher) {
+fn publish_checklist(call_id: &str, call: &Call, rules: &RuleSet, publisher: &Out) {
     publisher.send(json!({
         "type": "checklist",
         "callId": call_id,
@@ -362,11 +390,11 @@ fn publish_checklist(call_id: &str, call: &Call, rules: &RuleSet, publisher: &Pu
 }
 
 /// Publishes the last metrics and the summary of a call.
-fn finish(call_id: &str, call: Call, reason: &str, rules: &RuleSet, publisher: &Publisher) {
+fn finish(call_id: &str, call: Call, reason: &str, rules: &RuleSet, publisher: &Out) {
     let now = Instant::now();
     let m = call.metrics.snapshot(now);
     let duration_ms = call.elapsed_ms(now);
-    publisher.send(metrics_event(call_id, &m, duration_ms));
+    publisher.metrics(metrics_event(call_id, &m, duration_ms));
     let checklist = call.rules.checklist(rules);
     let missing: Vec<&str> = checklist
         .iter()
