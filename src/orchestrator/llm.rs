@@ -37,11 +37,21 @@ pub struct LlmConfig {
     pub daily_token_budget: u64,
 }
 
-/// One request for a tip.
+/// One request: a tip (streamed as it is written) or a call's summary.
 pub struct Job {
     pub call_id: String,
-    pub tip_id: String,
+    pub kind: JobKind,
     pub messages: Vec<Value>,
+}
+
+pub enum JobKind {
+    Tip {
+        tip_id: String,
+    },
+    /// The rules summary already published; the LLM's text completes it.
+    Summary {
+        base: Value,
+    },
 }
 
 #[derive(Default)]
@@ -194,7 +204,7 @@ impl Shared {
             "model": c.model,
             "messages": job.messages,
             "stream": true,
-            "max_tokens": 120,
+            "max_tokens": match job.kind { JobKind::Tip { .. } => 120, JobKind::Summary { .. } => 300 },
             "temperature": 0.3,
         });
         let mut req = agent.post(&url).header("content-type", "application/json");
@@ -274,15 +284,37 @@ impl Shared {
     }
 
     fn publish(&self, job: &Job, text: &str, is_final: bool) {
-        self.publisher.send(json!({
-            "type": "tip",
-            "callId": job.call_id,
-            "tipId": job.tip_id,
-            "text": text.trim(),
-            "source": "llm",
-            "final": is_final,
-            "severity": "info",
-        }));
+        match &job.kind {
+            JobKind::Tip { tip_id } => self.publisher.send(json!({
+                "type": "tip",
+                "callId": job.call_id,
+                "tipId": tip_id,
+                "text": text.trim(),
+                "source": "llm",
+                "final": is_final,
+                "severity": "info",
+            })),
+            // A summary is published once, whole.
+            JobKind::Summary { base } if is_final => {
+                let mut ev = base.clone();
+                let field = |label: &str| {
+                    text.lines().find_map(|l| {
+                        let l = l.trim().trim_start_matches(['-', '*', ' ']);
+                        let (k, v) = l.split_once(':')?;
+                        crate::text::normalise(k)
+                            .starts_with(label)
+                            .then(|| v.trim().to_owned())
+                    })
+                };
+                ev["source"] = json!("llm");
+                ev["text"] = json!(text.trim());
+                ev["callReason"] = json!(field("motivo").or_else(|| field("reason")));
+                ev["outcome"] = json!(field("resultado").or_else(|| field("outcome")));
+                ev["followUps"] = json!(field("seguimiento").or_else(|| field("follow")));
+                self.publisher.send(ev);
+            }
+            JobKind::Summary { .. } => {}
+        }
     }
 }
 
@@ -300,6 +332,36 @@ impl Failure {
             retryable: true,
         }
     }
+}
+
+/// The prompt for a call's summary: the transcript, figures, rules fired
+/// and checklist; answered as three labelled lines.
+pub fn summary_messages(
+    language: &str,
+    transcript: &[(bool, String)],
+    summary: &Value,
+) -> Vec<Value> {
+    let system = match language {
+        "en" => {
+            "Summarise a finished contact-centre call in three lines: 'Reason: ...', 'Outcome: ...', 'Follow-up: ...'. Be brief and factual."
+        }
+        _ => {
+            "Resume una llamada de centro de contacto ya terminada en tres líneas: 'Motivo: ...', 'Resultado: ...', 'Seguimiento: ...'. Sé breve y objetivo."
+        }
+    };
+    let lines: Vec<String> = transcript
+        .iter()
+        .map(|(agent, text)| format!("{}: {text}", if *agent { "AGENTE" } else { "CLIENTE" }))
+        .collect();
+    let user = format!(
+        "Transcripción (final):\n{}\n\nDatos de la llamada: {}",
+        lines.join("\n"),
+        summary
+    );
+    vec![
+        json!({"role": "system", "content": system}),
+        json!({"role": "user", "content": user}),
+    ]
 }
 
 /// The prompt for one tip: the recent speaker-labelled transcript, the

@@ -96,6 +96,10 @@ fn subscription_url(s: &Settings, since: Option<i64>) -> Result<String, Orchestr
 struct Out {
     urgent: Arc<Publisher>,
     bulk: Arc<Publisher>,
+    /// The LLM coach, when one is configured.
+    llm: Option<LlmCoach>,
+    /// Language of the LLM prompts.
+    language: String,
 }
 
 impl Out {
@@ -128,10 +132,6 @@ pub async fn serve(
     );
     let (bulk, bulk_thread) =
         Publisher::start(s.relay_event.clone(), s.relay_token.clone(), 10_000, stats);
-    let publisher = Out {
-        urgent: urgent.clone(),
-        bulk: bulk.clone(),
-    };
     let llm = s.llm_enabled().then(|| {
         LlmCoach::start(
             LlmConfig {
@@ -145,10 +145,16 @@ pub async fn serve(
             urgent.clone(),
         )
     });
+    let publisher = Out {
+        urgent: urgent.clone(),
+        bulk: bulk.clone(),
+        llm,
+        language: s.language.clone(),
+    };
     tracing::info!(
         rules = rules.rules.len(),
         checklist = rules.checklist.len(),
-        llm = llm.is_some(),
+        llm = publisher.llm.is_some(),
         "orchestrator started"
     );
     crate::systemd::ready("orchestrator following the relay");
@@ -190,8 +196,8 @@ pub async fn serve(
             tokio::select! {
                 _ = shutdown.cancelled() => break 'connect,
                 _ = tick.tick() => tick_all(&mut calls, &rules, &publisher, &s),
-                _ = llm_tick.tick(), if llm.is_some() => {
-                    if let Some(coach) = &llm {
+                _ = llm_tick.tick(), if publisher.llm.is_some() => {
+                    if let Some(coach) = &publisher.llm {
                         ask_llm(&mut calls, coach, &s);
                     }
                 }
@@ -208,7 +214,7 @@ pub async fn serve(
                             tracing::warn!("the relay dropped us as too slow; resuming");
                             continue 'connect;
                         }
-                        handle(&mut calls, &rules, &publisher, &ev, llm.is_some(), &s);
+                        handle(&mut calls, &rules, &publisher, &ev, &s);
                     }
                     Some(Ok(_)) => {}
                     Some(Err(_)) | None => {
@@ -242,9 +248,9 @@ fn handle(
     rules: &RuleSet,
     publisher: &Out,
     ev: &Value,
-    llm: bool,
     s: &Settings,
 ) {
+    let llm = publisher.llm.is_some();
     let Some(call_id) = ev["callId"].as_str() else {
         return;
     };
@@ -349,7 +355,9 @@ fn ask_llm(calls: &mut HashMap<String, Call>, coach: &LlmCoach, s: &Settings) {
         let metrics = serde_json::to_value(call.metrics.snapshot(now)).unwrap_or_default();
         coach.request(llm::Job {
             call_id: id.clone(),
-            tip_id: format!("llm-{}", call.tips),
+            kind: llm::JobKind::Tip {
+                tip_id: format!("llm-{}", call.tips),
+            },
             messages: llm::messages(&s.language, &transcript, &metrics, &fired),
         });
     }
@@ -430,7 +438,7 @@ fn finish(call_id: &str, call: Call, reason: &str, rules: &RuleSet, publisher: &
         m.customer_questions,
         m.longest_agent_monologue_ms / 1000,
     );
-    publisher.send(json!({
+    let summary = json!({
         "type": "summary",
         "callId": call_id,
         "text": text,
@@ -441,7 +449,19 @@ fn finish(call_id: &str, call: Call, reason: &str, rules: &RuleSet, publisher: &
         "metrics": m,
         "rulesFired": call.fired,
         "checklist": checklist,
-    }));
+    });
+    publisher.send(summary.clone());
+    // With an LLM, a fuller summary (reason, outcome, follow-ups) follows.
+    if let Some(coach) = &publisher.llm
+        && !call.recent.is_empty()
+    {
+        let transcript: Vec<(bool, String)> = call.recent.iter().cloned().collect();
+        coach.request(llm::Job {
+            call_id: call_id.to_owned(),
+            messages: llm::summary_messages(&publisher.language, &transcript, &summary),
+            kind: llm::JobKind::Summary { base: summary },
+        });
+    }
 }
 
 #[cfg(test)]
