@@ -247,19 +247,23 @@ fn tokio_stream_from<T: Send + 'static>(
 /// A relay and an orchestrator whose LLM is `llm_base`; waits until the
 /// orchestrator follows the relay.
 async fn start_with_llm(llm_base: &str) -> (Service, Service) {
+    start_with_llm_and(llm_base, &[]).await
+}
+
+async fn start_with_llm_and(llm_base: &str, extra: &[(&str, &str)]) -> (Service, Service) {
     let relay = Service::start(&[]);
     let ws_url = format!("ws://{}/ws", relay.addr);
-    let orchestrator = Service::start_named(
-        "orchestrator",
-        &[
-            ("RELAY_WS", &ws_url),
-            ("RELAY_EVENT", &event_url(&relay)),
-            ("LLM_BASE_URL", llm_base),
-            ("OPENROUTER_API_KEY", "sk-test-secret"),
-            ("OPENROUTER_MODEL", "test/model"),
-            ("CALL_COACH_ORCHESTRATOR__LLM_DEBOUNCE_MS", "100"),
-        ],
-    );
+    let relay_event = event_url(&relay);
+    let mut env = vec![
+        ("RELAY_WS", ws_url.as_str()),
+        ("RELAY_EVENT", relay_event.as_str()),
+        ("LLM_BASE_URL", llm_base),
+        ("OPENROUTER_API_KEY", "sk-test-secret"),
+        ("OPENROUTER_MODEL", "test/model"),
+        ("CALL_COACH_ORCHESTRATOR__LLM_DEBOUNCE_MS", "100"),
+    ];
+    env.extend_from_slice(extra);
+    let orchestrator = Service::start_named("orchestrator", &env);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let (_, metrics) = relay.request("GET", "/metrics", &[], "").await;
@@ -412,4 +416,38 @@ async fn a_failing_llm_leaves_the_rules_coach_working() {
     assert!(events.iter().all(|e| e["source"] != "llm"), "{events:?}");
     // Three attempts for the tip; the summary's request may follow.
     assert!(seen.lock().unwrap().len() >= 3);
+}
+
+/// Five failures in a row open the breaker: later requests are not sent
+/// at all until it closes.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_breaker_stops_calling_a_failing_provider() {
+    let (base, seen) = fake_llm(vec![]).await; // every request: 500
+    let (relay, _orchestrator) = start_with_llm_and(
+        &base,
+        &[("CALL_COACH_ORCHESTRATOR__LLM_MAX_CONCURRENT", "1")],
+    )
+    .await;
+    // b-1: 3 attempts; b-2: 2 more, then the breaker opens; b-3: none.
+    for (call, expected) in [("b-1", 3), ("b-2", 5), ("b-3", 5)] {
+        let mut sub = relay.ws(&format!("callId={call}")).await;
+        relay
+            .publish(json!({"type":"transcript","callId":call,"speaker":"customer","text":"Quiero cancelar.",
+                            "utteranceId":"c-1","final":true,"startMs":0,"endMs":2000}))
+            .await;
+        // Its rules tip comes regardless.
+        let mut events = Vec::new();
+        until(&mut sub, &mut events, |e| e["rule"] == "cancelacion").await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while seen.lock().unwrap().len() < expected {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{call}: fewer attempts than expected"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // The open breaker sends nothing for b-3, even given time.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(seen.lock().unwrap().len(), 5);
 }
