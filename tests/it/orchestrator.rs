@@ -451,3 +451,32 @@ async fn the_breaker_stops_calling_a_failing_provider() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(seen.lock().unwrap().len(), 5);
 }
+
+/// A provider slower than `llm_timeout_secs` is cut off and retried.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_stream_times_out_and_is_retried() {
+    let (base, seen) = fake_llm(vec![
+        // Eight chunks 200 ms apart: longer than the 1 s timeout.
+        Answer::Stream(vec![
+            "uno ", "dos ", "tres ", "cuatro ", "cinco ", "seis ", "siete ", "ocho",
+        ]),
+        Answer::Stream(vec!["Rápido."]),
+    ])
+    .await;
+    let (relay, _orchestrator) =
+        start_with_llm_and(&base, &[("CALL_COACH_ORCHESTRATOR__LLM_TIMEOUT_SECS", "1")]).await;
+    let mut sub = relay.ws("callId=l-4").await;
+    relay
+        .publish(
+            json!({"type":"transcript","callId":"l-4","speaker":"customer","text":"No me funciona.",
+                        "utteranceId":"c-1","final":true,"startMs":0,"endMs":2000}),
+        )
+        .await;
+    let mut events = Vec::new();
+    until(&mut sub, &mut events, |e| {
+        e["source"] == "llm" && e["final"] == true
+    })
+    .await;
+    assert_eq!(events.last().unwrap()["text"], "Rápido.");
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}
