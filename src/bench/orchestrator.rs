@@ -27,6 +27,55 @@ pub struct Options {
     /// The orchestrator's process id, for its CPU and memory.
     #[arg(long)]
     pub pid: Option<u32>,
+    /// Also serve a stand-in LLM (OpenAI chat-completions, streamed) on
+    /// this address, answering after `--llm-delay-ms`; point the
+    /// orchestrator's LLM_BASE_URL at http://ADDR/v1.
+    #[arg(long, value_name = "ADDR")]
+    pub serve_llm: Option<std::net::SocketAddr>,
+    #[arg(long, default_value_t = 500)]
+    pub llm_delay_ms: u64,
+}
+
+/// A stand-in LLM: every chat completion is answered after `delay` with a
+/// short streamed tip. Returns the count of requests served.
+async fn serve_llm(
+    addr: std::net::SocketAddr,
+    delay: Duration,
+) -> anyhow::Result<Arc<std::sync::atomic::AtomicU64>> {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .context("--serve-llm")?;
+    let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = served.clone();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(crate::http::serve(
+        listener,
+        1024,
+        shutdown,
+        move |req: hyper::Request<hyper::body::Incoming>| {
+            let count = count.clone();
+            async move {
+                drop(req);
+                tokio::time::sleep(delay).await;
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut body = String::new();
+                for piece in ["Pregunte ", "qué necesita ", "para quedarse."] {
+                    let chunk = json!({"choices":[{"delta":{"content":piece}}]});
+                    body.push_str(&format!("data: {chunk}\n\n"));
+                }
+                body.push_str("data: [DONE]\n\n");
+                let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
+                resp.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("text/event-stream"),
+                );
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        },
+    ));
+    Ok(served)
 }
 
 /// Customer lines that each set off a different default rule, and a
@@ -44,6 +93,16 @@ const SCRIPT: [(&str, Option<&str>); 6] = [
 ];
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let llm = match opts.serve_llm {
+        Some(addr) => {
+            println!(
+                "stand-in LLM on http://{addr}/v1, answering after {} ms",
+                opts.llm_delay_ms
+            );
+            Some(serve_llm(addr, Duration::from_millis(opts.llm_delay_ms)).await?)
+        }
+        None => None,
+    };
     let host = opts
         .url
         .trim_start_matches("http://")
@@ -87,6 +146,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     }
                     let Ok(mut o) = seen.lock() else { return };
                     match v["type"].as_str() {
+                        Some("tip") if v["source"] == "llm" => {
+                            if v["final"] == true {
+                                o.llm_tips += 1;
+                            }
+                        }
                         Some("tip") => {
                             let rule = v["rule"].as_str().unwrap_or_default().to_owned();
                             if let Some(t) =
@@ -149,9 +213,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             .and_then(|p| crate::telemetry::process_stats(Some(p)));
         tokio::time::sleep(Duration::from_secs(2)).await;
         reader.abort();
-        let (mut lat, gaps) = {
+        let (mut lat, gaps, llm_tips) = {
             let o = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-            (o.latency_us.clone(), o.gaps_ms.clone())
+            (o.latency_us.clone(), o.gaps_ms.clone(), o.llm_tips)
         };
         lat.sort_unstable();
         let pick = |q: f64| {
@@ -168,7 +232,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             _ => (f64::NAN, f64::NAN),
         };
         println!(
-            "{:>6} {:>8} {:>10.2} {:>10.2} {:>10.2} {:>11.0} ms {:>8.0}% {:>6.0} MiB {:>13.1}%",
+            "{:>6} {:>8} {:>10.2} {:>10.2} {:>10.2} {:>11.0} ms {:>8.0}% {:>6.0} MiB {:>13.1}% {:>9}",
             n,
             lat.len(),
             pick(0.5),
@@ -178,6 +242,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             cpu * 100.0,
             rss / 1048576.0,
             cpu * 100.0 * 100.0 / n.max(1) as f64,
+            if llm.is_some() {
+                llm_tips.to_string()
+            } else {
+                "-".into()
+            },
         );
         // End the calls so the orchestrator forgets them.
         for i in 0..n {
@@ -198,6 +267,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 
 #[derive(Default)]
 struct Observed {
+    llm_tips: u64,
     latency_us: Vec<u64>,
     last_metrics: HashMap<String, Instant>,
     gaps_ms: Vec<f64>,
