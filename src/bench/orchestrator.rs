@@ -146,11 +146,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     }
                     let Ok(mut o) = seen.lock() else { return };
                     match v["type"].as_str() {
-                        Some("tip") if v["source"] == "llm" => {
-                            if v["final"] == true {
-                                o.llm_tips += 1;
-                            }
+                        Some("tip") if v["source"] == "llm" && v["final"] == true => {
+                            o.llm_tips += 1;
                         }
+                        Some("tip") if v["source"] == "llm" => {}
                         Some("tip") => {
                             let rule = v["rule"].as_str().unwrap_or_default().to_owned();
                             if let Some(t) =
