@@ -349,15 +349,25 @@ pub fn summary_messages(
             "Resume una llamada de centro de contacto ya terminada en tres líneas: 'Motivo: ...', 'Resultado: ...', 'Seguimiento: ...'. Sé breve y objetivo."
         }
     };
-    let lines: Vec<String> = transcript
-        .iter()
-        .map(|(agent, text)| format!("{}: {text}", if *agent { "AGENTE" } else { "CLIENTE" }))
-        .collect();
     let user = format!(
         "Transcripción (final):\n{}\n\nDatos de la llamada: {}",
-        lines.join("\n"),
+        labelled(transcript),
         summary
     );
+    chat(system, &user)
+}
+
+/// The transcript as `AGENTE: ...` / `CLIENTE: ...` lines.
+fn labelled(transcript: &[(bool, String)]) -> String {
+    transcript
+        .iter()
+        .map(|(agent, text)| format!("{}: {text}", if *agent { "AGENTE" } else { "CLIENTE" }))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A system and a user message.
+fn chat(system: &str, user: &str) -> Vec<Value> {
     vec![
         json!({"role": "system", "content": system}),
         json!({"role": "user", "content": user}),
@@ -380,13 +390,9 @@ pub fn messages(
             "Eres un coach de agentes de centro de contacto durante una llamada en vivo. Responde con UN solo consejo breve y accionable (máximo 25 palabras) para la próxima frase del agente. Sin preámbulos."
         }
     };
-    let lines: Vec<String> = transcript
-        .iter()
-        .map(|(agent, text)| format!("{}: {text}", if *agent { "AGENTE" } else { "CLIENTE" }))
-        .collect();
     let user = format!(
         "Transcripción reciente:\n{}\n\nMétricas: {}\nReglas activadas: {}",
-        lines.join("\n"),
+        labelled(transcript),
         metrics,
         if fired.is_empty() {
             "ninguna".to_owned()
@@ -394,8 +400,5 @@ pub fn messages(
             fired.join(", ")
         }
     );
-    vec![
-        json!({"role": "system", "content": system}),
-        json!({"role": "user", "content": user}),
-    ]
+    chat(system, &user)
 }

@@ -244,6 +244,16 @@ fn tokio_stream_from<T: Send + 'static>(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+/// One final utterance of the customer, as stt would publish it.
+async fn customer_says(relay: &Service, call: &str, text: &str) {
+    relay
+        .publish(
+            json!({"type":"transcript","callId":call,"speaker":"customer","text":text,
+                        "utteranceId":"c-1","final":true,"startMs":0,"endMs":2000}),
+        )
+        .await;
+}
+
 /// A relay and an orchestrator whose LLM is `llm_base`; waits until the
 /// orchestrator follows the relay.
 async fn start_with_llm(llm_base: &str) -> (Service, Service) {
@@ -293,10 +303,7 @@ async fn llm_tips_stream_in_after_a_429() {
     .await;
     let (relay, orchestrator) = start_with_llm(&base).await;
     let mut sub = relay.ws("callId=l-1").await;
-    relay
-        .publish(json!({"type":"transcript","callId":"l-1","speaker":"customer","text":"Quiero cancelar mi línea.",
-                        "utteranceId":"c-1","final":true,"startMs":0,"endMs":2000}))
-        .await;
+    customer_says(&relay, "l-1", "Quiero cancelar mi línea.").await;
     let mut seen_events = Vec::new();
     until(&mut sub, &mut seen_events, |e| {
         e["source"] == "llm" && e["final"] == true
@@ -376,10 +383,7 @@ async fn a_malformed_stream_is_retried() {
     .await;
     let (relay, _orchestrator) = start_with_llm(&base).await;
     let mut sub = relay.ws("callId=l-3").await;
-    relay
-        .publish(json!({"type":"transcript","callId":"l-3","speaker":"customer","text":"¿Tienen algo más barato?",
-                        "utteranceId":"c-1","final":true,"startMs":0,"endMs":2000}))
-        .await;
+    customer_says(&relay, "l-3", "¿Tienen algo más barato?").await;
     let mut events = Vec::new();
     until(&mut sub, &mut events, |e| {
         e["source"] == "llm" && e["final"] == true
@@ -394,10 +398,7 @@ async fn a_failing_llm_leaves_the_rules_coach_working() {
     let (base, seen) = fake_llm(vec![]).await; // every request: 500
     let (relay, _orchestrator) = start_with_llm(&base).await;
     let mut sub = relay.ws("callId=l-2").await;
-    relay
-        .publish(json!({"type":"transcript","callId":"l-2","speaker":"customer","text":"Quiero hablar con un supervisor.",
-                        "utteranceId":"c-1","final":true,"startMs":0,"endMs":2000}))
-        .await;
+    customer_says(&relay, "l-2", "Quiero hablar con un supervisor.").await;
     let mut events = Vec::new();
     until(&mut sub, &mut events, |e| e["rule"] == "supervisor").await;
     // Three attempts, then it gives up; nothing from the LLM is published.
@@ -431,10 +432,7 @@ async fn the_breaker_stops_calling_a_failing_provider() {
     // b-1: 3 attempts; b-2: 2 more, then the breaker opens; b-3: none.
     for (call, expected) in [("b-1", 3), ("b-2", 5), ("b-3", 5)] {
         let mut sub = relay.ws(&format!("callId={call}")).await;
-        relay
-            .publish(json!({"type":"transcript","callId":call,"speaker":"customer","text":"Quiero cancelar.",
-                            "utteranceId":"c-1","final":true,"startMs":0,"endMs":2000}))
-            .await;
+        customer_says(&relay, call, "Quiero cancelar.").await;
         // Its rules tip comes regardless.
         let mut events = Vec::new();
         until(&mut sub, &mut events, |e| e["rule"] == "cancelacion").await;
