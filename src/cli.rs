@@ -171,8 +171,11 @@ pub fn main() -> ExitCode {
         })
         .unwrap_or_default();
     if SERVICES.iter().any(|(name, _)| *name == stem) {
-        // `relay --config X` is `call-coach relay --config X`.
-        args.insert(1, OsString::from(&stem));
+        // `relay --config X` is `call-coach relay --config X`; a link that
+        // also names its service (`relay relay`) means the same.
+        if args.get(1).is_none_or(|a| *a != *stem) {
+            args.insert(1, OsString::from(&stem));
+        }
         args[0] = OsString::from("call-coach");
     }
     let cli = match Cli::try_parse_from(&args) {

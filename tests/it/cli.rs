@@ -47,6 +47,10 @@ fn argv0_stem_picks_the_service() {
     let (code, _, err) = run_bin(Some(&link), &["--bogus"], &[]);
     assert_eq!(code, 64);
     assert!(err.contains("call-coach relay"), "{err}");
+    // `relay relay --bogus` (a link that also names its service) is the same.
+    let (code, _, err) = run_bin(Some(&link), &["relay", "--bogus"], &[]);
+    assert_eq!(code, 64);
+    assert!(err.contains("unexpected argument '--bogus'"), "{err}");
 }
 
 #[test]
