@@ -33,11 +33,8 @@ pub enum RelayError {
     Tokens(#[from] TokensError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] crate::http::BindError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -58,9 +55,7 @@ pub async fn serve(settings: &Settings, shutdown: CancellationToken) -> Result<(
     let addr = settings.relay.listen;
     // Refuse before binding, so an exposed address is never even opened.
     check_exposure(settings, addr)?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| RelayError::Bind { addr, source })?;
+    let listener = crate::http::bind(addr).await?;
     run(listener, settings, shutdown).await
 }
 

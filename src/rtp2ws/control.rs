@@ -23,11 +23,8 @@ use crate::http::{Resp, json_response, text};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Rtp2wsError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] crate::http::BindError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -104,9 +101,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), Rtp2wsError> {
     let addr = settings.rtp2ws.control;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| Rtp2wsError::Bind { addr, source })?;
+    let listener = crate::http::bind(addr).await?;
     run(listener, settings, shutdown).await
 }
 
@@ -130,7 +125,7 @@ pub async fn run(
             let addr = SocketAddr::new(s.rtp_bind, port);
             let socket = UdpSocket::bind(addr)
                 .await
-                .map_err(|source| Rtp2wsError::Bind { addr, source })?;
+                .map_err(|source| crate::http::BindError { addr, source })?;
             let spec = Spec {
                 id: format!("fixed-{speaker}"),
                 call_id: call_id.clone(),

@@ -1,7 +1,6 @@
 //! stt's listener: `GET /ws` (audio streams), `GET /healthz`, `GET /metrics`.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,11 +34,8 @@ pub enum SttError {
         "DEVICE=cuda, but this build of call-coach has no CUDA support: rebuild with `cargo build --release --features cuda`, or set DEVICE=cpu"
     )]
     NoCuda,
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] crate::http::BindError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -74,9 +70,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), SttError> {
     let addr = settings.stt.listen;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| SttError::Bind { addr, source })?;
+    let listener = crate::http::bind(addr).await?;
     run(listener, settings, shutdown).await
 }
 
