@@ -7,6 +7,23 @@ use serde_json::{Value, json};
 
 use crate::util::{Service, event_url, next_json};
 
+/// The orchestrator follows all calls from the moment it subscribes: waits
+/// until the relay counts its subscription.
+async fn wait_for_subscriber(relay: &Service) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, metrics) = relay.request("GET", "/metrics", &[], "").await;
+        if metrics.lines().any(|l| l == "relay_subscribers 1") {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the orchestrator never subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Collects events until one satisfies `done`.
 async fn until(ws: &mut crate::util::Ws, seen: &mut Vec<Value>, done: impl Fn(&Value) -> bool) {
     loop {
@@ -33,20 +50,7 @@ async fn coaches_a_call_from_its_transcripts() {
             ("CALL_COACH_ORCHESTRATOR__METRICS_EVERY_SECS", "1"),
         ],
     );
-    // The orchestrator follows all calls from now on: wait until the relay
-    // counts its subscription.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, metrics) = relay.request("GET", "/metrics", &[], "").await;
-        if metrics.lines().any(|l| l == "relay_subscribers 1") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the orchestrator never subscribed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_subscriber(&relay).await;
     let mut sub = relay.ws("callId=c-1").await;
     let t = |speaker: &str, text: &str, id: &str, fin: bool, s: u64, e: u64| {
         json!({"type":"transcript","callId":"c-1","speaker":speaker,"text":text,
@@ -274,18 +278,7 @@ async fn start_with_llm_and(llm_base: &str, extra: &[(&str, &str)]) -> (Service,
     ];
     env.extend_from_slice(extra);
     let orchestrator = Service::start_named("orchestrator", &env);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, metrics) = relay.request("GET", "/metrics", &[], "").await;
-        if metrics.lines().any(|l| l == "relay_subscribers 1") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the orchestrator never subscribed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_subscriber(&relay).await;
     (relay, orchestrator)
 }
 

@@ -24,34 +24,48 @@ fn start_chain(base_port: u16) -> (Service, Service, Service) {
     (relay, stt, rtp2ws)
 }
 
+/// Runs `simulate-call` against the rtp2ws at `control` (off the async
+/// runtime) with the two recordings and any extra flags; returns (status,
+/// stdout, stderr).
+async fn simulate(
+    control: String,
+    call_id: &'static str,
+    agent: &'static str,
+    customer: &'static str,
+    extra: &'static [&'static str],
+) -> (i32, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let (agent, customer) = (sound(agent), sound(customer));
+        let mut args = vec![
+            "simulate-call",
+            "--agent",
+            agent.to_str().unwrap(),
+            "--customer",
+            customer.to_str().unwrap(),
+            "--rtp2ws",
+            &control,
+            "--call-id",
+            call_id,
+        ];
+        args.extend_from_slice(extra);
+        run_bin(None, &args, &[])
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_simulated_call_with_loss_and_jitter_is_transcribed_per_speaker() {
     let (relay, _stt, rtp2ws) = start_chain(31_000);
     let mut sub = relay.ws("callId=sim-1").await;
-    let control = format!("http://{}", rtp2ws.addr);
-    let sim = tokio::task::spawn_blocking(move || {
-        run_bin(
-            None,
-            &[
-                "simulate-call",
-                "--agent",
-                sound("vm-intro").to_str().unwrap(),
-                "--customer",
-                sound("conf-enteringno").to_str().unwrap(),
-                "--rtp2ws",
-                &control,
-                "--call-id",
-                "sim-1",
-                "--loss",
-                "0.05",
-                "--jitter-ms",
-                "40",
-                "--realtime",
-            ],
-            &[],
-        )
-    });
-    let (code, out, err) = sim.await.unwrap();
+    let (code, out, err) = simulate(
+        format!("http://{}", rtp2ws.addr),
+        "sim-1",
+        "vm-intro",
+        "conf-enteringno",
+        &["--loss", "0.05", "--jitter-ms", "40", "--realtime"],
+    )
+    .await;
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("dropped") && out.contains("legs released"),
@@ -256,24 +270,13 @@ async fn audio_waits_for_stt_to_come_back() {
         ],
     );
     let mut sub = relay.ws("callId=sim-outage").await;
-    let control = format!("http://{}", rtp2ws.addr);
-    let sim = tokio::task::spawn_blocking(move || {
-        run_bin(
-            None,
-            &[
-                "simulate-call",
-                "--agent",
-                sound("conf-enteringno").to_str().unwrap(),
-                "--customer",
-                sound("conf-enteringno").to_str().unwrap(),
-                "--rtp2ws",
-                &control,
-                "--call-id",
-                "sim-outage",
-            ],
-            &[],
-        )
-    });
+    let sim = tokio::spawn(simulate(
+        format!("http://{}", rtp2ws.addr),
+        "sim-outage",
+        "conf-enteringno",
+        "conf-enteringno",
+        &[],
+    ));
     // The audio is sent (ten times real time) while nothing listens.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let _stt = start_stt(
