@@ -7,20 +7,21 @@ use serde_json::{Value, json};
 
 use crate::util::{Service, event_url, next_final, next_json, run_bin, sound, start_stt, text};
 
-/// relay, stt posting to it, rtp2ws feeding stt, on ports from `base_port`.
-fn start_chain(base_port: u16) -> (Service, Service, Service) {
+/// relay, stt posting to it, rtp2ws feeding stt, on ports from `base_port`,
+/// with extra rtp2ws settings.
+fn start_chain(base_port: u16, extra: &[(&str, &str)]) -> (Service, Service, Service) {
     let relay = Service::start(&[]);
     let stt = start_stt(&event_url(&relay), &[]);
     let stt_url = format!("ws://{}/ws", stt.addr);
-    let rtp2ws = Service::start_named(
-        "rtp2ws",
-        &[
-            ("STT_URL", &stt_url),
-            ("RTP2WS_CONTROL", "127.0.0.1:0"),
-            ("BASE_PORT", &base_port.to_string()),
-            ("CALL_COACH_RTP2WS__IDLE_TIMEOUT_SECS", "2"),
-        ],
-    );
+    let base_port = base_port.to_string();
+    let mut env = vec![
+        ("STT_URL", stt_url.as_str()),
+        ("RTP2WS_CONTROL", "127.0.0.1:0"),
+        ("BASE_PORT", base_port.as_str()),
+        ("CALL_COACH_RTP2WS__IDLE_TIMEOUT_SECS", "2"),
+    ];
+    env.extend_from_slice(extra);
+    let rtp2ws = Service::start_named("rtp2ws", &env);
     (relay, stt, rtp2ws)
 }
 
@@ -56,7 +57,7 @@ async fn simulate(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_simulated_call_with_loss_and_jitter_is_transcribed_per_speaker() {
-    let (relay, _stt, rtp2ws) = start_chain(31_000);
+    let (relay, _stt, rtp2ws) = start_chain(31_000, &[]);
     let mut sub = relay.ws("callId=sim-1").await;
     let (code, out, err) = simulate(
         format!("http://{}", rtp2ws.addr),
@@ -112,7 +113,7 @@ async fn a_simulated_call_with_loss_and_jitter_is_transcribed_per_speaker() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn control_api_checks_input_and_legs_guard_their_port() {
-    let (_relay, _stt, rtp2ws) = start_chain(32_000);
+    let (_relay, _stt, rtp2ws) = start_chain(32_000, &[]);
     let ct = [("content-type", "application/json")];
     for (body, needle) in [
         ("nope", "not JSON"),
@@ -195,18 +196,7 @@ async fn control_api_checks_input_and_legs_guard_their_port() {
 /// `BASE_PORT + 1` (agent) with no control API call.
 #[tokio::test(flavor = "multi_thread")]
 async fn compatibility_mode_listens_on_fixed_ports() {
-    let relay = Service::start(&[]);
-    let stt = start_stt(&event_url(&relay), &[]);
-    let stt_url = format!("ws://{}/ws", stt.addr);
-    let rtp2ws = Service::start_named(
-        "rtp2ws",
-        &[
-            ("STT_URL", &stt_url),
-            ("RTP2WS_CONTROL", "127.0.0.1:0"),
-            ("BASE_PORT", "33000"),
-            ("CALL_ID", "live"),
-        ],
-    );
+    let (relay, _stt, rtp2ws) = start_chain(33_000, &[("CALL_ID", "live")]);
     let (_, streams) = rtp2ws.request("GET", "/streams", &[], "").await;
     for port in [33000, 33001, 33002] {
         assert!(streams.contains(&format!("\"port\":{port}")), "{streams}");
