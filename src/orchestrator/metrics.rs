@@ -40,6 +40,9 @@ pub struct CallMetrics {
     agent_words: u64,
     customer_words: u64,
     customer_questions: u64,
+    /// Time both spoke at once, kept as finals arrive so a snapshot (every
+    /// few seconds for every call) does not compare every pair again.
+    overtalk_ms: u64,
     /// Furthest `endMs` seen (partials included), and when it arrived.
     timeline_end: u64,
     last_arrival: Option<Instant>,
@@ -80,6 +83,12 @@ impl CallMetrics {
         if !is_final || end_ms <= start_ms {
             return;
         }
+        self.overtalk_ms += self
+            .finals
+            .iter()
+            .filter(|s| s.agent != agent)
+            .map(|s| end_ms.min(s.end).saturating_sub(start_ms.max(s.start)))
+            .sum::<u64>();
         self.finals.push(Span {
             agent,
             start: start_ms,
@@ -132,23 +141,12 @@ impl CallMetrics {
             agent_wpm: round1(wpm(self.agent_words, agent_ms)),
             customer_wpm: round1(wpm(self.customer_words, customer_ms)),
             silence_ms,
-            overtalk_ms: self.overtalk(),
+            overtalk_ms: self.overtalk_ms,
             longest_agent_monologue_ms: self.longest_monologue(),
             customer_questions: self.customer_questions,
             agent_speech_ms: agent_ms,
             customer_speech_ms: customer_ms,
         }
-    }
-
-    fn overtalk(&self) -> u64 {
-        let mut total = 0;
-        for a in self.finals.iter().filter(|s| s.agent) {
-            for c in self.finals.iter().filter(|s| !s.agent) {
-                let (lo, hi) = (a.start.max(c.start), a.end.min(c.end));
-                total += hi.saturating_sub(lo);
-            }
-        }
-        total
     }
 
     fn longest_monologue(&self) -> u64 {
