@@ -94,8 +94,9 @@ impl Publisher {
         self.ready.notify_one();
     }
 
-    /// Stops taking events; the thread keeps posting what it has for up to
-    /// 5 s more, then gives up.
+    /// Tells the thread to finish: it posts what is queued (and anything
+    /// sent meanwhile) until the queue is empty, for up to 5 s more, then
+    /// gives up and counts the rest as dropped.
     pub fn close(&self) {
         self.lock().closed = true;
         self.ready.notify_all();
