@@ -72,8 +72,14 @@ impl StreamParams {
     }
 }
 
-/// Per-stream state of the transcripts already sent.
-struct Published {
+/// A stream's utterances: what was asked of the workers and what went out.
+struct Utterances {
+    /// `utteranceId` is this prefix and the utterance's index.
+    prefix: String,
+    /// Start and end (ms) of each requested utterance, for its events.
+    spans: HashMap<u64, (u64, u64)>,
+    /// Finals asked for and not yet back: the stream closes only after.
+    finals_pending: HashSet<u64>,
     /// Utterances whose final went out: late partials are dropped.
     finalised: HashSet<u64>,
     /// Utterances with a partial out (their final must follow, even empty).
@@ -132,32 +138,29 @@ where
     let mut upsampler = (params.sample_rate == 8_000).then(Upsampler2x::new);
     let mut leftover: Vec<u8> = Vec::new();
     let mut decoded: Vec<i16> = Vec::new();
-    let mut finals_pending: HashSet<u64> = HashSet::new();
-    let mut published = Published {
+    let mut utts = Utterances {
+        prefix: format!("{}-{}", params.speaker, unique_tag(stream_id)),
+        spans: HashMap::new(),
+        finals_pending: HashSet::new(),
         finalised: HashSet::new(),
         with_partial: HashSet::new(),
         last_partial: None,
     };
-    let utterance_prefix = format!("{}-{}", params.speaker, unique_tag(stream_id));
     let idle = Duration::from_secs(s.idle_timeout_secs.max(1));
     let mut last_audio = Instant::now();
     let mut samples_in: u64 = 0;
     let mut reason: Option<(CloseCode, &'static str)> = None;
 
-    // Start and end (ms) of each requested utterance, for its events.
-    let mut spans: HashMap<u64, (u64, u64)> = HashMap::new();
-    let submit = |requests: Vec<Request>,
-                  finals_pending: &mut HashSet<u64>,
-                  spans: &mut HashMap<u64, (u64, u64)>| {
+    let submit = |requests: Vec<Request>, utts: &mut Utterances| {
         for r in requests {
             let (kind, u) = match r {
                 Request::Partial(u) => (Kind::Partial, u),
                 Request::Final(u) => (Kind::Final, u),
             };
             if kind == Kind::Final {
-                finals_pending.insert(u.index);
+                utts.finals_pending.insert(u.index);
             }
-            spans.insert(u.index, (u.start_ms, u.end_ms));
+            utts.spans.insert(u.index, (u.start_ms, u.end_ms));
             let Utterance { index, audio, .. } = u;
             state.pool.submit(Job {
                 stream: stream_id,
@@ -183,7 +186,7 @@ where
             }
             done = replies.recv() => {
                 if let Some(done) = done {
-                    deliver(state, params, &utterance_prefix, &spans, done, &mut finals_pending, &mut published, &mut tx).await;
+                    deliver(state, params, &mut utts, done, &mut tx).await;
                 }
             }
             msg = rx.next() => match msg {
@@ -203,7 +206,7 @@ where
                         }
                         None => pcm,
                     };
-                    submit(segmenter.push(&pcm16), &mut finals_pending, &mut spans);
+                    submit(segmenter.push(&pcm16), &mut utts);
                 }
                 Some(Ok(Message::Text(text))) => {
                     let kind = serde_json::from_str::<Value>(&text).ok()
@@ -230,28 +233,18 @@ where
         .audio_ms
         .add(samples_in * 1000 / u64::from(params.sample_rate));
     state.metrics.segments_dropped.add(segmenter.dropped);
-    submit(segmenter.finish(), &mut finals_pending, &mut spans);
+    submit(segmenter.finish(), &mut utts);
 
     // Deliver every outstanding final before closing.
     let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while !finals_pending.is_empty() {
+    while !utts.finals_pending.is_empty() {
         match tokio::time::timeout_at(deadline.into(), replies.recv()).await {
             Ok(Some(done)) => {
-                deliver(
-                    state,
-                    params,
-                    &utterance_prefix,
-                    &spans,
-                    done,
-                    &mut finals_pending,
-                    &mut published,
-                    &mut tx,
-                )
-                .await;
+                deliver(state, params, &mut utts, done, &mut tx).await;
             }
             _ => {
                 tracing::error!(
-                    left = finals_pending.len(),
+                    left = utts.finals_pending.len(),
                     "finals still pending at the drain deadline"
                 );
                 break;
@@ -267,15 +260,11 @@ where
 }
 
 /// Turns a finished transcription into a `transcript` event, if it is one.
-#[allow(clippy::too_many_arguments)]
 async fn deliver<W>(
     state: &State,
     params: &StreamParams,
-    prefix: &str,
-    spans: &HashMap<u64, (u64, u64)>,
+    utts: &mut Utterances,
     done: Done,
-    finals_pending: &mut HashSet<u64>,
-    published: &mut Published,
     tx: &mut W,
 ) where
     W: futures_util::Sink<Message> + Unpin,
@@ -283,12 +272,12 @@ async fn deliver<W>(
     let index = done.utterance;
     let is_final = done.kind == Kind::Final;
     if is_final {
-        finals_pending.remove(&index);
-    } else if published.finalised.contains(&index) || finals_pending.contains(&index) {
+        utts.finals_pending.remove(&index);
+    } else if utts.finalised.contains(&index) || utts.finals_pending.contains(&index) {
         // Its final is out or on its way: this partial is stale.
         return;
     }
-    let Some(&(start_ms, end_ms)) = spans.get(&index) else {
+    let Some(&(start_ms, end_ms)) = utts.spans.get(&index) else {
         return;
     };
     let decoded = match done.result {
@@ -313,20 +302,20 @@ async fn deliver<W>(
         text.clear();
     }
     if is_final {
-        published.finalised.insert(index);
+        utts.finalised.insert(index);
         // An empty final is only needed to close a partial already shown.
-        if text.is_empty() && !published.with_partial.remove(&index) {
+        if text.is_empty() && !utts.with_partial.remove(&index) {
             return;
         }
     } else {
         if text.is_empty() {
             return;
         }
-        if published.last_partial.as_ref() == Some(&(index, text.clone())) {
+        if utts.last_partial.as_ref() == Some(&(index, text.clone())) {
             return;
         }
-        published.last_partial = Some((index, text.clone()));
-        published.with_partial.insert(index);
+        utts.last_partial = Some((index, text.clone()));
+        utts.with_partial.insert(index);
     }
     let event = json!({
         "type": "transcript",
@@ -334,7 +323,7 @@ async fn deliver<W>(
         "speaker": params.speaker,
         "text": text,
         "final": is_final,
-        "utteranceId": format!("{prefix}-{index}"),
+        "utteranceId": format!("{}-{index}", utts.prefix),
         "startMs": start_ms,
         "endMs": end_ms,
         "latencyMs": done.total.as_millis() as u64,
