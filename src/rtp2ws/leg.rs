@@ -132,7 +132,7 @@ pub async fn run(
     let rate = spec.format.rate();
     let idle = options.idle;
     let outbox = Arc::new(Outbox {
-        frames: Mutex::new(VecDeque::new()),
+        frames: Mutex::new(Queue::default()),
         notify: Notify::new(),
         capacity_samples: (options.buffer_secs.max(1) * u64::from(rate)) as usize,
         closed: std::sync::atomic::AtomicBool::new(false),
@@ -228,16 +228,45 @@ pub async fn run(
 /// stt's frame limit.
 const MAX_FRAME_SAMPLES: usize = 16_000;
 
+/// Blocks of samples waiting, with their total kept up to date.
+#[derive(Default)]
+struct Queue {
+    frames: VecDeque<Vec<i16>>,
+    held: usize,
+}
+
+impl Queue {
+    fn push_back(&mut self, block: Vec<i16>) {
+        self.held += block.len();
+        self.frames.push_back(block);
+    }
+
+    fn push_front(&mut self, block: Vec<i16>) {
+        self.held += block.len();
+        self.frames.push_front(block);
+    }
+
+    fn pop_front(&mut self) -> Option<Vec<i16>> {
+        let block = self.frames.pop_front()?;
+        self.held -= block.len();
+        Some(block)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+}
+
 /// Audio waiting for stt.
 struct Outbox {
-    frames: Mutex<VecDeque<Vec<i16>>>,
+    frames: Mutex<Queue>,
     notify: Notify,
     capacity_samples: usize,
     closed: std::sync::atomic::AtomicBool,
 }
 
 impl Outbox {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Vec<i16>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.frames.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -245,10 +274,8 @@ impl Outbox {
     fn push(&self, samples: Vec<i16>, pair: &[&Counters; 2], rate: u32) {
         let mut q = self.lock();
         q.push_back(samples);
-        let mut held: usize = q.iter().map(Vec::len).sum();
-        while held > self.capacity_samples {
+        while q.held > self.capacity_samples {
             let Some(old) = q.pop_front() else { break };
-            held -= old.len();
             bump(
                 pair,
                 |c| &c.dropped_ms,
@@ -346,5 +373,33 @@ async fn send_to_stt(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_keeps_the_newest_audio_within_its_bound() {
+        let outbox = Outbox {
+            frames: Mutex::new(Queue::default()),
+            notify: Notify::new(),
+            capacity_samples: 320,
+            closed: std::sync::atomic::AtomicBool::new(false),
+        };
+        let (leg, total) = (Counters::default(), Counters::default());
+        let pair = [&leg, &total];
+        for i in 0..3 {
+            outbox.push(vec![i; 160], &pair, 8_000);
+        }
+        let mut q = outbox.lock();
+        assert_eq!(q.held, 320);
+        assert_eq!(q.pop_front().unwrap()[0], 1);
+        assert_eq!(q.pop_front().unwrap()[0], 2);
+        assert!(q.is_empty() && q.held == 0);
+        // The oldest 20 ms were dropped, and counted on both sides.
+        assert_eq!(leg.dropped_ms.load(Ordering::Relaxed), 20);
+        assert_eq!(total.dropped_ms.load(Ordering::Relaxed), 20);
     }
 }
