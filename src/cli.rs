@@ -110,9 +110,9 @@ enum Command {
     Rtp2ws(Common),
     /// Run the orchestrator: live metrics, rules coach, checklist, summaries.
     Orchestrator(Common),
-    /// Run ari-coach: the Asterisk ARI application [not built yet].
+    /// Run ari-coach: the Asterisk ARI application `coach` (taps each call).
     #[command(name = "ari-coach")]
-    AriCoach(Pending),
+    AriCoach(Common),
     /// Print the effective configuration with the source of each value
     /// (secrets redacted); exits 64 when it is invalid.
     #[command(name = "check-config")]
@@ -237,7 +237,11 @@ pub fn main() -> ExitCode {
                     .map_err(anyhow::Error::from)
             })
         }
-        Command::AriCoach(_) => not_built("the ari-coach service"),
+        Command::AriCoach(common) => {
+            run_service("ari-coach", &common, |settings, shutdown| async move {
+                crate::ari_coach::serve(&settings, shutdown).await
+            })
+        }
         Command::Demo(_) => not_built("`call-coach demo`"),
         Command::SimulateCall(opts) => run_tool("simulate-call", crate::simulate::run(opts)),
     }

@@ -43,11 +43,19 @@ const CONTRACT_ENV: &[(&str, &[&str])] = &[
     ("RELAY_URL", &["stt.relay_url"]),
     (
         "RELAY_TOKEN",
-        &["stt.relay_token", "orchestrator.relay_token"],
+        &[
+            "stt.relay_token",
+            "orchestrator.relay_token",
+            "ari_coach.relay_token",
+        ],
     ),
     (
         "RELAY_TOKEN_FILE",
-        &["stt.relay_token_file", "orchestrator.relay_token_file"],
+        &[
+            "stt.relay_token_file",
+            "orchestrator.relay_token_file",
+            "ari_coach.relay_token_file",
+        ],
     ),
     ("CALL_ID", &["rtp2ws.call_id"]),
     ("BASE_PORT", &["rtp2ws.base_port", "ari_coach.base_port"]),
@@ -317,7 +325,7 @@ impl Loaded {
             .find(|(k, _)| k == ENV_CREDENTIALS)
             .map(|(_, v)| PathBuf::from(v));
         let s = &mut self.settings;
-        let slots: [(&str, &mut Option<Secret>, &Option<PathBuf>); 4] = [
+        let slots: [(&str, &mut Option<Secret>, &Option<PathBuf>); 5] = [
             (
                 "orchestrator.relay_token",
                 &mut s.orchestrator.relay_token,
@@ -332,6 +340,11 @@ impl Loaded {
                 "orchestrator.openrouter_api_key",
                 &mut s.orchestrator.openrouter_api_key,
                 &s.orchestrator.openrouter_api_key_file,
+            ),
+            (
+                "ari_coach.relay_token",
+                &mut s.ari_coach.relay_token,
+                &s.ari_coach.relay_token_file,
             ),
             (
                 "ari_coach.ari_pass",
@@ -381,6 +394,7 @@ impl Loaded {
         self.settings.relay.validate()?;
         self.settings.stt.validate()?;
         self.settings.rtp2ws.validate()?;
+        self.settings.ari_coach.validate()?;
         if self.settings.shutdown_timeout_secs == 0 {
             return Err(ConfigError::invalid(
                 "shutdown_timeout_secs",

@@ -1,0 +1,124 @@
+//! The app's ARI events websocket (`/ari/events?app=coach`), kept open with
+//! reconnects and backoff. Everything it hears goes to the dispatcher in
+//! order, with `Connected`/`Disconnected` marks so that the dispatcher can
+//! reconcile after a gap.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_util::sync::CancellationToken;
+
+use super::ari::Ari;
+
+pub enum Incoming {
+    /// The socket is (again) open: the app is registered in Asterisk.
+    Connected,
+    Event(Value),
+    /// The socket closed or could not be opened; `reason` says why.
+    Disconnected {
+        reason: String,
+    },
+}
+
+const BACKOFF_START: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Asterisk sends a ping now and then; a socket silent for this long is dead.
+const SILENCE_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs until `shutdown`: connect, forward, reconnect.
+pub async fn run(ari: Arc<Ari>, tx: mpsc::Sender<Incoming>, shutdown: CancellationToken) {
+    let mut backoff = BACKOFF_START;
+    loop {
+        let reason = match connect(&ari).await {
+            Ok(mut ws) => {
+                backoff = BACKOFF_START;
+                if tx.send(Incoming::Connected).await.is_err() {
+                    return;
+                }
+                loop {
+                    let frame = tokio::select! {
+                        _ = shutdown.cancelled() => {
+                            let _ = ws.close(None).await;
+                            return;
+                        }
+                        f = tokio::time::timeout(SILENCE_LIMIT, ws.next()) => f,
+                    };
+                    match frame {
+                        Err(_) => break "no traffic for 120 s".to_owned(),
+                        Ok(None) => break "closed by Asterisk".to_owned(),
+                        Ok(Some(Err(e))) => break e.to_string(),
+                        Ok(Some(Ok(Message::Text(text)))) => {
+                            match serde_json::from_str::<Value>(&text) {
+                                Ok(v) if v.is_object() => {
+                                    if tx.send(Incoming::Event(v)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                _ => tracing::warn!(
+                                    bytes = text.len(),
+                                    "ARI sent a frame that is not a JSON object; ignored"
+                                ),
+                            }
+                        }
+                        Ok(Some(Ok(Message::Close(frame)))) => {
+                            break format!("closed by Asterisk ({frame:?})");
+                        }
+                        Ok(Some(Ok(_))) => {}
+                    }
+                }
+            }
+            Err(e) => e,
+        };
+        if tx.send(Incoming::Disconnected { reason }).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(ari: &Ari) -> Result<Socket, String> {
+    let url = ari.events_url();
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| format!("bad ARI URL {url}: {e}"))?;
+    let auth = ari
+        .authorization()
+        .parse()
+        .map_err(|_| "the ARI credentials are not valid in a header".to_owned())?;
+    request.headers_mut().insert("authorization", auth);
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(4 << 20))
+        .max_frame_size(Some(4 << 20));
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async_with_config(request, Some(config), false),
+    )
+    .await
+    {
+        Err(_) => Err(format!("connecting to {url}: timed out")),
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => Err(format!(
+            "connecting to {url}: Asterisk answered {}{}",
+            resp.status(),
+            if resp.status() == 401 {
+                " (check ARI_USER and ARI_PASS)"
+            } else {
+                ""
+            }
+        )),
+        Ok(Err(e)) => Err(format!("connecting to {url}: {e}")),
+        Ok(Ok((ws, _))) => Ok(ws),
+    }
+}
