@@ -356,7 +356,7 @@ impl Ari {
         channel: &str,
         snoop_id: &str,
         app_args: &str,
-    ) -> AriResult<()> {
+    ) -> AriResult<Channel> {
         let path = format!("/channels/{}/snoop", segment(channel));
         let query = vec![
             ("spy", "in".to_owned()),
@@ -364,7 +364,8 @@ impl Ari {
             ("appArgs", app_args.to_owned()),
             ("snoopId", snoop_id.to_owned()),
         ];
-        self.request("POST", path, query, None).await.map(drop)
+        let v = self.request("POST", path, query, None).await?;
+        Ok(Channel::from_json(&v))
     }
 
     /// `POST /channels/externalMedia`: RTP of `format` sent to `host:port`.
@@ -373,16 +374,17 @@ impl Ari {
         channel_id: &str,
         external_host: &str,
         format: &str,
-    ) -> AriResult<()> {
+    ) -> AriResult<Channel> {
         let query = vec![
             ("app", self.app.clone()),
             ("external_host", external_host.to_owned()),
             ("format", format.to_owned()),
             ("channelId", channel_id.to_owned()),
         ];
-        self.request("POST", "/channels/externalMedia".into(), query, None)
-            .await
-            .map(drop)
+        let v = self
+            .request("POST", "/channels/externalMedia".into(), query, None)
+            .await?;
+        Ok(Channel::from_json(&v))
     }
 
     /// `POST /applications/{app}/subscription?eventSource=channel:ID`: this

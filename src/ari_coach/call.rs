@@ -415,7 +415,17 @@ impl Call {
                     if let Some((_, names::Kind::Snoop(s) | names::Kind::ExternalMedia(s))) =
                         names::parse(channel)
                     {
-                        self.tap_lost(s, &format!("{channel} ended ({kind})"));
+                        let name = ev
+                            .pointer("/channel/name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default();
+                        // Events of a tap already replaced are old news.
+                        if self.taps[speaker_index(s)]
+                            .as_ref()
+                            .is_some_and(|t| t.owns(name))
+                        {
+                            self.tap_lost(s, &format!("{channel} ended ({kind})"));
+                        }
                     }
                 }
                 Msg::Reconcile(snap) => {
@@ -464,6 +474,7 @@ impl Call {
                 speaker: s,
                 snooped: String::new(),
                 leg: self.pending_leg[i].take(),
+                channel_names: Vec::new(),
             };
             old.remove(&self.ctx.ari, &self.ctx.rtp2ws, &self.id).await;
             if self.retaps_left[i] == 0 {
@@ -503,6 +514,7 @@ impl Call {
                 speaker: s,
                 snooped: String::new(),
                 leg: self.pending_leg[i].take(),
+                channel_names: Vec::new(),
             });
             let (ari, rtp2ws, call) = (ari.clone(), self.ctx.rtp2ws.clone(), call.clone());
             removals.push(async move { tap.remove(&ari, &rtp2ws, &call).await });

@@ -145,6 +145,10 @@ pub struct Tap {
     /// The channel listened to.
     pub snooped: String,
     pub leg: Option<String>,
+    /// Names Asterisk gave this tap's snoop and ExternalMedia channels
+    /// (`Snoop/...-0000001f`): unique per instance, unlike the ids, which
+    /// a rebuilt tap reuses. Events of an earlier instance do not match.
+    pub channel_names: Vec<String>,
 }
 
 impl Tap {
@@ -161,6 +165,7 @@ impl Tap {
             speaker,
             snooped: snooped.to_owned(),
             leg: None,
+            channel_names: Vec::new(),
         };
         match tap.build(ari, rtp2ws, cfg, call).await {
             Ok(()) => Ok(tap),
@@ -206,6 +211,11 @@ impl Tap {
             .await
             .map_err(|e| e.to_string())?;
         Ok(())
+    }
+
+    /// Whether an event's channel is this instance's snoop or ExternalMedia.
+    pub fn owns(&self, channel_name: &str) -> bool {
+        self.channel_names.iter().any(|n| n == channel_name)
     }
 
     /// Hangs up the snoop and the ExternalMedia channel, destroys the tap

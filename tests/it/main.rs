@@ -1,6 +1,8 @@
 //! Integration tests: the real binary on loopback, real HTTP and websocket
 //! clients, real files on disk.
 
+mod ari_coach;
+mod ari_sim;
 mod cli;
 mod model;
 mod orchestrator;

@@ -1,0 +1,493 @@
+//! ari-coach against the ARI simulator (`ari_sim`), with the real relay,
+//! stt (base model) and rtp2ws: calls placed, both parties transcribed
+//! apart, every way a call ends, failures and reconnects, many calls.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::ari_sim::{Answer, AriSim, Voice};
+use crate::util::{Service, Ws, event_url, start_stt, text};
+
+/// The whole chain: relay, stt, rtp2ws, the simulator, ari-coach.
+struct Rig {
+    relay: Service,
+    _stt: Service,
+    rtp2ws: Service,
+    sim: AriSim,
+    coach: Service,
+}
+
+async fn rig(base_port: u16, extra: &[(&str, &str)]) -> Rig {
+    let relay = Service::start(&[]);
+    let stt = start_stt(&event_url(&relay), &[]);
+    let stt_url = format!("ws://{}/ws", stt.addr);
+    let base = base_port.to_string();
+    let rtp2ws = Service::start_named(
+        "rtp2ws",
+        &[
+            ("STT_URL", stt_url.as_str()),
+            ("RTP2WS_CONTROL", "127.0.0.1:0"),
+            ("BASE_PORT", base.as_str()),
+        ],
+    );
+    let sim = AriSim::start("coach", "coach", "s3cret").await;
+    let relay_event = event_url(&relay);
+    let mut env = vec![
+        ("ARI_URL", sim.url.as_str()),
+        ("ARI_USER", "coach"),
+        ("ARI_PASS", "s3cret"),
+        ("RTP2WS_CONTROL", rtp2ws.addr.as_str()),
+        ("RELAY_EVENT", relay_event.as_str()),
+        ("AGENT_DIAL", "PJSIP/200"),
+        ("CALL_COACH_ARI_COACH__AGENT_TIMEOUT_SECS", "2"),
+    ];
+    env.extend_from_slice(extra);
+    let coach = Service::start_named("ari-coach", &env);
+    sim.wait_connected(Duration::from_secs(10)).await;
+    Rig {
+        relay,
+        _stt: stt,
+        rtp2ws,
+        sim,
+        coach,
+    }
+}
+
+/// Reads a call's events until `done` says so; returns all of them.
+async fn until(ws: &mut Ws, timeout: Duration, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    until_more(ws, Vec::new(), timeout, done).await
+}
+
+/// As [`until`], for a subscription already partly read into `seen`.
+async fn until_more(
+    ws: &mut Ws,
+    mut seen: Vec<Value>,
+    timeout: Duration,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + timeout;
+    while !done(&seen) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => seen.push(serde_json::from_str(&t).unwrap()),
+            Ok(Some(Ok(_))) => {}
+            Ok(_) => panic!("the relay closed the subscription; events so far: {seen:#?}"),
+            Err(_) => panic!("timed out; events so far: {seen:#?}"),
+        }
+    }
+    seen
+}
+
+fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == kind).collect()
+}
+
+fn finals_of(events: &[Value], speaker: &str) -> String {
+    events
+        .iter()
+        .filter(|e| e["type"] == "transcript" && e["final"] == true && e["speaker"] == speaker)
+        .map(text)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn has_final(events: &[Value], speaker: &str, word: &str) -> bool {
+    finals_of(events, speaker).contains(word)
+}
+
+async fn no_legs(rtp2ws: &Service) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = rtp2ws.request("GET", "/streams", &[], "").await;
+        let v: Value = serde_json::from_str(&body).unwrap();
+        if v["streams"].as_array().is_some_and(Vec::is_empty) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "rtp2ws legs left open: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn agent_says(recordings: &[&str]) -> Answer {
+    Answer::After(Duration::from_millis(300), Voice::script(1.0, recordings))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_whole_call_is_transcribed_per_speaker_and_leaves_nothing_behind() {
+    let rig = rig(33_000, &[]).await;
+    rig.sim.endpoint("PJSIP/200", agent_says(&["vm-intro"]));
+    let customer = rig.sim.inbound(
+        ("Cliente", "5551234"),
+        Voice::script(2.0, &["conf-onlyperson"]),
+        &["inbound", "1000"],
+    );
+    let mut sub = rig.relay.ws(&format!("callId={customer}")).await;
+    let events = until(&mut sub, Duration::from_secs(60), |e| {
+        has_final(e, "agent", "mensaje") && has_final(e, "customer", "conferencia")
+    })
+    .await;
+    let started = of_type(&events, "call.started");
+    assert_eq!(started.len(), 1, "{events:#?}");
+    assert_eq!(started[0]["agent"], "PJSIP/200");
+    assert_eq!(started[0]["caller"], "Cliente <5551234>");
+    assert_eq!(started[0]["direction"], "inbound");
+    // Each speaker's voice came only from its own tap.
+    assert!(
+        !finals_of(&events, "agent").contains("conferencia"),
+        "{events:#?}"
+    );
+    assert!(
+        !finals_of(&events, "customer").contains("mensaje"),
+        "{events:#?}"
+    );
+    // The customer hangs up: ari-coach hangs up the agent and removes
+    // the snoops, the ExternalMedia channels, the bridges and the legs.
+    rig.sim.remote_hangup(&customer);
+    let events = until(&mut sub, Duration::from_secs(30), |e| {
+        !of_type(e, "call.ended").is_empty()
+    })
+    .await;
+    let ended = of_type(&events, "call.ended")[0];
+    assert_eq!(ended["reason"], "customer-hangup", "{ended}");
+    assert_eq!(ended["answered"], true);
+    rig.sim.wait_empty(&[], Duration::from_secs(10)).await;
+    no_legs(&rig.rtp2ws).await;
+    // The requests were the documented ones.
+    let requests = rig.sim.requests();
+    for expected in [
+        format!("POST /channels/{customer}/answer"),
+        "POST /channels".into(),
+        format!("POST /channels/{customer}/snoop"),
+        "POST /channels/externalMedia".into(),
+        format!("DELETE /bridges/{customer}-call"),
+    ] {
+        assert!(
+            requests.contains(&expected),
+            "{expected} not in {requests:#?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_hanging_up_first_ends_the_call_for_the_customer_too() {
+    let rig = rig(33_100, &[]).await;
+    rig.sim
+        .endpoint("PJSIP/200", agent_says(&["queue-thankyou"]));
+    let customer = rig.sim.inbound(("", "600"), Voice::script(0.0, &[]), &[]);
+    let mut sub = rig.relay.ws(&format!("callId={customer}")).await;
+    let events = until(&mut sub, Duration::from_secs(60), |e| {
+        has_final(e, "agent", "paciencia")
+    })
+    .await;
+    assert_eq!(of_type(&events, "call.started")[0]["caller"], "600");
+    rig.sim.remote_hangup(&format!("{customer}-agent"));
+    let events = until(&mut sub, Duration::from_secs(30), |e| {
+        !of_type(e, "call.ended").is_empty()
+    })
+    .await;
+    assert_eq!(of_type(&events, "call.ended")[0]["reason"], "agent-hangup");
+    assert!(!rig.sim.exists(&customer), "the customer was not hung up");
+    assert!(
+        rig.sim
+            .requests()
+            .contains(&format!("DELETE /channels/{customer}"))
+    );
+    rig.sim.wait_empty(&[], Duration::from_secs(10)).await;
+    no_legs(&rig.rtp2ws).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_who_never_answers_or_is_busy_ends_the_call_with_the_reason() {
+    let rig = rig(33_200, &[]).await;
+    rig.sim.endpoint("PJSIP/200", Answer::Never);
+    rig.sim.endpoint("PJSIP/201", Answer::Busy);
+    let first = rig
+        .sim
+        .inbound(("Cliente", "5550001"), Voice::script(0.0, &[]), &[]);
+    // The dialplan may choose the agent per call.
+    let second = rig.sim.inbound(
+        ("Cliente", "5550002"),
+        Voice::script(0.0, &[]),
+        &["inbound", "agent=PJSIP/201"],
+    );
+    for (call, reason) in [(&first, "agent-no-answer"), (&second, "agent-busy")] {
+        let mut sub = rig.relay.ws(&format!("callId={call}")).await;
+        let events = until(&mut sub, Duration::from_secs(20), |e| {
+            !of_type(e, "call.ended").is_empty()
+        })
+        .await;
+        assert!(of_type(&events, "call.started").is_empty(), "{events:#?}");
+        let ended = of_type(&events, "call.ended")[0];
+        assert_eq!(ended["reason"], reason, "{ended}");
+        assert_eq!(ended["answered"], false);
+        assert!(
+            ended["caller"].as_str().unwrap().contains("555000"),
+            "{ended}"
+        );
+    }
+    rig.sim.wait_empty(&[], Duration::from_secs(10)).await;
+    no_legs(&rig.rtp2ws).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_snoop_degrades_only_that_party_and_the_call_goes_on() {
+    let rig = rig(33_300, &[]).await;
+    rig.sim.endpoint("PJSIP/200", agent_says(&["vm-intro"]));
+    rig.sim.fail("POST", "/snoop", 500, 1);
+    let customer = rig.sim.inbound(
+        ("Cliente", "5551234"),
+        Voice::script(2.0, &["conf-onlyperson"]),
+        &[],
+    );
+    let mut sub = rig.relay.ws(&format!("callId={customer}")).await;
+    let events = until(&mut sub, Duration::from_secs(60), |e| {
+        !of_type(e, "call.tap").is_empty()
+            && (has_final(e, "agent", "mensaje") || has_final(e, "customer", "conferencia"))
+    })
+    .await;
+    let tap = of_type(&events, "call.tap");
+    assert_eq!(tap.len(), 1, "{events:#?}");
+    assert_eq!(tap[0]["ok"], false);
+    assert!(
+        tap[0]["error"].as_str().unwrap().contains("500"),
+        "{}",
+        tap[0]
+    );
+    let failed = tap[0]["speaker"].as_str().unwrap().to_owned();
+    let working = if failed == "agent" {
+        "customer"
+    } else {
+        "agent"
+    };
+    let word = if working == "agent" {
+        "mensaje"
+    } else {
+        "conferencia"
+    };
+    let events = until_more(&mut sub, events, Duration::from_secs(60), |e| {
+        has_final(e, working, word)
+    })
+    .await;
+    assert!(finals_of(&events, &failed).is_empty(), "{events:#?}");
+    // Only the working party's leg was opened, and no half-built tap of
+    // the failed party is left.
+    assert!(
+        rig.sim.leftovers().iter().all(
+            |l| !l.contains(&format!("-{failed}")) || l.ends_with(&format!("{customer}-agent"))
+        ),
+        "{:?}",
+        rig.sim.leftovers()
+    );
+    rig.sim.remote_hangup(&customer);
+    until(&mut sub, Duration::from_secs(30), |e| {
+        !of_type(e, "call.ended").is_empty()
+    })
+    .await;
+    rig.sim.wait_empty(&[], Duration::from_secs(10)).await;
+    no_legs(&rig.rtp2ws).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_events_socket_is_reconnected_and_reconciled() {
+    let rig = rig(33_400, &[]).await;
+    // A speaks again well after the reconnect; B's customer hangs up
+    // while ari-coach cannot hear it.
+    rig.sim.endpoint(
+        "PJSIP/200",
+        Answer::After(
+            Duration::from_millis(200),
+            Voice::script(6.0, &["vm-intro"]),
+        ),
+    );
+    let a = rig
+        .sim
+        .inbound(("A", "1"), Voice::script(1.0, &["conf-onlyperson"]), &[]);
+    let b = rig.sim.inbound(("B", "2"), Voice::script(0.0, &[]), &[]);
+    let mut sub_a = rig.relay.ws(&format!("callId={a}")).await;
+    let mut sub_b = rig.relay.ws(&format!("callId={b}")).await;
+    until(&mut sub_a, Duration::from_secs(20), |e| {
+        !of_type(e, "call.started").is_empty()
+    })
+    .await;
+    until(&mut sub_b, Duration::from_secs(20), |e| {
+        !of_type(e, "call.started").is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    rig.sim.drop_socket(Duration::from_millis(1500));
+    rig.sim.remote_hangup(&b);
+    // B ends once ari-coach is back and sees what happened.
+    let events = until(&mut sub_b, Duration::from_secs(20), |e| {
+        !of_type(e, "call.ended").is_empty()
+    })
+    .await;
+    assert_eq!(
+        of_type(&events, "call.ended")[0]["reason"],
+        "customer-hangup"
+    );
+    assert!(rig.sim.connections() >= 2);
+    // A is still coached: the agent's words after the reconnect arrive.
+    let events = until(&mut sub_a, Duration::from_secs(60), |e| {
+        has_final(e, "agent", "mensaje") && has_final(e, "customer", "conferencia")
+    })
+    .await;
+    assert!(of_type(&events, "call.ended").is_empty());
+    rig.sim.remote_hangup(&a);
+    until(&mut sub_a, Duration::from_secs(30), |e| {
+        !of_type(e, "call.ended").is_empty()
+    })
+    .await;
+    rig.sim.wait_empty(&[], Duration::from_secs(10)).await;
+    no_legs(&rig.rtp2ws).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_ari_coach_adopts_the_call_still_up() {
+    let mut rig = rig(33_500, &[]).await;
+    rig.sim.endpoint(
+        "PJSIP/200",
+        Answer::After(
+            Duration::from_millis(200),
+            Voice::script(5.0, &["vm-intro"]),
+        ),
+    );
+    let call = rig.sim.inbound(("C", "3"), Voice::script(0.0, &[]), &[]);
+    let mut sub = rig.relay.ws(&format!("callId={call}")).await;
+    until(&mut sub, Duration::from_secs(20), |e| {
+        !of_type(e, "call.started").is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Killed outright: nothing is cleaned up, the call stays up.
+    rig.coach = rig.coach.kill_and_restart();
+    let events = until(&mut sub, Duration::from_secs(60), |e| {
+        has_final(e, "agent", "mensaje")
+    })
+    .await;
+    assert!(of_type(&events, "call.ended").is_empty(), "{events:#?}");
+    // Adopting rebuilt the taps once, quietly: no tap was seen as lost.
+    assert!(of_type(&events, "call.tap").is_empty(), "{events:#?}");
+    rig.sim.remote_hangup(&call);
+    let events = until(&mut sub, Duration::from_secs(30), |e| {
+        !of_type(e, "call.ended").is_empty()
+    })
+    .await;
+    assert_eq!(
+        of_type(&events, "call.ended")[0]["reason"],
+        "customer-hangup"
+    );
+    rig.sim.wait_empty(&[], Duration::from_secs(10)).await;
+    no_legs(&rig.rtp2ws).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attach_mode_taps_a_call_the_dialplan_bridged_and_leaves_the_parties_alone() {
+    let rig = rig(33_600, &[]).await;
+    let (customer, agent) = rig.sim.outside_call(
+        Voice::script(2.0, &["conf-onlyperson"]),
+        Voice::script(1.0, &["vm-intro"]),
+    );
+    let mut sub = rig.relay.ws(&format!("callId={customer}")).await;
+    let messenger = rig.sim.messenger(&["attach", &customer, &agent]);
+    let events = until(&mut sub, Duration::from_secs(60), |e| {
+        has_final(e, "agent", "mensaje") && has_final(e, "customer", "conferencia")
+    })
+    .await;
+    let started = of_type(&events, "call.started")[0];
+    assert_eq!(started["agent"], "PJSIP/200", "{started}");
+    assert_eq!(started["caller"], "Cliente <5550100>");
+    assert_eq!(started["mode"], "attach");
+    assert!(!rig.sim.exists(&messenger), "the messenger was not hung up");
+    rig.sim.remote_hangup(&customer);
+    let events = until(&mut sub, Duration::from_secs(30), |e| {
+        !of_type(e, "call.ended").is_empty()
+    })
+    .await;
+    assert_eq!(
+        of_type(&events, "call.ended")[0]["reason"],
+        "customer-hangup"
+    );
+    // The agent's channel belongs to the queue, not to ari-coach.
+    rig.sim.wait_empty(&[&agent], Duration::from_secs(10)).await;
+    assert!(rig.sim.exists(&agent));
+    no_legs(&rig.rtp2ws).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_concurrent_calls_are_each_transcribed_and_cleaned_up() {
+    let rig = rig(33_700, &[]).await;
+    rig.sim.endpoint(
+        "PJSIP/200",
+        Answer::After(
+            Duration::from_millis(100),
+            Voice::script(1.0, &["queue-thankyou"]),
+        ),
+    );
+    let mut calls = Vec::new();
+    for i in 0..20 {
+        let id = rig.sim.inbound(
+            ("Cliente", &format!("55500{i:02}")),
+            Voice::script(1.5, &["vm-goodbye"]),
+            &[],
+        );
+        calls.push((id.clone(), rig.relay.ws(&format!("callId={id}")).await));
+    }
+    for (id, sub) in &mut calls {
+        let events = until(sub, Duration::from_secs(120), |e| {
+            has_final(e, "agent", "gracias") && !finals_of(e, "customer").is_empty()
+        })
+        .await;
+        assert_eq!(of_type(&events, "call.started").len(), 1, "{id}");
+        assert!(
+            finals_of(&events, "customer").contains("pronto"),
+            "{id}: {events:#?}"
+        );
+    }
+    for (id, _) in &calls {
+        rig.sim.remote_hangup(id);
+    }
+    for (id, sub) in &mut calls {
+        let events = until(sub, Duration::from_secs(60), |e| {
+            !of_type(e, "call.ended").is_empty()
+        })
+        .await;
+        assert_eq!(
+            of_type(&events, "call.ended")[0]["reason"],
+            "customer-hangup",
+            "{id}"
+        );
+    }
+    rig.sim.wait_empty(&[], Duration::from_secs(20)).await;
+    no_legs(&rig.rtp2ws).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_credentials_are_reported_and_retried() {
+    let sim = AriSim::start("coach", "coach", "right").await;
+    let mut coach = Service::start_named(
+        "ari-coach",
+        &[
+            ("ARI_URL", sim.url.as_str()),
+            ("ARI_PASS", "wrong"),
+            ("RELAY_EVENT", "http://127.0.0.1:9/event"),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !coach.log().contains("401") {
+        assert!(Instant::now() < deadline, "{}", coach.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        coach.log().contains("check ARI_USER and ARI_PASS"),
+        "{}",
+        coach.log()
+    );
+    assert!(!coach.log().contains("wrong"), "the password was logged");
+    assert!(!sim.connected());
+    coach.signal("TERM");
+    let status = coach.wait_exit(Duration::from_secs(10)).expect("exit");
+    assert!(status.success(), "{status}");
+}
