@@ -161,6 +161,7 @@ pub async fn serve(
     crate::systemd::spawn_watchdog(shutdown.clone(), || true);
 
     let mut calls: HashMap<String, Call> = HashMap::new();
+    let mut ended = Ended::default();
     let mut cursor: Option<i64> = None;
     let mut backoff = Duration::from_millis(200);
     let every = Duration::from_secs(s.metrics_every_secs.max(1));
@@ -214,7 +215,7 @@ pub async fn serve(
                             tracing::warn!("the relay dropped us as too slow; resuming");
                             continue 'connect;
                         }
-                        handle(&mut calls, &rules, &publisher, &ev, &s);
+                        handle(&mut calls, &mut ended, &rules, &publisher, &ev, &s);
                     }
                     Some(Ok(_)) => {}
                     Some(Err(_)) | None => {
@@ -243,8 +244,39 @@ pub async fn serve(
     Ok(())
 }
 
+/// Calls that ended lately: a final transcript that reaches the relay
+/// just after `call.ended` (stt finishing the last words while ari-coach
+/// tears the call down) must not start a new call of the same id.
+#[derive(Default)]
+struct Ended {
+    order: std::collections::VecDeque<String>,
+    set: std::collections::HashSet<String>,
+}
+
+impl Ended {
+    const CAP: usize = 10_000;
+
+    fn insert(&mut self, id: &str) {
+        if self.set.insert(id.to_owned()) {
+            self.order.push_back(id.to_owned());
+            if self.order.len() > Self::CAP
+                && let Some(old) = self.order.pop_front()
+            {
+                self.set.remove(&old);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        if self.set.remove(id) {
+            self.order.retain(|x| x != id);
+        }
+    }
+}
+
 fn handle(
     calls: &mut HashMap<String, Call>,
+    ended: &mut Ended,
     rules: &RuleSet,
     publisher: &Out,
     ev: &Value,
@@ -257,16 +289,19 @@ fn handle(
     let now = Instant::now();
     match ev["type"].as_str().unwrap_or_default() {
         "call.started" => {
+            ended.remove(call_id);
             let mut call = Call::new(now);
             call.agent = ev["agent"].as_str().map(str::to_owned);
             calls.insert(call_id.to_owned(), call);
         }
         "call.ended" => {
+            ended.insert(call_id);
             if let Some(call) = calls.remove(call_id) {
                 let reason = ev["reason"].as_str().unwrap_or("ended").to_owned();
                 finish(call_id, call, &reason, rules, publisher);
             }
         }
+        "transcript" if ended.set.contains(call_id) => {}
         "transcript" => {
             let call = calls
                 .entry(call_id.to_owned())

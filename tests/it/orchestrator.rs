@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::util::{Service, event_url, next_json};
 
@@ -89,6 +91,35 @@ async fn coaches_a_call_from_its_transcripts() {
         .publish(json!({"type":"call.ended","callId":"c-1","reason":"hangup"}))
         .await;
     until(&mut sub, &mut seen, |e| e["type"] == "summary").await;
+    // A final that reaches the relay just after call.ended (stt finishing
+    // the last words during teardown) does not bring the call back.
+    relay
+        .publish(t(
+            "customer",
+            "Es demasiado caro.",
+            "c-9",
+            true,
+            8_000,
+            9_000,
+        ))
+        .await;
+    let mut other = relay.ws("callId=c-2").await;
+    relay
+        .publish(json!({"type":"transcript","callId":"c-2","speaker":"customer",
+                        "text":"Quiero cancelar.","utteranceId":"x","final":true,"startMs":0,"endMs":900}))
+        .await;
+    let mut seen_other = Vec::new();
+    until(&mut other, &mut seen_other, |e| e["type"] == "tip").await;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
+        if let Message::Text(t) = m {
+            let ev: Value = serde_json::from_str(&t).unwrap();
+            // (The call's last metrics may still trail its summary.)
+            assert!(
+                ev["type"] == "transcript" || ev["type"] == "metrics",
+                "c-1 came back after its end: {ev}"
+            );
+        }
+    }
 
     let of = |ty: &str| -> Vec<&Value> { seen.iter().filter(|e| e["type"] == ty).collect() };
     let tips = of("tip");
