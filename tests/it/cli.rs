@@ -28,14 +28,9 @@ fn bad_usage_exits_64_with_usage() {
 
 #[test]
 fn unbuilt_services_say_so_and_fail() {
-    let dir = tempfile::tempdir().unwrap();
-    // Both ways of choosing a service: argv[0] and the first argument.
-    let via_link = service_link(dir.path(), "ari-coach");
-    for (argv0, args) in [(Some(via_link.as_path()), &[][..]), (None, &["demo"][..])] {
-        let (code, _, err) = run_bin(argv0, args, &[]);
-        assert_eq!(code, 69, "{args:?}");
-        assert!(err.contains("not part of this build yet"), "{err}");
-    }
+    let (code, _, err) = run_bin(None, &["demo"], &[]);
+    assert_eq!(code, 69);
+    assert!(err.contains("not part of this build yet"), "{err}");
 }
 
 #[test]
@@ -126,6 +121,16 @@ fn check_config_errors_name_key_and_source() {
     let (code, _, err) = run_bin(None, &["check-config"], &[("DEVICE", "tpu")]);
     assert_eq!(code, 64);
     assert!(err.contains("stt.device"), "{err}");
+
+    // ari-coach's settings are checked before it connects anywhere.
+    for (var, value, key) in [
+        ("AGENT_DIAL", "200", "ari_coach.agent_dial"),
+        ("ARI_URL", "localhost:8088/ari", "ari_coach.ari_url"),
+    ] {
+        let (code, _, err) = run_bin(None, &["ari-coach"], &[(var, value)]);
+        assert_eq!(code, 64, "{var}");
+        assert!(err.contains(key), "{err}");
+    }
 
     let (code, _, err) = run_bin(
         None,
