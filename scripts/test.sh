@@ -14,6 +14,9 @@ command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 [ -f /usr/share/asterisk/sounds/es/vm-intro.wav ] || need_apt+=(asterisk-core-sounds-es-wav)
 [ -f /usr/share/doc/asterisk-core-sounds-es/core-sounds-es.txt.gz ] || need_apt+=(asterisk-core-sounds-es)
 command -v pip3 >/dev/null || command -v pip >/dev/null || need_apt+=(python3-pip)
+# The web UI's tests run in Debian's Chromium, driven from Node.js.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+command -v npm >/dev/null || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   $SUDO apt-get update -qq
@@ -32,6 +35,12 @@ export CALL_COACH_TEST_MODELS="${CALL_COACH_TEST_MODELS:-$HOME/.cache/call-coach
 if [ ! -f "$CALL_COACH_TEST_MODELS/ggml-base-q8_0.bin" ]; then
   echo "== fetching the Whisper base model into $CALL_COACH_TEST_MODELS"
   MODEL_DIR="$CALL_COACH_TEST_MODELS" cargo run --locked --quiet -- model fetch base --quant q8_0
+fi
+
+# playwright-core for the browser tests (pinned in tests/browser/package-lock.json).
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "== npm ci (tests/browser)"
+  npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 fi
 
 echo "== cargo test"

@@ -15,6 +15,7 @@ pub mod hub;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod ui;
 pub mod ws;
 
 use std::net::SocketAddr;

@@ -154,11 +154,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infal
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed on /event; use POST"),
         )),
-        ("/", _) => Err(Refusal::new(
-            Rejection::NotFound,
-            StatusCode::NOT_FOUND,
-            "the web UI is not part of this release yet",
-        )),
+        ("/" | "/index.html" | "/ui/app.js" | "/ui/app.css", &Method::GET | &Method::HEAD) => {
+            super::ui::asset(&path).ok_or_else(|| {
+                Refusal::new(Rejection::NotFound, StatusCode::NOT_FOUND, "no such asset")
+            })
+        }
         _ => Err(Refusal::new(
             Rejection::NotFound,
             StatusCode::NOT_FOUND,

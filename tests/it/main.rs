@@ -11,3 +11,4 @@ mod relay_auth;
 mod rtp2ws;
 mod stt;
 mod util;
+mod web_ui;

@@ -1,0 +1,476 @@
+// call-coach web UI, served by the relay. No framework, no network but the
+// relay that served it. Views:
+//   /?agent=PJSIP/200     follows that agent's calls, one after another
+//   /?call=ID             one call
+//   /?view=supervisor     every active call
+// Add &lang=en for English, &token=T when the relay's auth is on (the
+// token is then kept in sessionStorage only and removed from the address).
+"use strict";
+
+const I18N = {
+  es: {
+    "start.title": "Coaching en vivo", "start.agent": "Agente (p. ej. PJSIP/200)",
+    "start.follow": "Seguir mis llamadas", "start.supervisor": "Vista de supervisor",
+    "login.title": "Acceso", "login.token": "Token del relay", "login.go": "Entrar",
+    "login.bad": "Token no aceptado.",
+    "agent.transcript": "Conversación", "agent.waiting": "Esperando una llamada…",
+    "agent.jump": "↓ Nuevos mensajes", "agent.summary": "Resumen de la llamada",
+    "agent.metrics": "Métricas", "agent.you": "Tú hablas", "agent.silence": "Silencio",
+    "agent.wpm": "Tus palabras/min", "agent.customerWpm": "Cliente palabras/min",
+    "agent.duration": "Duración", "agent.checklist": "Cumplimiento", "agent.tips": "Consejos",
+    "agent.customer": "Cliente", "agent.agent": "Agente", "agent.ended": "Llamada terminada",
+    "tip.rules": "Regla", "tip.llm": "IA", "tip.dismiss": "Descartar consejo",
+    "conn.live": "en directo", "conn.connecting": "reconectando…", "conn.offline": "sin conexión",
+    "sup.title": "Llamadas activas", "sup.empty": "No hay llamadas activas.", "sup.agent": "Agente",
+    "sup.caller": "Cliente", "sup.duration": "Duración", "sup.ratio": "Habla agente",
+    "sup.silence": "Silencio", "sup.tip": "Último aviso", "who.agent": "Agente", "who.call": "Llamada",
+    "who.supervisor": "Supervisor",
+  },
+  en: {
+    "start.title": "Live coaching", "start.agent": "Agent (e.g. PJSIP/200)",
+    "start.follow": "Follow my calls", "start.supervisor": "Supervisor view",
+    "login.title": "Sign in", "login.token": "Relay token", "login.go": "Sign in",
+    "login.bad": "Token not accepted.",
+    "agent.transcript": "Conversation", "agent.waiting": "Waiting for a call…",
+    "agent.jump": "↓ New messages", "agent.summary": "Call summary",
+    "agent.metrics": "Metrics", "agent.you": "You talk", "agent.silence": "Silence",
+    "agent.wpm": "Your words/min", "agent.customerWpm": "Customer words/min",
+    "agent.duration": "Duration", "agent.checklist": "Compliance", "agent.tips": "Tips",
+    "agent.customer": "Customer", "agent.agent": "Agent", "agent.ended": "Call ended",
+    "tip.rules": "Rule", "tip.llm": "AI", "tip.dismiss": "Dismiss tip",
+    "conn.live": "live", "conn.connecting": "reconnecting…", "conn.offline": "offline",
+    "sup.title": "Active calls", "sup.empty": "No active calls.", "sup.agent": "Agent",
+    "sup.caller": "Caller", "sup.duration": "Duration", "sup.ratio": "Agent talk",
+    "sup.silence": "Silence", "sup.tip": "Latest tip", "who.agent": "Agent", "who.call": "Call",
+    "who.supervisor": "Supervisor",
+  },
+};
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+let lang = params.get("lang") || sessionStorage.getItem("cc.lang") || "es";
+if (!I18N[lang]) lang = "es";
+const t = (key) => I18N[lang][key] || I18N.es[key] || key;
+
+// ---- token: from the address once, then the session only ----
+let token = params.get("token");
+if (token) {
+  sessionStorage.setItem("cc.token", token);
+  params.delete("token");
+  history.replaceState(null, "", location.pathname + (params.toString() ? "?" + params : ""));
+} else {
+  token = sessionStorage.getItem("cc.token");
+}
+
+function applyI18n() {
+  document.documentElement.lang = lang;
+  for (const el of document.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
+  $("lang").textContent = lang === "es" ? "EN" : "ES";
+  setConn(connState);
+  if (view) view.relabel();
+}
+
+let connState = "offline";
+function setConn(s) {
+  connState = s;
+  const el = $("conn");
+  el.dataset.state = s;
+  el.textContent = t("conn." + s);
+}
+
+function announce(text, urgent) {
+  const el = $(urgent ? "announce-alert" : "announce-polite");
+  el.textContent = "";
+  // A change of text is what screen readers announce.
+  setTimeout(() => { el.textContent = text; }, 30);
+}
+
+const fmtSecs = (ms) => {
+  const s = Math.max(0, Math.floor(ms / 1000));
+  return Math.floor(s / 60) + ":" + String(s % 60).padStart(2, "0");
+};
+
+async function api(path) {
+  const headers = token ? { Authorization: "Bearer " + token } : {};
+  const r = await fetch(path, { headers, cache: "no-store" });
+  if (r.status === 401 || r.status === 403) throw Object.assign(new Error("auth"), { auth: true });
+  if (!r.ok) throw new Error(path + ": " + r.status);
+  return r.json();
+}
+
+// ---- a relay subscription that survives restarts and blips ----
+// key: "seq" for one call, "pos" for all calls; since=cursor on reconnect,
+// and anything at or below the cursor is skipped: no gap, no duplicate.
+class Feed {
+  constructor(query, key, since, onEvent) {
+    this.query = query; this.key = key; this.cursor = since; this.onEvent = onEvent;
+    this.closed = false; this.backoff = 250; this.failures = 0;
+    this.open();
+  }
+  url() {
+    let q = this.query;
+    if (this.cursor !== null && this.cursor !== undefined) q += "&since=" + this.cursor;
+    if (token) q += "&token=" + encodeURIComponent(token);
+    return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws?" + q;
+  }
+  open() {
+    if (this.closed) return;
+    setConn("connecting");
+    const ws = new WebSocket(this.url());
+    this.ws = ws;
+    let opened = false;
+    ws.onopen = () => { opened = true; this.backoff = 250; this.failures = 0; setConn("live"); };
+    ws.onmessage = (m) => {
+      let ev;
+      try { ev = JSON.parse(m.data); } catch { return; }
+      if (ev.type === "relay.dropped") {
+        if (typeof ev.since === "number") this.cursor = ev.since;
+        return;
+      }
+      const n = ev[this.key];
+      if (typeof n === "number") {
+        if (this.cursor !== null && this.cursor !== undefined && n <= this.cursor) return;
+        this.cursor = n;
+      }
+      this.onEvent(ev);
+    };
+    ws.onclose = () => {
+      if (this.closed || this.ws !== ws) return;
+      setConn(opened ? "connecting" : "offline");
+      if (!opened && ++this.failures >= 2) {
+        // Refused before opening twice: maybe the token.
+        api("/calls").catch((e) => { if (e.auth) showLogin(); });
+      }
+      setTimeout(() => this.open(), this.backoff);
+      this.backoff = Math.min(this.backoff * 2, 5000);
+    };
+  }
+  close() { this.closed = true; if (this.ws) this.ws.close(); }
+}
+
+// ---- the agent view: one call at a time ----
+class AgentView {
+  constructor(agentId, callId) {
+    this.agentId = agentId; this.fixedCall = callId;
+    this.call = null; this.feed = null; this.dismissed = new Set();
+    this.follow = true;
+    $("agent").hidden = false;
+    const list = $("transcript");
+    list.addEventListener("scroll", () => {
+      this.follow = list.scrollTop + list.clientHeight >= list.scrollHeight - 30;
+      if (this.follow) $("jump").hidden = true;
+    });
+    $("jump").addEventListener("click", () => { this.follow = true; this.scroll(); });
+    setInterval(() => this.tick(), 250);
+    this.relabel();
+    if (callId) this.openCall(callId);
+    else this.poll();
+  }
+  relabel() {
+    $("who").textContent = this.agentId ? t("who.agent") + " " + this.agentId : t("who.call") + " " + (this.fixedCall || "");
+    for (const li of document.querySelectorAll("#transcript li")) {
+      li.querySelector(".who-label").textContent = t(li.classList.contains("agent") ? "agent.agent" : "agent.customer");
+    }
+    for (const li of document.querySelectorAll("#tips li")) this.tipSource(li);
+  }
+  // Looks for the agent's next call; the last one (ended) stays on
+  // screen, its summary included, until then.
+  async poll() {
+    if (this.polling) return;
+    this.polling = true;
+    while (!this.call || this.call.ended) {
+      try {
+        const { calls } = await api("/calls");
+        const current = this.call && this.call.id;
+        const mine = calls.filter((c) => c.agent === this.agentId && c.callId !== current)
+          .sort((a, b) => (b.startedAt || "").localeCompare(a.startedAt || ""));
+        if (!this.feed && connState !== "live") setConn("live");
+        if (mine.length) { this.polling = false; this.openCall(mine[0].callId); return; }
+      } catch (e) {
+        if (e.auth) { this.polling = false; showLogin(); return; }
+        if (!this.feed) setConn("offline");
+      }
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+    this.polling = false;
+  }
+  openCall(id) {
+    if (this.feed) this.feed.close();
+    clearTimeout(this.call && this.call.endTimer);
+    this.call = { id, ended: false, started: null, silence: null };
+    $("transcript").replaceChildren();
+    $("tips").replaceChildren();
+    $("checklist").replaceChildren();
+    $("summary").hidden = true;
+    $("waiting").hidden = true;
+    $("call-info").textContent = "";
+    for (const id of ["m-silence", "m-wpm", "m-cwpm", "m-duration", "ratio-text"]) $(id).textContent = "–";
+    $("ratio-agent").style.width = "0";
+    this.dismissed.clear();
+    this.follow = true;
+    this.feed = new Feed("callId=" + encodeURIComponent(id), "seq", 0, (ev) => this.handle(ev));
+  }
+  // The call and its summary are over: stop following it (the next
+  // call is being looked for since call.ended).
+  endCall() {
+    if (this.feed) this.feed.close();
+    this.feed = null;
+  }
+  scroll() {
+    const list = $("transcript");
+    if (this.follow) list.scrollTop = list.scrollHeight;
+    else $("jump").hidden = false;
+  }
+  handle(ev) {
+    const c = this.call;
+    if (!c || ev.callId !== c.id) return;
+    switch (ev.type) {
+      case "call.started":
+        c.started = Date.parse(ev.ts) || Date.now();
+        $("call-info").textContent = (ev.caller || "") + (this.agentId ? "" : " → " + (ev.agent || ""));
+        break;
+      case "transcript": this.transcript(ev); break;
+      case "tip": this.tip(ev); break;
+      case "checklist": this.checklist(ev.items || []); break;
+      case "metrics": this.metrics(ev); break;
+      case "call.ended":
+        if (c.ended) break;
+        c.ended = true;
+        $("call-info").textContent += " · " + t("agent.ended");
+        // The summary follows; stop waiting for it after a while.
+        c.endTimer = setTimeout(() => this.endCall(), 20000);
+        if (!this.fixedCall) this.poll();
+        break;
+      case "summary":
+        $("summary-text").textContent = ev.text || "";
+        $("summary").hidden = false;
+        if (ev.checklist) this.checklist(ev.checklist);
+        if (ev.source === "llm") {
+          clearTimeout(c.endTimer);
+          this.endCall();
+        }
+        break;
+    }
+  }
+  transcript(ev) {
+    const speaker = ev.speaker === "agent" ? "agent" : "customer";
+    const key = speaker + ":" + (ev.utteranceId || ev.seq);
+    let li = document.querySelector(`#transcript li[data-key="${CSS.escape(key)}"]`);
+    if (!li) {
+      li = document.createElement("li");
+      li.dataset.key = key;
+      li.className = speaker;
+      const who = document.createElement("span");
+      who.className = "who-label";
+      who.textContent = t(speaker === "agent" ? "agent.agent" : "agent.customer");
+      const text = document.createElement("span");
+      text.className = "text";
+      li.append(who, text);
+      $("transcript").append(li);
+    }
+    li.querySelector(".text").textContent = ev.text || "";
+    li.classList.toggle("partial", ev.final !== true);
+    // Someone is speaking: the silence is over.
+    if (this.call) this.call.silence = { ms: 0, at: Date.now() };
+    this.scroll();
+  }
+  tip(ev) {
+    if (!ev.tipId || this.dismissed.has(ev.tipId)) return;
+    let li = document.querySelector(`#tips li[data-tip="${CSS.escape(ev.tipId)}"]`);
+    if (!li) {
+      li = document.createElement("li");
+      li.dataset.tip = ev.tipId;
+      const text = document.createElement("span");
+      text.className = "tip-text";
+      const src = document.createElement("span");
+      src.className = "tip-source";
+      const x = document.createElement("button");
+      x.className = "dismiss";
+      x.type = "button";
+      x.textContent = "×";
+      x.addEventListener("click", () => { this.dismissed.add(ev.tipId); li.remove(); });
+      li.append(text, src, x);
+      $("tips").prepend(li);
+    }
+    li.dataset.source = ev.source || "";
+    li.dataset.rule = ev.rule || "";
+    li.className = ["info", "warn", "critical"].includes(ev.severity) ? ev.severity : "info";
+    li.classList.toggle("streaming", ev.final === false);
+    li.querySelector(".tip-text").textContent = ev.text || "";
+    li.querySelector(".dismiss").setAttribute("aria-label", t("tip.dismiss"));
+    this.tipSource(li);
+    if (ev.final !== false && (ev.severity === "warn" || ev.severity === "critical")) {
+      announce(ev.text || "", ev.severity === "critical");
+    }
+  }
+  tipSource(li) {
+    const src = li.querySelector(".tip-source");
+    if (!src) return;
+    src.textContent = li.dataset.source === "llm" ? t("tip.llm")
+      : t("tip.rules") + (li.dataset.rule ? ": " + li.dataset.rule : "");
+  }
+  checklist(items) {
+    const ul = $("checklist");
+    ul.replaceChildren(...items.map((i) => {
+      const li = document.createElement("li");
+      li.dataset.item = i.id;
+      li.textContent = i.label || i.id;
+      if (i.done) li.classList.add("done");
+      else if (i.overdue) li.classList.add("overdue");
+      li.setAttribute("aria-checked", i.done ? "true" : "false");
+      li.setAttribute("role", "checkbox");
+      return li;
+    }));
+  }
+  metrics(ev) {
+    const r = typeof ev.agentTalkRatio === "number" ? ev.agentTalkRatio : null;
+    if (r !== null) {
+      $("ratio-agent").style.width = Math.round(r * 100) + "%";
+      $("ratio-agent").classList.toggle("high", r > 0.65);
+      $("ratio-text").textContent = Math.round(r * 100) + "%";
+    }
+    if (typeof ev.agentWpm === "number") $("m-wpm").textContent = Math.round(ev.agentWpm);
+    if (typeof ev.customerWpm === "number") $("m-cwpm").textContent = Math.round(ev.customerWpm);
+    if (typeof ev.silenceMs === "number" && this.call) this.call.silence = { ms: ev.silenceMs, at: Date.now() };
+    if (typeof ev.callMs === "number" && this.call && !this.call.started) this.call.started = Date.now() - ev.callMs;
+    this.tick();
+  }
+  tick() {
+    const c = this.call;
+    if (!c || c.ended) return;
+    if (c.started) $("m-duration").textContent = fmtSecs(Date.now() - c.started);
+    if (c.silence) {
+      const ms = c.silence.ms + (Date.now() - c.silence.at);
+      $("m-silence").textContent = (ms / 1000).toFixed(0) + " s";
+      $("m-silence").classList.toggle("long", ms >= 8000);
+    }
+  }
+}
+
+// ---- the supervisor view: every active call ----
+class SupervisorView {
+  constructor() {
+    this.rows = new Map();
+    $("supervisor").hidden = false;
+    this.relabel();
+    setInterval(() => this.tick(), 1000);
+    this.start();
+  }
+  relabel() { $("who").textContent = t("who.supervisor"); }
+  async start() {
+    try {
+      const { calls } = await api("/calls");
+      for (const c of calls) {
+        const row = this.row(c.callId);
+        row.agent = c.agent || ""; row.caller = c.caller || "";
+        row.started = c.startedAt ? Date.parse(c.startedAt) : null;
+        this.render(row);
+      }
+    } catch (e) {
+      if (e.auth) { showLogin(); return; }
+    }
+    // Live from now on; after a blip, resumes by relay position.
+    this.feed = new Feed("callId=*", "pos", null, (ev) => this.handle(ev));
+  }
+  row(id) {
+    let row = this.rows.get(id);
+    if (row) return row;
+    const tr = document.createElement("tr");
+    tr.dataset.call = id;
+    for (let i = 0; i < 6; i++) tr.append(document.createElement("td"));
+    tr.addEventListener("click", () => {
+      const q = new URLSearchParams({ call: id });
+      if (lang !== "es") q.set("lang", lang);
+      location.href = "?" + q;
+    });
+    $("sup-calls").append(tr);
+    row = { id, tr, agent: "", caller: "", started: null, ratio: null, silence: null, tip: "", alert: false, ended: false };
+    this.rows.set(id, row);
+    $("sup-empty").hidden = true;
+    return row;
+  }
+  handle(ev) {
+    if (!ev.callId) return;
+    if (ev.type === "call.ended") {
+      const row = this.rows.get(ev.callId);
+      if (!row) return;
+      row.ended = true;
+      this.render(row);
+      setTimeout(() => {
+        row.tr.remove();
+        this.rows.delete(row.id);
+        $("sup-empty").hidden = this.rows.size > 0;
+      }, 10000);
+      return;
+    }
+    if (ev.type === "summary") return;
+    const row = this.row(ev.callId);
+    switch (ev.type) {
+      case "call.started":
+        row.agent = ev.agent || ""; row.caller = ev.caller || "";
+        row.started = Date.parse(ev.ts) || Date.now();
+        break;
+      case "metrics":
+        if (typeof ev.agentTalkRatio === "number") row.ratio = ev.agentTalkRatio;
+        if (typeof ev.silenceMs === "number") row.silence = { ms: ev.silenceMs, at: Date.now() };
+        if (!row.started && typeof ev.callMs === "number") row.started = Date.now() - ev.callMs;
+        break;
+      case "transcript":
+        row.silence = { ms: 0, at: Date.now() };
+        break;
+      case "tip":
+        if (ev.final === false) break;
+        row.tip = ev.text || "";
+        if (ev.severity === "critical") row.alert = true;
+        break;
+    }
+    this.render(row);
+  }
+  render(row) {
+    const td = row.tr.children;
+    td[0].textContent = row.agent;
+    td[1].textContent = row.caller;
+    td[2].textContent = row.started ? fmtSecs(Date.now() - row.started) : "–";
+    td[3].textContent = row.ratio === null ? "–" : Math.round(row.ratio * 100) + "%";
+    td[4].textContent = row.silence && !row.ended ? ((row.silence.ms + Date.now() - row.silence.at) / 1000).toFixed(0) + " s" : "–";
+    td[5].textContent = row.tip;
+    row.tr.classList.toggle("alert", row.alert);
+    row.tr.classList.toggle("ended", row.ended);
+  }
+  tick() { for (const row of this.rows.values()) if (!row.ended) this.render(row); }
+}
+
+let view = null;
+
+function showLogin() {
+  for (const id of ["agent", "supervisor", "start"]) $(id).hidden = true;
+  $("login").hidden = false;
+  if (token) $("login-error").textContent = t("login.bad");
+  sessionStorage.removeItem("cc.token");
+  token = null;
+}
+
+function main() {
+  $("lang").addEventListener("click", () => {
+    lang = lang === "es" ? "en" : "es";
+    sessionStorage.setItem("cc.lang", lang);
+    applyI18n();
+  });
+  $("login-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    token = $("login-token").value.trim();
+    sessionStorage.setItem("cc.token", token);
+    location.reload();
+  });
+  $("start-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const agent = $("start-agent").value.trim();
+    if (agent) location.href = "?agent=" + encodeURIComponent(agent) + (lang !== "es" ? "&lang=" + lang : "");
+  });
+  if (params.get("view") === "supervisor") view = new SupervisorView();
+  else if (params.get("agent") || params.get("call")) view = new AgentView(params.get("agent"), params.get("call"));
+  else { $("start").hidden = false; $("start-supervisor").href = "?view=supervisor" + (lang !== "es" ? "&lang=" + lang : ""); }
+  applyI18n();
+}
+
+main();
