@@ -166,6 +166,13 @@ await check("the agent view follows the agent's call: transcript, tips, checklis
   // The duration counts from call.started.
   assert.match(await page.locator("#m-duration").textContent(), /^0:0\d$/);
   await page.screenshot({ path: path.join(OUT, "agent.png") });
+  // Half a 1366x768 screen, beside a softphone: still side by side.
+  await page.setViewportSize({ width: 800, height: 768 });
+  await page.screenshot({ path: path.join(OUT, "agent-800.png") });
+  const side = await page.locator(".side").boundingBox();
+  const conv = await page.locator(".conversation").boundingBox();
+  assert.ok(side.x > conv.x + conv.width - 1, "the tips stay beside the conversation");
+  await page.setViewportSize({ width: 1366, height: 768 });
 
   // Dismissed tips stay dismissed.
   await page.locator('#tips li[data-tip="rules-cancelacion-1"] .dismiss').click();
