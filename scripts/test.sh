@@ -17,6 +17,9 @@ command -v pip3 >/dev/null || command -v pip >/dev/null || need_apt+=(python3-pi
 # The web UI's tests run in Debian's Chromium, driven from Node.js.
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 command -v npm >/dev/null || need_apt+=(nodejs npm)
+# The offline Nix checks (nix/check/run.sh) and systemd's unit analysis.
+command -v nix-instantiate >/dev/null || need_apt+=(nix-bin)
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   $SUDO apt-get update -qq

@@ -1,0 +1,508 @@
+# services.callCoach: the five call-coach services as hardened systemd units.
+#
+#   services.callCoach = {
+#     enable = true;
+#     ariCoach.ariPasswordFile = "/run/secrets/ari-password";
+#   };
+#
+# Users: relay and stt keep files (the relay store, the Whisper models) under
+# /var/lib/call-coach and run as the system user `call-coach`; rtp2ws,
+# orchestrator and ari-coach keep none and run with DynamicUser. Secrets are
+# only ever file paths, handed over with LoadCredential: never in the store.
+{ config, lib, pkgs, ... }:
+
+let
+  inherit (lib) mkOption mkEnableOption mkIf mkMerge mkDefault types optional optionals
+    optionalAttrs concatStringsSep;
+
+  cfg = config.services.callCoach;
+  settingsFormat = pkgs.formats.toml { };
+
+  # The TOML the binary reads (CALL_COACH_CONFIG): typed options below feed
+  # `settings`, which users may extend freely (RFC 42).
+  configFile = settingsFormat.generate "call-coach.toml" cfg.settings;
+
+  isLoopback = addr: addr == "127.0.0.1" || addr == "::1" || addr == "localhost";
+  hostPort = addr: port: if lib.hasInfix ":" addr then "[${addr}]:${toString port}" else "${addr}:${toString port}";
+  relayHost = if cfg.relay.listenAddress == "0.0.0.0" || cfg.relay.listenAddress == "::" then "127.0.0.1" else cfg.relay.listenAddress;
+  relayBase = "http://${hostPort relayHost cfg.relay.port}";
+  sttHost = if cfg.stt.listenAddress == "0.0.0.0" || cfg.stt.listenAddress == "::" then "127.0.0.1" else cfg.stt.listenAddress;
+
+  # The hardening every unit gets (systemd-analyze security: 1.2 each).
+  hardening = {
+    NoNewPrivileges = true;
+    CapabilityBoundingSet = "";
+    AmbientCapabilities = "";
+    PrivateTmp = true;
+    PrivateDevices = true;
+    DevicePolicy = "closed";
+    PrivateUsers = true;
+    PrivateMounts = true;
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    ProtectProc = "invisible";
+    ProcSubset = "pid";
+    RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" ];
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    # whisper.cpp on the CPU generates no code at run time.
+    MemoryDenyWriteExecute = true;
+    RemoveIPC = true;
+    SystemCallArchitectures = "native";
+    SystemCallFilter = [ "@system-service" "~@privileged" ];
+    SystemCallErrorNumber = "EPERM";
+    UMask = "0077";
+  };
+
+  # One service unit; `name` is the multicall name (argv[0]).
+  mkUnit = name: { description, after ? [ ], wants ? [ ], before ? [ ], credentials ? { }, extra ? { } }: {
+    description = "call-coach ${name}: ${description}";
+    wantedBy = [ "multi-user.target" ];
+    after = [ "network.target" ] ++ after;
+    inherit wants before;
+    environment.CALL_COACH_CONFIG = "${configFile}";
+    unitConfig = {
+      StartLimitIntervalSec = 60;
+      StartLimitBurst = 10;
+    };
+    serviceConfig = hardening // {
+      Type = "notify";
+      NotifyAccess = "main";
+      ExecStart = "${cfg.package}/bin/${name}";
+      Restart = "always";
+      RestartSec = 2;
+      WatchdogSec = 30;
+      TimeoutStopSec = 30;
+    } // optionalAttrs (credentials != { }) {
+      LoadCredential = lib.mapAttrsToList (key: file: "${key}:${toString file}") credentials;
+    } // extra;
+  };
+
+  stateful = {
+    User = cfg.user;
+    Group = cfg.group;
+    StateDirectory = "call-coach";
+    StateDirectoryMode = "0750";
+  };
+
+  # Publishers need a token when the relay checks them.
+  publisherCredentials = optionalAttrs (cfg.relay.tokensFile != null) {
+    relay_token = cfg.publisherTokenFile;
+  };
+
+  listenOptions = name: defaultPort: {
+    enable = mkOption {
+      type = types.bool;
+      default = true;
+      description = "Whether to run ${name} (on with services.callCoach.enable).";
+    };
+    listenAddress = mkOption {
+      type = types.str;
+      default = "127.0.0.1";
+      description = "Address ${name} listens on. Keep loopback unless another host needs it.";
+    };
+    port = mkOption {
+      type = types.port;
+      default = defaultPort;
+      description = "TCP port of ${name}.";
+    };
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open ${name}'s port in the firewall.";
+    };
+  };
+in
+{
+  options.services.callCoach = {
+    enable = mkEnableOption "call-coach, real-time coaching for contact-centre agents on Asterisk";
+
+    package = mkOption {
+      type = types.package;
+      description = "The call-coach package (the flake's module sets its own).";
+    };
+
+    user = mkOption {
+      type = types.str;
+      default = "call-coach";
+      description = "System user of relay and stt (the services that keep files).";
+    };
+
+    group = mkOption {
+      type = types.str;
+      default = "call-coach";
+      description = "Group of relay and stt.";
+    };
+
+    settings = mkOption {
+      type = types.submodule { freeformType = settingsFormat.type; };
+      default = { };
+      description = ''
+        call-coach.toml (README "Configuration"): any key of the binary's
+        configuration. The typed options of this module fill it; values
+        set here win.
+      '';
+    };
+
+    relay = listenOptions "the relay" 7070 // {
+      tokensFile = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        description = ''
+          The relay's tokens file (`TOKEN ROLES [SCOPE]` per line), passed as
+          the credential `relay_tokens`. Required when the relay listens
+          beyond loopback.
+        '';
+      };
+      retentionDays = mkOption {
+        type = types.ints.unsigned;
+        default = 30;
+        description = "Days events are kept (0: forever).";
+      };
+    };
+
+    publisherTokenFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      description = "A token with the `publish` role for stt, orchestrator and ari-coach (credential `relay_token`); needed with relay.tokensFile.";
+    };
+
+    stt = listenOptions "stt" 8080 // {
+      language = mkOption {
+        type = types.str;
+        default = "es";
+        description = "Language of the calls (Whisper language code).";
+      };
+      model = mkOption {
+        type = types.enum [ "tiny" "base" "small" "medium" "large" ];
+        default = "small";
+        description = "Whisper model size.";
+      };
+      modelPackage = mkOption {
+        type = types.nullOr types.package;
+        default = null;
+        description = ''
+          A package holding `ggml-<model>.bin` (the flake provides them as
+          fixed-output derivations: packages.<system>.model-<size>). Null:
+          install models into /var/lib/call-coach/models yourself with
+          `call-coach model fetch <size>`.
+        '';
+      };
+      device = mkOption {
+        type = types.enum [ "cpu" "cuda" ];
+        default = "cpu";
+        description = "Where Whisper runs (cuda needs a CUDA build).";
+      };
+    };
+
+    rtp2ws = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Whether to run rtp2ws.";
+      };
+      controlPort = mkOption {
+        type = types.port;
+        default = 7071;
+        description = "Loopback port of rtp2ws's control API.";
+      };
+      basePort = mkOption {
+        type = types.port;
+        default = 14000;
+        description = "First UDP port for the RTP legs.";
+      };
+      portRange = mkOption {
+        type = types.ints.between 1 10000;
+        default = 1000;
+        description = "UDP ports the legs may use from basePort.";
+      };
+      rtpAddress = mkOption {
+        type = types.str;
+        default = "127.0.0.1";
+        description = "Address the RTP ports listen on: where Asterisk sends the tapped audio.";
+      };
+      openFirewall = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Open the RTP port range (UDP), for an Asterisk on another host.";
+      };
+    };
+
+    orchestrator = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Whether to run the orchestrator.";
+      };
+      llmModel = mkOption {
+        type = types.str;
+        default = "anthropic/claude-3.5-sonnet";
+        description = "LLM model name (OPENROUTER_MODEL).";
+      };
+      llmBaseUrl = mkOption {
+        type = types.str;
+        default = "https://openrouter.ai/api/v1";
+        description = "Any OpenAI-compatible API (LLM_BASE_URL), e.g. a local server.";
+      };
+      apiKeyFile = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        description = "File with the LLM API key (credential `openrouter_api_key`). Null: rules coach only.";
+      };
+    };
+
+    ariCoach = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Whether to run ari-coach.";
+      };
+      ariUrl = mkOption {
+        type = types.str;
+        default = "http://127.0.0.1:8088/ari";
+        description = "ARI base URL.";
+      };
+      ariUser = mkOption {
+        type = types.str;
+        default = "coach";
+        description = "ARI user.";
+      };
+      ariPasswordFile = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        description = "File with the ARI password (credential `ari_pass`). Required.";
+      };
+      app = mkOption {
+        type = types.strMatching "[A-Za-z0-9_-]+";
+        default = "coach";
+        description = "Stasis application name.";
+      };
+      agentDial = mkOption {
+        type = types.str;
+        default = "PJSIP/200";
+        description = "Dial string of the agent (per call: Stasis(coach,agent=PJSIP/201)).";
+      };
+    };
+
+    asterisk = {
+      enable = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Configure nixpkgs' services.asterisk for call-coach: ARI on
+          loopback (http.conf), the ARI user (its password read at start
+          from ariCoach.ariPasswordFile, never stored), and the dialplan
+          context `call-coach` that hands calls to Stasis.
+        '';
+      };
+      context = mkOption {
+        type = types.str;
+        default = "call-coach";
+        description = "Dialplan context whose calls are coached.";
+      };
+    };
+  };
+
+  config = mkIf cfg.enable (mkMerge [
+    {
+      assertions = [
+        {
+          assertion = !cfg.ariCoach.enable || cfg.ariCoach.ariPasswordFile != null;
+          message = "services.callCoach.ariCoach.ariPasswordFile must be set (a file outside the Nix store) when ari-coach runs.";
+        }
+        {
+          assertion = !cfg.relay.enable || isLoopback cfg.relay.listenAddress || cfg.relay.tokensFile != null;
+          message = "services.callCoach.relay listens on ${cfg.relay.listenAddress}, beyond loopback: set services.callCoach.relay.tokensFile.";
+        }
+        {
+          assertion = cfg.relay.tokensFile == null || cfg.publisherTokenFile != null;
+          message = "services.callCoach.publisherTokenFile must be set when relay.tokensFile is: stt, orchestrator and ari-coach publish with it.";
+        }
+        {
+          assertion = !cfg.asterisk.enable || config.services.asterisk.enable;
+          message = "services.callCoach.asterisk.enable needs services.asterisk.enable.";
+        }
+        {
+          assertion = cfg.rtp2ws.basePort + cfg.rtp2ws.portRange <= 65536;
+          message = "services.callCoach.rtp2ws: basePort + portRange must stay within 65535.";
+        }
+      ];
+
+      services.callCoach.settings = {
+        state_dir = mkDefault "/var/lib/call-coach";
+        relay = {
+          listen = mkDefault (hostPort cfg.relay.listenAddress cfg.relay.port);
+          retention_days = mkDefault cfg.relay.retentionDays;
+        };
+        stt = {
+          listen = mkDefault (hostPort cfg.stt.listenAddress cfg.stt.port);
+          language = mkDefault cfg.stt.language;
+          model_size = mkDefault cfg.stt.model;
+          device = mkDefault cfg.stt.device;
+          relay_url = mkDefault "${relayBase}/event";
+        };
+        rtp2ws = {
+          control = mkDefault "127.0.0.1:${toString cfg.rtp2ws.controlPort}";
+          base_port = mkDefault cfg.rtp2ws.basePort;
+          port_range = mkDefault cfg.rtp2ws.portRange;
+          rtp_bind = mkDefault cfg.rtp2ws.rtpAddress;
+          stt_url = mkDefault "ws://${hostPort sttHost cfg.stt.port}/ws";
+        };
+        orchestrator = {
+          openrouter_model = mkDefault cfg.orchestrator.llmModel;
+          llm_base_url = mkDefault cfg.orchestrator.llmBaseUrl;
+          # The orchestrator follows every call (callId=*); with relay tokens
+          # on, its publisher token needs the roles publish,supervisor.
+          relay_ws = mkDefault "ws://${hostPort relayHost cfg.relay.port}/ws";
+          relay_event = mkDefault "${relayBase}/event";
+        };
+        ari_coach = {
+          ari_url = mkDefault cfg.ariCoach.ariUrl;
+          ari_user = mkDefault cfg.ariCoach.ariUser;
+          ari_app = mkDefault cfg.ariCoach.app;
+          agent_dial = mkDefault cfg.ariCoach.agentDial;
+          rtp2ws_control = mkDefault "127.0.0.1:${toString cfg.rtp2ws.controlPort}";
+          rtp_host = mkDefault (if cfg.rtp2ws.rtpAddress == "0.0.0.0" then "127.0.0.1" else cfg.rtp2ws.rtpAddress);
+          relay_event = mkDefault "${relayBase}/event";
+        };
+      } // optionalAttrs (cfg.stt.modelPackage != null) {
+        model_dir = mkDefault "${cfg.stt.modelPackage}";
+      };
+
+      users.users = optionalAttrs (cfg.user == "call-coach") {
+        call-coach = {
+          isSystemUser = true;
+          group = cfg.group;
+          home = "/var/lib/call-coach";
+          description = "call-coach relay and stt";
+        };
+      };
+      users.groups = optionalAttrs (cfg.group == "call-coach") { call-coach = { }; };
+
+      networking.firewall.allowedTCPPorts =
+        optional (cfg.relay.enable && cfg.relay.openFirewall) cfg.relay.port
+        ++ optional (cfg.stt.enable && cfg.stt.openFirewall) cfg.stt.port;
+      networking.firewall.allowedUDPPortRanges = optionals (cfg.rtp2ws.enable && cfg.rtp2ws.openFirewall) [
+        { from = cfg.rtp2ws.basePort; to = cfg.rtp2ws.basePort + cfg.rtp2ws.portRange - 1; }
+      ];
+
+      environment.systemPackages = [ cfg.package ];
+      # `call-coach check-config` on the host reads the same file.
+      environment.etc."call-coach/call-coach.toml".source = configFile;
+    }
+
+    (mkIf cfg.relay.enable {
+      systemd.services.call-coach-relay = mkUnit "relay" {
+        description = "event hub and web UI";
+        credentials = optionalAttrs (cfg.relay.tokensFile != null) { relay_tokens = cfg.relay.tokensFile; };
+        extra = stateful;
+      };
+    })
+
+    (mkIf cfg.stt.enable {
+      systemd.services.call-coach-stt = mkUnit "stt" {
+        description = "Whisper speech-to-text";
+        after = optional cfg.relay.enable "call-coach-relay.service";
+        before = optional cfg.rtp2ws.enable "call-coach-rtp2ws.service";
+        credentials = publisherCredentials;
+        extra = stateful;
+      };
+    })
+
+    (mkIf cfg.rtp2ws.enable {
+      systemd.services.call-coach-rtp2ws = mkUnit "rtp2ws" {
+        description = "RTP from Asterisk to stt streams";
+        after = optional cfg.stt.enable "call-coach-stt.service";
+        wants = optional cfg.stt.enable "call-coach-stt.service";
+        extra.DynamicUser = true;
+      };
+    })
+
+    (mkIf cfg.orchestrator.enable {
+      systemd.services.call-coach-orchestrator = mkUnit "orchestrator" {
+        description = "coaching: rules, live metrics, LLM tips, summaries";
+        after = optional cfg.relay.enable "call-coach-relay.service";
+        wants = optional cfg.relay.enable "call-coach-relay.service";
+        credentials = publisherCredentials
+          // optionalAttrs (cfg.orchestrator.apiKeyFile != null) { openrouter_api_key = cfg.orchestrator.apiKeyFile; };
+        extra.DynamicUser = true;
+      };
+    })
+
+    (mkIf cfg.ariCoach.enable {
+      systemd.services.call-coach-ari-coach = mkUnit "ari-coach" {
+        description = "the Asterisk ARI application";
+        after = optional config.services.asterisk.enable "asterisk.service"
+          ++ optional cfg.rtp2ws.enable "call-coach-rtp2ws.service"
+          ++ optional cfg.relay.enable "call-coach-relay.service";
+        wants = optional cfg.rtp2ws.enable "call-coach-rtp2ws.service";
+        credentials = publisherCredentials
+          // optionalAttrs (cfg.ariCoach.ariPasswordFile != null) { ari_pass = cfg.ariCoach.ariPasswordFile; };
+        extra.DynamicUser = true;
+      };
+    })
+
+    (mkIf cfg.asterisk.enable {
+      # ARI on loopback, and the ARI user whose password stays out of the
+      # store: ari.conf includes a file written at start from the credential.
+      services.asterisk.confFiles = {
+        "http.conf" = mkDefault ''
+          [general]
+          enabled = yes
+          bindaddr = 127.0.0.1
+          bindport = 8088
+        '';
+        "ari.conf" = mkDefault ''
+          [general]
+          enabled = yes
+          #include "/run/call-coach-asterisk/ari-user.conf"
+        '';
+        "call-coach-extensions.conf" = ''
+          ; Calls entering this context are coached by call-coach (ari-coach).
+          [${cfg.asterisk.context}]
+          exten => _X.,1,NoOp(call-coach: coached call to ''${EXTEN})
+           same => n,Stasis(${cfg.ariCoach.app},inbound,''${EXTEN})
+           same => n,Hangup()
+        '';
+        "extensions.conf" = mkDefault ''
+          [general]
+          static = yes
+          writeprotect = yes
+          #include "call-coach-extensions.conf"
+        '';
+      };
+      systemd.services.call-coach-asterisk-ari = {
+        description = "call-coach: the ARI user for Asterisk, from the password file";
+        wantedBy = [ "asterisk.service" ];
+        before = [ "asterisk.service" ];
+        serviceConfig = {
+          Type = "oneshot";
+          RemainAfterExit = true;
+          LoadCredential = [ "ari_pass:${toString cfg.ariCoach.ariPasswordFile}" ];
+          RuntimeDirectory = "call-coach-asterisk";
+          RuntimeDirectoryMode = "0750";
+          RuntimeDirectoryPreserve = true;
+          Group = "asterisk";
+          UMask = "0027";
+        } // hardening // {
+          # Writes the file for the asterisk group; needs no network.
+          RestrictAddressFamilies = [ "AF_UNIX" ];
+          PrivateUsers = false;
+        };
+        script = ''
+          pass=$(tr -d '\n' < "$CREDENTIALS_DIRECTORY/ari_pass")
+          printf '[%s]\ntype = user\nread_only = no\npassword = %s\n' ${lib.escapeShellArg cfg.ariCoach.ariUser} "$pass" \
+            > /run/call-coach-asterisk/ari-user.conf
+        '';
+      };
+    })
+  ]);
+}
