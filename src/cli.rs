@@ -1,7 +1,7 @@
 //! Command line: multicall dispatch on the argv[0] file stem (`relay`,
 //! `stt`, ...), else on the first argument (`call-coach relay`), and the
 //! tool subcommands. Exit codes: 0 success, 1 failure at run time, 64 bad
-//! usage or configuration, 69 a part that is not built yet.
+//! usage or configuration.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -11,8 +11,6 @@ use clap::{Args, Parser, Subcommand};
 
 /// Bad usage or configuration (sysexits EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
-/// A part of call-coach that this build does not have yet (EX_UNAVAILABLE).
-pub const EXIT_UNAVAILABLE: u8 = 69;
 
 /// The services, by the name that starts them.
 pub const SERVICES: [(&str, &str); 5] = [
@@ -92,13 +90,6 @@ enum ModelCommand {
     },
 }
 
-/// Arguments of a part that is not built yet: taken so the message is
-/// about the part, not about its flags.
-#[derive(Args, Debug)]
-struct Pending {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    args: Vec<OsString>,
-}
 
 #[derive(Subcommand, Debug)]
 enum Command {
@@ -151,8 +142,10 @@ enum Command {
     /// Load generator for a running stt: real-time streams from WAV files.
     #[command(name = "bench-stt")]
     BenchStt(crate::bench::stt::Options),
-    /// A sample call through the whole pipeline [not built yet].
-    Demo(Pending),
+    /// A sample call through the whole pipeline: relay, stt, rtp2ws and
+    /// orchestrator as child processes, the call played as Asterisk would,
+    /// the coaching printed live and shown in the web UI.
+    Demo(crate::demo::Options),
     /// Play audio files into rtp2ws as RTP, the way Asterisk sends it.
     #[command(name = "simulate-call")]
     SimulateCall(crate::simulate::Options),
@@ -242,7 +235,16 @@ pub fn main() -> ExitCode {
                 crate::ari_coach::serve(&settings, shutdown).await
             })
         }
-        Command::Demo(_) => not_built("`call-coach demo`"),
+        Command::Demo(opts) => {
+            let loaded = match crate::config::load(None) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("call-coach: configuration error: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            run_tool("demo", crate::demo::run(opts, loaded.settings))
+        }
         Command::SimulateCall(opts) => run_tool("simulate-call", crate::simulate::run(opts)),
     }
 }
@@ -259,14 +261,6 @@ fn run_tool(name: &str, tool: impl std::future::Future<Output = anyhow::Result<(
             ExitCode::FAILURE
         }
     }
-}
-
-fn not_built(what: &str) -> ExitCode {
-    eprintln!(
-        "call-coach: {what} is not part of this build yet; this release runs the relay \
-         (see README.md, \"Status\")."
-    );
-    ExitCode::from(EXIT_UNAVAILABLE)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -13,9 +13,11 @@
 //! - [`audio`]: G.711, resampling, WAV, voice activity detection (pure).
 //! - [`relay`]: the event hub (store, fan-out, websocket, auth, metrics).
 //! - [`stt`], [`rtp2ws`], [`orchestrator`], [`ari_coach`]: the other
-//!   services (settings only so far).
+//!   services.
 //! - [`bench`]: load generators that print figures.
 //! - [`simulate`]: `simulate-call`, Asterisk's RTP side for tests and demos.
+//! - [`demo`]: `call-coach demo`, the whole pipeline on a sample call;
+//!   [`procs`] runs the services as child processes for it and `bench-e2e`.
 //! - [`telemetry`], [`shutdown`], [`systemd`]: logging, signals, sd_notify.
 
 pub mod ari_coach;
@@ -23,9 +25,11 @@ pub mod audio;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod event;
 pub mod http;
 pub mod orchestrator;
+pub mod procs;
 pub mod publish;
 pub mod relay;
 pub mod rtp2ws;

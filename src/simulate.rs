@@ -49,6 +49,9 @@ pub struct Options {
     /// Seed for loss and jitter.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Print nothing (when another command drives it).
+    #[arg(skip)]
+    pub quiet: bool,
 }
 
 struct Side {
@@ -153,10 +156,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let target: SocketAddr = format!("{host}:{port}").parse().context("rtp2ws address")?;
         legs.push((id, target));
     }
-    println!(
-        "call {call_id}: agent -> {}, customer -> {}",
-        legs[0].1, legs[1].1
-    );
+    if !opts.quiet {
+        println!(
+            "call {call_id}: agent -> {}, customer -> {}",
+            legs[0].1, legs[1].1
+        );
+    }
 
     // Every packet of both legs with its send time, then in time order.
     let mut rng = opts.seed.max(1);
@@ -220,6 +225,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             other => bail!("DELETE {id}: HTTP {other}"),
         }
     }
-    println!("sent {sent} RTP packets, dropped {dropped} on purpose; legs released");
+    if !opts.quiet {
+        println!("sent {sent} RTP packets, dropped {dropped} on purpose; legs released");
+    }
     Ok(())
 }

@@ -20,10 +20,25 @@ pub struct Wav {
     pub samples: Vec<i16>,
 }
 
+/// Decompresses gzip data, up to 256 MiB.
+pub fn gunzip(data: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data)
+        .take(256 << 20)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("not gzip data: {e}"))?;
+    Ok(out)
+}
+
 impl Wav {
+    /// Reads a WAV file; `NAME.wav.gz` is gunzipped first.
     pub fn read(path: &Path) -> Result<Self, WavError> {
         let name = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| WavError::Io(name.clone(), e))?;
+        let mut bytes = std::fs::read(path).map_err(|e| WavError::Io(name.clone(), e))?;
+        if path.extension().is_some_and(|e| e == "gz") {
+            bytes = gunzip(&bytes).map_err(|e| WavError::Format(name.clone(), e))?;
+        }
         Self::parse(&bytes).map_err(|why| WavError::Format(name, why))
     }
 

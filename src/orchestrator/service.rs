@@ -319,7 +319,7 @@ fn handle(
             let utterance = ev["utteranceId"].as_str().unwrap_or_default();
             let at = call.elapsed_ms(now);
             let (fired, changed) = call.rules.transcript(rules, agent, text, utterance, at);
-            publish_tips(call_id, call, fired, publisher);
+            publish_tips(call_id, call, fired, Some(utterance), publisher);
             if changed {
                 publish_checklist(call_id, call, rules, publisher);
             }
@@ -362,7 +362,7 @@ fn tick_all(calls: &mut HashMap<String, Call>, rules: &RuleSet, publisher: &Out,
         let at = call.elapsed_ms(now);
         publisher.metrics(metrics_event(id, &snapshot, at));
         let (fired, changed) = call.rules.tick(rules, &snapshot, at);
-        publish_tips(id, call, fired, publisher);
+        publish_tips(id, call, fired, None, publisher);
         if changed {
             publish_checklist(id, call, rules, publisher);
         }
@@ -406,11 +406,20 @@ fn metrics_event(call_id: &str, snapshot: &super::metrics::Snapshot, call_ms: u6
     ev
 }
 
-fn publish_tips(call_id: &str, call: &mut Call, fired: Vec<Fired>, publisher: &Out) {
+/// `utterance`: the transcript whose words set the tips off (phrase rules);
+/// published as `utteranceId` so the UI and the benchmark can tie a tip to
+/// what was said.
+fn publish_tips(
+    call_id: &str,
+    call: &mut Call,
+    fired: Vec<Fired>,
+    utterance: Option<&str>,
+    publisher: &Out,
+) {
     for f in fired {
         call.tips += 1;
         *call.fired.entry(f.rule.clone()).or_default() += 1;
-        publisher.send(json!({
+        let mut tip = json!({
             "type": "tip",
             "callId": call_id,
             "tipId": format!("rules-{}-{}", f.rule, call.tips),
@@ -420,7 +429,11 @@ fn publish_tips(call_id: &str, call: &mut Call, fired: Vec<Fired>, publisher: &O
             "severity": f.severity,
             "rule": f.rule,
             "trigger": f.trigger,
-        }));
+        });
+        if let Some(u) = utterance.filter(|u| !u.is_empty()) {
+            tip["utteranceId"] = json!(u);
+        }
+        publisher.send(tip);
     }
 }
 

@@ -149,7 +149,7 @@ impl Worker {
             no_speech_prob = no_speech_prob.max(segment.no_speech_probability());
         }
         Ok(Decoded {
-            text: text.trim().to_owned(),
+            text: collapse_repeats(text.trim()),
             no_speech_prob,
         })
     }
@@ -196,6 +196,42 @@ const WEAK_NO_SPEECH: f32 = 0.2;
 
 pub use crate::text::normalise;
 
+/// Whisper's repetition loop ("Me quedo. Me quedo. Me quedo. Me qu"): a
+/// sentence said again right after itself is kept once, and a trailing
+/// fragment that only restarts the previous sentence (the token limit cut
+/// the loop) is dropped.
+pub fn collapse_repeats(text: &str) -> String {
+    let mut sentences: Vec<&str> = Vec::new();
+    let mut start = 0;
+    let bytes = text.as_bytes();
+    for (i, c) in text.char_indices() {
+        let end = i + c.len_utf8();
+        if matches!(c, '.' | '?' | '!' | '…') && (end == bytes.len() || bytes[end] == b' ') {
+            sentences.push(text[start..end].trim());
+            start = end;
+        }
+    }
+    if start < text.len() && !text[start..].trim().is_empty() {
+        sentences.push(text[start..].trim());
+    }
+    let mut kept: Vec<&str> = Vec::new();
+    for (i, s) in sentences.iter().enumerate() {
+        let norm = normalise(s);
+        if let Some(prev) = kept.last() {
+            let prev_norm = normalise(prev);
+            if norm == prev_norm {
+                continue;
+            }
+            let last = i + 1 == sentences.len();
+            if last && !norm.is_empty() && prev_norm.starts_with(&norm) {
+                continue;
+            }
+        }
+        kept.push(s);
+    }
+    kept.join(" ")
+}
+
 /// Why a decode is not a transcript, if it is not.
 pub fn reject_reason(decoded: &Decoded, max_no_speech: f32) -> Option<&'static str> {
     let text = decoded.text.trim();
@@ -231,6 +267,28 @@ mod tests {
             text: text.into(),
             no_speech_prob: p,
         }
+    }
+
+    #[test]
+    fn repetition_loops_collapse() {
+        assert_eq!(
+            collapse_repeats(
+                "Bueno, ¿con ese descuento me quedo? Bueno, ¿con ese descuento me quedo? Bueno, ¿con ese descuento me quedo? Bueno, ¿con ese desc"
+            ),
+            "Bueno, ¿con ese descuento me quedo?"
+        );
+        assert_eq!(
+            collapse_repeats("Perfecto. Ya está. ¿Algo más?"),
+            "Perfecto. Ya está. ¿Algo más?"
+        );
+        // Not a repetition: different sentences, a final new fragment.
+        assert_eq!(collapse_repeats("Sí. No. Sí."), "Sí. No. Sí.");
+        assert_eq!(
+            collapse_repeats("Hola, buenos días. Quiero cancelar"),
+            "Hola, buenos días. Quiero cancelar"
+        );
+        assert_eq!(collapse_repeats(""), "");
+        assert_eq!(collapse_repeats("3.5 euros"), "3.5 euros");
     }
 
     #[test]

@@ -27,13 +27,6 @@ fn bad_usage_exits_64_with_usage() {
 }
 
 #[test]
-fn unbuilt_services_say_so_and_fail() {
-    let (code, _, err) = run_bin(None, &["demo"], &[]);
-    assert_eq!(code, 69);
-    assert!(err.contains("not part of this build yet"), "{err}");
-}
-
-#[test]
 fn argv0_stem_picks_the_service() {
     // `relay.exe`-style stems and paths work; a bad flag proves the relay's
     // own parser ran (usage error 64, naming the relay subcommand).

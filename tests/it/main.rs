@@ -4,6 +4,7 @@
 mod ari_coach;
 mod ari_sim;
 mod cli;
+mod demo;
 mod model;
 mod nix;
 mod orchestrator;

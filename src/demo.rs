@@ -1,0 +1,322 @@
+//! `call-coach demo`: the whole pipeline on a sample call, no Asterisk
+//! needed. Installs the Whisper model if it is missing, starts relay, stt,
+//! rtp2ws and orchestrator as child processes (their real code, as in
+//! production), plays the call into rtp2ws the way Asterisk's ExternalMedia
+//! does (`simulate-call`), standing in for ari-coach's `call.started` and
+//! `call.ended`, and prints the conversation, the tips, the checklist and
+//! the metrics as they arrive, then the summary. The web UI shows the same
+//! call live.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::procs::{Service, port_or_free};
+
+/// The sample call (demo/call.wav.gz, made by scripts/make-demo-call.sh).
+const SAMPLE_CALL: &[u8] = include_bytes!("../demo/call.wav.gz");
+const AGENT: &str = "PJSIP/200";
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Options {
+    /// Keep the services running after the call, for the web UI (Ctrl-C stops).
+    #[arg(long)]
+    pub stay: bool,
+    /// Play the call ten times faster (no partial transcripts, and the
+    /// dead air becomes too short for its tip).
+    #[arg(long)]
+    pub fast: bool,
+    /// The agent's side of your own call (WAV, 8 or 16 kHz, mono).
+    #[arg(long, requires = "customer")]
+    pub agent: Option<PathBuf>,
+    /// The customer's side of your own call.
+    #[arg(long, requires = "agent")]
+    pub customer: Option<PathBuf>,
+    /// Whisper model size (installed first when missing).
+    #[arg(long, default_value = "base")]
+    pub model: String,
+    /// Relay port for the web UI (another free one when taken).
+    #[arg(long, default_value_t = 7070)]
+    pub port: u16,
+}
+
+fn has_model(dir: &std::path::Path, size: &str) -> bool {
+    dir.join(format!("ggml-{size}-q8_0.bin")).is_file() || dir.join(format!("ggml-{size}.bin")).is_file()
+}
+
+pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Result<()> {
+    let started = Instant::now();
+    // 1. The model, once.
+    let model_dir = settings.model_dir();
+    if !has_model(&model_dir, &opts.model) {
+        println!(
+            "Installing the Whisper {} model into {} (once; set MODEL_DIR to choose)...",
+            opts.model,
+            model_dir.display()
+        );
+        let (size, dir) = (opts.model.clone(), model_dir.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::stt::model::fetch::fetch(&size, &dir, crate::stt::model::Quant::Q8_0, &|line: &str| {
+                eprintln!("  {line}")
+            })
+        })
+        .await?
+        .with_context(|| format!("installing the {} model", opts.model))?;
+    }
+
+    // 2. The services, as child processes.
+    let work = tempfile::Builder::new().prefix("call-coach-demo-").tempdir()?;
+    let dir = work.path().to_owned();
+    let port = port_or_free(opts.port);
+    let boot = Duration::from_secs(60);
+    let relay = {
+        let env = [
+            ("RELAY_LISTEN", format!("127.0.0.1:{port}")),
+            ("STATE_DIR", dir.join("state").display().to_string()),
+        ];
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || Service::start("relay", &env, &d, boot)).await??
+    };
+    let relay_addr = relay.addr.clone();
+    let event_url = format!("http://{relay_addr}/event");
+    let stt = {
+        let env = [
+            ("STT_LISTEN", "127.0.0.1:0".to_owned()),
+            ("MODEL_DIR", model_dir.display().to_string()),
+            ("MODEL_SIZE", opts.model.clone()),
+            ("RELAY_URL", event_url.clone()),
+        ];
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || Service::start("stt", &env, &d, boot)).await??
+    };
+    let rtp2ws = {
+        let env = [
+            ("RTP2WS_CONTROL", "127.0.0.1:0".to_owned()),
+            ("STT_URL", format!("ws://{}/ws", stt.addr)),
+            // rtp2ws skips ports in use.
+            ("BASE_PORT", "24000".to_owned()),
+        ];
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || Service::start("rtp2ws", &env, &d, boot)).await??
+    };
+    let orchestrator = {
+        let env = [
+            ("RELAY_WS", format!("ws://{relay_addr}/ws")),
+            ("RELAY_EVENT", event_url.clone()),
+            ("CALL_COACH_ORCHESTRATOR__METRICS_EVERY_SECS", "2".to_owned()),
+        ];
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || Service::start("orchestrator", &env, &d, boot)).await??
+    };
+    let llm = std::env::var_os("OPENROUTER_API_KEY").is_some() || std::env::var_os("LLM_BASE_URL").is_some();
+    let call_id = format!("demo-{}", crate::event::now_unix_ms());
+    println!(
+        "call-coach demo: relay, stt (Whisper {}), rtp2ws and orchestrator running ({} coach) in {:.1} s",
+        opts.model,
+        if llm { "rules and LLM" } else { "rules" },
+        started.elapsed().as_secs_f64()
+    );
+    println!("  Web UI, this call:   http://{relay_addr}/?call={call_id}");
+    println!("  Web UI, the agent:   http://{relay_addr}/?agent={AGENT}");
+    println!("  Web UI, supervisor:  http://{relay_addr}/?view=supervisor");
+    println!();
+
+    // 3. Follow the call on the relay.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{relay_addr}/ws?callId={call_id}"))
+        .await
+        .context("subscribing to the relay")?;
+    let post = |event: Value| {
+        let url = event_url.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let resp = ureq::post(&url)
+                .header("content-type", "application/json")
+                .send(event.to_string().as_bytes())
+                .context("posting to the relay")?;
+            if resp.status() != 202 {
+                bail!("the relay answered {}", resp.status());
+            }
+            Ok(())
+        })
+    };
+    post(json!({"type": "call.started", "callId": call_id, "agent": AGENT,
+                "caller": "Carlos <600123456>", "direction": "inbound"}))
+    .await??;
+
+    // 4. Play the call.
+    let sample = dir.join("call.wav.gz");
+    let (stereo, agent, customer) = match (&opts.agent, &opts.customer) {
+        (Some(a), Some(c)) => (None, Some(a.clone()), Some(c.clone())),
+        _ => {
+            std::fs::write(&sample, SAMPLE_CALL)?;
+            (Some(sample.clone()), None, None)
+        }
+    };
+    let play = tokio::spawn(crate::simulate::run(crate::simulate::Options {
+        agent,
+        customer,
+        stereo,
+        rtp2ws: format!("http://{}", rtp2ws.addr),
+        call_id: Some(call_id.clone()),
+        format: "slin16".into(),
+        realtime: !opts.fast,
+        loss: 0.0,
+        jitter_ms: 0,
+        seed: 1,
+        quiet: true,
+    }));
+    let mut printer = Printer::default();
+    let mut play = Some(play);
+    let mut ended_at: Option<Instant> = None;
+    let mut last_transcript = Instant::now();
+    loop {
+        // After the audio: let the last words arrive, then end the call.
+        if let Some(p) = &play
+            && p.is_finished()
+        {
+            play.take().expect("checked").await?.context("playing the call")?;
+            last_transcript = Instant::now();
+        }
+        if play.is_none() && ended_at.is_none() && last_transcript.elapsed() > Duration::from_millis(1500) {
+            post(json!({"type": "call.ended", "callId": call_id, "reason": "demo-finished"})).await??;
+            ended_at = Some(Instant::now());
+        }
+        if let Some(at) = ended_at
+            && at.elapsed() > Duration::from_secs(30)
+        {
+            bail!("no summary 30 s after the call ended; orchestrator log:\n{}", orchestrator.log_tail(20));
+        }
+        let frame = tokio::time::timeout(Duration::from_millis(250), ws.next()).await;
+        let Ok(frame) = frame else { continue };
+        let Some(Ok(Message::Text(text))) = frame else {
+            if matches!(frame, None | Some(Err(_))) {
+                bail!("the relay closed the subscription; relay log:\n{}", relay.log_tail(20));
+            }
+            continue;
+        };
+        let Ok(ev) = serde_json::from_str::<Value>(&text) else { continue };
+        if ev["type"] == "transcript" {
+            last_transcript = Instant::now();
+        }
+        printer.show(&ev);
+        if ev["type"] == "summary" && ended_at.is_some() {
+            // With an LLM, its fuller summary follows the rules one.
+            if !llm || ev["source"] == "llm" {
+                break;
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(Duration::from_millis(500), ws.next()).await
+                    && let Ok(ev) = serde_json::from_str::<Value>(&t)
+                {
+                    printer.show(&ev);
+                    if ev["type"] == "summary" {
+                        break;
+                    }
+                }
+            }
+            break;
+        }
+    }
+    println!();
+    println!(
+        "Demo finished: {} transcripts ({} partial), {} tips, {} of {} checklist items, in {:.0} s.",
+        printer.finals,
+        printer.partials,
+        printer.tips.len(),
+        printer.done.len(),
+        printer.items,
+        started.elapsed().as_secs_f64()
+    );
+    if opts.stay {
+        println!("Still serving: http://{relay_addr}/?call={call_id}  (Ctrl-C to stop)");
+        tokio::signal::ctrl_c().await?;
+    }
+    drop((orchestrator, rtp2ws, stt, relay));
+    Ok(())
+}
+
+/// Prints the events of the call as a readable transcript.
+#[derive(Default)]
+struct Printer {
+    finals: usize,
+    partials: usize,
+    tips: HashSet<String>,
+    done: HashSet<String>,
+    items: usize,
+    last_metrics_ms: u64,
+}
+
+fn clock(ms: u64) -> String {
+    format!("{:02}:{:02}", ms / 60_000, ms / 1000 % 60)
+}
+
+impl Printer {
+    fn show(&mut self, ev: &Value) {
+        let text = ev["text"].as_str().unwrap_or_default();
+        match ev["type"].as_str().unwrap_or_default() {
+            "call.started" => println!(
+                "Call {} from {} to agent {}",
+                ev["callId"].as_str().unwrap_or_default(),
+                ev["caller"].as_str().unwrap_or_default(),
+                ev["agent"].as_str().unwrap_or_default()
+            ),
+            "transcript" if ev["final"] == true => {
+                self.finals += 1;
+                let who = if ev["speaker"] == "agent" { "agent   " } else { "customer" };
+                println!("[{}] {who}  {text}", clock(ev["startMs"].as_u64().unwrap_or(0)));
+            }
+            "transcript" => self.partials += 1,
+            "tip" if ev["final"] != false => {
+                let id = ev["tipId"].as_str().unwrap_or_default().to_owned();
+                if self.tips.insert(id) {
+                    let source = match ev["source"].as_str() {
+                        Some("llm") => "LLM".to_owned(),
+                        _ => format!("rule {}", ev["rule"].as_str().unwrap_or_default()),
+                    };
+                    println!(
+                        "        >> TIP [{}] ({source}): {text}",
+                        ev["severity"].as_str().unwrap_or("info")
+                    );
+                }
+            }
+            "checklist" => {
+                let items = ev["items"].as_array().cloned().unwrap_or_default();
+                self.items = items.len();
+                for i in items {
+                    let id = i["id"].as_str().unwrap_or_default().to_owned();
+                    if i["done"] == true && self.done.insert(id) {
+                        println!("        [x] checklist: {}", i["label"].as_str().unwrap_or_default());
+                    }
+                }
+            }
+            "metrics" => {
+                let at = ev["callMs"].as_u64().unwrap_or(0);
+                if at >= self.last_metrics_ms + 15_000 {
+                    self.last_metrics_ms = at;
+                    println!(
+                        "        -- {}: agent talks {:.0}%, silence {:.0} s, agent {:.0} wpm, customer {:.0} wpm",
+                        clock(at),
+                        ev["agentTalkRatio"].as_f64().unwrap_or(0.0) * 100.0,
+                        ev["silenceMs"].as_f64().unwrap_or(0.0) / 1000.0,
+                        ev["agentWpm"].as_f64().unwrap_or(0.0),
+                        ev["customerWpm"].as_f64().unwrap_or(0.0)
+                    );
+                }
+            }
+            "call.ended" => println!("Call ended ({})", ev["reason"].as_str().unwrap_or_default()),
+            "summary" => {
+                println!();
+                println!(
+                    "Summary ({}): {text}",
+                    if ev["source"] == "llm" { "LLM" } else { "rules" }
+                );
+            }
+            _ => {}
+        }
+    }
+}

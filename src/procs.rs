@@ -1,0 +1,145 @@
+//! The services as child processes of this one, for `demo` and
+//! `bench-e2e`: each runs the real binary under its service name with its
+//! own environment, reports READY=1 (and its address) on a notify socket of
+//! ours, as under systemd, and is stopped with SIGTERM when dropped.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// One running service.
+pub struct Service {
+    pub name: &'static str,
+    child: Child,
+    /// Where its log goes.
+    pub log: PathBuf,
+    /// The address from its READY status (`127.0.0.1:PORT`).
+    pub addr: String,
+}
+
+impl Service {
+    /// Starts `name` with `env` (on top of ours) and waits for READY=1.
+    pub fn start(
+        name: &'static str,
+        env: &[(&str, String)],
+        dir: &Path,
+        timeout: Duration,
+    ) -> anyhow::Result<Service> {
+        let exe = std::env::current_exe().context("finding the call-coach binary")?;
+        let socket_path = dir.join(format!("{name}.notify"));
+        let _ = std::fs::remove_file(&socket_path);
+        let notify = UnixDatagram::bind(&socket_path)
+            .with_context(|| format!("binding {}", socket_path.display()))?;
+        let log = dir.join(format!("{name}.log"));
+        let log_file = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(exe);
+        cmd.arg(name)
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        let mut service = Service {
+            name,
+            child,
+            log,
+            addr: String::new(),
+        };
+        service.addr = service.wait_ready(&notify, timeout)?;
+        Ok(service)
+    }
+
+    fn wait_ready(&mut self, notify: &UnixDatagram, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        notify.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "{} exited before it was ready ({status}):\n{}",
+                    self.name,
+                    self.log_tail(20)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} was not ready within {} s:\n{}",
+                    self.name,
+                    timeout.as_secs(),
+                    self.log_tail(20)
+                );
+            }
+            let Ok(n) = notify.recv(&mut buf) else {
+                continue;
+            };
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if msg.lines().any(|l| l == "READY=1") {
+                let url = msg
+                    .lines()
+                    .find_map(|l| l.strip_prefix("STATUS="))
+                    .and_then(|s| s.rsplit(' ').next())
+                    .unwrap_or_default();
+                let addr = url
+                    .trim_start_matches("http://")
+                    .trim_start_matches("ws://")
+                    .trim_end_matches("/ws");
+                return Ok(addr.split('/').next().unwrap_or_default().to_owned());
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The last `lines` lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// SIGTERM, then waits up to `grace` before SIGKILL.
+    pub fn stop(&mut self, grace: Duration) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(10));
+    }
+}
+
+/// A free TCP port on loopback, or `wanted` when it is free.
+pub fn port_or_free(wanted: u16) -> u16 {
+    if wanted != 0 && std::net::TcpListener::bind(("127.0.0.1", wanted)).is_ok() {
+        return wanted;
+    }
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}

@@ -1,0 +1,41 @@
+//! `call-coach demo` through the real pipeline (relay, stt with the base
+//! model, rtp2ws, orchestrator as child processes) at real time, as the
+//! README's quick start runs it: the coaching it prints is checked.
+
+use crate::util::{model_dir, run_bin};
+
+#[test]
+fn the_demo_call_is_coached_end_to_end() {
+    let models = model_dir();
+    let (code, out, err) = run_bin(
+        None,
+        &["demo", "--port", "0"],
+        &[("MODEL_DIR", models.to_str().unwrap())],
+    );
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    println!("{out}");
+    // The web UI's address is printed.
+    assert!(out.contains("Web UI, this call:   http://127.0.0.1:"), "{out}");
+    // Both sides transcribed, each on its own side.
+    let lines = |who: &str| -> String {
+        out.lines()
+            .filter(|l| l.contains(&format!("] {who}")))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .to_lowercase()
+    };
+    let (agent, customer) = (lines("agent"), lines("customer"));
+    assert!(customer.contains("cancelar"), "{customer}");
+    assert!(customer.contains("competencia"), "{customer}");
+    assert!(agent.contains("identidad"), "{agent}");
+    assert!(!agent.contains("cancelar el contrato"), "{agent}");
+    // The tips the call is written to set off, each once.
+    for rule in ["cancelacion", "precio", "competidor", "silencio"] {
+        let n = out.matches(&format!("(rule {rule})")).count();
+        assert_eq!(n, 1, "tip {rule} seen {n} times:\n{out}");
+    }
+    // The checklist ticked itself, and the summary came.
+    assert!(out.contains("[x] checklist: Verificación de identidad"), "{out}");
+    assert!(out.contains("Summary (rules): Llamada de"), "{out}");
+    assert!(out.contains("Call ended (demo-finished)"), "{out}");
+}
