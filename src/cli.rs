@@ -90,7 +90,6 @@ enum ModelCommand {
     },
 }
 
-
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the relay: event hub with durable store (127.0.0.1:7070).
@@ -139,6 +138,10 @@ enum Command {
     /// Load generator for rtp2ws: N RTP streams into a counting sink.
     #[command(name = "bench-rtp2ws")]
     BenchRtp2ws(crate::bench::rtp2ws::Options),
+    /// End-to-end benchmark: N simulated calls through relay, stt, rtp2ws
+    /// and orchestrator run as separate processes.
+    #[command(name = "bench-e2e")]
+    BenchE2e(crate::bench::e2e::Options),
     /// Load generator for a running stt: real-time streams from WAV files.
     #[command(name = "bench-stt")]
     BenchStt(crate::bench::stt::Options),
@@ -216,6 +219,7 @@ pub fn main() -> ExitCode {
         }
         Command::BenchRtp2ws(opts) => run_tool("bench-rtp2ws", crate::bench::rtp2ws::run(opts)),
         Command::BenchStt(opts) => run_tool("bench-stt", crate::bench::stt::run(opts)),
+        Command::BenchE2e(opts) => run_tool("bench-e2e", crate::bench::e2e::run(opts)),
         Command::Rtp2ws(common) => {
             run_service("rtp2ws", &common, |settings, shutdown| async move {
                 crate::rtp2ws::serve(&settings, shutdown)

@@ -16,10 +16,10 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::procs::{Service, port_or_free};
+use crate::procs::{Pipeline, port_or_free};
 
 /// The sample call (demo/call.wav.gz, made by scripts/make-demo-call.sh).
-const SAMPLE_CALL: &[u8] = include_bytes!("../demo/call.wav.gz");
+pub const SAMPLE_CALL: &[u8] = include_bytes!("../demo/call.wav.gz");
 const AGENT: &str = "PJSIP/200";
 
 #[derive(clap::Args, Debug, Clone)]
@@ -46,7 +46,8 @@ pub struct Options {
 }
 
 fn has_model(dir: &std::path::Path, size: &str) -> bool {
-    dir.join(format!("ggml-{size}-q8_0.bin")).is_file() || dir.join(format!("ggml-{size}.bin")).is_file()
+    dir.join(format!("ggml-{size}-q8_0.bin")).is_file()
+        || dir.join(format!("ggml-{size}.bin")).is_file()
 }
 
 pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Result<()> {
@@ -61,59 +62,28 @@ pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Re
         );
         let (size, dir) = (opts.model.clone(), model_dir.clone());
         tokio::task::spawn_blocking(move || {
-            crate::stt::model::fetch::fetch(&size, &dir, crate::stt::model::Quant::Q8_0, &|line: &str| {
-                eprintln!("  {line}")
-            })
+            crate::stt::model::fetch::fetch(
+                &size,
+                &dir,
+                crate::stt::model::Quant::Q8_0,
+                &|line: &str| eprintln!("  {line}"),
+            )
         })
         .await?
         .with_context(|| format!("installing the {} model", opts.model))?;
     }
 
     // 2. The services, as child processes.
-    let work = tempfile::Builder::new().prefix("call-coach-demo-").tempdir()?;
+    let work = tempfile::Builder::new()
+        .prefix("call-coach-demo-")
+        .tempdir()?;
     let dir = work.path().to_owned();
     let port = port_or_free(opts.port);
-    let boot = Duration::from_secs(60);
-    let relay = {
-        let env = [
-            ("RELAY_LISTEN", format!("127.0.0.1:{port}")),
-            ("STATE_DIR", dir.join("state").display().to_string()),
-        ];
-        let d = dir.clone();
-        tokio::task::spawn_blocking(move || Service::start("relay", &env, &d, boot)).await??
-    };
-    let relay_addr = relay.addr.clone();
+    let pipeline = Pipeline::start(&dir, &model_dir, &opts.model, port, vec![]).await?;
+    let relay_addr = pipeline.relay.addr.clone();
     let event_url = format!("http://{relay_addr}/event");
-    let stt = {
-        let env = [
-            ("STT_LISTEN", "127.0.0.1:0".to_owned()),
-            ("MODEL_DIR", model_dir.display().to_string()),
-            ("MODEL_SIZE", opts.model.clone()),
-            ("RELAY_URL", event_url.clone()),
-        ];
-        let d = dir.clone();
-        tokio::task::spawn_blocking(move || Service::start("stt", &env, &d, boot)).await??
-    };
-    let rtp2ws = {
-        let env = [
-            ("RTP2WS_CONTROL", "127.0.0.1:0".to_owned()),
-            ("STT_URL", format!("ws://{}/ws", stt.addr)),
-            // rtp2ws skips ports in use.
-            ("BASE_PORT", "24000".to_owned()),
-        ];
-        let d = dir.clone();
-        tokio::task::spawn_blocking(move || Service::start("rtp2ws", &env, &d, boot)).await??
-    };
-    let orchestrator = {
-        let env = [
-            ("RELAY_WS", format!("ws://{relay_addr}/ws")),
-            ("RELAY_EVENT", event_url.clone()),
-            ("CALL_COACH_ORCHESTRATOR__METRICS_EVERY_SECS", "2".to_owned()),
-        ];
-        let d = dir.clone();
-        tokio::task::spawn_blocking(move || Service::start("orchestrator", &env, &d, boot)).await??
-    };
-    let llm = std::env::var_os("OPENROUTER_API_KEY").is_some() || std::env::var_os("LLM_BASE_URL").is_some();
+    let llm = std::env::var_os("OPENROUTER_API_KEY").is_some()
+        || std::env::var_os("LLM_BASE_URL").is_some();
     let call_id = format!("demo-{}", crate::event::now_unix_ms());
     println!(
         "call-coach demo: relay, stt (Whisper {}), rtp2ws and orchestrator running ({} coach) in {:.1} s",
@@ -127,9 +97,10 @@ pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Re
     println!();
 
     // 3. Follow the call on the relay.
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{relay_addr}/ws?callId={call_id}"))
-        .await
-        .context("subscribing to the relay")?;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{relay_addr}/ws?callId={call_id}"))
+            .await
+            .context("subscribing to the relay")?;
     let post = |event: Value| {
         let url = event_url.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
@@ -143,8 +114,10 @@ pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Re
             Ok(())
         })
     };
-    post(json!({"type": "call.started", "callId": call_id, "agent": AGENT,
-                "caller": "Carlos <600123456>", "direction": "inbound"}))
+    post(
+        json!({"type": "call.started", "callId": call_id, "agent": AGENT,
+                "caller": "Carlos <600123456>", "direction": "inbound"}),
+    )
     .await??;
 
     // 4. Play the call.
@@ -160,7 +133,7 @@ pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Re
         agent,
         customer,
         stereo,
-        rtp2ws: format!("http://{}", rtp2ws.addr),
+        rtp2ws: format!("http://{}", pipeline.rtp2ws.addr),
         call_id: Some(call_id.clone()),
         format: "slin16".into(),
         realtime: !opts.fast,
@@ -168,6 +141,7 @@ pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Re
         jitter_ms: 0,
         seed: 1,
         quiet: true,
+        on_start: Default::default(),
     }));
     let mut printer = Printer::default();
     let mut play = Some(play);
@@ -178,27 +152,42 @@ pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Re
         if let Some(p) = &play
             && p.is_finished()
         {
-            play.take().expect("checked").await?.context("playing the call")?;
+            play.take()
+                .expect("checked")
+                .await?
+                .context("playing the call")?;
             last_transcript = Instant::now();
         }
-        if play.is_none() && ended_at.is_none() && last_transcript.elapsed() > Duration::from_millis(1500) {
-            post(json!({"type": "call.ended", "callId": call_id, "reason": "demo-finished"})).await??;
+        if play.is_none()
+            && ended_at.is_none()
+            && last_transcript.elapsed() > Duration::from_millis(1500)
+        {
+            post(json!({"type": "call.ended", "callId": call_id, "reason": "demo-finished"}))
+                .await??;
             ended_at = Some(Instant::now());
         }
         if let Some(at) = ended_at
             && at.elapsed() > Duration::from_secs(30)
         {
-            bail!("no summary 30 s after the call ended; orchestrator log:\n{}", orchestrator.log_tail(20));
+            bail!(
+                "no summary 30 s after the call ended; orchestrator log:\n{}",
+                pipeline.orchestrator.log_tail(20)
+            );
         }
         let frame = tokio::time::timeout(Duration::from_millis(250), ws.next()).await;
         let Ok(frame) = frame else { continue };
         let Some(Ok(Message::Text(text))) = frame else {
             if matches!(frame, None | Some(Err(_))) {
-                bail!("the relay closed the subscription; relay log:\n{}", relay.log_tail(20));
+                bail!(
+                    "the relay closed the subscription; relay log:\n{}",
+                    pipeline.relay.log_tail(20)
+                );
             }
             continue;
         };
-        let Ok(ev) = serde_json::from_str::<Value>(&text) else { continue };
+        let Ok(ev) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
         if ev["type"] == "transcript" {
             last_transcript = Instant::now();
         }
@@ -210,7 +199,8 @@ pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Re
             }
             let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
-                if let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(Duration::from_millis(500), ws.next()).await
+                if let Ok(Some(Ok(Message::Text(t)))) =
+                    tokio::time::timeout(Duration::from_millis(500), ws.next()).await
                     && let Ok(ev) = serde_json::from_str::<Value>(&t)
                 {
                     printer.show(&ev);
@@ -236,7 +226,7 @@ pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Re
         println!("Still serving: http://{relay_addr}/?call={call_id}  (Ctrl-C to stop)");
         tokio::signal::ctrl_c().await?;
     }
-    drop((orchestrator, rtp2ws, stt, relay));
+    drop(pipeline);
     Ok(())
 }
 
@@ -267,8 +257,15 @@ impl Printer {
             ),
             "transcript" if ev["final"] == true => {
                 self.finals += 1;
-                let who = if ev["speaker"] == "agent" { "agent   " } else { "customer" };
-                println!("[{}] {who}  {text}", clock(ev["startMs"].as_u64().unwrap_or(0)));
+                let who = if ev["speaker"] == "agent" {
+                    "agent   "
+                } else {
+                    "customer"
+                };
+                println!(
+                    "[{}] {who}  {text}",
+                    clock(ev["startMs"].as_u64().unwrap_or(0))
+                );
             }
             "transcript" => self.partials += 1,
             "tip" if ev["final"] != false => {
@@ -290,7 +287,10 @@ impl Printer {
                 for i in items {
                     let id = i["id"].as_str().unwrap_or_default().to_owned();
                     if i["done"] == true && self.done.insert(id) {
-                        println!("        [x] checklist: {}", i["label"].as_str().unwrap_or_default());
+                        println!(
+                            "        [x] checklist: {}",
+                            i["label"].as_str().unwrap_or_default()
+                        );
                     }
                 }
             }
@@ -313,7 +313,11 @@ impl Printer {
                 println!();
                 println!(
                     "Summary ({}): {text}",
-                    if ev["source"] == "llm" { "LLM" } else { "rules" }
+                    if ev["source"] == "llm" {
+                        "LLM"
+                    } else {
+                        "rules"
+                    }
                 );
             }
             _ => {}

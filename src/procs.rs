@@ -143,3 +143,96 @@ pub fn port_or_free(wanted: u16) -> u16 {
         .map(|a| a.port())
         .unwrap_or(0)
 }
+
+/// relay, stt, rtp2ws and orchestrator, wired together on loopback.
+pub struct Pipeline {
+    pub relay: Service,
+    pub stt: Service,
+    pub rtp2ws: Service,
+    pub orchestrator: Service,
+}
+
+impl Pipeline {
+    /// Starts the four services in `dir` (the relay's store, logs, notify
+    /// sockets) with the Whisper `model` from `model_dir`; the relay on
+    /// `relay_port` (0: any).
+    pub async fn start(
+        dir: &Path,
+        model_dir: &Path,
+        model: &str,
+        relay_port: u16,
+        stt_env: Vec<(&'static str, String)>,
+    ) -> anyhow::Result<Pipeline> {
+        let boot = Duration::from_secs(60);
+        let start = |name: &'static str, env: Vec<(&'static str, String)>| {
+            let dir = dir.to_owned();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let env: Vec<(&str, String)> = env;
+                    Service::start(name, &env, &dir, boot)
+                })
+                .await?
+            }
+        };
+        let relay = start(
+            "relay",
+            vec![
+                ("RELAY_LISTEN", format!("127.0.0.1:{relay_port}")),
+                ("STATE_DIR", dir.join("state").display().to_string()),
+            ],
+        )
+        .await?;
+        let event_url = format!("http://{}/event", relay.addr);
+        let mut env = vec![
+            ("STT_LISTEN", "127.0.0.1:0".to_owned()),
+            ("MODEL_DIR", model_dir.display().to_string()),
+            ("MODEL_SIZE", model.to_owned()),
+            ("RELAY_URL", event_url.clone()),
+        ];
+        env.extend(stt_env);
+        let stt = start("stt", env).await?;
+        let rtp2ws = start(
+            "rtp2ws",
+            vec![
+                ("RTP2WS_CONTROL", "127.0.0.1:0".to_owned()),
+                ("STT_URL", format!("ws://{}/ws", stt.addr)),
+                // rtp2ws skips ports in use.
+                ("BASE_PORT", "24000".to_owned()),
+            ],
+        )
+        .await?;
+        let orchestrator = start(
+            "orchestrator",
+            vec![
+                ("RELAY_WS", format!("ws://{}/ws", relay.addr)),
+                ("RELAY_EVENT", event_url),
+                (
+                    "CALL_COACH_ORCHESTRATOR__METRICS_EVERY_SECS",
+                    "2".to_owned(),
+                ),
+            ],
+        )
+        .await?;
+        Ok(Pipeline {
+            relay,
+            stt,
+            rtp2ws,
+            orchestrator,
+        })
+    }
+
+    pub fn services(&self) -> [&Service; 4] {
+        [&self.relay, &self.stt, &self.rtp2ws, &self.orchestrator]
+    }
+}
+
+impl Drop for Pipeline {
+    /// Stops downstream first, so each service can flush to the next.
+    fn drop(&mut self) {
+        let grace = Duration::from_secs(10);
+        self.orchestrator.stop(grace);
+        self.rtp2ws.stop(grace);
+        self.stt.stop(grace);
+        self.relay.stop(grace);
+    }
+}

@@ -52,6 +52,24 @@ pub struct Options {
     /// Print nothing (when another command drives it).
     #[arg(skip)]
     pub quiet: bool,
+    /// Told the moment the first packet goes out (for `bench-e2e`, which
+    /// measures latency from the audio's own timeline).
+    #[arg(skip)]
+    pub on_start: StartHook,
+}
+
+/// A callback given the instant the audio starts.
+#[derive(Clone, Default)]
+pub struct StartHook(pub Option<std::sync::Arc<dyn Fn(std::time::Instant) + Send + Sync>>);
+
+impl std::fmt::Debug for StartHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "StartHook(set)"
+        } else {
+            "StartHook(none)"
+        })
+    }
 }
 
 struct Side {
@@ -200,6 +218,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let socket = UdpSocket::bind("127.0.0.1:0").await?;
     let speed = if opts.realtime { 1.0 } else { 10.0 };
     let start = tokio::time::Instant::now();
+    if let Some(hook) = &opts.on_start.0 {
+        hook(start.into_std());
+    }
     for (at, leg, packet) in &schedule {
         tokio::time::sleep_until(start + Duration::from_secs_f64(at / speed)).await;
         socket.send_to(packet, legs[*leg].1).await?;

@@ -15,7 +15,10 @@ fn the_demo_call_is_coached_end_to_end() {
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
     println!("{out}");
     // The web UI's address is printed.
-    assert!(out.contains("Web UI, this call:   http://127.0.0.1:"), "{out}");
+    assert!(
+        out.contains("Web UI, this call:   http://127.0.0.1:"),
+        "{out}"
+    );
     // Both sides transcribed, each on its own side.
     let lines = |who: &str| -> String {
         out.lines()
@@ -35,7 +38,10 @@ fn the_demo_call_is_coached_end_to_end() {
         assert_eq!(n, 1, "tip {rule} seen {n} times:\n{out}");
     }
     // The checklist ticked itself, and the summary came.
-    assert!(out.contains("[x] checklist: Verificación de identidad"), "{out}");
+    assert!(
+        out.contains("[x] checklist: Verificación de identidad"),
+        "{out}"
+    );
     assert!(out.contains("Summary (rules): Llamada de"), "{out}");
     assert!(out.contains("Call ended (demo-finished)"), "{out}");
 }

@@ -1,0 +1,346 @@
+//! `call-coach bench-e2e`: N simulated calls at once through the real
+//! services, each a separate process as in production (relay, stt,
+//! rtp2ws, orchestrator), the audio sent as Asterisk's ExternalMedia sends
+//! it, at real time. Prints, per call and overall: end of speech to the
+//! final transcript seen by a relay subscriber (p50/p95), end of speech to
+//! the rule tip it set off, partials per final, and each service's CPU and
+//! peak memory.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::procs::Pipeline;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Options {
+    /// Concurrent calls; several values run one after another.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub calls: Vec<usize>,
+    /// The call to play: a stereo WAV, agent left, customer right (default:
+    /// the demo's sample call).
+    #[arg(long)]
+    pub stereo: Option<PathBuf>,
+    /// Whisper model size.
+    #[arg(long, default_value = "base")]
+    pub model: String,
+    /// Calls start spread over this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub spread: f64,
+    /// stt workers (`stt.workers`); unset: stt's default.
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+#[derive(Default)]
+struct CallObs {
+    /// When the call's audio started.
+    t0: Option<Instant>,
+    /// utteranceId -> (end of speech, ms in the leg; when the final came).
+    finals: HashMap<String, (u64, Instant)>,
+    /// (utteranceId, when the tip came) of rule tips.
+    tips: Vec<(String, Instant)>,
+    partials: usize,
+    summary: bool,
+}
+
+fn quantile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let settings = crate::config::load(None)?.settings;
+    let model_dir = settings.model_dir();
+    let work = tempfile::Builder::new()
+        .prefix("call-coach-e2e-")
+        .tempdir()?;
+    let stereo = match &opts.stereo {
+        Some(p) => p.clone(),
+        None => {
+            let p = work.path().join("call.wav.gz");
+            std::fs::write(&p, crate::demo::SAMPLE_CALL)?;
+            p
+        }
+    };
+    let length = crate::audio::wav::Wav::read(&stereo)?.duration_secs();
+    println!(
+        "bench-e2e: {length:.0} s call ({}), Whisper {}, services as separate processes, real time",
+        stereo.display(),
+        opts.model
+    );
+    for &n in &opts.calls {
+        run_one(&opts, n, &stereo, &model_dir, work.path()).await?;
+    }
+    Ok(())
+}
+
+async fn run_one(
+    opts: &Options,
+    n: usize,
+    stereo: &std::path::Path,
+    model_dir: &std::path::Path,
+    root: &std::path::Path,
+) -> anyhow::Result<()> {
+    let dir = root.join(format!("run-{n}"));
+    std::fs::create_dir_all(&dir)?;
+    let stt_env = opts
+        .workers
+        .map(|w| vec![("CALL_COACH_STT__WORKERS", w.to_string())])
+        .unwrap_or_default();
+    let pipeline = Pipeline::start(&dir, model_dir, &opts.model, 0, stt_env).await?;
+    let relay = pipeline.relay.addr.clone();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{relay}/ws?callId=*"))
+        .await
+        .context("subscribing to the relay")?;
+    let ids: Vec<String> = (0..n).map(|i| format!("e2e-{n}-{i}")).collect();
+    let obs: Arc<Mutex<HashMap<String, CallObs>>> = Arc::new(Mutex::new(
+        ids.iter()
+            .map(|id| (id.clone(), CallObs::default()))
+            .collect(),
+    ));
+    let event_url = format!("http://{relay}/event");
+    let post = move |event: Value| {
+        let url = event_url.clone();
+        tokio::task::spawn_blocking(move || {
+            ureq::post(&url)
+                .header("content-type", "application/json")
+                .send(event.to_string().as_bytes())
+                .map(drop)
+        })
+    };
+    // Per-service CPU and peak memory, sampled twice a second.
+    let pids: Vec<(&'static str, u32)> = pipeline
+        .services()
+        .iter()
+        .map(|s| (s.name, s.pid()))
+        .collect();
+    let before: Vec<f64> = pids
+        .iter()
+        .map(|(_, p)| crate::telemetry::process_stats(Some(*p)).map_or(0.0, |s| s.1))
+        .collect();
+    let peaks = Arc::new(Mutex::new(vec![0u64; pids.len()]));
+    let sampler = {
+        let (pids, peaks) = (pids.clone(), peaks.clone());
+        tokio::spawn(async move {
+            loop {
+                for (i, (_, pid)) in pids.iter().enumerate() {
+                    if let Some((rss, _)) = crate::telemetry::process_stats(Some(*pid)) {
+                        let mut p = peaks.lock().unwrap_or_else(|e| e.into_inner());
+                        p[i] = p[i].max(rss);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    // The calls, spread over `spread` seconds.
+    let mut plays = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        post(
+            json!({"type": "call.started", "callId": id, "agent": format!("PJSIP/{}", 200 + i),
+                    "caller": format!("{}", 600_000 + i), "direction": "inbound"}),
+        )
+        .await??;
+        let delay = Duration::from_secs_f64(opts.spread * i as f64 / n.max(1) as f64);
+        let obs = obs.clone();
+        let (id2, call_id, control) = (
+            id.clone(),
+            id.clone(),
+            format!("http://{}", pipeline.rtp2ws.addr),
+        );
+        let stereo = stereo.to_owned();
+        plays.push(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let hook = Arc::new(move |t: Instant| {
+                if let Some(o) = obs.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&id2) {
+                    o.t0 = Some(t);
+                }
+            });
+            crate::simulate::run(crate::simulate::Options {
+                agent: None,
+                customer: None,
+                stereo: Some(stereo),
+                rtp2ws: control,
+                call_id: Some(call_id),
+                format: "slin16".into(),
+                realtime: true,
+                loss: 0.0,
+                jitter_ms: 0,
+                seed: 1,
+                quiet: true,
+                on_start: crate::simulate::StartHook(Some(hook)),
+            })
+            .await
+        }));
+    }
+    let mut pending = plays.len();
+    let mut ended = false;
+    let mut ended_at = Instant::now();
+    loop {
+        if !ended {
+            let mut still = 0;
+            for p in &plays {
+                if !p.is_finished() {
+                    still += 1;
+                }
+            }
+            if still == 0 && pending > 0 {
+                for p in plays.drain(..) {
+                    p.await?.context("playing a call")?;
+                }
+                pending = 0;
+                // The last finals reach the relay; then the calls end.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                for id in &ids {
+                    post(json!({"type": "call.ended", "callId": id, "reason": "bench"})).await??;
+                }
+                ended = true;
+                ended_at = Instant::now();
+            }
+        }
+        if ended {
+            let all = obs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .all(|o| o.summary);
+            if all || ended_at.elapsed() > Duration::from_secs(30) {
+                break;
+            }
+        }
+        let frame = tokio::time::timeout(Duration::from_millis(200), ws.next()).await;
+        let Ok(Some(Ok(Message::Text(text)))) = frame else {
+            if matches!(frame, Ok(None | Some(Err(_)))) {
+                bail!("lost the relay subscription");
+            }
+            continue;
+        };
+        let now = Instant::now();
+        let Ok(ev) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        let Some(id) = ev["callId"].as_str() else {
+            continue;
+        };
+        let mut all = obs.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(o) = all.get_mut(id) else { continue };
+        match ev["type"].as_str().unwrap_or_default() {
+            "transcript" if ev["final"] == true => {
+                let u = format!(
+                    "{}:{}",
+                    ev["speaker"].as_str().unwrap_or(""),
+                    ev["utteranceId"].as_str().unwrap_or("")
+                );
+                o.finals.insert(u, (ev["endMs"].as_u64().unwrap_or(0), now));
+            }
+            "transcript" => o.partials += 1,
+            "tip" if ev["source"] == "rules" && ev["utteranceId"].is_string() => {
+                // Rule tips are set off by the customer's or agent's words.
+                let speaker = if ev["rule"] == "frase-prohibida" {
+                    "agent"
+                } else {
+                    "customer"
+                };
+                o.tips.push((
+                    format!("{speaker}:{}", ev["utteranceId"].as_str().unwrap_or("")),
+                    now,
+                ));
+            }
+            "summary" => o.summary = true,
+            _ => {}
+        }
+    }
+    sampler.abort();
+    let wall = started.elapsed().as_secs_f64();
+    let after: Vec<f64> = pids
+        .iter()
+        .map(|(_, p)| crate::telemetry::process_stats(Some(*p)).map_or(0.0, |s| s.1))
+        .collect();
+
+    // Figures.
+    let all = obs.lock().unwrap_or_else(|e| e.into_inner());
+    let (mut finals_ms, mut tips_ms) = (Vec::new(), Vec::new());
+    let (mut partials, mut finals) = (0usize, 0usize);
+    println!();
+    println!("== {n} concurrent call{}", if n == 1 { "" } else { "s" });
+    println!("call            finals  p50 ms  p95 ms   tips  tip p50 ms  partials/final  summary");
+    for id in &ids {
+        let o = &all[id];
+        let Some(t0) = o.t0 else {
+            println!("{id:<15} (no audio sent)");
+            continue;
+        };
+        let eos = |end_ms: u64| t0 + Duration::from_millis(end_ms);
+        let mut lat: Vec<f64> = o
+            .finals
+            .values()
+            .map(|(end, at)| at.saturating_duration_since(eos(*end)).as_secs_f64() * 1000.0)
+            .collect();
+        let mut tip_lat: Vec<f64> = o
+            .tips
+            .iter()
+            .filter_map(|(u, at)| {
+                let (end, _) = o.finals.get(u)?;
+                let e = eos(*end);
+                // A tip from a partial may come before the speech ends.
+                Some(if *at >= e {
+                    at.duration_since(e).as_secs_f64() * 1000.0
+                } else {
+                    -(e.duration_since(*at).as_secs_f64() * 1000.0)
+                })
+            })
+            .collect();
+        finals_ms.extend(lat.iter().copied());
+        tips_ms.extend(tip_lat.iter().copied());
+        partials += o.partials;
+        finals += o.finals.len();
+        println!(
+            "{id:<15} {:>6}  {:>6.0}  {:>6.0}  {:>5}  {:>10.0}  {:>14.1}  {}",
+            o.finals.len(),
+            quantile(&mut lat, 0.5),
+            quantile(&mut lat, 0.95),
+            o.tips.len(),
+            quantile(&mut tip_lat, 0.5),
+            o.partials as f64 / o.finals.len().max(1) as f64,
+            if o.summary { "yes" } else { "NO" }
+        );
+    }
+    let max = finals_ms.iter().copied().fold(f64::NAN, f64::max);
+    println!(
+        "all: {finals} finals, end of speech -> final on a subscriber: p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms (includes the 500 ms end-of-speech wait)",
+        quantile(&mut finals_ms.clone(), 0.5),
+        quantile(&mut finals_ms, 0.95),
+        max
+    );
+    println!(
+        "     {} rule tips, end of speech -> tip: p50 {:.0} ms, p95 {:.0} ms (negative: the tip came from a partial, before the speaker finished)",
+        tips_ms.len(),
+        quantile(&mut tips_ms.clone(), 0.5),
+        quantile(&mut tips_ms, 0.95)
+    );
+    println!(
+        "     partials per final {:.2}",
+        partials as f64 / finals.max(1) as f64
+    );
+    let peaks = peaks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for (i, (name, _)) in pids.iter().enumerate() {
+        println!(
+            "     {name:<13} CPU {:>5.1}% of one core, peak RSS {:>6.1} MiB",
+            (after[i] - before[i]) / wall * 100.0,
+            peaks[i] as f64 / (1 << 20) as f64
+        );
+    }
+    drop(pipeline);
+    Ok(())
+}
