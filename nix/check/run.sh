@@ -15,6 +15,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=$(realpath "${1:?usage: nix/check/run.sh CALL_COACH_BINARY}")
+# The binary reads every CALL_COACH_* variable as configuration: only the
+# generated file may speak here (the test suite exports CALL_COACH_TEST_MODELS).
+for v in $(compgen -e | grep '^CALL_COACH_' || true); do unset "$v"; done
 export NIX_CONFIG=$'experimental-features = nix-command flakes\nsubstituters =\nwarn-dirty = false'
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

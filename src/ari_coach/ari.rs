@@ -387,15 +387,21 @@ impl Ari {
         Ok(Channel::from_json(&v))
     }
 
-    /// `POST /applications/{app}/subscription?eventSource=channel:ID`: this
-    /// app then receives the events of a channel it does not own.
-    pub async fn subscribe(self: &Arc<Self>, channels: &[&str]) -> AriResult<()> {
+    /// The subscription path and its `eventSource` list for these channels.
+    fn subscription(&self, channels: &[&str]) -> (String, String) {
         let path = format!("/applications/{}/subscription", segment(&self.app));
         let sources = channels
             .iter()
             .map(|c| format!("channel:{c}"))
             .collect::<Vec<_>>()
             .join(",");
+        (path, sources)
+    }
+
+    /// `POST /applications/{app}/subscription?eventSource=channel:ID`: this
+    /// app then receives the events of a channel it does not own.
+    pub async fn subscribe(self: &Arc<Self>, channels: &[&str]) -> AriResult<()> {
+        let (path, sources) = self.subscription(channels);
         self.request("POST", path, vec![("eventSource", sources)], None)
             .await
             .map(drop)
@@ -403,12 +409,7 @@ impl Ari {
 
     /// `DELETE /applications/{app}/subscription?eventSource=channel:ID`.
     pub async fn unsubscribe(self: &Arc<Self>, channels: &[&str]) -> AriResult<()> {
-        let path = format!("/applications/{}/subscription", segment(&self.app));
-        let sources = channels
-            .iter()
-            .map(|c| format!("channel:{c}"))
-            .collect::<Vec<_>>()
-            .join(",");
+        let (path, sources) = self.subscription(channels);
         match self
             .request("DELETE", path, vec![("eventSource", sources)], None)
             .await

@@ -284,6 +284,22 @@ fn spawn(ctx: &Arc<Ctx>, start: Start) {
     tokio::spawn(Call::new(ctx.clone(), start, rx).run());
 }
 
+/// Resumes tracking a call an earlier run left up.
+fn adopt(ctx: &Arc<Ctx>, call: &str, customer: String, agent: String, owned: bool) {
+    spawn(
+        ctx,
+        Start {
+            id: call.to_owned(),
+            mode: Mode::Adopted { owned },
+            customer,
+            agent: Some(agent),
+            agent_dial: String::new(),
+            caller: String::new(),
+            helper: None,
+        },
+    );
+}
+
 /// After every (re)connect: tells each call what Asterisk has now (calls
 /// whose parties left meanwhile end, lost taps are rebuilt), adopts calls
 /// left up by an earlier run, and removes what belongs to no call.
@@ -317,18 +333,7 @@ async fn reconcile(ctx: &Arc<Ctx>) -> Result<(), AriError> {
                 match customer {
                     Some(customer) if b.channels.contains(&agent) => {
                         keep.insert(call.to_owned());
-                        spawn(
-                            ctx,
-                            Start {
-                                id: call.to_owned(),
-                                mode: Mode::Adopted { owned: true },
-                                customer: customer.clone(),
-                                agent: Some(agent),
-                                agent_dial: String::new(),
-                                caller: String::new(),
-                                helper: None,
-                            },
-                        );
+                        adopt(ctx, call, customer.clone(), agent, true);
                     }
                     _ => {
                         lost.insert(call.to_owned());
@@ -356,18 +361,7 @@ async fn reconcile(ctx: &Arc<Ctx>) -> Result<(), AriError> {
                 if snapshot.channels.contains(&c) && snapshot.channels.contains(&a) =>
             {
                 keep.insert(call.clone());
-                spawn(
-                    ctx,
-                    Start {
-                        id: call.clone(),
-                        mode: Mode::Adopted { owned: false },
-                        customer: c,
-                        agent: Some(a),
-                        agent_dial: String::new(),
-                        caller: String::new(),
-                        helper: None,
-                    },
-                );
+                adopt(ctx, &call, c, a, false);
             }
             _ => {
                 lost.insert(call);

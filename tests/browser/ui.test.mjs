@@ -34,8 +34,10 @@ class Relay {
     this.log = "";
   }
   async start() {
+    // CALL_COACH_* variables are configuration to the binary: pass none.
+    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("CALL_COACH_")));
     this.child = spawn(BIN, ["relay"], {
-      env: { ...process.env, RELAY_LISTEN: `127.0.0.1:${this.port}`, STATE_DIR: this.dir, RUST_LOG: "warn", ...this.env },
+      env: { ...env, RELAY_LISTEN: `127.0.0.1:${this.port}`, STATE_DIR: this.dir, RUST_LOG: "warn", ...this.env },
       stdio: ["ignore", "ignore", "pipe"],
     });
     this.child.stderr.on("data", (d) => { this.log += d; });
