@@ -338,6 +338,13 @@ fn subscribe(state: &Arc<State>, req: Request<Incoming>) -> Result<Resp, Refusal
             )
         })?),
     };
+    // All calls without a cursor means "from now on": now is when the
+    // request arrived, not when the websocket session joins the hub, so
+    // an event committed in between is not lost.
+    let since = match (&topic, since) {
+        (Topic::All, None) => Some(state.store.head()),
+        (_, since) => since,
+    };
     let allowed = match &topic {
         Topic::All => access.can_subscribe_all(),
         Topic::Call(id) => access.can_subscribe(id, state.calls.agent_of(id).as_deref()),

@@ -60,7 +60,8 @@ impl Cursor {
 
 /// `since`: the cursor to resume after. Without one, a call's subscriber
 /// gets the call from its first event, and an all-calls subscriber gets
-/// events from now on (the whole store would be weeks of calls).
+/// events from now on (the whole store would be weeks of calls); the
+/// server passes the store head at request time as `since` for those.
 pub(super) async fn session<S>(io: S, state: Arc<State>, topic: Topic, since: Option<i64>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
