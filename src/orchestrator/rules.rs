@@ -462,8 +462,14 @@ mod tests {
     fn whole_words_only() {
         let set = RuleSet::default_set();
         let mut c = CallRules::default();
-        // "claro" names a competitor; "aclaro" is not that word.
+        // "aclaro" is not a word of any rule.
         assert!(fire(&mut c, &set, false, "se lo aclaro enseguida", "x", 0).is_empty());
+        // "claro" is everyday Spanish; the operator only in context.
+        assert!(fire(&mut c, &set, false, "Sí, claro, es el 45678", "y", 0).is_empty());
+        assert_eq!(
+            fire(&mut c, &set, false, "Pues me voy a Claro", "z", 0),
+            ["competidor"]
+        );
     }
 
     #[test]
