@@ -28,7 +28,7 @@
           type = endpoint
           context = call-coach
           disallow = all
-          allow = alaw
+          allow = alaw,ulaw
           aors = caller
           [caller]
           type = aor
@@ -39,7 +39,8 @@
           type = endpoint
           context = call-coach-agents
           disallow = all
-          allow = alaw
+          ; sipp's built-in uas answers with PCMU
+          allow = ulaw,alaw
           aors = 200
           [200]
           type = aor
