@@ -98,27 +98,18 @@ let
     relay_token = cfg.publisherTokenFile;
   };
 
+  # An option with its type, default and description.
+  option = type: default: description: mkOption { inherit type default description; };
+
   listenOptions = name: defaultPort: {
-    enable = mkOption {
-      type = types.bool;
-      default = true;
-      description = "Whether to run ${name} (on with services.callCoach.enable).";
-    };
-    listenAddress = mkOption {
-      type = types.str;
-      default = "127.0.0.1";
-      description = "Address ${name} listens on. Keep loopback unless another host needs it.";
-    };
-    port = mkOption {
-      type = types.port;
-      default = defaultPort;
-      description = "TCP port of ${name}.";
-    };
-    openFirewall = mkOption {
-      type = types.bool;
-      default = false;
-      description = "Open ${name}'s port in the firewall.";
-    };
+    enable = option types.bool true
+      "Whether to run ${name} (on with services.callCoach.enable).";
+    listenAddress = option types.str "127.0.0.1"
+      "Address ${name} listens on. Keep loopback unless another host needs it.";
+    port = option types.port defaultPort
+      "TCP port of ${name}.";
+    openFirewall = option types.bool false
+      "Open ${name}'s port in the firewall.";
   };
 in
 {
@@ -130,17 +121,11 @@ in
       description = "The call-coach package (the flake's module sets its own).";
     };
 
-    user = mkOption {
-      type = types.str;
-      default = "call-coach";
-      description = "System user of relay and stt (the services that keep files).";
-    };
+    user = option types.str "call-coach"
+      "System user of relay and stt (the services that keep files).";
 
-    group = mkOption {
-      type = types.str;
-      default = "call-coach";
-      description = "Group of relay and stt.";
-    };
+    group = option types.str "call-coach"
+      "Group of relay and stt.";
 
     settings = mkOption {
       type = types.submodule { freeformType = settingsFormat.type; };
@@ -162,30 +147,18 @@ in
           beyond loopback.
         '';
       };
-      retentionDays = mkOption {
-        type = types.ints.unsigned;
-        default = 30;
-        description = "Days events are kept (0: forever).";
-      };
+      retentionDays = option types.ints.unsigned 30
+        "Days events are kept (0: forever).";
     };
 
-    publisherTokenFile = mkOption {
-      type = types.nullOr types.path;
-      default = null;
-      description = "A token with the `publish` role for stt, orchestrator and ari-coach (credential `relay_token`); needed with relay.tokensFile.";
-    };
+    publisherTokenFile = option (types.nullOr types.path) null
+      "A token with the `publish` role for stt, orchestrator and ari-coach (credential `relay_token`); needed with relay.tokensFile.";
 
     stt = listenOptions "stt" 8080 // {
-      language = mkOption {
-        type = types.str;
-        default = "es";
-        description = "Language of the calls (Whisper language code).";
-      };
-      model = mkOption {
-        type = types.enum [ "tiny" "base" "small" "medium" "large" ];
-        default = "small";
-        description = "Whisper model size.";
-      };
+      language = option types.str "es"
+        "Language of the calls (Whisper language code).";
+      model = option (types.enum [ "tiny" "base" "small" "medium" "large" ]) "small"
+        "Whisper model size.";
       modelPackage = mkOption {
         type = types.nullOr types.package;
         default = null;
@@ -196,100 +169,49 @@ in
           `call-coach model fetch <size>`.
         '';
       };
-      device = mkOption {
-        type = types.enum [ "cpu" "cuda" ];
-        default = "cpu";
-        description = "Where Whisper runs (cuda needs a CUDA build).";
-      };
+      device = option (types.enum [ "cpu" "cuda" ]) "cpu"
+        "Where Whisper runs (cuda needs a CUDA build).";
     };
 
     rtp2ws = {
-      enable = mkOption {
-        type = types.bool;
-        default = true;
-        description = "Whether to run rtp2ws.";
-      };
-      controlPort = mkOption {
-        type = types.port;
-        default = 7071;
-        description = "Loopback port of rtp2ws's control API.";
-      };
-      basePort = mkOption {
-        type = types.port;
-        default = 14000;
-        description = "First UDP port for the RTP legs.";
-      };
-      portRange = mkOption {
-        type = types.ints.between 1 10000;
-        default = 1000;
-        description = "UDP ports the legs may use from basePort.";
-      };
-      rtpAddress = mkOption {
-        type = types.str;
-        default = "127.0.0.1";
-        description = "Address the RTP ports listen on: where Asterisk sends the tapped audio.";
-      };
-      openFirewall = mkOption {
-        type = types.bool;
-        default = false;
-        description = "Open the RTP port range (UDP), for an Asterisk on another host.";
-      };
+      enable = option types.bool true
+        "Whether to run rtp2ws.";
+      controlPort = option types.port 7071
+        "Loopback port of rtp2ws's control API.";
+      basePort = option types.port 14000
+        "First UDP port for the RTP legs.";
+      portRange = option (types.ints.between 1 10000) 1000
+        "UDP ports the legs may use from basePort.";
+      rtpAddress = option types.str "127.0.0.1"
+        "Address the RTP ports listen on: where Asterisk sends the tapped audio.";
+      openFirewall = option types.bool false
+        "Open the RTP port range (UDP), for an Asterisk on another host.";
     };
 
     orchestrator = {
-      enable = mkOption {
-        type = types.bool;
-        default = true;
-        description = "Whether to run the orchestrator.";
-      };
-      llmModel = mkOption {
-        type = types.str;
-        default = "anthropic/claude-3.5-sonnet";
-        description = "LLM model name (OPENROUTER_MODEL).";
-      };
-      llmBaseUrl = mkOption {
-        type = types.str;
-        default = "https://openrouter.ai/api/v1";
-        description = "Any OpenAI-compatible API (LLM_BASE_URL), e.g. a local server.";
-      };
-      apiKeyFile = mkOption {
-        type = types.nullOr types.path;
-        default = null;
-        description = "File with the LLM API key (credential `openrouter_api_key`). Null: rules coach only.";
-      };
+      enable = option types.bool true
+        "Whether to run the orchestrator.";
+      llmModel = option types.str "anthropic/claude-3.5-sonnet"
+        "LLM model name (OPENROUTER_MODEL).";
+      llmBaseUrl = option types.str "https://openrouter.ai/api/v1"
+        "Any OpenAI-compatible API (LLM_BASE_URL), e.g. a local server.";
+      apiKeyFile = option (types.nullOr types.path) null
+        "File with the LLM API key (credential `openrouter_api_key`). Null: rules coach only.";
     };
 
     ariCoach = {
-      enable = mkOption {
-        type = types.bool;
-        default = true;
-        description = "Whether to run ari-coach.";
-      };
-      ariUrl = mkOption {
-        type = types.str;
-        default = "http://127.0.0.1:8088/ari";
-        description = "ARI base URL.";
-      };
-      ariUser = mkOption {
-        type = types.str;
-        default = "coach";
-        description = "ARI user.";
-      };
-      ariPasswordFile = mkOption {
-        type = types.nullOr types.path;
-        default = null;
-        description = "File with the ARI password (credential `ari_pass`). Required.";
-      };
-      app = mkOption {
-        type = types.strMatching "[A-Za-z0-9_-]+";
-        default = "coach";
-        description = "Stasis application name.";
-      };
-      agentDial = mkOption {
-        type = types.str;
-        default = "PJSIP/200";
-        description = "Dial string of the agent (per call: Stasis(coach,agent=PJSIP/201)).";
-      };
+      enable = option types.bool true
+        "Whether to run ari-coach.";
+      ariUrl = option types.str "http://127.0.0.1:8088/ari"
+        "ARI base URL.";
+      ariUser = option types.str "coach"
+        "ARI user.";
+      ariPasswordFile = option (types.nullOr types.path) null
+        "File with the ARI password (credential `ari_pass`). Required.";
+      app = option (types.strMatching "[A-Za-z0-9_-]+") "coach"
+        "Stasis application name.";
+      agentDial = option types.str "PJSIP/200"
+        "Dial string of the agent (per call: Stasis(coach,agent=PJSIP/201)).";
     };
 
     asterisk = {
@@ -303,11 +225,8 @@ in
           context `call-coach` that hands calls to Stasis.
         '';
       };
-      context = mkOption {
-        type = types.str;
-        default = "call-coach";
-        description = "Dialplan context whose calls are coached.";
-      };
+      context = option types.str "call-coach"
+        "Dialplan context whose calls are coached.";
     };
   };
 

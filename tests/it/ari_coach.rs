@@ -111,14 +111,33 @@ async fn no_legs(rtp2ws: &Service) {
     }
 }
 
-fn agent_says(recordings: &[&str]) -> Answer {
-    Answer::After(Duration::from_millis(300), Voice::script(1.0, recordings))
+/// An agent who answers after `after_ms` and speaks after `lead` seconds.
+fn agent_says(after_ms: u64, lead: f64, recordings: &[&str]) -> Answer {
+    Answer::After(
+        Duration::from_millis(after_ms),
+        Voice::script(lead, recordings),
+    )
+}
+
+/// The call's `call.ended` (waiting for it), with what came before.
+async fn ended(ws: &mut Ws, timeout: Duration) -> (Value, Vec<Value>) {
+    let events = until(ws, timeout, |e| !of_type(e, "call.ended").is_empty()).await;
+    (of_type(&events, "call.ended")[0].clone(), events)
+}
+
+/// Waits for the call's `call.started`.
+async fn started(ws: &mut Ws) -> Vec<Value> {
+    until(ws, Duration::from_secs(20), |e| {
+        !of_type(e, "call.started").is_empty()
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_whole_call_is_transcribed_per_speaker_and_leaves_nothing_behind() {
     let rig = rig(33_000, &[]).await;
-    rig.sim.endpoint("PJSIP/200", agent_says(&["vm-intro"]));
+    rig.sim
+        .endpoint("PJSIP/200", agent_says(300, 1.0, &["vm-intro"]));
     let customer = rig.sim.inbound(
         ("Cliente", "5551234"),
         Voice::script(2.0, &["conf-onlyperson"]),
@@ -146,13 +165,9 @@ async fn a_whole_call_is_transcribed_per_speaker_and_leaves_nothing_behind() {
     // The customer hangs up: ari-coach hangs up the agent and removes
     // the snoops, the ExternalMedia channels, the bridges and the legs.
     rig.sim.remote_hangup(&customer);
-    let events = until(&mut sub, Duration::from_secs(30), |e| {
-        !of_type(e, "call.ended").is_empty()
-    })
-    .await;
-    let ended = of_type(&events, "call.ended")[0];
-    assert_eq!(ended["reason"], "customer-hangup", "{ended}");
-    assert_eq!(ended["answered"], true);
+    let (end, _) = ended(&mut sub, Duration::from_secs(30)).await;
+    assert_eq!(end["reason"], "customer-hangup", "{end}");
+    assert_eq!(end["answered"], true);
     rig.sim.wait_empty(&[], Duration::from_secs(10)).await;
     no_legs(&rig.rtp2ws).await;
     // The requests were the documented ones.
@@ -175,7 +190,7 @@ async fn a_whole_call_is_transcribed_per_speaker_and_leaves_nothing_behind() {
 async fn the_agent_hanging_up_first_ends_the_call_for_the_customer_too() {
     let rig = rig(33_100, &[]).await;
     rig.sim
-        .endpoint("PJSIP/200", agent_says(&["queue-thankyou"]));
+        .endpoint("PJSIP/200", agent_says(300, 1.0, &["queue-thankyou"]));
     let customer = rig.sim.inbound(("", "600"), Voice::script(0.0, &[]), &[]);
     let mut sub = rig.relay.ws(&format!("callId={customer}")).await;
     let events = until(&mut sub, Duration::from_secs(60), |e| {
@@ -184,11 +199,10 @@ async fn the_agent_hanging_up_first_ends_the_call_for_the_customer_too() {
     .await;
     assert_eq!(of_type(&events, "call.started")[0]["caller"], "600");
     rig.sim.remote_hangup(&format!("{customer}-agent"));
-    let events = until(&mut sub, Duration::from_secs(30), |e| {
-        !of_type(e, "call.ended").is_empty()
-    })
-    .await;
-    assert_eq!(of_type(&events, "call.ended")[0]["reason"], "agent-hangup");
+    assert_eq!(
+        ended(&mut sub, Duration::from_secs(30)).await.0["reason"],
+        "agent-hangup"
+    );
     assert!(!rig.sim.exists(&customer), "the customer was not hung up");
     assert!(
         rig.sim
@@ -215,18 +229,11 @@ async fn an_agent_who_never_answers_or_is_busy_ends_the_call_with_the_reason() {
     );
     for (call, reason) in [(&first, "agent-no-answer"), (&second, "agent-busy")] {
         let mut sub = rig.relay.ws(&format!("callId={call}")).await;
-        let events = until(&mut sub, Duration::from_secs(20), |e| {
-            !of_type(e, "call.ended").is_empty()
-        })
-        .await;
+        let (end, events) = ended(&mut sub, Duration::from_secs(20)).await;
         assert!(of_type(&events, "call.started").is_empty(), "{events:#?}");
-        let ended = of_type(&events, "call.ended")[0];
-        assert_eq!(ended["reason"], reason, "{ended}");
-        assert_eq!(ended["answered"], false);
-        assert!(
-            ended["caller"].as_str().unwrap().contains("555000"),
-            "{ended}"
-        );
+        assert_eq!(end["reason"], reason, "{end}");
+        assert_eq!(end["answered"], false);
+        assert!(end["caller"].as_str().unwrap().contains("555000"), "{end}");
     }
     rig.sim.wait_empty(&[], Duration::from_secs(10)).await;
     no_legs(&rig.rtp2ws).await;
@@ -235,7 +242,8 @@ async fn an_agent_who_never_answers_or_is_busy_ends_the_call_with_the_reason() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_snoop_degrades_only_that_party_and_the_call_goes_on() {
     let rig = rig(33_300, &[]).await;
-    rig.sim.endpoint("PJSIP/200", agent_says(&["vm-intro"]));
+    rig.sim
+        .endpoint("PJSIP/200", agent_says(300, 1.0, &["vm-intro"]));
     rig.sim.fail("POST", "/snoop", 500, 1);
     let customer = rig.sim.inbound(
         ("Cliente", "5551234"),
@@ -282,10 +290,7 @@ async fn a_failed_snoop_degrades_only_that_party_and_the_call_goes_on() {
         rig.sim.leftovers()
     );
     rig.sim.remote_hangup(&customer);
-    until(&mut sub, Duration::from_secs(30), |e| {
-        !of_type(e, "call.ended").is_empty()
-    })
-    .await;
+    ended(&mut sub, Duration::from_secs(30)).await;
     rig.sim.wait_empty(&[], Duration::from_secs(10)).await;
     no_legs(&rig.rtp2ws).await;
 }
@@ -295,37 +300,22 @@ async fn a_dropped_events_socket_is_reconnected_and_reconciled() {
     let rig = rig(33_400, &[]).await;
     // A speaks again well after the reconnect; B's customer hangs up
     // while ari-coach cannot hear it.
-    rig.sim.endpoint(
-        "PJSIP/200",
-        Answer::After(
-            Duration::from_millis(200),
-            Voice::script(6.0, &["vm-intro"]),
-        ),
-    );
+    rig.sim
+        .endpoint("PJSIP/200", agent_says(200, 6.0, &["vm-intro"]));
     let a = rig
         .sim
         .inbound(("A", "1"), Voice::script(1.0, &["conf-onlyperson"]), &[]);
     let b = rig.sim.inbound(("B", "2"), Voice::script(0.0, &[]), &[]);
     let mut sub_a = rig.relay.ws(&format!("callId={a}")).await;
     let mut sub_b = rig.relay.ws(&format!("callId={b}")).await;
-    until(&mut sub_a, Duration::from_secs(20), |e| {
-        !of_type(e, "call.started").is_empty()
-    })
-    .await;
-    until(&mut sub_b, Duration::from_secs(20), |e| {
-        !of_type(e, "call.started").is_empty()
-    })
-    .await;
+    started(&mut sub_a).await;
+    started(&mut sub_b).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     rig.sim.drop_socket(Duration::from_millis(1500));
     rig.sim.remote_hangup(&b);
     // B ends once ari-coach is back and sees what happened.
-    let events = until(&mut sub_b, Duration::from_secs(20), |e| {
-        !of_type(e, "call.ended").is_empty()
-    })
-    .await;
     assert_eq!(
-        of_type(&events, "call.ended")[0]["reason"],
+        ended(&mut sub_b, Duration::from_secs(20)).await.0["reason"],
         "customer-hangup"
     );
     assert!(rig.sim.connections() >= 2);
@@ -336,10 +326,7 @@ async fn a_dropped_events_socket_is_reconnected_and_reconciled() {
     .await;
     assert!(of_type(&events, "call.ended").is_empty());
     rig.sim.remote_hangup(&a);
-    until(&mut sub_a, Duration::from_secs(30), |e| {
-        !of_type(e, "call.ended").is_empty()
-    })
-    .await;
+    ended(&mut sub_a, Duration::from_secs(30)).await;
     rig.sim.wait_empty(&[], Duration::from_secs(10)).await;
     no_legs(&rig.rtp2ws).await;
 }
@@ -347,19 +334,11 @@ async fn a_dropped_events_socket_is_reconnected_and_reconciled() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_ari_coach_adopts_the_call_still_up() {
     let mut rig = rig(33_500, &[]).await;
-    rig.sim.endpoint(
-        "PJSIP/200",
-        Answer::After(
-            Duration::from_millis(200),
-            Voice::script(5.0, &["vm-intro"]),
-        ),
-    );
+    rig.sim
+        .endpoint("PJSIP/200", agent_says(200, 5.0, &["vm-intro"]));
     let call = rig.sim.inbound(("C", "3"), Voice::script(0.0, &[]), &[]);
     let mut sub = rig.relay.ws(&format!("callId={call}")).await;
-    until(&mut sub, Duration::from_secs(20), |e| {
-        !of_type(e, "call.started").is_empty()
-    })
-    .await;
+    started(&mut sub).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Killed outright: nothing is cleaned up, the call stays up.
     rig.coach = rig.coach.kill_and_restart();
@@ -371,12 +350,8 @@ async fn a_restarted_ari_coach_adopts_the_call_still_up() {
     // Adopting rebuilt the taps once, quietly: no tap was seen as lost.
     assert!(of_type(&events, "call.tap").is_empty(), "{events:#?}");
     rig.sim.remote_hangup(&call);
-    let events = until(&mut sub, Duration::from_secs(30), |e| {
-        !of_type(e, "call.ended").is_empty()
-    })
-    .await;
     assert_eq!(
-        of_type(&events, "call.ended")[0]["reason"],
+        ended(&mut sub, Duration::from_secs(30)).await.0["reason"],
         "customer-hangup"
     );
     rig.sim.wait_empty(&[], Duration::from_secs(10)).await;
@@ -402,12 +377,8 @@ async fn attach_mode_taps_a_call_the_dialplan_bridged_and_leaves_the_parties_alo
     assert_eq!(started["mode"], "attach");
     assert!(!rig.sim.exists(&messenger), "the messenger was not hung up");
     rig.sim.remote_hangup(&customer);
-    let events = until(&mut sub, Duration::from_secs(30), |e| {
-        !of_type(e, "call.ended").is_empty()
-    })
-    .await;
     assert_eq!(
-        of_type(&events, "call.ended")[0]["reason"],
+        ended(&mut sub, Duration::from_secs(30)).await.0["reason"],
         "customer-hangup"
     );
     // The agent's channel belongs to the queue, not to ari-coach.
@@ -419,13 +390,8 @@ async fn attach_mode_taps_a_call_the_dialplan_bridged_and_leaves_the_parties_alo
 #[tokio::test(flavor = "multi_thread")]
 async fn twenty_concurrent_calls_are_each_transcribed_and_cleaned_up() {
     let rig = rig(33_700, &[]).await;
-    rig.sim.endpoint(
-        "PJSIP/200",
-        Answer::After(
-            Duration::from_millis(100),
-            Voice::script(1.0, &["queue-thankyou"]),
-        ),
-    );
+    rig.sim
+        .endpoint("PJSIP/200", agent_says(100, 1.0, &["queue-thankyou"]));
     let mut calls = Vec::new();
     for i in 0..20 {
         let id = rig.sim.inbound(
@@ -450,15 +416,8 @@ async fn twenty_concurrent_calls_are_each_transcribed_and_cleaned_up() {
         rig.sim.remote_hangup(id);
     }
     for (id, sub) in &mut calls {
-        let events = until(sub, Duration::from_secs(60), |e| {
-            !of_type(e, "call.ended").is_empty()
-        })
-        .await;
-        assert_eq!(
-            of_type(&events, "call.ended")[0]["reason"],
-            "customer-hangup",
-            "{id}"
-        );
+        let (end, _) = ended(sub, Duration::from_secs(60)).await;
+        assert_eq!(end["reason"], "customer-hangup", "{id}");
     }
     rig.sim.wait_empty(&[], Duration::from_secs(20)).await;
     no_legs(&rig.rtp2ws).await;
