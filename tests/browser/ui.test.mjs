@@ -276,7 +276,8 @@ await check("English on request, Spanish by default", async () => {
 
 await check("with auth on: token from the address or the login form, kept for the session only", async () => {
   const tokens = path.join(tmp, "tokens");
-  fs.writeFileSync(tokens, "pub-0123456789abcdef publish\nsup-0123456789abcdef supervisor\n");
+  fs.writeFileSync(tokens, "pub-0123456789abcdef publish\nsup-0123456789abcdef supervisor\n" +
+    "agt-0123456789abcdef subscribe agent:PJSIP/501\n");
   const secure = new Relay(await freePort(), path.join(tmp, "state2"), { RELAY_TOKENS_FILE: tokens });
   await secure.start();
   try {
@@ -295,6 +296,18 @@ await check("with auth on: token from the address or the login form, kept for th
     await login.locator("#login-form button").click();
     await login.locator('#sup-calls tr[data-call="k1"]').waitFor();
     await fresh.close();
+    // An agent's token: that agent's calls only.
+    await secure.publish({ type: "call.started", callId: "k2", agent: "PJSIP/502", caller: "Otro" }, "pub-0123456789abcdef");
+    const agentCtx = await browser.newContext();
+    const agentPage = await agentCtx.newPage();
+    await agentPage.goto(secure.base + "/?agent=PJSIP/501&token=agt-0123456789abcdef");
+    await agentPage.locator("#call-info", { hasText: "Eva" }).waitFor({ timeout: 5000 });
+    await secure.publish(tr("k1", "customer", "q1", "hola desde k1", true), "pub-0123456789abcdef");
+    await agentPage.locator('#transcript li[data-key="customer:q1"]').waitFor();
+    const seen = await agentPage.evaluate(async () => (await (await fetch("/calls", {
+      headers: { Authorization: "Bearer " + sessionStorage.getItem("cc.token") } })).json()).calls.map((c) => c.callId));
+    assert.deepEqual(seen, ["k1"]);
+    await agentCtx.close();
   } finally {
     await secure.kill();
   }
