@@ -27,7 +27,7 @@
           call-coach = static;
           # The same program linked against glibc, for the dev shell and checks.
           call-coach-dynamic = callCoach pkgs;
-        } // import ./nix/models.nix { inherit (pkgs) fetchurl runCommand; });
+        } // import ./nix/models.nix { inherit (pkgs) fetchurl runCommand; call-coach = static; });
 
       nixosModules.default = { pkgs, lib, ... }: {
         imports = [ ./nix/modules/call-coach.nix ];

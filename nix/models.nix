@@ -1,8 +1,9 @@
 # Whisper models as fixed-output derivations: the official GGML files, checked
 # with the SHA-1 the whisper.cpp project publishes (the only hash it gives;
-# src/stt/model/fetch.rs pins the same). Each holds ggml-<size>.bin, the name
-# stt looks for in MODEL_DIR.
-{ fetchurl, runCommand }:
+# src/stt/model/fetch.rs pins the same). Each output holds ggml-<size>.bin
+# (f16, COMPUTE_TYPE=float16) and ggml-<size>-q8_0.bin, re-quantized by
+# `call-coach model import` for stt's default COMPUTE_TYPE=int8.
+{ fetchurl, runCommand, call-coach }:
 
 let
   model = size: hash:
@@ -12,9 +13,10 @@ let
         inherit hash;
       };
     in
-    runCommand "whisper-model-${size}" { } ''
+    runCommand "whisper-model-${size}" { nativeBuildInputs = [ call-coach ]; } ''
       mkdir -p $out
       ln -s ${file} $out/ggml-${size}.bin
+      MODEL_DIR=$out STATE_DIR=$TMPDIR call-coach model import ${file} --name ${size} --quant q8_0
     '';
 in
 {
