@@ -212,6 +212,8 @@ in
         "Stasis application name.";
       agentDial = option types.str "PJSIP/200"
         "Dial string of the agent (per call: Stasis(coach,agent=PJSIP/201)).";
+      statusPort = option types.port 7072
+        "Loopback port of ari-coach's /healthz (200 while connected to ARI) and /metrics.";
     };
 
     asterisk = {
@@ -288,6 +290,7 @@ in
           ari_user = mkDefault cfg.ariCoach.ariUser;
           ari_app = mkDefault cfg.ariCoach.app;
           agent_dial = mkDefault cfg.ariCoach.agentDial;
+          listen = mkDefault "127.0.0.1:${toString cfg.ariCoach.statusPort}";
           rtp2ws_control = mkDefault "127.0.0.1:${toString cfg.rtp2ws.controlPort}";
           rtp_host = mkDefault (if cfg.rtp2ws.rtpAddress == "0.0.0.0" then "127.0.0.1" else cfg.rtp2ws.rtpAddress);
           relay_event = mkDefault "${relayBase}/event";

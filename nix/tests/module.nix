@@ -43,6 +43,9 @@
 
     with subtest("ari-coach waits for Asterisk without failing"):
         machine.succeed("systemctl is-active call-coach-ari-coach.service")
+        machine.wait_for_open_port(7072)
+        machine.fail("curl -sf http://127.0.0.1:7072/healthz")  # 503: no Asterisk here
+        machine.succeed("curl -sf http://127.0.0.1:7072/metrics | grep -q '^ari_coach_connected 0'")
         machine.wait_until_succeeds("journalctl -u call-coach-ari-coach.service | grep -q 'ARI not reachable'")
 
     with subtest("hardening: every unit scores at most 2.0"):

@@ -343,6 +343,7 @@ impl Call {
             Mode::Attach => "attach",
             Mode::Adopted { .. } => "adopted",
         };
+        self.ctx.stats.call_started(mode);
         self.ctx.publish(json!({
             "type": "call.started",
             "callId": self.id,
@@ -373,6 +374,7 @@ impl Call {
         match Tap::create(&ctx.ari, &ctx.rtp2ws, &ctx.tap, &self.id, speaker, &snooped).await {
             Ok(t) => Some(t),
             Err(e) => {
+                ctx.stats.taps_failed.inc();
                 tracing::warn!(call = %self.id, speaker, "tapping failed; the call goes on without this party's transcript: {e}");
                 ctx.publish(json!({
                     "type": "call.tap", "callId": self.id, "speaker": speaker,
@@ -483,6 +485,7 @@ impl Call {
             self.retaps_left[i] -= 1;
             self.taps[i] = self.make_tap(s).await;
             if self.taps[i].is_some() {
+                self.ctx.stats.taps_restored.inc();
                 self.ctx.publish(json!({
                     "type": "call.tap", "callId": self.id, "speaker": s, "ok": true, "restored": true,
                 }));
@@ -526,6 +529,7 @@ impl Call {
         {
             tracing::warn!(call, "unsubscribing failed: {e}");
         }
+        self.ctx.stats.call_ended(reason);
         let mut ended = json!({
             "type": "call.ended",
             "callId": call,

@@ -10,12 +10,14 @@
 //! - [`call`]: one call's task, from ringing to teardown.
 //! - [`tap`]: one party's tap (rtp2ws leg, snoop, ExternalMedia, bridge).
 //! - [`names`]: the ids of what ari-coach creates, derived from the call id.
+//! - [`status`]: its loopback `/healthz` and `/metrics`.
 
 pub mod ari;
 pub mod call;
 pub mod events;
 pub mod names;
 pub mod service;
+pub mod status;
 pub mod tap;
 
 use std::net::SocketAddr;
@@ -71,6 +73,9 @@ pub struct Settings {
     pub relay_token_file: Option<PathBuf>,
     /// Calls coached at once; further calls go back to the dialplan.
     pub max_calls: usize,
+    /// Loopback address of `/healthz` (200 while connected to ARI) and
+    /// `/metrics`.
+    pub listen: SocketAddr,
 }
 
 impl Default for Settings {
@@ -93,6 +98,7 @@ impl Default for Settings {
             relay_token: None,
             relay_token_file: None,
             max_calls: 200,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7072)),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! Asterisk really has after every (re)connect.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
@@ -14,6 +15,7 @@ use super::ari::{Ari, AriError};
 use super::call::{Call, Mode, Msg, Snapshot, Start};
 use super::events::{self, Incoming};
 use super::names::{self, Kind};
+use super::status::Stats;
 use super::tap::{self, Rtp2ws, TapConfig};
 use crate::publish::{PublishStats, Publisher};
 
@@ -37,6 +39,7 @@ pub struct Ctx {
     publisher: Arc<Publisher>,
     table: Mutex<Table>,
     pub shutdown: CancellationToken,
+    pub stats: Stats,
 }
 
 impl Ctx {
@@ -79,7 +82,7 @@ impl Ctx {
         }
     }
 
-    fn active(&self) -> usize {
+    pub fn active(&self) -> usize {
         self.table().calls.len()
     }
 }
@@ -93,9 +96,13 @@ pub async fn serve(
     let s = settings.ari_coach.clone();
     s.validate()?;
     let ari = Ari::new(&s.ari_url, &s.ari_user, s.ari_pass.as_ref(), &s.ari_app);
-    let stats = Arc::new(PublishStats::default());
-    let (publisher, publisher_thread) =
-        Publisher::start(s.relay_event.clone(), s.relay_token.clone(), 10_000, stats);
+    let publish_stats = Arc::new(PublishStats::default());
+    let (publisher, publisher_thread) = Publisher::start(
+        s.relay_event.clone(),
+        s.relay_token.clone(),
+        10_000,
+        publish_stats.clone(),
+    );
     let ctx = Arc::new(Ctx {
         ari: ari.clone(),
         rtp2ws: Rtp2ws::new(s.rtp2ws_control),
@@ -108,11 +115,29 @@ pub async fn serve(
         publisher: publisher.clone(),
         table: Mutex::default(),
         shutdown: shutdown.clone(),
+        stats: Stats {
+            publish: publish_stats,
+            ..Default::default()
+        },
     });
+    let listener = crate::http::bind(s.listen).await?;
+    let status_url = format!("http://{}", listener.local_addr()?);
+    let status_ctx = ctx.clone();
+    let status_task = tokio::spawn(crate::http::serve(
+        listener,
+        64,
+        shutdown.clone(),
+        move |req| super::status::handle(status_ctx.clone(), req),
+    ));
     let (tx, mut rx) = mpsc::channel(4096);
     let events_task = tokio::spawn(events::run(ari.clone(), tx, shutdown.clone()));
     tracing::info!(ari = %s.ari_url, app = %s.ari_app, agent = %s.agent_dial, "ari-coach starting");
-    crate::systemd::ready(&format!("connecting to {}", s.ari_url));
+    tracing::info!(status = %status_url, "ari-coach status endpoint");
+    // The last word is the status URL (as every service's READY status).
+    crate::systemd::ready(&format!(
+        "ari-coach for {}, status on {status_url}",
+        s.ari_url
+    ));
     crate::systemd::spawn_watchdog(shutdown.clone(), || true);
     let mut was_connected = false;
     loop {
@@ -125,6 +150,8 @@ pub async fn serve(
             Some(Incoming::Connected) => {
                 tracing::info!(app = %s.ari_app, "ARI events connected: the app is registered");
                 was_connected = true;
+                ctx.stats.connected.store(true, Ordering::Relaxed);
+                ctx.stats.reconnects.inc();
                 if let Err(e) = reconcile(&ctx).await {
                     tracing::warn!("reconciling with Asterisk failed: {e}");
                 }
@@ -141,12 +168,14 @@ pub async fn serve(
                     tracing::warn!("ARI not reachable: {reason}; retrying");
                 }
                 was_connected = false;
+                ctx.stats.connected.store(false, Ordering::Relaxed);
                 crate::systemd::notify(&format!("STATUS=waiting for Asterisk: {reason}"));
             }
             Some(Incoming::Event(ev)) => dispatch(&ctx, ev).await,
         }
     }
     let _ = events_task.await;
+    let _ = status_task.await;
     // Let the call tasks see the shutdown and stop.
     for _ in 0..50 {
         if ctx.active() == 0 {
@@ -173,6 +202,7 @@ fn channel_of(ev: &Value) -> Option<&str> {
 }
 
 async fn dispatch(ctx: &Arc<Ctx>, ev: Value) {
+    ctx.stats.events.inc();
     let kind = ev["type"].as_str().unwrap_or_default().to_owned();
     if !matches!(
         kind.as_str(),
@@ -196,6 +226,7 @@ async fn dispatch(ctx: &Arc<Ctx>, ev: Value) {
     };
     if let Some((call, tx)) = target {
         if tx.try_send(Msg::Event(Arc::new(ev))).is_err() {
+            ctx.stats.inbox_dropped.inc();
             tracing::error!(call, kind, "call inbox full: event dropped");
         }
         return;
@@ -401,6 +432,7 @@ async fn reconcile(ctx: &Arc<Ctx>) -> Result<(), AriError> {
             tap::remove_ari_pieces(&ctx.ari, call, s).await;
         }
         ctx.release_legs_of(call).await;
+        ctx.stats.call_ended("ended-while-disconnected");
         ctx.publish(serde_json::json!({
             "type": "call.ended", "callId": call, "reason": "ended-while-disconnected",
         }));

@@ -43,6 +43,7 @@ async fn rig(base_port: u16, extra: &[(&str, &str)]) -> Rig {
         ("RELAY_EVENT", relay_event.as_str()),
         ("AGENT_DIAL", "PJSIP/200"),
         ("CALL_COACH_ARI_COACH__AGENT_TIMEOUT_SECS", "2"),
+        ("CALL_COACH_ARI_COACH__LISTEN", "127.0.0.1:0"),
     ];
     env.extend_from_slice(extra);
     let coach = Service::start_named("ari-coach", &env);
@@ -170,6 +171,19 @@ async fn a_whole_call_is_transcribed_per_speaker_and_leaves_nothing_behind() {
     assert_eq!(end["answered"], true);
     rig.sim.wait_empty(&[], Duration::from_secs(10)).await;
     no_legs(&rig.rtp2ws).await;
+    // ari-coach's own status.
+    let (status, _) = rig.coach.request("GET", "/healthz", &[], "").await;
+    assert_eq!(status, 200);
+    let (_, metrics) = rig.coach.request("GET", "/metrics", &[], "").await;
+    for line in [
+        "ari_coach_connected 1",
+        "ari_coach_calls_active 0",
+        "ari_coach_calls_started_total{mode=\"inbound\"} 1",
+        "ari_coach_calls_ended_total{reason=\"customer-hangup\"} 1",
+        "ari_coach_taps_failed_total 0",
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
     // The requests were the documented ones.
     let requests = rig.sim.requests();
     for expected in [
@@ -432,6 +446,7 @@ async fn wrong_credentials_are_reported_and_retried() {
             ("ARI_URL", sim.url.as_str()),
             ("ARI_PASS", "wrong"),
             ("RELAY_EVENT", "http://127.0.0.1:9/event"),
+            ("CALL_COACH_ARI_COACH__LISTEN", "127.0.0.1:0"),
         ],
     );
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -446,6 +461,8 @@ async fn wrong_credentials_are_reported_and_retried() {
     );
     assert!(!coach.log().contains("wrong"), "the password was logged");
     assert!(!sim.connected());
+    let (status, body) = coach.request("GET", "/healthz", &[], "").await;
+    assert_eq!(status, 503, "{body}");
     coach.signal("TERM");
     let status = coach.wait_exit(Duration::from_secs(10)).expect("exit");
     assert!(status.success(), "{status}");
