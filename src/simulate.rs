@@ -150,27 +150,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .unwrap_or("127.0.0.1")
         .to_owned();
 
-    // Ask for the legs exactly as ari-coach will.
+    // Ask for the legs exactly as ari-coach does.
+    let client = crate::rtp2ws::client::Rtp2ws::new(&base);
     let mut legs = Vec::new();
     for side in &sides {
-        let body =
-            serde_json::json!({"callId": call_id, "speaker": side.speaker, "format": opts.format});
-        let url = format!("{base}/streams");
-        let answer = tokio::task::spawn_blocking(move || -> anyhow::Result<serde_json::Value> {
-            let mut resp = ureq::post(&url)
-                .header("content-type", "application/json")
-                .send(body.to_string().as_bytes())
-                .with_context(|| format!("POST {url}"))?;
-            Ok(serde_json::from_str(&resp.body_mut().read_to_string()?)?)
-        })
-        .await??;
-        let port = answer["port"]
-            .as_u64()
-            .context("no port in rtp2ws's answer")? as u16;
-        let id = answer["id"]
-            .as_str()
-            .context("no id in rtp2ws's answer")?
-            .to_owned();
+        let (id, port) = client
+            .open(&call_id, side.speaker, &opts.format)
+            .await
+            .map_err(anyhow::Error::msg)?;
         let target: SocketAddr = format!("{host}:{port}").parse().context("rtp2ws address")?;
         legs.push((id, target));
     }
@@ -229,21 +216,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     // Let the jitter buffer see the last packets before closing.
     tokio::time::sleep(Duration::from_millis(200)).await;
     for (id, _) in &legs {
-        let url = format!("{base}/streams/{id}");
-        let status = tokio::task::spawn_blocking(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .build()
-                .into();
-            agent.delete(&url).call().map(|r| r.status().as_u16())
-        })
-        .await?
-        .with_context(|| format!("DELETE {id}"))?;
-        match status {
-            204 => {}
-            // rtp2ws already closed it (idle): nothing left to release.
-            404 => eprintln!("leg {id} was already closed by rtp2ws"),
-            other => bail!("DELETE {id}: HTTP {other}"),
+        if !client.close(id).await.map_err(anyhow::Error::msg)? {
+            eprintln!("leg {id} was already closed by rtp2ws");
         }
     }
     if !opts.quiet {

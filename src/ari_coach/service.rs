@@ -16,8 +16,9 @@ use super::call::{Call, Mode, Msg, Snapshot, Start};
 use super::events::{self, Incoming};
 use super::names::{self, Kind};
 use super::status::Stats;
-use super::tap::{self, Rtp2ws, TapConfig};
+use super::tap::{self, TapConfig};
 use crate::publish::{PublishStats, Publisher};
+use crate::rtp2ws::client::Rtp2ws;
 
 /// Events a call may have waiting; ari-coach forwards only the few kinds
 /// a call acts on, so a full inbox means a call task is stuck.
@@ -105,7 +106,7 @@ pub async fn serve(
     );
     let ctx = Arc::new(Ctx {
         ari: ari.clone(),
-        rtp2ws: Rtp2ws::new(s.rtp2ws_control),
+        rtp2ws: Rtp2ws::new(&format!("http://{}", s.rtp2ws_control)),
         tap: TapConfig {
             format: s.format.clone(),
             rtp_host: s.rtp_host.clone(),

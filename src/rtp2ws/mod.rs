@@ -1,10 +1,12 @@
 //! rtp2ws: Asterisk ExternalMedia RTP to stt websocket streams, one per
 //! call leg (CONTRACT.md "rtp2ws").
 //!
+//! - [`client`]: a client of that API (ari-coach, `simulate-call`).
 //! - [`control`]: the loopback HTTP API (`POST/GET/DELETE /streams`).
 //! - [`leg`]: one leg: a UDP port, RTP checks, the jitter buffer, and the
 //!   stt websocket with reconnects and a bounded buffer.
 
+pub mod client;
 pub mod control;
 pub mod leg;
 
