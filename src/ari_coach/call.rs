@@ -84,8 +84,8 @@ pub struct Call {
     taps: [Option<Tap>; 2],
     retap_at: [Option<Instant>; 2],
     retaps_left: [u8; 2],
-    /// The leg of a lost tap, released before it is rebuilt.
-    pending_leg: [Option<String>; 2],
+    /// A lost tap, removed (leg released) just before it is rebuilt.
+    lost: [Option<Tap>; 2],
     inbox: mpsc::Receiver<Msg>,
 }
 
@@ -117,7 +117,7 @@ impl Call {
             taps: [None, None],
             retap_at: [None, None],
             retaps_left: [RETAPS; 2],
-            pending_leg: [None, None],
+            lost: [None, None],
             inbox,
         }
     }
@@ -460,9 +460,8 @@ impl Call {
             return;
         };
         tracing::warn!(call = %self.id, speaker, "tap lost: {why}");
-        // The leg goes with the old tap in retap_due.
         self.retap_at[i] = Some(Instant::now() + RETAP_DELAY);
-        self.pending_leg[i] = tap.leg;
+        self.lost[i] = Some(tap);
     }
 
     async fn retap_due(&mut self) {
@@ -472,13 +471,9 @@ impl Call {
                 continue;
             }
             self.retap_at[i] = None;
-            let mut old = Tap {
-                speaker: s,
-                snooped: String::new(),
-                leg: self.pending_leg[i].take(),
-                channel_names: Vec::new(),
-            };
-            old.remove(&self.ctx.ari, &self.ctx.rtp2ws, &self.id).await;
+            if let Some(mut old) = self.lost[i].take() {
+                old.remove(&self.ctx.ari, &self.ctx.rtp2ws, &self.id).await;
+            }
             if self.retaps_left[i] == 0 {
                 continue;
             }
@@ -513,14 +508,15 @@ impl Call {
         }
         let mut removals = Vec::new();
         for (i, s) in names::SPEAKERS.into_iter().enumerate() {
-            let mut tap = self.taps[i].take().unwrap_or(Tap {
-                speaker: s,
-                snooped: String::new(),
-                leg: self.pending_leg[i].take(),
-                channel_names: Vec::new(),
-            });
+            let tap = self.taps[i].take().or_else(|| self.lost[i].take());
             let (ari, rtp2ws, call) = (ari.clone(), self.ctx.rtp2ws.clone(), call.clone());
-            removals.push(async move { tap.remove(&ari, &rtp2ws, &call).await });
+            // Without a tap, its pieces are still removed by name.
+            removals.push(async move {
+                match tap {
+                    Some(mut tap) => tap.remove(&ari, &rtp2ws, &call).await,
+                    None => tap::remove_ari_pieces(&ari, &call, s).await,
+                }
+            });
         }
         futures_util::future::join_all(removals).await;
         if self.attached()
