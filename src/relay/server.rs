@@ -138,6 +138,12 @@ use crate::http::{Resp, json_response, query_param, text, upgrade_response, webs
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
+    // The web UI's assets: no token needed, they hold no data.
+    if matches!(method, Method::GET | Method::HEAD)
+        && let Some(asset) = super::ui::asset(&path)
+    {
+        return Ok(asset);
+    }
     let resp = match (path.as_str(), &method) {
         ("/healthz", &Method::GET | &Method::HEAD) => Ok(text(StatusCode::OK, "ok\n")),
         ("/event", &Method::POST) => post_event(&state, req).await,
@@ -154,11 +160,6 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infal
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed on /event; use POST"),
         )),
-        ("/" | "/index.html" | "/ui/app.js" | "/ui/app.css", &Method::GET | &Method::HEAD) => {
-            super::ui::asset(&path).ok_or_else(|| {
-                Refusal::new(Rejection::NotFound, StatusCode::NOT_FOUND, "no such asset")
-            })
-        }
         _ => Err(Refusal::new(
             Rejection::NotFound,
             StatusCode::NOT_FOUND,
