@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::procs::{Pipeline, port_or_free};
+use crate::procs::{Pipeline, port_or_free, post_event};
 
 /// The sample call (demo/call.wav.gz, made by scripts/make-demo-call.sh).
 pub const SAMPLE_CALL: &[u8] = include_bytes!("../demo/call.wav.gz");
@@ -101,24 +101,12 @@ pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Re
         tokio_tungstenite::connect_async(format!("ws://{relay_addr}/ws?callId={call_id}"))
             .await
             .context("subscribing to the relay")?;
-    let post = |event: Value| {
-        let url = event_url.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            let resp = ureq::post(&url)
-                .header("content-type", "application/json")
-                .send(event.to_string().as_bytes())
-                .context("posting to the relay")?;
-            if resp.status() != 202 {
-                bail!("the relay answered {}", resp.status());
-            }
-            Ok(())
-        })
-    };
-    post(
+    post_event(
+        &event_url,
         json!({"type": "call.started", "callId": call_id, "agent": AGENT,
                 "caller": "Carlos <600123456>", "direction": "inbound"}),
     )
-    .await??;
+    .await?;
 
     // 4. Play the call.
     let sample = dir.join("call.wav.gz");
@@ -162,8 +150,11 @@ pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Re
             && ended_at.is_none()
             && last_transcript.elapsed() > Duration::from_millis(1500)
         {
-            post(json!({"type": "call.ended", "callId": call_id, "reason": "demo-finished"}))
-                .await??;
+            post_event(
+                &event_url,
+                json!({"type": "call.ended", "callId": call_id, "reason": "demo-finished"}),
+            )
+            .await?;
             ended_at = Some(Instant::now());
         }
         if let Some(at) = ended_at

@@ -80,17 +80,8 @@ impl Service {
                 continue;
             };
             let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-            if msg.lines().any(|l| l == "READY=1") {
-                let url = msg
-                    .lines()
-                    .find_map(|l| l.strip_prefix("STATUS="))
-                    .and_then(|s| s.rsplit(' ').next())
-                    .unwrap_or_default();
-                let addr = url
-                    .trim_start_matches("http://")
-                    .trim_start_matches("ws://")
-                    .trim_end_matches("/ws");
-                return Ok(addr.split('/').next().unwrap_or_default().to_owned());
+            if let Some(addr) = ready_address(&msg) {
+                return Ok(addr);
             }
         }
     }
@@ -127,10 +118,45 @@ impl Service {
     }
 }
 
+/// From an sd_notify message with READY=1, the service's address: every
+/// service ends its READY status with its URL (`... http://127.0.0.1:7070`,
+/// `... ws://127.0.0.1:8080/ws`). `None` for other messages.
+pub fn ready_address(msg: &str) -> Option<String> {
+    if !msg.lines().any(|l| l == "READY=1") {
+        return None;
+    }
+    let url = msg
+        .lines()
+        .find_map(|l| l.strip_prefix("STATUS="))
+        .and_then(|s| s.rsplit(' ').next())
+        .unwrap_or_default();
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_start_matches("ws://");
+    Some(addr.split('/').next().unwrap_or_default().to_owned())
+}
+
 impl Drop for Service {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(10));
     }
+}
+
+/// Posts one event to the relay at `event_url` and waits for its 202
+/// (for the callers that stand in for ari-coach: `demo`, `bench-e2e`).
+pub async fn post_event(event_url: &str, event: serde_json::Value) -> anyhow::Result<()> {
+    let url = event_url.to_owned();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let resp = ureq::post(&url)
+            .header("content-type", "application/json")
+            .send(event.to_string().as_bytes())
+            .context("posting to the relay")?;
+        if resp.status() != 202 {
+            bail!("the relay answered {}", resp.status());
+        }
+        Ok(())
+    })
+    .await?
 }
 
 /// A free TCP port on loopback, or `wanted` when it is free.
@@ -234,5 +260,24 @@ impl Drop for Pipeline {
         self.rtp2ws.stop(grace);
         self.stt.stop(grace);
         self.relay.stop(grace);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ready_address;
+
+    #[test]
+    fn addresses_from_ready_statuses() {
+        let ready = |status: &str| ready_address(&format!("READY=1\nSTATUS={status}"));
+        assert_eq!(
+            ready("relay listening on http://127.0.0.1:7070").as_deref(),
+            Some("127.0.0.1:7070")
+        );
+        assert_eq!(
+            ready("stt ready on ws://127.0.0.1:8080/ws").as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert_eq!(ready_address("WATCHDOG=1"), None);
     }
 }

@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::procs::Pipeline;
+use crate::procs::{Pipeline, post_event};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Options {
@@ -109,15 +109,6 @@ async fn run_one(
             .collect(),
     ));
     let event_url = format!("http://{relay}/event");
-    let post = move |event: Value| {
-        let url = event_url.clone();
-        tokio::task::spawn_blocking(move || {
-            ureq::post(&url)
-                .header("content-type", "application/json")
-                .send(event.to_string().as_bytes())
-                .map(drop)
-        })
-    };
     // Per-service CPU and peak memory, sampled twice a second.
     let pids: Vec<(&'static str, u32)> = pipeline
         .services()
@@ -147,11 +138,12 @@ async fn run_one(
     // The calls, spread over `spread` seconds.
     let mut plays = Vec::new();
     for (i, id) in ids.iter().enumerate() {
-        post(
+        post_event(
+            &event_url,
             json!({"type": "call.started", "callId": id, "agent": format!("PJSIP/{}", 200 + i),
                     "caller": format!("{}", 600_000 + i), "direction": "inbound"}),
         )
-        .await??;
+        .await?;
         let delay = Duration::from_secs_f64(opts.spread * i as f64 / n.max(1) as f64);
         let obs = obs.clone();
         let (id2, call_id, control) = (
@@ -184,38 +176,31 @@ async fn run_one(
             .await
         }));
     }
-    let mut pending = plays.len();
-    let mut ended = false;
-    let mut ended_at = Instant::now();
+    // Set once every call's audio is out and its call.ended posted.
+    let mut ended_at: Option<Instant> = None;
     loop {
-        if !ended {
-            let mut still = 0;
-            for p in &plays {
-                if !p.is_finished() {
-                    still += 1;
-                }
+        if ended_at.is_none() && plays.iter().all(|p| p.is_finished()) {
+            for p in plays.drain(..) {
+                p.await?.context("playing a call")?;
             }
-            if still == 0 && pending > 0 {
-                for p in plays.drain(..) {
-                    p.await?.context("playing a call")?;
-                }
-                pending = 0;
-                // The last finals reach the relay; then the calls end.
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                for id in &ids {
-                    post(json!({"type": "call.ended", "callId": id, "reason": "bench"})).await??;
-                }
-                ended = true;
-                ended_at = Instant::now();
+            // The last finals reach the relay; then the calls end.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            for id in &ids {
+                post_event(
+                    &event_url,
+                    json!({"type": "call.ended", "callId": id, "reason": "bench"}),
+                )
+                .await?;
             }
+            ended_at = Some(Instant::now());
         }
-        if ended {
+        if let Some(at) = ended_at {
             let all = obs
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .values()
                 .all(|o| o.summary);
-            if all || ended_at.elapsed() > Duration::from_secs(30) {
+            if all || at.elapsed() > Duration::from_secs(30) {
                 break;
             }
         }

@@ -95,17 +95,9 @@ impl Service {
                 self.log()
             );
             if let Some(msg) = self.recv_notify(Duration::from_millis(200))
-                && msg.lines().any(|l| l == "READY=1")
+                && let Some(addr) = call_coach::procs::ready_address(&msg)
             {
-                let status = msg
-                    .lines()
-                    .find_map(|l| l.strip_prefix("STATUS="))
-                    .expect("STATUS with READY");
-                let url = status.rsplit(' ').next().expect("url in STATUS");
-                let addr = url
-                    .trim_start_matches("http://")
-                    .trim_start_matches("ws://");
-                return addr.trim_end_matches("/ws").to_owned();
+                return addr;
             }
         }
     }
