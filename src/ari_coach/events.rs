@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -27,8 +27,11 @@ pub enum Incoming {
 
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
-/// Asterisk sends a ping now and then; a socket silent for this long is dead.
-const SILENCE_LIMIT: Duration = Duration::from_secs(120);
+/// ari-coach pings Asterisk this often; a quiet system sends no events, so
+/// the pongs are what shows the socket is alive.
+const PING_EVERY: Duration = Duration::from_secs(30);
+/// A socket with no frame at all (events or pongs) for this long is dead.
+const SILENCE_LIMIT: Duration = Duration::from_secs(90);
 
 /// Runs until `shutdown`: connect, forward, reconnect.
 pub async fn run(ari: Arc<Ari>, tx: mpsc::Sender<Incoming>, shutdown: CancellationToken) {
@@ -40,19 +43,31 @@ pub async fn run(ari: Arc<Ari>, tx: mpsc::Sender<Incoming>, shutdown: Cancellati
                 if tx.send(Incoming::Connected).await.is_err() {
                     return;
                 }
+                let mut ping =
+                    tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+                let mut last_frame = tokio::time::Instant::now();
                 loop {
                     let frame = tokio::select! {
                         _ = shutdown.cancelled() => {
                             let _ = ws.close(None).await;
                             return;
                         }
-                        f = tokio::time::timeout(SILENCE_LIMIT, ws.next()) => f,
+                        _ = ping.tick() => {
+                            if last_frame.elapsed() > SILENCE_LIMIT {
+                                break "no answer to pings for 90 s".to_owned();
+                            }
+                            if let Err(e) = ws.send(Message::Ping(Default::default())).await {
+                                break e.to_string();
+                            }
+                            continue;
+                        }
+                        f = ws.next() => f,
                     };
+                    last_frame = tokio::time::Instant::now();
                     match frame {
-                        Err(_) => break "no traffic for 120 s".to_owned(),
-                        Ok(None) => break "closed by Asterisk".to_owned(),
-                        Ok(Some(Err(e))) => break e.to_string(),
-                        Ok(Some(Ok(Message::Text(text)))) => {
+                        None => break "closed by Asterisk".to_owned(),
+                        Some(Err(e)) => break e.to_string(),
+                        Some(Ok(Message::Text(text))) => {
                             match serde_json::from_str::<Value>(&text) {
                                 Ok(v) if v.is_object() => {
                                     if tx.send(Incoming::Event(v)).await.is_err() {
@@ -65,10 +80,10 @@ pub async fn run(ari: Arc<Ari>, tx: mpsc::Sender<Incoming>, shutdown: Cancellati
                                 ),
                             }
                         }
-                        Ok(Some(Ok(Message::Close(frame)))) => {
+                        Some(Ok(Message::Close(frame))) => {
                             break format!("closed by Asterisk ({frame:?})");
                         }
-                        Ok(Some(Ok(_))) => {}
+                        Some(Ok(_)) => {}
                     }
                 }
             }
