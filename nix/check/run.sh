@@ -121,9 +121,34 @@ a = load("asterisk")
 need("call-coach-asterisk-ari.service" in a["units"], "asterisk: the ARI user unit")
 need(sorted(a["asteriskFiles"]) == ["ari.conf", "call-coach-extensions.conf", "extensions.conf", "http.conf"], "asterisk: ari.conf, http.conf, the dialplan")
 need("After=network.target asterisk.service" in a["units"]["call-coach-ari-coach.service"], "asterisk: Asterisk before ari-coach")
-import os
-need(not os.path.exists("/run/keys/ari-password"), "secrets are paths only: the evaluation never read them (the files do not exist here)")
 PY
+# Secrets stay paths: with real secret files holding a sentinel, neither the
+# units nor the generated TOML may contain it.
+sentinel="sentinel-$RANDOM$RANDOM"
+for f in ari llm tokens token; do echo "$sentinel" > "$work/secret-$f"; done
+cat > "$work/secrets.nix" <<NIX
+{
+  services.asterisk.enable = true;
+  services.callCoach = {
+    enable = true;
+    asterisk.enable = true;
+    ariCoach.ariPasswordFile = "$work/secret-ari";
+    orchestrator.apiKeyFile = "$work/secret-llm";
+    relay.tokensFile = "$work/secret-tokens";
+    publisherTokenFile = "$work/secret-token";
+  };
+}
+NIX
+if nix-instantiate --read-write-mode --eval --strict --json nix/check/eval.nix --arg snapshot "$snap" \
+     --arg configuration "$work/secrets.nix" --argstr package "$work/pkg" >"$work/secrets.json" 2>"$work/err"; then
+  config=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["configFile"])' "$work/secrets.json")
+  if grep -q "$sentinel" "$work/secrets.json" "$config"; then bad "a secret's content reached the units or call-coach.toml";
+  elif ! grep -q "ari_pass:$work/secret-ari" "$work/secrets.json"; then bad "the ARI password file is not passed by LoadCredential";
+  else ok "secrets: only their paths reach the units and call-coach.toml (sentinel contents absent)"; fi
+else
+  bad "case secrets: $(cat "$work/err")"
+fi
+
 for spec in "fail-missing-secret:ariPasswordFile must be set" \
             "fail-open-relay:beyond loopback: set services.callCoach.relay.tokensFile" \
             "fail-bad-port:is not of type" \
