@@ -121,15 +121,11 @@ pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Re
         agent,
         customer,
         stereo,
-        rtp2ws: format!("http://{}", pipeline.rtp2ws.addr),
-        call_id: Some(call_id.clone()),
-        format: "slin16".into(),
         realtime: !opts.fast,
-        loss: 0.0,
-        jitter_ms: 0,
-        seed: 1,
-        quiet: true,
-        on_start: Default::default(),
+        ..crate::simulate::Options::driven(
+            format!("http://{}", pipeline.rtp2ws.addr),
+            call_id.clone(),
+        )
     }));
     let mut printer = Printer::default();
     let mut play = Some(play);

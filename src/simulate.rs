@@ -58,6 +58,27 @@ pub struct Options {
     pub on_start: StartHook,
 }
 
+impl Options {
+    /// A clean real-time slin16 call, printing nothing, as another command
+    /// (`demo`, `bench-e2e`) drives it; the audio is set by the caller.
+    pub fn driven(rtp2ws: String, call_id: String) -> Self {
+        Self {
+            agent: None,
+            customer: None,
+            stereo: None,
+            rtp2ws,
+            call_id: Some(call_id),
+            format: "slin16".into(),
+            realtime: true,
+            loss: 0.0,
+            jitter_ms: 0,
+            seed: 1,
+            quiet: true,
+            on_start: StartHook::default(),
+        }
+    }
+}
+
 /// A callback given the instant the audio starts.
 #[derive(Clone, Default)]
 pub struct StartHook(pub Option<std::sync::Arc<dyn Fn(std::time::Instant) + Send + Sync>>);

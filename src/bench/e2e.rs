@@ -160,18 +160,9 @@ async fn run_one(
                 }
             });
             crate::simulate::run(crate::simulate::Options {
-                agent: None,
-                customer: None,
                 stereo: Some(stereo),
-                rtp2ws: control,
-                call_id: Some(call_id),
-                format: "slin16".into(),
-                realtime: true,
-                loss: 0.0,
-                jitter_ms: 0,
-                seed: 1,
-                quiet: true,
                 on_start: crate::simulate::StartHook(Some(hook)),
+                ..crate::simulate::Options::driven(control, call_id)
             })
             .await
         }));
