@@ -34,10 +34,10 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
 # The Whisper base model, fetched once and kept between runs.
-export CALL_COACH_TEST_MODELS="${CALL_COACH_TEST_MODELS:-$HOME/.cache/call-coach/models}"
-if [ ! -f "$CALL_COACH_TEST_MODELS/ggml-base-q8_0.bin" ]; then
-  echo "== fetching the Whisper base model into $CALL_COACH_TEST_MODELS"
-  MODEL_DIR="$CALL_COACH_TEST_MODELS" cargo run --locked --quiet -- model fetch base --quant q8_0
+export TEST_MODEL_DIR="${TEST_MODEL_DIR:-$HOME/.cache/call-coach/models}"
+if [ ! -f "$TEST_MODEL_DIR/ggml-base-q8_0.bin" ]; then
+  echo "== fetching the Whisper base model into $TEST_MODEL_DIR"
+  MODEL_DIR="$TEST_MODEL_DIR" cargo run --locked --quiet -- model fetch base --quant q8_0
 fi
 
 # playwright-core for the browser tests (pinned in tests/browser/package-lock.json).

@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=$(realpath "${1:?usage: nix/check/run.sh CALL_COACH_BINARY}")
 # The binary reads every CALL_COACH_* variable as configuration: only the
-# generated file may speak here (the test suite exports CALL_COACH_TEST_MODELS).
+# generated file may speak here, not the caller's environment.
 for v in $(compgen -e | grep '^CALL_COACH_' || true); do unset "$v"; done
 export NIX_CONFIG=$'experimental-features = nix-command flakes\nsubstituters =\nwarn-dirty = false'
 work=$(mktemp -d)

@@ -321,11 +321,11 @@ pub fn run_bin(argv0: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> (i3
     )
 }
 
-/// Where the test suite's Whisper model lives: `$CALL_COACH_TEST_MODELS`,
+/// Where the test suite's Whisper model lives: `$TEST_MODEL_DIR`,
 /// else the cache `scripts/test.sh` fills. A missing model fails the test
 /// with the command that installs it.
 pub fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("CALL_COACH_TEST_MODELS")
+    let dir = std::env::var_os("TEST_MODEL_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
