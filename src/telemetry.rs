@@ -56,6 +56,38 @@ pub fn process_stats(pid: Option<u32>) -> Option<(u64, f64)> {
     Some((rss_kib * 1024, ticks as f64 / 100.0))
 }
 
+/// Appends one metric in the Prometheus text format: its HELP and TYPE
+/// lines and one unlabelled sample. Every service's `/metrics` writes
+/// through this (and [`prometheus_samples`] for labelled series).
+pub fn prometheus(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    value: impl std::fmt::Display,
+) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
+/// As [`prometheus`], with labelled samples (`labels` like `{reason="x"}`).
+pub fn prometheus_samples<V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, V)>,
+) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, v) in samples {
+        let _ = writeln!(out, "{name}{labels} {v}");
+    }
+}
+
 /// A monotonically increasing count, for Prometheus metrics.
 #[derive(Default)]
 pub struct Counter(AtomicU64);

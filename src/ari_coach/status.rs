@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -60,10 +59,7 @@ impl Stats {
     fn render(&self, active: usize) -> String {
         let mut out = String::new();
         let mut line = |name: &str, help: &str, kind: &str, samples: Vec<(String, u64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, v) in samples {
-                let _ = writeln!(out, "{name}{labels} {v}");
-            }
+            crate::telemetry::prometheus_samples(&mut out, name, kind, help, samples);
         };
         let one = |v: u64| vec![(String::new(), v)];
         let labelled = |label: &str, map: &Mutex<BTreeMap<String, u64>>| {

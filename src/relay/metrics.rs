@@ -73,7 +73,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut o = String::new();
         let mut counter = |name: &str, help: &str, v: u64| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            crate::telemetry::prometheus(&mut o, name, "counter", help, v);
         };
         counter(
             "relay_events_in_total",

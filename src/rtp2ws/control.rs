@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -280,10 +279,7 @@ fn metrics(state: &State) -> String {
     let t = &*state.totals;
     let mut o = String::new();
     let legs = state.legs().len();
-    let _ = writeln!(
-        o,
-        "# HELP rtp2ws_streams Call legs open.\n# TYPE rtp2ws_streams gauge\nrtp2ws_streams {legs}"
-    );
+    crate::telemetry::prometheus(&mut o, "rtp2ws_streams", "gauge", "Call legs open.", legs);
     let rows: [(&str, &str, &AtomicU64); 10] = [
         ("rtp2ws_packets_total", "RTP packets accepted.", &t.packets),
         (
@@ -333,11 +329,7 @@ fn metrics(state: &State) -> String {
         ),
     ];
     for (name, help, v) in rows {
-        let _ = writeln!(
-            o,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-            v.load(Ordering::Relaxed)
-        );
+        crate::telemetry::prometheus(&mut o, name, "counter", help, v.load(Ordering::Relaxed));
     }
     o
 }

@@ -1,6 +1,5 @@
 //! stt's Prometheus metrics.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::telemetry::Counter;
@@ -34,7 +33,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut o = String::new();
         let mut put = |name: &str, kind: &str, help: &str, v: String| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+            crate::telemetry::prometheus(&mut o, name, kind, help, v);
         };
         let g = |a: &AtomicI64| a.load(Ordering::Relaxed).to_string();
         put(
