@@ -130,8 +130,14 @@ pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Re
     let mut printer = Printer::default();
     let mut play = Some(play);
     let mut ended_at: Option<Instant> = None;
+    // With an LLM, its fuller summary follows the rules one: waited for
+    // up to 30 s after the first.
+    let mut rules_summary_at: Option<Instant> = None;
     let mut last_transcript = Instant::now();
     loop {
+        if rules_summary_at.is_some_and(|at| at.elapsed() > Duration::from_secs(30)) {
+            break;
+        }
         // After the audio: let the last words arrive, then end the call.
         if let Some(p) = &play
             && p.is_finished()
@@ -154,6 +160,7 @@ pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Re
             ended_at = Some(Instant::now());
         }
         if let Some(at) = ended_at
+            && rules_summary_at.is_none()
             && at.elapsed() > Duration::from_secs(30)
         {
             bail!(
@@ -180,23 +187,10 @@ pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Re
         }
         printer.show(&ev);
         if ev["type"] == "summary" && ended_at.is_some() {
-            // With an LLM, its fuller summary follows the rules one.
             if !llm || ev["source"] == "llm" {
                 break;
             }
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if let Ok(Some(Ok(Message::Text(t)))) =
-                    tokio::time::timeout(Duration::from_millis(500), ws.next()).await
-                    && let Ok(ev) = serde_json::from_str::<Value>(&t)
-                {
-                    printer.show(&ev);
-                    if ev["type"] == "summary" {
-                        break;
-                    }
-                }
-            }
-            break;
+            rules_summary_at.get_or_insert_with(Instant::now);
         }
     }
     println!();
