@@ -9,8 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-/// Bad usage or configuration (sysexits EX_USAGE).
-pub const EXIT_USAGE: u8 = 64;
+use crate::lifecycle::EXIT_USAGE;
 
 /// The services, by the name that starts them.
 pub const SERVICES: [(&str, &str); 5] = [
@@ -116,7 +115,7 @@ enum Command {
     /// Load generator for a running relay: prints accepted and delivered
     /// events/s and publish-to-delivery latency.
     #[command(name = "bench-relay")]
-    BenchRelay(crate::bench::relay::Options),
+    BenchRelay(crate::tools::bench::relay::Options),
     /// Whisper models: list, import, fetch.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -134,24 +133,24 @@ enum Command {
     },
     /// Load generator for the orchestrator: scripted calls through a relay.
     #[command(name = "bench-orchestrator")]
-    BenchOrchestrator(crate::bench::orchestrator::Options),
+    BenchOrchestrator(crate::tools::bench::orchestrator::Options),
     /// Load generator for rtp2ws: N RTP streams into a counting sink.
     #[command(name = "bench-rtp2ws")]
-    BenchRtp2ws(crate::bench::rtp2ws::Options),
+    BenchRtp2ws(crate::tools::bench::rtp2ws::Options),
     /// End-to-end benchmark: N simulated calls through relay, stt, rtp2ws
     /// and orchestrator run as separate processes.
     #[command(name = "bench-e2e")]
-    BenchE2e(crate::bench::e2e::Options),
+    BenchE2e(crate::tools::bench::e2e::Options),
     /// Load generator for a running stt: real-time streams from WAV files.
     #[command(name = "bench-stt")]
-    BenchStt(crate::bench::stt::Options),
+    BenchStt(crate::tools::bench::stt::Options),
     /// A sample call through the whole pipeline: relay, stt, rtp2ws and
     /// orchestrator as child processes, the call played as Asterisk would,
     /// the coaching printed live and shown in the web UI.
-    Demo(crate::demo::Options),
+    Demo(crate::tools::demo::Options),
     /// Play audio files into rtp2ws as RTP, the way Asterisk sends it.
     #[command(name = "simulate-call")]
-    SimulateCall(crate::simulate::Options),
+    SimulateCall(crate::tools::simulate::Options),
 }
 
 /// Entry point of the binary.
@@ -196,49 +195,48 @@ pub fn main() -> ExitCode {
         return ExitCode::from(EXIT_USAGE);
     };
     match command {
-        Command::Relay(common) => run_service("relay", &common, |settings, shutdown| async move {
-            crate::relay::serve(&settings, shutdown)
-                .await
-                .map_err(anyhow::Error::from)
-        }),
+        Command::Relay(common) => crate::lifecycle::run(
+            "relay",
+            common.config.as_deref(),
+            |settings, shutdown| async move { crate::relay::serve(&settings, shutdown).await },
+        ),
         Command::CheckConfig { common, service } => check_config(&common, service.as_deref()),
-        Command::BenchRelay(opts) => run_tool("bench-relay", crate::bench::relay::run(opts)),
-        Command::Stt(common) => run_service("stt", &common, |settings, shutdown| async move {
-            crate::stt::serve(&settings, shutdown)
-                .await
-                .map_err(anyhow::Error::from)
-        }),
+        Command::BenchRelay(opts) => run_tool("bench-relay", crate::tools::bench::relay::run(opts)),
+        Command::Stt(common) => crate::lifecycle::run(
+            "stt",
+            common.config.as_deref(),
+            |settings, shutdown| async move { crate::stt::serve(&settings, shutdown).await },
+        ),
         Command::Model(cmd) => model_command(cmd),
         Command::Transcribe {
             common,
             files,
             whole,
         } => transcribe(&common, &files, whole),
-        Command::BenchOrchestrator(opts) => {
-            run_tool("bench-orchestrator", crate::bench::orchestrator::run(opts))
+        Command::BenchOrchestrator(opts) => run_tool(
+            "bench-orchestrator",
+            crate::tools::bench::orchestrator::run(opts),
+        ),
+        Command::BenchRtp2ws(opts) => {
+            run_tool("bench-rtp2ws", crate::tools::bench::rtp2ws::run(opts))
         }
-        Command::BenchRtp2ws(opts) => run_tool("bench-rtp2ws", crate::bench::rtp2ws::run(opts)),
-        Command::BenchStt(opts) => run_tool("bench-stt", crate::bench::stt::run(opts)),
-        Command::BenchE2e(opts) => run_tool("bench-e2e", crate::bench::e2e::run(opts)),
-        Command::Rtp2ws(common) => {
-            run_service("rtp2ws", &common, |settings, shutdown| async move {
-                crate::rtp2ws::serve(&settings, shutdown)
-                    .await
-                    .map_err(anyhow::Error::from)
-            })
-        }
-        Command::Orchestrator(common) => {
-            run_service("orchestrator", &common, |settings, shutdown| async move {
-                crate::orchestrator::serve(&settings, shutdown)
-                    .await
-                    .map_err(anyhow::Error::from)
-            })
-        }
-        Command::AriCoach(common) => {
-            run_service("ari-coach", &common, |settings, shutdown| async move {
-                crate::ari_coach::serve(&settings, shutdown).await
-            })
-        }
+        Command::BenchStt(opts) => run_tool("bench-stt", crate::tools::bench::stt::run(opts)),
+        Command::BenchE2e(opts) => run_tool("bench-e2e", crate::tools::bench::e2e::run(opts)),
+        Command::Rtp2ws(common) => crate::lifecycle::run(
+            "rtp2ws",
+            common.config.as_deref(),
+            |settings, shutdown| async move { crate::rtp2ws::serve(&settings, shutdown).await },
+        ),
+        Command::Orchestrator(common) => crate::lifecycle::run(
+            "orchestrator",
+            common.config.as_deref(),
+            |settings, shutdown| async move { crate::orchestrator::serve(&settings, shutdown).await },
+        ),
+        Command::AriCoach(common) => crate::lifecycle::run(
+            "ari-coach",
+            common.config.as_deref(),
+            |settings, shutdown| async move { crate::ari_coach::serve(&settings, shutdown).await },
+        ),
         Command::Demo(opts) => {
             let loaded = match crate::config::load(None) {
                 Ok(l) => l,
@@ -247,9 +245,9 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(EXIT_USAGE);
                 }
             };
-            run_tool("demo", crate::demo::run(opts, loaded.settings))
+            run_tool("demo", crate::tools::demo::run(opts, loaded.settings))
         }
-        Command::SimulateCall(opts) => run_tool("simulate-call", crate::simulate::run(opts)),
+        Command::SimulateCall(opts) => run_tool("simulate-call", crate::tools::simulate::run(opts)),
     }
 }
 
@@ -257,7 +255,7 @@ pub fn main() -> ExitCode {
 /// end: logging, a generous file limit, a runtime, and the error printed.
 fn run_tool(name: &str, tool: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     crate::telemetry::init();
-    crate::raise_fd_limit();
+    crate::lifecycle::raise_fd_limit();
     match runtime().and_then(|rt| rt.block_on(tool)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -294,54 +292,6 @@ fn check_config(common: &Common, service: Option<&str>) -> ExitCode {
     }
     print!("{}", loaded.render(service));
     ExitCode::SUCCESS
-}
-
-/// Loads the configuration, sets up logging and signals, and runs one
-/// service until it stops. Configuration errors exit 64 before anything is
-/// bound.
-fn run_service<F, Fut>(name: &str, common: &Common, service: F) -> ExitCode
-where
-    F: FnOnce(crate::config::Settings, tokio_util::sync::CancellationToken) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    let loaded = match load_config(common) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
-    crate::telemetry::init();
-    crate::raise_fd_limit();
-    let settings = loaded.settings;
-    let result = runtime().and_then(|rt| {
-        rt.block_on(async {
-            let shutdown = crate::shutdown::on_signals(settings.shutdown_timeout())?;
-            service(settings, shutdown).await
-        })
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "{name} failed");
-            eprintln!("call-coach {name}: {e:#}");
-            let config_like = e
-                .downcast_ref::<crate::relay::RelayError>()
-                .is_some_and(|e| {
-                    matches!(
-                        e,
-                        crate::relay::RelayError::OpenToNetwork(_)
-                            | crate::relay::RelayError::Tokens(_)
-                    )
-                })
-                || e.downcast_ref::<crate::orchestrator::OrchestratorError>()
-                    .is_some()
-                || e.downcast_ref::<crate::stt::SttError>().is_some_and(|e| {
-                    matches!(
-                        e,
-                        crate::stt::SttError::Model(_) | crate::stt::SttError::NoCuda
-                    )
-                });
-            ExitCode::from(if config_like { EXIT_USAGE } else { 1 })
-        }
-    }
 }
 
 fn model_command(cmd: ModelCommand) -> ExitCode {

@@ -9,12 +9,14 @@
 //! socket is bound; unknown keys are errors that name the key and the source.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use figment::providers::{Format, Serialized, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
+
+use crate::setting::{ConfigError, Secret};
+use crate::setting::{Section, Var, describe_source};
 use serde::{Deserialize, Serialize};
 
 /// Names the TOML file to read instead of [`SYSTEM_CONFIG`].
@@ -28,60 +30,11 @@ pub const ENV_SYSTEMD_STATE: &str = "STATE_DIRECTORY";
 /// systemd's credentials directory (`LoadCredential=`).
 pub const ENV_CREDENTIALS: &str = "CREDENTIALS_DIRECTORY";
 
-/// The original variable names of CONTRACT.md and the keys each one sets.
-/// A variable used by two services sets both.
-const CONTRACT_ENV: &[(&str, &[&str])] = &[
-    ("STATE_DIR", &["state_dir"]),
-    ("MODEL_DIR", &["model_dir"]),
-    ("RELAY_LISTEN", &["relay.listen"]),
-    ("RELAY_TOKENS_FILE", &["relay.tokens_file"]),
-    ("STT_LISTEN", &["stt.listen"]),
-    ("LANG", &["stt.language"]),
-    ("MODEL_SIZE", &["stt.model_size"]),
-    ("DEVICE", &["stt.device"]),
-    ("COMPUTE_TYPE", &["stt.compute_type"]),
-    ("RELAY_URL", &["stt.relay_url"]),
-    (
-        "RELAY_TOKEN",
-        &[
-            "stt.relay_token",
-            "orchestrator.relay_token",
-            "ari_coach.relay_token",
-        ],
-    ),
-    (
-        "RELAY_TOKEN_FILE",
-        &[
-            "stt.relay_token_file",
-            "orchestrator.relay_token_file",
-            "ari_coach.relay_token_file",
-        ],
-    ),
-    ("CALL_ID", &["rtp2ws.call_id"]),
-    ("BASE_PORT", &["rtp2ws.base_port", "ari_coach.base_port"]),
-    (
-        "RTP2WS_CONTROL",
-        &["rtp2ws.control", "ari_coach.rtp2ws_control"],
-    ),
-    ("STT_URL", &["rtp2ws.stt_url"]),
-    ("OPENROUTER_API_KEY", &["orchestrator.openrouter_api_key"]),
-    (
-        "OPENROUTER_API_KEY_FILE",
-        &["orchestrator.openrouter_api_key_file"],
-    ),
-    ("OPENROUTER_MODEL", &["orchestrator.openrouter_model"]),
-    ("LLM_BASE_URL", &["orchestrator.llm_base_url"]),
-    ("RELAY_WS", &["orchestrator.relay_ws"]),
-    (
-        "RELAY_EVENT",
-        &["orchestrator.relay_event", "ari_coach.relay_event"],
-    ),
-    ("ARI_URL", &["ari_coach.ari_url"]),
-    ("ARI_USER", &["ari_coach.ari_user"]),
-    ("ARI_PASS", &["ari_coach.ari_pass"]),
-    ("ARI_PASS_FILE", &["ari_coach.ari_pass_file"]),
-    ("ARI_APP", &["ari_coach.ari_app"]),
-    ("AGENT_DIAL", &["ari_coach.agent_dial"]),
+/// The original variables of docs/contract.md that set common keys; each
+/// service declares its own in its [`Section`].
+const COMMON_ENV: &[Var] = &[
+    Var::new("STATE_DIR", "state_dir"),
+    Var::new("MODEL_DIR", "model_dir"),
 ];
 
 /// The whole configuration of every service.
@@ -163,63 +116,6 @@ fn is_writable_dir(dir: &Path) -> bool {
     dir.is_dir() && unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0
 }
 
-/// A secret value: never printed, logged or serialized in the clear.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("<redacted>")
-    }
-}
-
-/// A configuration problem, with the key and the source it came from.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("configuration file {path}: {source}")]
-    File {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{}", describe_figment(.0))]
-    Figment(#[from] Box<figment::Error>),
-    #[error("{key}: {message}")]
-    Invalid { key: String, message: String },
-    #[error("{key}: cannot read secret from {path}: {source}")]
-    SecretFile {
-        key: String,
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
-impl ConfigError {
-    pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Invalid {
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-}
-
 /// Settings as loaded, with what is needed to say where each came from.
 pub struct Loaded {
     pub settings: Settings,
@@ -264,22 +160,15 @@ pub fn load_from(
             Err(_) => {}
         }
     }
-    for (var, keys) in CONTRACT_ENV {
-        let Some((_, value)) = env.iter().find(|(k, _)| k == var) else {
+    for (var, keys) in contract_env() {
+        let Some((_, value)) = env.iter().find(|(k, _)| *k == var.name) else {
             continue;
         };
-        let value = if *var == "LANG" {
-            match language_from_locale(value) {
-                Some(lang) => lang,
-                None => continue,
-            }
-        } else {
-            value.clone()
-        };
-        if value.is_empty() {
+        let Some(value) = (var.read)(value).filter(|v| !v.is_empty()) else {
             continue;
-        }
-        figment = figment.merge(EnvVar::new(var, keys, value));
+        };
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        figment = figment.merge(EnvVar::new(var.name, &keys, value));
     }
     let mut namespaced: Vec<&(String, String)> = env
         .iter()
@@ -304,17 +193,78 @@ pub fn load_from(
     Ok(loaded)
 }
 
-/// `es_ES.UTF-8` -> `es`; `C`, `POSIX` and `C.UTF-8` mean "the default".
-pub fn language_from_locale(locale: &str) -> Option<String> {
-    let lang = locale
-        .split(['_', '.', '@', '-'])
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    match lang.as_str() {
-        "" | "c" | "posix" => None,
-        _ => Some(lang),
+/// Fills one section's secrets from their `*_file` settings or systemd
+/// credentials (named like the key), and its credential paths.
+fn resolve_section<S: Section>(
+    section: &mut S,
+    credentials: Option<&Path>,
+    sources: &mut BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
+    for slot in section.secrets() {
+        if slot.value.is_some() {
+            continue;
+        }
+        let key = format!("{}.{}", S::KEY, slot.key);
+        let name = slot.key;
+        let (path, source) = match (&slot.file, credentials) {
+            (Some(path), _) => (path.clone(), format!("file {}", path.display())),
+            (None, Some(dir)) if dir.join(name).is_file() => {
+                (dir.join(name), format!("systemd credential {name}"))
+            }
+            _ => continue,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::SecretFile {
+            key: key.clone(),
+            path: path.clone(),
+            source: e,
+        })?;
+        *slot.value = Some(Secret::new(text.trim_end_matches(['\n', '\r'])));
+        sources.insert(key, source);
     }
+    for slot in section.credential_paths() {
+        let Some(dir) = credentials else { break };
+        let path = dir.join(slot.credential);
+        if slot.value.is_none() && path.is_file() {
+            *slot.value = Some(path);
+            sources.insert(
+                format!("{}.{}", S::KEY, slot.key),
+                format!("systemd credential {}", slot.credential),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Every original variable with the full keys it sets: the common ones
+/// and each service's, a variable two services declare setting both.
+fn contract_env() -> Vec<(Var, Vec<String>)> {
+    let mut out: Vec<(Var, Vec<String>)> = COMMON_ENV
+        .iter()
+        .map(|v| (*v, vec![v.key.to_owned()]))
+        .collect();
+    let sections: [(&str, &[Var]); 5] = [
+        (crate::relay::Settings::KEY, crate::relay::Settings::ENV),
+        (crate::stt::Settings::KEY, crate::stt::Settings::ENV),
+        (crate::rtp2ws::Settings::KEY, crate::rtp2ws::Settings::ENV),
+        (
+            crate::orchestrator::Settings::KEY,
+            crate::orchestrator::Settings::ENV,
+        ),
+        (
+            crate::ari_coach::Settings::KEY,
+            crate::ari_coach::Settings::ENV,
+        ),
+    ];
+    for (section, vars) in sections {
+        for v in vars {
+            let key = format!("{section}.{}", v.key);
+            match out.iter_mut().find(|(o, _)| o.name == v.name) {
+                Some((_, keys)) => keys.push(key),
+                None => out.push((*v, vec![key])),
+            }
+        }
+    }
+    out
 }
 
 impl Loaded {
@@ -324,77 +274,25 @@ impl Loaded {
             .iter()
             .find(|(k, _)| k == ENV_CREDENTIALS)
             .map(|(_, v)| PathBuf::from(v));
+        let dir = credentials.as_deref();
         let s = &mut self.settings;
-        let slots: [(&str, &mut Option<Secret>, &Option<PathBuf>); 5] = [
-            (
-                "orchestrator.relay_token",
-                &mut s.orchestrator.relay_token,
-                &s.orchestrator.relay_token_file,
-            ),
-            (
-                "stt.relay_token",
-                &mut s.stt.relay_token,
-                &s.stt.relay_token_file,
-            ),
-            (
-                "orchestrator.openrouter_api_key",
-                &mut s.orchestrator.openrouter_api_key,
-                &s.orchestrator.openrouter_api_key_file,
-            ),
-            (
-                "ari_coach.relay_token",
-                &mut s.ari_coach.relay_token,
-                &s.ari_coach.relay_token_file,
-            ),
-            (
-                "ari_coach.ari_pass",
-                &mut s.ari_coach.ari_pass,
-                &s.ari_coach.ari_pass_file,
-            ),
-        ];
-        for (key, value, file) in slots {
-            if value.is_some() {
-                continue;
-            }
-            let name = key.rsplit('.').next().unwrap_or(key);
-            let (path, source) = match (file, &credentials) {
-                (Some(path), _) => (path.clone(), format!("file {}", path.display())),
-                (None, Some(dir)) if dir.join(name).is_file() => {
-                    let path = dir.join(name);
-                    let source = format!("systemd credential {name}");
-                    (path, source)
-                }
-                _ => continue,
-            };
-            let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::SecretFile {
-                key: key.to_owned(),
-                path: path.clone(),
-                source: e,
-            })?;
-            *value = Some(Secret::new(text.trim_end_matches(['\n', '\r'])));
-            self.extra_sources.insert(key.to_owned(), source);
-        }
-        if s.relay.tokens_file.is_none()
-            && let Some(dir) = credentials
-        {
-            let path = dir.join(crate::relay::TOKENS_CREDENTIAL);
-            if path.is_file() {
-                s.relay.tokens_file = Some(path);
-                self.extra_sources.insert(
-                    "relay.tokens_file".into(),
-                    format!("systemd credential {}", crate::relay::TOKENS_CREDENTIAL),
-                );
-            }
-        }
+        let sources = &mut self.extra_sources;
+        resolve_section(&mut s.relay, dir, sources)?;
+        resolve_section(&mut s.stt, dir, sources)?;
+        resolve_section(&mut s.rtp2ws, dir, sources)?;
+        resolve_section(&mut s.orchestrator, dir, sources)?;
+        resolve_section(&mut s.ari_coach, dir, sources)?;
         Ok(())
     }
 
     /// Checks that need more than a type: each names its key.
     fn validate(&self) -> Result<(), ConfigError> {
-        self.settings.relay.validate()?;
-        self.settings.stt.validate()?;
-        self.settings.rtp2ws.validate()?;
-        self.settings.ari_coach.validate()?;
+        let s = &self.settings;
+        s.relay.validate()?;
+        s.stt.validate()?;
+        s.rtp2ws.validate()?;
+        s.orchestrator.validate()?;
+        s.ari_coach.validate()?;
         if self.settings.shutdown_timeout_secs == 0 {
             return Err(ConfigError::invalid(
                 "shutdown_timeout_secs",
@@ -410,7 +308,7 @@ impl Loaded {
             return s.clone();
         }
         match self.figment.find_metadata(key) {
-            Some(md) => describe(md),
+            Some(md) => describe_source(md),
             None => "default".into(),
         }
     }
@@ -445,34 +343,6 @@ impl Loaded {
             out.push_str(&format!("{assign:<width$}  # {source}\n"));
         }
         out
-    }
-}
-
-/// Every error figment found, one per line, as `key: problem (source)`.
-fn describe_figment(err: &figment::Error) -> String {
-    err.clone()
-        .into_iter()
-        .map(|e| {
-            let key = e.path.join(".");
-            let source = e.metadata.as_ref().map(describe);
-            match (key.is_empty(), source) {
-                (true, Some(src)) => format!("{} (from {src})", e.kind),
-                (true, None) => e.kind.to_string(),
-                (false, Some(src)) => format!("{key}: {} (from {src})", e.kind),
-                (false, None) => format!("{key}: {}", e.kind),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn describe(md: &Metadata) -> String {
-    match &md.source {
-        Some(figment::Source::File(path)) => format!("{} {}", md.name, path.display()),
-        // The built-in defaults are the only values serialized from code.
-        Some(figment::Source::Code(_)) => "default".into(),
-        Some(other) => format!("{} ({other})", md.name),
-        None => md.name.to_string(),
     }
 }
 
@@ -600,10 +470,16 @@ mod tests {
 
     #[test]
     fn lang_takes_the_language_part() {
-        assert_eq!(language_from_locale("es_ES.UTF-8").as_deref(), Some("es"));
-        assert_eq!(language_from_locale("pt-BR").as_deref(), Some("pt"));
-        assert_eq!(language_from_locale("C.UTF-8"), None);
-        assert_eq!(language_from_locale("POSIX"), None);
+        assert_eq!(
+            crate::stt::language_from_locale("es_ES.UTF-8").as_deref(),
+            Some("es")
+        );
+        assert_eq!(
+            crate::stt::language_from_locale("pt-BR").as_deref(),
+            Some("pt")
+        );
+        assert_eq!(crate::stt::language_from_locale("C.UTF-8"), None);
+        assert_eq!(crate::stt::language_from_locale("POSIX"), None);
         let l = load_from(None, &env(&[("LANG", "C")])).unwrap();
         assert_eq!(l.settings.stt.language, "es");
         let l = load_from(None, &env(&[("LANG", "en_US.UTF-8")])).unwrap();

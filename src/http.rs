@@ -20,21 +20,6 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub type Resp = Response<Full<Bytes>>;
 
-/// A listening address that could not be taken (in use, not ours).
-#[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr}: {source}")]
-pub struct BindError {
-    pub addr: std::net::SocketAddr,
-    pub source: std::io::Error,
-}
-
-/// Binds a service's TCP listener, naming the address on failure.
-pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| BindError { addr, source })
-}
-
 /// Serves HTTP/1.1 (with upgrades) on `listener` until `shutdown`: at most
 /// `max_connections` at once; on shutdown stops accepting, lets each
 /// connection finish its request in flight, and returns once all are done.

@@ -8,6 +8,13 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+static TO_JOURNAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether logs go to the journal (else to stderr).
+pub fn to_journal() -> bool {
+    TO_JOURNAL.load(Ordering::Relaxed)
+}
+
 /// Installs the global subscriber. Safe to call more than once.
 pub fn init() {
     let filter = EnvFilter::try_from_default_env()
@@ -19,6 +26,7 @@ pub fn init() {
                 let _ = registry
                     .with(layer.with_syslog_identifier("call-coach".into()))
                     .try_init();
+                TO_JOURNAL.store(true, Ordering::Relaxed);
                 return;
             }
             Err(e) => eprintln!("call-coach: journald unavailable ({e}); logging to stderr"),

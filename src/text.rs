@@ -22,6 +22,30 @@ pub fn normalise(text: &str) -> String {
     out.trim_end().to_owned()
 }
 
+/// Word errors of `hyp` against `reference` after [`normalise`]: the edit
+/// distance over words, and the reference's word count (WER is their ratio).
+pub fn word_errors(reference: &str, hyp: &str) -> (usize, usize) {
+    let words =
+        |s: &str| -> Vec<String> { normalise(s).split_whitespace().map(str::to_owned).collect() };
+    let (r, h) = (words(reference), words(hyp));
+    (edit_distance(&r, &h), r.len())
+}
+
+/// Levenshtein distance over words.
+pub fn edit_distance(a: &[String], b: &[String]) -> usize {
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, x) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, y) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(x != y))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

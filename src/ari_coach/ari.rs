@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::config::Secret;
+use crate::setting::Secret;
 
 /// A failed ARI request: Asterisk answered with an error status, or could
 /// not be reached.
@@ -103,6 +103,69 @@ impl Channel {
             }
             _ => self.name.clone(),
         }
+    }
+}
+
+/// One message of ARI's events socket, with the fields ari-coach reads
+/// (the ARI reference's `Event` models: StasisStart, Dial, ...).
+#[derive(Debug, Clone, Default)]
+pub struct AriEvent {
+    /// `StasisStart`, `ChannelDestroyed`, `Dial`, ...
+    pub kind: String,
+    /// The channel it is about (`channel`), if any.
+    pub channel: Option<Channel>,
+    /// `Dial`: the channel dialled.
+    pub peer_id: Option<String>,
+    /// `Dial`: `ANSWER`, `BUSY`, `NOANSWER`, ...
+    pub dial_status: Option<String>,
+    /// `ChannelDestroyed`/`ChannelHangupRequest`: the Q.850 cause.
+    pub cause: Option<i64>,
+    /// `StasisStart`: the application's arguments.
+    pub args: Vec<String>,
+    /// `PlaybackFinished`: the playback and its target (`channel:ID`).
+    pub playback_id: Option<String>,
+    pub playback_target: Option<String>,
+}
+
+impl AriEvent {
+    /// `None` when the frame is not a JSON object with a `type`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let v: Value = serde_json::from_str(text).ok()?;
+        let s = |p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_owned);
+        Some(Self {
+            kind: s("/type")?,
+            channel: v
+                .get("channel")
+                .filter(|c| c.is_object())
+                .map(Channel::from_json),
+            peer_id: s("/peer/id"),
+            dial_status: s("/dialstatus"),
+            cause: v.get("cause").and_then(Value::as_i64),
+            args: v
+                .get("args")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            playback_id: s("/playback/id"),
+            playback_target: s("/playback/target_uri"),
+        })
+    }
+
+    /// The id of the channel it is about.
+    pub fn channel_id(&self) -> Option<&str> {
+        self.channel.as_ref().map(|c| c.id.as_str())
+    }
+
+    /// The channel to route it by: its channel, the dialled peer, or the
+    /// channel a playback played on.
+    pub fn route(&self) -> Option<&str> {
+        self.channel_id()
+            .or(self.peer_id.as_deref())
+            .or_else(|| self.playback_target.as_deref()?.strip_prefix("channel:"))
     }
 }
 

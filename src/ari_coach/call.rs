@@ -10,12 +10,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use super::ari::AriEvent;
 use super::names;
 use super::service::Ctx;
 use super::tap::{self, Tap};
+use crate::event::{CallEnded, CallStarted, CallTap, Channels, Event, Speaker};
 
 /// How the call came to ari-coach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +53,7 @@ pub struct Snapshot {
 }
 
 pub enum Msg {
-    Event(Arc<Value>),
+    Event(Arc<AriEvent>),
     Reconcile(Arc<Snapshot>),
 }
 
@@ -205,12 +206,10 @@ impl Call {
             let Some(msg) = msg else { return End::Shutdown };
             match msg {
                 Msg::Event(ev) => {
-                    let kind = ev["type"].as_str().unwrap_or_default();
-                    let channel = ev.pointer("/channel/id").and_then(Value::as_str);
-                    if kind == "Dial"
-                        && ev.pointer("/peer/id").and_then(Value::as_str) == Some(&agent)
-                    {
-                        dial_status = ev["dialstatus"].as_str().map(str::to_owned);
+                    let kind = ev.kind.as_str();
+                    let channel = ev.channel_id();
+                    if kind == "Dial" && ev.peer_id.as_deref() == Some(&agent) {
+                        dial_status = ev.dial_status.clone();
                         continue;
                     }
                     if channel == Some(&customer) && leaves(kind) {
@@ -222,8 +221,7 @@ impl Call {
                             break;
                         }
                         if leaves(kind) {
-                            let reason =
-                                failure_reason(dial_status.as_deref(), ev["cause"].as_i64());
+                            let reason = failure_reason(dial_status.as_deref(), ev.cause);
                             return self.agent_failed(reason).await;
                         }
                     }
@@ -270,12 +268,10 @@ impl Call {
             match msg {
                 None => return End::Over(reason.into()),
                 Some(Msg::Event(ev)) => {
-                    let kind = ev["type"].as_str().unwrap_or_default();
-                    let done = kind == "PlaybackFinished"
-                        && ev.pointer("/playback/id").and_then(Value::as_str) == Some(&playback);
-                    let gone = leaves(kind)
-                        && ev.pointer("/channel/id").and_then(Value::as_str)
-                            == Some(&self.customer);
+                    let kind = ev.kind.as_str();
+                    let done =
+                        kind == "PlaybackFinished" && ev.playback_id.as_deref() == Some(&playback);
+                    let gone = leaves(kind) && ev.channel_id() == Some(&self.customer);
                     if done || gone {
                         return End::Over(reason.into());
                     }
@@ -344,14 +340,16 @@ impl Call {
             Mode::Adopted { .. } => "adopted",
         };
         self.ctx.stats.call_started(mode);
-        self.ctx.publish(json!({
-            "type": "call.started",
-            "callId": self.id,
-            "agent": self.agent_endpoint,
-            "caller": self.caller,
-            "direction": "inbound",
-            "mode": mode,
-            "channels": {"customer": self.customer, "agent": self.agent},
+        self.ctx.publish(Event::CallStarted(CallStarted {
+            call_id: self.id.clone(),
+            agent: self.agent_endpoint.clone(),
+            caller: self.caller.clone(),
+            direction: "inbound".into(),
+            mode: Some(mode.into()),
+            channels: Some(Channels {
+                customer: self.customer.clone(),
+                agent: self.agent.clone(),
+            }),
         }));
     }
 
@@ -376,9 +374,12 @@ impl Call {
             Err(e) => {
                 ctx.stats.taps_failed.inc();
                 tracing::warn!(call = %self.id, speaker, "tapping failed; the call goes on without this party's transcript: {e}");
-                ctx.publish(json!({
-                    "type": "call.tap", "callId": self.id, "speaker": speaker,
-                    "ok": false, "error": e,
+                ctx.publish(Event::CallTap(CallTap {
+                    call_id: self.id.clone(),
+                    speaker: tap_speaker(speaker),
+                    ok: false,
+                    error: Some(e.to_string()),
+                    restored: None,
                 }));
                 None
             }
@@ -401,8 +402,8 @@ impl Call {
             let Some(msg) = msg else { return End::Shutdown };
             match msg {
                 Msg::Event(ev) => {
-                    let kind = ev["type"].as_str().unwrap_or_default();
-                    let Some(channel) = ev.pointer("/channel/id").and_then(Value::as_str) else {
+                    let kind = ev.kind.as_str();
+                    let Some(channel) = ev.channel_id() else {
                         continue;
                     };
                     if !leaves(kind) {
@@ -417,10 +418,7 @@ impl Call {
                     if let Some((_, names::Kind::Snoop(s) | names::Kind::ExternalMedia(s))) =
                         names::parse(channel)
                     {
-                        let name = ev
-                            .pointer("/channel/name")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default();
+                        let name = ev.channel.as_ref().map_or("", |c| c.name.as_str());
                         // Events of a tap already replaced are old news.
                         if self.taps[speaker_index(s)]
                             .as_ref()
@@ -481,8 +479,12 @@ impl Call {
             self.taps[i] = self.make_tap(s).await;
             if self.taps[i].is_some() {
                 self.ctx.stats.taps_restored.inc();
-                self.ctx.publish(json!({
-                    "type": "call.tap", "callId": self.id, "speaker": s, "ok": true, "restored": true,
+                self.ctx.publish(Event::CallTap(CallTap {
+                    call_id: self.id.clone(),
+                    speaker: tap_speaker(s),
+                    ok: true,
+                    error: None,
+                    restored: Some(true),
                 }));
             }
         }
@@ -526,20 +528,14 @@ impl Call {
             tracing::warn!(call, "unsubscribing failed: {e}");
         }
         self.ctx.stats.call_ended(reason);
-        let mut ended = json!({
-            "type": "call.ended",
-            "callId": call,
-            "reason": reason,
-            "answered": self.answered_at.is_some(),
-        });
-        if let Some(at) = self.answered_at {
-            ended["durationMs"] = json!(at.elapsed().as_millis() as u64);
-        }
-        if self.answered_at.is_none() {
-            ended["caller"] = json!(self.caller);
-            ended["agent"] = json!(self.agent_endpoint);
-        }
-        self.ctx.publish(ended);
+        let answered = self.answered_at.is_some();
+        self.ctx.publish(Event::CallEnded(CallEnded {
+            answered: Some(answered),
+            duration_ms: self.answered_at.map(|at| at.elapsed().as_millis() as u64),
+            caller: (!answered).then(|| self.caller.clone()),
+            agent: (!answered).then(|| self.agent_endpoint.clone()),
+            ..CallEnded::new(call, reason)
+        }));
     }
 }
 
@@ -581,4 +577,9 @@ mod tests {
         assert_eq!(failure_reason(None, Some(21)), "agent-rejected");
         assert_eq!(failure_reason(None, None), "agent-no-answer");
     }
+}
+
+/// A tap's party as the event names it (ari-coach taps agent and customer).
+fn tap_speaker(speaker: &str) -> Speaker {
+    Speaker::parse(speaker).unwrap_or(Speaker::Mix)
 }

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::ari::AriEvent;
 use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -18,7 +18,7 @@ use super::ari::Ari;
 pub enum Incoming {
     /// The socket is (again) open: the app is registered in Asterisk.
     Connected,
-    Event(Value),
+    Event(AriEvent),
     /// The socket closed or could not be opened; `reason` says why.
     Disconnected {
         reason: String,
@@ -67,19 +67,17 @@ pub async fn run(ari: Arc<Ari>, tx: mpsc::Sender<Incoming>, shutdown: Cancellati
                     match frame {
                         None => break "closed by Asterisk".to_owned(),
                         Some(Err(e)) => break e.to_string(),
-                        Some(Ok(Message::Text(text))) => {
-                            match serde_json::from_str::<Value>(&text) {
-                                Ok(v) if v.is_object() => {
-                                    if tx.send(Incoming::Event(v)).await.is_err() {
-                                        return;
-                                    }
+                        Some(Ok(Message::Text(text))) => match AriEvent::parse(&text) {
+                            Some(ev) => {
+                                if tx.send(Incoming::Event(ev)).await.is_err() {
+                                    return;
                                 }
-                                _ => tracing::warn!(
-                                    bytes = text.len(),
-                                    "ARI sent a frame that is not a JSON object; ignored"
-                                ),
                             }
-                        }
+                            None => tracing::warn!(
+                                bytes = text.len(),
+                                "ARI sent a frame that is not a JSON object; ignored"
+                            ),
+                        },
                         Some(Ok(Message::Close(frame))) => {
                             break format!("closed by Asterisk ({frame:?})");
                         }

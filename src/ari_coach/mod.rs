@@ -25,9 +25,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use service::serve;
+pub use service::{AriCoachError, serve};
 
-use crate::config::{ConfigError, Secret};
+use crate::setting::{ConfigError, Secret, SecretSlot, Section, Var};
 
 /// Settings of the ari-coach service (`[ari_coach]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -103,8 +103,38 @@ impl Default for Settings {
     }
 }
 
-impl Settings {
-    pub fn validate(&self) -> Result<(), ConfigError> {
+impl Section for Settings {
+    const KEY: &'static str = "ari_coach";
+    const ENV: &'static [Var] = &[
+        Var::new("BASE_PORT", "base_port"),
+        Var::new("RTP2WS_CONTROL", "rtp2ws_control"),
+        Var::new("RELAY_EVENT", "relay_event"),
+        Var::new("RELAY_TOKEN", "relay_token"),
+        Var::new("RELAY_TOKEN_FILE", "relay_token_file"),
+        Var::new("ARI_URL", "ari_url"),
+        Var::new("ARI_USER", "ari_user"),
+        Var::new("ARI_PASS", "ari_pass"),
+        Var::new("ARI_PASS_FILE", "ari_pass_file"),
+        Var::new("ARI_APP", "ari_app"),
+        Var::new("AGENT_DIAL", "agent_dial"),
+    ];
+
+    fn secrets(&mut self) -> Vec<SecretSlot<'_>> {
+        vec![
+            SecretSlot {
+                key: "relay_token",
+                value: &mut self.relay_token,
+                file: self.relay_token_file.clone(),
+            },
+            SecretSlot {
+                key: "ari_pass",
+                value: &mut self.ari_pass,
+                file: self.ari_pass_file.clone(),
+            },
+        ]
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
         if !(self.ari_url.starts_with("http://") || self.ari_url.starts_with("https://")) {
             return Err(ConfigError::invalid(
                 "ari_coach.ari_url",
@@ -123,7 +153,7 @@ impl Settings {
                 "must be a dial string such as PJSIP/200",
             ));
         }
-        if crate::rtp2ws::leg::Format::parse(&self.format).is_none() {
+        if crate::audio::rtp::Format::parse(&self.format).is_none() {
             return Err(ConfigError::invalid(
                 "ari_coach.format",
                 "must be slin16, slin, ulaw or alaw",

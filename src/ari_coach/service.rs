@@ -6,18 +6,18 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Settings;
-use super::ari::{Ari, AriError};
+use super::ari::{Ari, AriError, AriEvent};
 use super::call::{Call, Mode, Msg, Snapshot, Start};
 use super::events::{self, Incoming};
 use super::names::{self, Kind};
 use super::status::Stats;
 use super::tap::{self, TapConfig};
-use crate::publish::{PublishStats, Publisher};
+use crate::event::{CallEnded, Event};
+use crate::relay_client::{PublishStats, Publisher};
 use crate::rtp2ws::client::Rtp2ws;
 
 /// Events a call may have waiting; ari-coach forwards only the few kinds
@@ -63,7 +63,7 @@ impl Ctx {
         t.routes.retain(|_, c| c != call);
     }
 
-    pub fn publish(&self, event: Value) {
+    pub fn publish(&self, event: Event) {
         self.publisher.send(event);
     }
 
@@ -88,14 +88,30 @@ impl Ctx {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum AriCoachError {
+    #[error(transparent)]
+    Bind(#[from] crate::lifecycle::BindError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl crate::lifecycle::ExitStatus for AriCoachError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            AriCoachError::Bind(_) => crate::lifecycle::EXIT_USAGE,
+            AriCoachError::Io(_) => 1,
+        }
+    }
+}
+
 /// Runs ari-coach until `shutdown`. Calls still up are left up for the
 /// next run to adopt.
 pub async fn serve(
     settings: &crate::config::Settings,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), AriCoachError> {
     let s = settings.ari_coach.clone();
-    s.validate()?;
     let ari = Ari::new(&s.ari_url, &s.ari_user, s.ari_pass.as_ref(), &s.ari_app);
     let publish_stats = Arc::new(PublishStats::default());
     let (publisher, publisher_thread) = Publisher::start(
@@ -121,7 +137,9 @@ pub async fn serve(
             ..Default::default()
         },
     });
-    let listener = crate::http::bind(s.listen).await?;
+    let listener =
+        crate::lifecycle::listen(s.listen, "ari_coach.listen", "CALL_COACH_ARI_COACH__LISTEN")
+            .await?;
     let status_url = format!("http://{}", listener.local_addr()?);
     let status_ctx = ctx.clone();
     let status_task = tokio::spawn(crate::http::serve(
@@ -135,11 +153,11 @@ pub async fn serve(
     tracing::info!(ari = %s.ari_url, app = %s.ari_app, agent = %s.agent_dial, "ari-coach starting");
     tracing::info!(status = %status_url, "ari-coach status endpoint");
     // The last word is the status URL (as every service's READY status).
-    crate::systemd::ready(&format!(
-        "ari-coach for {}, status on {status_url}",
-        s.ari_url
-    ));
-    crate::systemd::spawn_watchdog(shutdown.clone(), || true);
+    crate::lifecycle::ready(
+        &format!("ari-coach for {}, status on {status_url}", s.ari_url),
+        &shutdown,
+        || true,
+    );
     let mut was_connected = false;
     loop {
         let incoming = tokio::select! {
@@ -190,21 +208,9 @@ pub async fn serve(
     Ok(())
 }
 
-/// The channel an event is about, for routing.
-fn channel_of(ev: &Value) -> Option<&str> {
-    ev.pointer("/channel/id")
-        .or_else(|| ev.pointer("/peer/id"))
-        .and_then(Value::as_str)
-        .or_else(|| {
-            ev.pointer("/playback/target_uri")
-                .and_then(Value::as_str)
-                .and_then(|u| u.strip_prefix("channel:"))
-        })
-}
-
-async fn dispatch(ctx: &Arc<Ctx>, ev: Value) {
+async fn dispatch(ctx: &Arc<Ctx>, ev: AriEvent) {
     ctx.stats.events.inc();
-    let kind = ev["type"].as_str().unwrap_or_default().to_owned();
+    let kind = ev.kind.clone();
     if !matches!(
         kind.as_str(),
         "StasisStart"
@@ -216,7 +222,7 @@ async fn dispatch(ctx: &Arc<Ctx>, ev: Value) {
     ) {
         return;
     }
-    let Some(channel) = channel_of(&ev).map(str::to_owned) else {
+    let Some(channel) = ev.route().map(str::to_owned) else {
         return;
     };
     let target = {
@@ -238,15 +244,8 @@ async fn dispatch(ctx: &Arc<Ctx>, ev: Value) {
 }
 
 /// A channel entered the app and belongs to no call yet.
-async fn start_call(ctx: &Arc<Ctx>, channel: &str, ev: &Value) {
-    let args: Vec<String> = ev["args"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+async fn start_call(ctx: &Arc<Ctx>, channel: &str, ev: &AriEvent) {
+    let args = &ev.args;
     let first = args.first().map(String::as_str).unwrap_or_default();
     if names::parse(channel).is_some() || matches!(first, "agent" | "snoop") {
         // A leg of a call that is already over: not ours to keep.
@@ -263,7 +262,7 @@ async fn start_call(ctx: &Arc<Ctx>, channel: &str, ev: &Value) {
         let _ = ctx.ari.continue_in_dialplan(channel).await;
         return;
     }
-    let info = super::ari::Channel::from_json(&ev["channel"]);
+    let info = ev.channel.clone().unwrap_or_default();
     let start = if first == "attach" {
         let (Some(customer), Some(agent)) = (args.get(1), args.get(2)) else {
             tracing::warn!(
@@ -434,9 +433,10 @@ async fn reconcile(ctx: &Arc<Ctx>) -> Result<(), AriError> {
         }
         ctx.release_legs_of(call).await;
         ctx.stats.call_ended("ended-while-disconnected");
-        ctx.publish(serde_json::json!({
-            "type": "call.ended", "callId": call, "reason": "ended-while-disconnected",
-        }));
+        ctx.publish(Event::CallEnded(CallEnded::new(
+            call.clone(),
+            "ended-while-disconnected",
+        )));
     }
     tracing::info!(
         tracked = keep.len(),

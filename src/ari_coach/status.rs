@@ -14,7 +14,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::service::Ctx;
 use crate::http::{Resp, text};
-use crate::publish::PublishStats;
+use crate::relay_client::PublishStats;
 use crate::telemetry::Counter;
 
 #[derive(Default)]

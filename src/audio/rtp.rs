@@ -2,6 +2,8 @@
 //! that never panics, whatever the bytes, and building (for the call
 //! simulator and tests).
 
+use serde::Serialize;
+
 /// Payload types rtp2ws accepts (notes/asterisk-ari.md, RFC 3551).
 pub const PT_PCMU: u8 = 0;
 pub const PT_PCMA: u8 = 8;
@@ -96,6 +98,63 @@ pub fn build(
     out.extend_from_slice(&ssrc.to_be_bytes());
     out.extend_from_slice(payload);
     out
+}
+
+/// The payload format of an RTP stream, by the names Asterisk and
+/// ari-coach use (`slin16`, `slin`, `ulaw`, `alaw`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Slin16,
+    Slin,
+    Ulaw,
+    Alaw,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "slin16" => Some(Self::Slin16),
+            "slin" | "slin8" => Some(Self::Slin),
+            "ulaw" | "pcmu" => Some(Self::Ulaw),
+            "alaw" | "pcma" => Some(Self::Alaw),
+            _ => None,
+        }
+    }
+
+    pub fn payload_type(self) -> u8 {
+        match self {
+            Self::Slin16 => PT_SLIN16,
+            Self::Slin => PT_SLIN,
+            Self::Ulaw => PT_PCMU,
+            Self::Alaw => PT_PCMA,
+        }
+    }
+
+    pub fn rate(self) -> u32 {
+        match self {
+            Self::Slin16 => 16_000,
+            _ => 8_000,
+        }
+    }
+
+    /// Payload bytes to samples (L16 is big-endian on the wire).
+    pub fn decode(self, payload: &[u8]) -> Vec<i16> {
+        match self {
+            Self::Slin16 | Self::Slin => payload
+                .chunks_exact(2)
+                .map(|c| i16::from_be_bytes([c[0], c[1]]))
+                .collect(),
+            Self::Ulaw => payload
+                .iter()
+                .map(|b| super::g711::ulaw_to_linear(*b))
+                .collect(),
+            Self::Alaw => payload
+                .iter()
+                .map(|b| super::g711::alaw_to_linear(*b))
+                .collect(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::config::Secret;
-use crate::publish::Publisher;
+use crate::event::{Event, Figures, Severity, Source, Summary, Tip};
+
+use crate::relay_client::Publisher;
+use crate::setting::Secret;
 
 /// Consecutive failures that open the breaker, and how long it stays open.
 const BREAKER_FAILURES: u32 = 5;
@@ -50,7 +52,7 @@ pub enum JobKind {
     },
     /// The rules summary already published; the LLM's text completes it.
     Summary {
-        base: Value,
+        base: Summary,
     },
 }
 
@@ -285,14 +287,16 @@ impl Shared {
 
     fn publish(&self, job: &Job, text: &str, is_final: bool) {
         match &job.kind {
-            JobKind::Tip { tip_id } => self.publisher.send(json!({
-                "type": "tip",
-                "callId": job.call_id,
-                "tipId": tip_id,
-                "text": text.trim(),
-                "source": "llm",
-                "final": is_final,
-                "severity": "info",
+            JobKind::Tip { tip_id } => self.publisher.send(Event::Tip(Tip {
+                call_id: job.call_id.clone(),
+                tip_id: tip_id.clone(),
+                text: text.trim().to_owned(),
+                source: Source::Llm,
+                is_final,
+                severity: Severity::Info,
+                rule: None,
+                trigger: None,
+                utterance_id: None,
             })),
             // A summary is published once, whole.
             JobKind::Summary { base } if is_final => {
@@ -306,12 +310,12 @@ impl Shared {
                             .then(|| v.trim().to_owned())
                     })
                 };
-                ev["source"] = json!("llm");
-                ev["text"] = json!(text.trim());
-                ev["callReason"] = json!(field("motivo").or_else(|| field("reason")));
-                ev["outcome"] = json!(field("resultado").or_else(|| field("outcome")));
-                ev["followUps"] = json!(field("seguimiento").or_else(|| field("follow")));
-                self.publisher.send(ev);
+                ev.source = Source::Llm;
+                ev.text = text.trim().to_owned();
+                ev.call_reason = field("motivo").or_else(|| field("reason"));
+                ev.outcome = field("resultado").or_else(|| field("outcome"));
+                ev.follow_ups = field("seguimiento").or_else(|| field("follow"));
+                self.publisher.send(Event::Summary(ev));
             }
             JobKind::Summary { .. } => {}
         }
@@ -339,7 +343,7 @@ impl Failure {
 pub fn summary_messages(
     language: &str,
     transcript: &[(bool, String)],
-    summary: &Value,
+    summary: &Summary,
 ) -> Vec<Value> {
     let system = match language {
         "en" => {
@@ -352,7 +356,7 @@ pub fn summary_messages(
     let user = format!(
         "Transcripción (final):\n{}\n\nDatos de la llamada: {}",
         labelled(transcript),
-        summary
+        Event::Summary(summary.clone()).to_json()
     );
     chat(system, &user)
 }
@@ -379,7 +383,7 @@ fn chat(system: &str, user: &str) -> Vec<Value> {
 pub fn messages(
     language: &str,
     transcript: &[(bool, String)],
-    metrics: &Value,
+    metrics: &Figures,
     fired: &[String],
 ) -> Vec<Value> {
     let system = match language {
@@ -393,7 +397,7 @@ pub fn messages(
     let user = format!(
         "Transcripción reciente:\n{}\n\nMétricas: {}\nReglas activadas: {}",
         labelled(transcript),
-        metrics,
+        serde_json::to_string(metrics).unwrap_or_default(),
         if fired.is_empty() {
             "ninguna".to_owned()
         } else {

@@ -19,7 +19,7 @@
 
 use std::time::Instant;
 
-use serde::Serialize;
+use crate::event::Figures;
 
 /// Gaps up to this long do not end a monologue.
 const MONOLOGUE_GAP_MS: u64 = 2_000;
@@ -46,23 +46,6 @@ pub struct CallMetrics {
     /// Furthest `endMs` seen (partials included), and when it arrived.
     timeline_end: u64,
     last_arrival: Option<Instant>,
-}
-
-/// One `metrics` event's figures.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Snapshot {
-    pub agent_talk_ratio: f64,
-    #[serde(rename = "agentTalkRatio2m")]
-    pub agent_talk_ratio_2m: f64,
-    pub agent_wpm: f64,
-    pub customer_wpm: f64,
-    pub silence_ms: u64,
-    pub overtalk_ms: u64,
-    pub longest_agent_monologue_ms: u64,
-    pub customer_questions: u64,
-    pub agent_speech_ms: u64,
-    pub customer_speech_ms: u64,
 }
 
 impl CallMetrics {
@@ -105,7 +88,7 @@ impl CallMetrics {
         }
     }
 
-    pub fn snapshot(&self, now: Instant) -> Snapshot {
+    pub fn snapshot(&self, now: Instant) -> Figures {
         let speech = |agent: bool, from: u64| -> u64 {
             self.finals
                 .iter()
@@ -132,7 +115,7 @@ impl CallMetrics {
         let silence_ms = self
             .last_arrival
             .map_or(0, |t| now.saturating_duration_since(t).as_millis() as u64);
-        Snapshot {
+        Figures {
             agent_talk_ratio: round3(ratio(agent_ms, customer_ms)),
             agent_talk_ratio_2m: round3(ratio(
                 speech(true, recent_from),

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Secret;
+use crate::setting::{ConfigError, Secret, SecretSlot, Section, Var};
 
 /// Settings of the orchestrator service (`[orchestrator]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,6 +69,65 @@ pub struct Settings {
     pub llm_max_concurrent: usize,
     /// Tokens a day for the LLM at most (0: no limit).
     pub llm_daily_token_budget: u64,
+}
+
+impl Section for Settings {
+    const KEY: &'static str = "orchestrator";
+    const ENV: &'static [Var] = &[
+        Var::new("OPENROUTER_API_KEY", "openrouter_api_key"),
+        Var::new("OPENROUTER_API_KEY_FILE", "openrouter_api_key_file"),
+        Var::new("OPENROUTER_MODEL", "openrouter_model"),
+        Var::new("LLM_BASE_URL", "llm_base_url"),
+        Var::new("RELAY_WS", "relay_ws"),
+        Var::new("RELAY_EVENT", "relay_event"),
+        Var::new("RELAY_TOKEN", "relay_token"),
+        Var::new("RELAY_TOKEN_FILE", "relay_token_file"),
+    ];
+
+    fn secrets(&mut self) -> Vec<SecretSlot<'_>> {
+        vec![
+            SecretSlot {
+                key: "relay_token",
+                value: &mut self.relay_token,
+                file: self.relay_token_file.clone(),
+            },
+            SecretSlot {
+                key: "openrouter_api_key",
+                value: &mut self.openrouter_api_key,
+                file: self.openrouter_api_key_file.clone(),
+            },
+        ]
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let url = |key: &str, value: &str, schemes: &[&str]| {
+            if schemes.iter().any(|s| value.starts_with(s)) {
+                Ok(())
+            } else {
+                Err(ConfigError::invalid(
+                    format!("orchestrator.{key}"),
+                    format!("{value:?} is not a {} URL", schemes.join(" or ")),
+                ))
+            }
+        };
+        url("relay_ws", &self.relay_ws, &["ws://"])?;
+        url("relay_event", &self.relay_event, &["http://", "https://"])?;
+        url("llm_base_url", &self.llm_base_url, &["http://", "https://"])?;
+        for (key, value) in [
+            ("metrics_every_secs", self.metrics_every_secs),
+            ("idle_call_secs", self.idle_call_secs),
+            ("llm_timeout_secs", self.llm_timeout_secs),
+            ("llm_max_concurrent", self.llm_max_concurrent as u64),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(
+                    format!("orchestrator.{key}"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Settings {

@@ -8,9 +8,9 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use super::metrics::Snapshot;
+use crate::event::{ChecklistItem, Figures, Severity};
 use crate::text::normalise;
 
 /// The default Spanish rules, built into the binary.
@@ -22,14 +22,6 @@ pub enum RulesError {
     File { path: String, message: String },
     #[error("rule {id:?}: {message}")]
     Rule { id: String, message: String },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Info,
-    Warn,
-    Critical,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -234,20 +226,6 @@ pub struct Fired {
     pub trigger: String,
 }
 
-/// The state of one checklist item, as published.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ItemState {
-    pub id: String,
-    pub label: String,
-    pub done: bool,
-    /// Call time when it was said (ms).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub at_ms: Option<u64>,
-    /// Past its deadline and still not said.
-    pub overdue: bool,
-}
-
 /// The rules coach's memory of one call.
 #[derive(Debug, Default)]
 pub struct CallRules {
@@ -332,7 +310,7 @@ impl CallRules {
     }
 
     /// Time-based rules: dead air, monologues, overdue checklist items.
-    pub fn tick(&mut self, set: &RuleSet, m: &Snapshot, now_ms: u64) -> (Vec<Fired>, bool) {
+    pub fn tick(&mut self, set: &RuleSet, m: &Figures, now_ms: u64) -> (Vec<Fired>, bool) {
         let mut fired = Vec::new();
         for rule in &set.rules {
             let (value, name) = match rule.kind {
@@ -367,10 +345,10 @@ impl CallRules {
         (fired, changed)
     }
 
-    pub fn checklist(&self, set: &RuleSet) -> Vec<ItemState> {
+    pub fn checklist(&self, set: &RuleSet) -> Vec<ChecklistItem> {
         set.checklist
             .iter()
-            .map(|i| ItemState {
+            .map(|i| ChecklistItem {
                 id: i.id.clone(),
                 label: i.label.clone(),
                 done: self.ticked.contains_key(&i.id),

@@ -6,17 +6,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::sync::CancellationToken;
 
 use super::llm::{self, LlmCoach, LlmConfig};
 use super::metrics::CallMetrics;
 use super::rules::{CallRules, Fired, RuleSet, RulesError};
 use super::{RulesMode, Settings};
-use crate::publish::{PublishStats, Publisher};
+use crate::event::{
+    CallEnded, CallStarted, Checklist, Event, Figures, Metrics, Source, Speaker, Summary, Tip,
+    Transcript,
+};
+use crate::relay_client::{PublishStats, Publisher, Scope, Subscription};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OrchestratorError {
@@ -24,6 +24,13 @@ pub enum OrchestratorError {
     Rules(#[from] RulesError),
     #[error("orchestrator.relay_ws {0:?} is not a ws:// URL")]
     BadUrl(String),
+}
+
+impl crate::lifecycle::ExitStatus for OrchestratorError {
+    fn exit_code(&self) -> u8 {
+        // A bad rules file or URL: the configuration must change.
+        crate::lifecycle::EXIT_USAGE
+    }
 }
 
 /// What the orchestrator keeps per call.
@@ -68,26 +75,19 @@ impl Call {
     }
 }
 
-/// The subscription URL: `relay_ws` as it is with `single_call`, else the
-/// same relay's all-calls stream; `since` resumes after a reconnect.
-fn subscription_url(s: &Settings, since: Option<i64>) -> Result<String, OrchestratorError> {
-    if !s.relay_ws.starts_with("ws://") {
-        return Err(OrchestratorError::BadUrl(s.relay_ws.clone()));
-    }
-    let (base, query) = s.relay_ws.split_once('?').unwrap_or((&s.relay_ws, ""));
-    let mut params: Vec<String> = query
-        .split('&')
-        .filter(|p| !p.is_empty() && !p.starts_with("since="))
-        .filter(|p| s.single_call || !p.starts_with("callId="))
-        .map(str::to_owned)
-        .collect();
-    if !s.single_call {
-        params.push("callId=*".into());
-    }
-    if let Some(pos) = since {
-        params.push(format!("since={pos}"));
-    }
-    Ok(format!("{base}?{}", params.join("&")))
+/// The relay subscription: every call, or with `single_call` the one call
+/// `relay_ws` names (`callId=live` by default).
+fn subscription(s: &Settings) -> Result<Subscription, OrchestratorError> {
+    let scope = if s.single_call {
+        let query = s.relay_ws.split_once('?').map_or("", |(_, q)| q);
+        Scope::Call(
+            crate::http::query_param(Some(query), "callId").unwrap_or_else(|| "live".into()),
+        )
+    } else {
+        Scope::All
+    };
+    Subscription::new(&s.relay_ws, scope, s.relay_token.clone())
+        .map_err(|e| OrchestratorError::BadUrl(e.0))
 }
 
 /// Where events go: tips, checklists and summaries on one publisher, the
@@ -103,11 +103,11 @@ struct Out {
 }
 
 impl Out {
-    fn send(&self, event: Value) {
+    fn send(&self, event: Event) {
         self.urgent.send(event);
     }
 
-    fn metrics(&self, event: Value) {
+    fn metrics(&self, event: Event) {
         self.bulk.send(event);
     }
 }
@@ -122,7 +122,7 @@ pub async fn serve(
         Some(path) => RuleSet::load(path, s.rules_mode == RulesMode::Extend)?,
         None => RuleSet::default_set(),
     });
-    subscription_url(&s, None)?;
+    subscription(&s)?;
     let stats = Arc::new(PublishStats::default());
     let (urgent, urgent_thread) = Publisher::start(
         s.relay_event.clone(),
@@ -157,72 +157,27 @@ pub async fn serve(
         llm = publisher.llm.is_some(),
         "orchestrator started"
     );
-    crate::systemd::ready("orchestrator following the relay");
-    crate::systemd::spawn_watchdog(shutdown.clone(), || true);
+    crate::lifecycle::ready("orchestrator following the relay", &shutdown, || true);
 
     let mut calls: HashMap<String, Call> = HashMap::new();
     let mut ended = Ended::default();
-    let mut cursor: Option<i64> = None;
-    let mut backoff = Duration::from_millis(200);
+    let mut relay = subscription(&s)?;
     let every = Duration::from_secs(s.metrics_every_secs.max(1));
     let mut tick = tokio::time::interval(every);
     let mut llm_tick = tokio::time::interval(Duration::from_millis(250));
-    'connect: while !shutdown.is_cancelled() {
-        let url = subscription_url(&s, cursor)?;
-        let mut req = match url.as_str().into_client_request() {
-            Ok(r) => r,
-            Err(_) => return Err(OrchestratorError::BadUrl(url)),
-        };
-        if let Some(t) = &s.relay_token
-            && let Ok(v) = format!("Bearer {}", t.expose()).parse()
-        {
-            req.headers_mut().insert("authorization", v);
-        }
-        let mut ws = tokio::select! {
+    loop {
+        tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = tokio_tungstenite::connect_async(req) => match r {
-                Ok((ws, _)) => ws,
-                Err(e) => {
-                    tracing::warn!(error = %e, "relay unreachable; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
+            _ = tick.tick() => tick_all(&mut calls, &rules, &publisher, &s),
+            _ = llm_tick.tick(), if publisher.llm.is_some() => {
+                if let Some(coach) = &publisher.llm {
+                    ask_llm(&mut calls, coach, &s);
                 }
-            },
-        };
-        tracing::info!(%url, "following the relay");
-        crate::systemd::notify("STATUS=following the relay");
-        backoff = Duration::from_millis(200);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break 'connect,
-                _ = tick.tick() => tick_all(&mut calls, &rules, &publisher, &s),
-                _ = llm_tick.tick(), if publisher.llm.is_some() => {
-                    if let Some(coach) = &publisher.llm {
-                        ask_llm(&mut calls, coach, &s);
-                    }
+            }
+            received = relay.next() => {
+                if let Some(event) = &received.event {
+                    handle(&mut calls, &mut ended, &rules, &publisher, event, &s);
                 }
-                msg = ws.next() => match msg {
-                    Some(Ok(Message::Text(text))) => {
-                        let Ok(ev) = serde_json::from_str::<Value>(&text) else { continue };
-                        // Resume by relay position for all calls, by seq
-                        // for one.
-                        let key = if s.single_call { "seq" } else { "pos" };
-                        if let Some(pos) = ev[key].as_i64() {
-                            cursor = Some(cursor.map_or(pos, |c| c.max(pos)));
-                        }
-                        if ev["type"] == "relay.dropped" {
-                            tracing::warn!("the relay dropped us as too slow; resuming");
-                            continue 'connect;
-                        }
-                        handle(&mut calls, &mut ended, &rules, &publisher, &ev, &s);
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => {
-                        tracing::warn!("lost the relay; reconnecting");
-                        continue 'connect;
-                    }
-                },
             }
         }
     }
@@ -279,51 +234,52 @@ fn handle(
     ended: &mut Ended,
     rules: &RuleSet,
     publisher: &Out,
-    ev: &Value,
+    event: &Event,
     s: &Settings,
 ) {
     let llm = publisher.llm.is_some();
-    let Some(call_id) = ev["callId"].as_str() else {
-        return;
-    };
     let now = Instant::now();
-    match ev["type"].as_str().unwrap_or_default() {
-        "call.started" => {
+    match event {
+        Event::CallStarted(CallStarted { call_id, agent, .. }) => {
             ended.remove(call_id);
             let mut call = Call::new(now);
-            call.agent = ev["agent"].as_str().map(str::to_owned);
-            calls.insert(call_id.to_owned(), call);
+            call.agent = Some(agent.clone());
+            calls.insert(call_id.clone(), call);
         }
-        "call.ended" => {
+        Event::CallEnded(CallEnded {
+            call_id, reason, ..
+        }) => {
             ended.insert(call_id);
             if let Some(call) = calls.remove(call_id) {
-                let reason = ev["reason"].as_str().unwrap_or("ended").to_owned();
-                finish(call_id, call, &reason, rules, publisher);
+                finish(call_id, call, reason, rules, publisher);
             }
         }
-        "transcript" if ended.set.contains(call_id) => {}
-        "transcript" => {
+        Event::Transcript(t) if ended.set.contains(&t.call_id) => {}
+        Event::Transcript(t) => {
+            let Transcript {
+                call_id,
+                speaker,
+                text,
+                is_final,
+                utterance_id,
+                start_ms,
+                end_ms,
+                ..
+            } = t;
             let call = calls
-                .entry(call_id.to_owned())
+                .entry(call_id.clone())
                 .or_insert_with(|| Call::new(now));
             call.last_event = now;
-            let agent = ev["speaker"] == "agent";
-            let text = ev["text"].as_str().unwrap_or_default();
-            let is_final = ev["final"] == true;
-            let (start, end) = (
-                ev["startMs"].as_u64().unwrap_or(0),
-                ev["endMs"].as_u64().unwrap_or(0),
-            );
+            let agent = *speaker == Speaker::Agent;
             call.metrics
-                .transcript(agent, text, start, end, is_final, now);
-            let utterance = ev["utteranceId"].as_str().unwrap_or_default();
+                .transcript(agent, text, *start_ms, *end_ms, *is_final, now);
             let at = call.elapsed_ms(now);
-            let (fired, changed) = call.rules.transcript(rules, agent, text, utterance, at);
-            publish_tips(call_id, call, fired, Some(utterance), publisher);
+            let (fired, changed) = call.rules.transcript(rules, agent, text, utterance_id, at);
+            publish_tips(call_id, call, fired, Some(utterance_id), publisher);
             if changed {
                 publish_checklist(call_id, call, rules, publisher);
             }
-            if is_final && !text.trim().is_empty() {
+            if *is_final && !text.trim().is_empty() {
                 call.recent.push_back((agent, text.to_owned()));
                 if call.recent.len() > RECENT_UTTERANCES {
                     call.recent.pop_front();
@@ -387,7 +343,7 @@ fn ask_llm(calls: &mut HashMap<String, Call>, coach: &LlmCoach, s: &Settings) {
         call.tips += 1;
         let transcript: Vec<(bool, String)> = call.recent.iter().cloned().collect();
         let fired: Vec<String> = call.fired.keys().cloned().collect();
-        let metrics = serde_json::to_value(call.metrics.snapshot(now)).unwrap_or_default();
+        let metrics = call.metrics.snapshot(now);
         coach.request(llm::Job {
             call_id: id.clone(),
             kind: llm::JobKind::Tip {
@@ -398,12 +354,12 @@ fn ask_llm(calls: &mut HashMap<String, Call>, coach: &LlmCoach, s: &Settings) {
     }
 }
 
-fn metrics_event(call_id: &str, snapshot: &super::metrics::Snapshot, call_ms: u64) -> Value {
-    let mut ev = serde_json::to_value(snapshot).unwrap_or_else(|_| json!({}));
-    ev["type"] = json!("metrics");
-    ev["callId"] = json!(call_id);
-    ev["callMs"] = json!(call_ms);
-    ev
+fn metrics_event(call_id: &str, figures: &Figures, call_ms: u64) -> Event {
+    Event::Metrics(Metrics {
+        call_id: call_id.to_owned(),
+        figures: figures.clone(),
+        call_ms,
+    })
 }
 
 /// `utterance`: the transcript whose words set the tips off (phrase rules);
@@ -419,29 +375,24 @@ fn publish_tips(
     for f in fired {
         call.tips += 1;
         *call.fired.entry(f.rule.clone()).or_default() += 1;
-        let mut tip = json!({
-            "type": "tip",
-            "callId": call_id,
-            "tipId": format!("rules-{}-{}", f.rule, call.tips),
-            "text": f.tip,
-            "source": "rules",
-            "final": true,
-            "severity": f.severity,
-            "rule": f.rule,
-            "trigger": f.trigger,
-        });
-        if let Some(u) = utterance.filter(|u| !u.is_empty()) {
-            tip["utteranceId"] = json!(u);
-        }
-        publisher.send(tip);
+        publisher.send(Event::Tip(Tip {
+            call_id: call_id.to_owned(),
+            tip_id: format!("rules-{}-{}", f.rule, call.tips),
+            text: f.tip,
+            source: Source::Rules,
+            is_final: true,
+            severity: f.severity,
+            rule: Some(f.rule),
+            trigger: Some(f.trigger),
+            utterance_id: utterance.filter(|u| !u.is_empty()).map(str::to_owned),
+        }));
     }
 }
 
 fn publish_checklist(call_id: &str, call: &Call, rules: &RuleSet, publisher: &Out) {
-    publisher.send(json!({
-        "type": "checklist",
-        "callId": call_id,
-        "items": call.rules.checklist(rules),
+    publisher.send(Event::Checklist(Checklist {
+        call_id: call_id.to_owned(),
+        items: call.rules.checklist(rules),
     }));
 }
 
@@ -486,19 +437,21 @@ fn finish(call_id: &str, call: Call, reason: &str, rules: &RuleSet, publisher: &
         m.customer_questions,
         m.longest_agent_monologue_ms / 1000,
     );
-    let summary = json!({
-        "type": "summary",
-        "callId": call_id,
-        "text": text,
-        "source": "rules",
-        "reason": reason,
-        "agent": call.agent,
-        "durationMs": duration_ms,
-        "metrics": m,
-        "rulesFired": call.fired,
-        "checklist": checklist,
-    });
-    publisher.send(summary.clone());
+    let summary = Summary {
+        call_id: call_id.to_owned(),
+        text,
+        source: Source::Rules,
+        reason: reason.to_owned(),
+        agent: call.agent.clone(),
+        duration_ms,
+        metrics: m,
+        rules_fired: call.fired.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        checklist,
+        call_reason: None,
+        outcome: None,
+        follow_ups: None,
+    };
+    publisher.send(Event::Summary(summary.clone()));
     // With an LLM, a fuller summary (reason, outcome, follow-ups) follows.
     if let Some(coach) = &publisher.llm
         && !call.recent.is_empty()
@@ -517,22 +470,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn subscription_urls() {
+    fn subscriptions_follow_single_call() {
         let mut s = Settings::default();
         assert_eq!(
-            subscription_url(&s, None).unwrap(),
+            subscription(&s).unwrap().url(),
             "ws://127.0.0.1:7070/ws?callId=*"
-        );
-        assert_eq!(
-            subscription_url(&s, Some(42)).unwrap(),
-            "ws://127.0.0.1:7070/ws?callId=*&since=42"
         );
         s.single_call = true;
         assert_eq!(
-            subscription_url(&s, Some(3)).unwrap(),
-            "ws://127.0.0.1:7070/ws?callId=live&since=3"
+            subscription(&s).unwrap().url(),
+            "ws://127.0.0.1:7070/ws?callId=live"
         );
         s.relay_ws = "http://x".into();
-        assert!(subscription_url(&s, None).is_err());
+        assert!(subscription(&s).is_err());
     }
 }

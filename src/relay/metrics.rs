@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-pub use crate::telemetry::Counter;
+use crate::telemetry::Counter;
 use std::time::Duration;
 
 /// Upper bounds of the commit-latency histogram, in seconds.

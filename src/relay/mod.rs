@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub use server::{RelayError, run, serve};
 
-use crate::config::ConfigError;
+use crate::setting::{ConfigError, PathSlot, Section, Var};
 
 /// Name of the systemd credential holding the tokens file.
 pub const TOKENS_CREDENTIAL: &str = "relay_tokens";
@@ -75,8 +75,22 @@ impl Default for Settings {
     }
 }
 
-impl Settings {
-    pub fn validate(&self) -> Result<(), ConfigError> {
+impl Section for Settings {
+    const KEY: &'static str = "relay";
+    const ENV: &'static [Var] = &[
+        Var::new("RELAY_LISTEN", "listen"),
+        Var::new("RELAY_TOKENS_FILE", "tokens_file"),
+    ];
+
+    fn credential_paths(&mut self) -> Vec<PathSlot<'_>> {
+        vec![PathSlot {
+            key: "tokens_file",
+            credential: TOKENS_CREDENTIAL,
+            value: &mut self.tokens_file,
+        }]
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
         if self.subscriber_queue == 0 {
             return Err(ConfigError::invalid(
                 "relay.subscriber_queue",

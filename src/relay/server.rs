@@ -34,9 +34,20 @@ pub enum RelayError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Bind(#[from] crate::http::BindError),
+    Bind(#[from] crate::lifecycle::BindError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+impl crate::lifecycle::ExitStatus for RelayError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            RelayError::OpenToNetwork(_) | RelayError::Tokens(_) | RelayError::Bind(_) => {
+                crate::lifecycle::EXIT_USAGE
+            }
+            RelayError::Store(_) | RelayError::Io(_) => 1,
+        }
+    }
 }
 
 pub(super) struct State {
@@ -55,7 +66,7 @@ pub async fn serve(settings: &Settings, shutdown: CancellationToken) -> Result<(
     let addr = settings.relay.listen;
     // Refuse before binding, so an exposed address is never even opened.
     check_exposure(settings, addr)?;
-    let listener = crate::http::bind(addr).await?;
+    let listener = crate::lifecycle::listen(addr, "relay.listen", "RELAY_LISTEN").await?;
     run(listener, settings, shutdown).await
 }
 
@@ -112,9 +123,10 @@ pub async fn run(
         auth = state.tokens.is_some(),
         "relay listening"
     );
-    crate::systemd::ready(&format!("relay listening on {url}"));
     let watchdog_state = state.clone();
-    crate::systemd::spawn_watchdog(shutdown.clone(), move || !watchdog_state.store.is_closed());
+    crate::lifecycle::ready(&format!("relay listening on {url}"), &shutdown, move || {
+        !watchdog_state.store.is_closed()
+    });
 
     let handler_state = state.clone();
     crate::http::serve(listener, r.max_connections, shutdown.clone(), move |req| {

@@ -17,15 +17,25 @@ use serde_json::{Value, json};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
-use super::leg::{self, Counters, Format, Spec};
+use super::leg::{self, Counters, Spec};
+use crate::audio::rtp::Format;
 use crate::http::{Resp, json_response, text};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Rtp2wsError {
     #[error(transparent)]
-    Bind(#[from] crate::http::BindError),
+    Bind(#[from] crate::lifecycle::BindError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+impl crate::lifecycle::ExitStatus for Rtp2wsError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Rtp2wsError::Bind(_) => crate::lifecycle::EXIT_USAGE,
+            Rtp2wsError::Io(_) => 1,
+        }
+    }
 }
 
 struct Leg {
@@ -100,7 +110,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), Rtp2wsError> {
     let addr = settings.rtp2ws.control;
-    let listener = crate::http::bind(addr).await?;
+    let listener = crate::lifecycle::listen(addr, "rtp2ws.control", "RTP2WS_CONTROL").await?;
     run(listener, settings, shutdown).await
 }
 
@@ -124,7 +134,12 @@ pub async fn run(
             let addr = SocketAddr::new(s.rtp_bind, port);
             let socket = UdpSocket::bind(addr)
                 .await
-                .map_err(|source| crate::http::BindError { addr, source })?;
+                .map_err(|e| crate::lifecycle::BindError {
+                    addr,
+                    key: "rtp2ws.base_port",
+                    var: "BASE_PORT",
+                    reason: crate::lifecycle::io_reason(&e),
+                })?;
             let spec = Spec {
                 id: format!("fixed-{speaker}"),
                 call_id: call_id.clone(),
@@ -139,8 +154,7 @@ pub async fn run(
     let local = listener.local_addr()?;
     let url = format!("http://{local}");
     tracing::info!(%url, rtp = %s.rtp_bind, base_port = s.base_port, "rtp2ws listening");
-    crate::systemd::ready(&format!("rtp2ws listening on {url}"));
-    crate::systemd::spawn_watchdog(shutdown.clone(), || true);
+    crate::lifecycle::ready(&format!("rtp2ws listening on {url}"), &shutdown, || true);
     let handler_state = state.clone();
     crate::http::serve(listener, 256, shutdown.clone(), move |req| {
         handle(handler_state.clone(), req)

@@ -20,57 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::audio::jitter::{JitterBuffer, JitterConfig};
-use crate::audio::{g711, rtp};
-
-/// The audio format of a leg, as ari-coach names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    Slin16,
-    Slin,
-    Ulaw,
-    Alaw,
-}
-
-impl Format {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "slin16" => Some(Self::Slin16),
-            "slin" | "slin8" => Some(Self::Slin),
-            "ulaw" | "pcmu" => Some(Self::Ulaw),
-            "alaw" | "pcma" => Some(Self::Alaw),
-            _ => None,
-        }
-    }
-
-    pub fn payload_type(self) -> u8 {
-        match self {
-            Self::Slin16 => rtp::PT_SLIN16,
-            Self::Slin => rtp::PT_SLIN,
-            Self::Ulaw => rtp::PT_PCMU,
-            Self::Alaw => rtp::PT_PCMA,
-        }
-    }
-
-    pub fn rate(self) -> u32 {
-        match self {
-            Self::Slin16 => 16_000,
-            _ => 8_000,
-        }
-    }
-
-    /// Payload bytes to samples (L16 is big-endian on the wire).
-    pub fn decode(self, payload: &[u8]) -> Vec<i16> {
-        match self {
-            Self::Slin16 | Self::Slin => payload
-                .chunks_exact(2)
-                .map(|c| i16::from_be_bytes([c[0], c[1]]))
-                .collect(),
-            Self::Ulaw => payload.iter().map(|b| g711::ulaw_to_linear(*b)).collect(),
-            Self::Alaw => payload.iter().map(|b| g711::alaw_to_linear(*b)).collect(),
-        }
-    }
-}
+use crate::audio::rtp::{self, Format};
 
 /// Counters of one leg (and, summed, of the service).
 #[derive(Debug, Default, Serialize)]

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use control::{Rtp2wsError, serve};
 
-use crate::config::ConfigError;
+use crate::setting::{ConfigError, Section, Var};
 
 /// Settings of the rtp2ws service (`[rtp2ws]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,8 +59,16 @@ impl Default for Settings {
     }
 }
 
-impl Settings {
-    pub fn validate(&self) -> Result<(), ConfigError> {
+impl Section for Settings {
+    const KEY: &'static str = "rtp2ws";
+    const ENV: &'static [Var] = &[
+        Var::new("CALL_ID", "call_id"),
+        Var::new("BASE_PORT", "base_port"),
+        Var::new("RTP2WS_CONTROL", "control"),
+        Var::new("STT_URL", "stt_url"),
+    ];
+
+    fn validate(&self) -> Result<(), ConfigError> {
         if self.port_range == 0 || u32::from(self.base_port) + u32::from(self.port_range) > 65_536 {
             return Err(ConfigError::invalid(
                 "rtp2ws.port_range",

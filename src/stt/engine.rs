@@ -7,6 +7,8 @@ use std::sync::{Arc, Once};
 
 use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperState};
 
+use crate::text::normalise;
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("cannot load Whisper model {path}: {message}")]
@@ -193,8 +195,6 @@ const WEAK_HALLUCINATIONS: &[&str] = &[
 
 /// Above this no-speech probability a weak hallucination is dropped.
 const WEAK_NO_SPEECH: f32 = 0.2;
-
-pub use crate::text::normalise;
 
 /// Whisper's repetition loop ("Me quedo. Me quedo. Me quedo. Me qu"): a
 /// sentence said again right after itself is kept once, and a trailing

@@ -25,7 +25,7 @@ pub struct Metrics {
     /// Microseconds spent in Whisper.
     pub decode_micros: Counter,
     /// The relay publisher's own counters.
-    pub publish: std::sync::Arc<crate::publish::PublishStats>,
+    pub publish: std::sync::Arc<crate::relay_client::PublishStats>,
     pub rejected_streams: Counter,
 }
 

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub use server::{SttError, serve};
 
-use crate::config::{ConfigError, Secret};
+use crate::setting::{ConfigError, Secret, SecretSlot, Section, Var};
 
 /// Settings of the stt service (`[stt]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,8 +120,28 @@ impl Default for Settings {
     }
 }
 
-impl Settings {
-    pub fn validate(&self) -> Result<(), ConfigError> {
+impl Section for Settings {
+    const KEY: &'static str = "stt";
+    const ENV: &'static [Var] = &[
+        Var::new("STT_LISTEN", "listen"),
+        Var::read_with("LANG", "language", language_from_locale),
+        Var::new("MODEL_SIZE", "model_size"),
+        Var::new("DEVICE", "device"),
+        Var::new("COMPUTE_TYPE", "compute_type"),
+        Var::new("RELAY_URL", "relay_url"),
+        Var::new("RELAY_TOKEN", "relay_token"),
+        Var::new("RELAY_TOKEN_FILE", "relay_token_file"),
+    ];
+
+    fn secrets(&mut self) -> Vec<SecretSlot<'_>> {
+        vec![SecretSlot {
+            key: "relay_token",
+            value: &mut self.relay_token,
+            file: self.relay_token_file.clone(),
+        }]
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
         if !matches!(self.device.as_str(), "cpu" | "cuda") {
             return Err(ConfigError::invalid(
                 "stt.device",
@@ -166,7 +186,9 @@ impl Settings {
         }
         Ok(())
     }
+}
 
+impl Settings {
     /// `language`, or `None` when detection was asked for.
     pub fn forced_language(&self) -> Option<String> {
         (!self.detect_language).then(|| self.language.clone())
@@ -188,5 +210,19 @@ impl Settings {
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         (cores / self.workers).max(1)
+    }
+}
+
+/// `LANG`: `es_ES.UTF-8` -> `es`; `C`, `POSIX` and `C.UTF-8` mean "the
+/// default".
+pub fn language_from_locale(locale: &str) -> Option<String> {
+    let lang = locale
+        .split(['_', '.', '@', '-'])
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match lang.as_str() {
+        "" | "c" | "posix" => None,
+        _ => Some(lang),
     }
 }

@@ -33,7 +33,7 @@ pub fn transcribe_files(
     whole: bool,
 ) -> anyhow::Result<()> {
     let s = &settings.stt;
-    let path = super::server::model_path(settings)?;
+    let path = super::model::configured(settings)?;
     let engine = Engine::load(&path)?;
     let mut worker = engine.worker()?;
     let options = DecodeOptions {

@@ -1,7 +1,6 @@
 //! stt's listener: `GET /ws` (audio streams), `GET /healthz`, `GET /metrics`.
 
 use std::convert::Infallible;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -22,7 +21,7 @@ use super::model::{self, ModelError};
 use super::pool::Pool;
 use super::session::{self, StreamParams};
 use crate::http::{Resp, json_response, text, upgrade_response, websocket_accept};
-use crate::publish::Publisher;
+use crate::relay_client::Publisher;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SttError {
@@ -35,9 +34,20 @@ pub enum SttError {
     )]
     NoCuda,
     #[error(transparent)]
-    Bind(#[from] crate::http::BindError),
+    Bind(#[from] crate::lifecycle::BindError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+impl crate::lifecycle::ExitStatus for SttError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            SttError::Model(_) | SttError::NoCuda | SttError::Bind(_) => {
+                crate::lifecycle::EXIT_USAGE
+            }
+            SttError::Engine(_) | SttError::Io(_) => 1,
+        }
+    }
 }
 
 pub(super) struct State {
@@ -50,19 +60,6 @@ pub(super) struct State {
     sessions: TaskTracker,
 }
 
-/// The model file the settings ask for.
-pub fn model_path(settings: &crate::config::Settings) -> Result<PathBuf, ModelError> {
-    let s = &settings.stt;
-    match &s.model_file {
-        Some(path) => Ok(path.clone()),
-        None => model::resolve(
-            &settings.model_dir(),
-            &s.model_size,
-            model::quant_for_compute_type(&s.compute_type),
-        ),
-    }
-}
-
 /// Loads the model, binds, tells systemd when ready, and serves until
 /// `shutdown`; then finalises open streams and flushes to the relay.
 pub async fn serve(
@@ -70,7 +67,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), SttError> {
     let addr = settings.stt.listen;
-    let listener = crate::http::bind(addr).await?;
+    let listener = crate::lifecycle::listen(addr, "stt.listen", "STT_LISTEN").await?;
     run(listener, settings, shutdown).await
 }
 
@@ -83,7 +80,7 @@ pub async fn run(
     if s.device == "cuda" && !cfg!(feature = "cuda") {
         return Err(SttError::NoCuda);
     }
-    let path = model_path(settings)?;
+    let path = model::configured(settings)?;
     let started = std::time::Instant::now();
     let engine = {
         let path = path.clone();
@@ -127,8 +124,7 @@ pub async fn run(
     let local = listener.local_addr()?;
     let url = format!("ws://{local}/ws");
     tracing::info!(%url, "stt listening");
-    crate::systemd::ready(&format!("stt listening on {url}"));
-    crate::systemd::spawn_watchdog(shutdown.clone(), || true);
+    crate::lifecycle::ready(&format!("stt listening on {url}"), &shutdown, || true);
 
     let handler_state = state.clone();
     crate::http::serve(

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
@@ -24,6 +24,7 @@ use super::segmenter::{Request, Segmenter, SegmenterConfig, Utterance};
 use super::server::State;
 use crate::audio::Encoding;
 use crate::audio::resample::Upsampler2x;
+use crate::event::{Event, Speaker, Transcript};
 
 /// Longest wait for outstanding finals once a stream ended.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -32,7 +33,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct StreamParams {
     pub call_id: String,
-    pub speaker: String,
+    pub speaker: Speaker,
     pub sample_rate: u32,
     pub encoding: Encoding,
 }
@@ -48,11 +49,11 @@ impl StreamParams {
             ));
         }
         let speaker = query_param(query, "speaker").unwrap_or_else(|| "mix".into());
-        if !matches!(speaker.as_str(), "agent" | "customer" | "mix") {
+        let Some(speaker) = Speaker::parse(&speaker) else {
             return Err(format!(
                 "speaker must be agent, customer or mix, got {speaker:?}"
             ));
-        }
+        };
         let sample_rate = match query_param(query, "sampleRate").as_deref() {
             None | Some("16000") => 16_000,
             Some("8000") => 8_000,
@@ -209,9 +210,7 @@ where
                     submit(segmenter.push(&pcm16), &mut utts);
                 }
                 Some(Ok(Message::Text(text))) => {
-                    let kind = serde_json::from_str::<Value>(&text).ok()
-                        .and_then(|v| v["type"].as_str().map(str::to_owned));
-                    if kind.as_deref() == Some("end") {
+                    if serde_json::from_str::<Control>(&text).is_ok_and(|c| c.kind == "end") {
                         break;
                     }
                     let _ = tx.send(Message::text(json!({"type":"error","error":"text frames must be {\"type\":\"end\"}; audio goes in binary frames"}).to_string())).await;
@@ -317,20 +316,26 @@ async fn deliver<W>(
         utts.last_partial = Some((index, text.clone()));
         utts.with_partial.insert(index);
     }
-    let event = json!({
-        "type": "transcript",
-        "callId": params.call_id,
-        "speaker": params.speaker,
-        "text": text,
-        "final": is_final,
-        "utteranceId": format!("{}-{index}", utts.prefix),
-        "startMs": start_ms,
-        "endMs": end_ms,
-        "latencyMs": done.total.as_millis() as u64,
+    let event = Event::Transcript(Transcript {
+        call_id: params.call_id.clone(),
+        speaker: params.speaker,
+        text: text.clone(),
+        is_final,
+        utterance_id: format!("{}-{index}", utts.prefix),
+        start_ms,
+        end_ms,
+        latency_ms: Some(done.total.as_millis() as u64),
     });
     tracing::debug!(final_ = is_final, decode_ms = done.decode.as_millis() as u64, text = %text, "transcript");
     state.publisher.send(event.clone());
-    let _ = tx.send(Message::text(event.to_string())).await;
+    let _ = tx.send(Message::text(event.to_json())).await;
+}
+
+/// A text frame from the audio's sender: `{"type":"end"}` is the only one.
+#[derive(serde::Deserialize)]
+struct Control {
+    #[serde(rename = "type")]
+    kind: String,
 }
 
 /// A short tag unique to this stream in this process's life and across

@@ -442,18 +442,10 @@ fn spanish_word_error_rate_is_within_bounds() {
             .unwrap()
             .to_string_lossy()
             .into_owned();
-        let norm = |s: &str| -> Vec<String> {
-            call_coach::stt::engine::normalise(&spell_digits(s))
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect()
-        };
-        let r = norm(&refs[&stem]);
-        let h = norm(hyp);
-        let e = call_coach::bench::stt::edit_distance(&r, &h);
+        let (e, n) = call_coach::text::word_errors(&spell_digits(&refs[&stem]), &spell_digits(hyp));
         errors += e;
-        words += r.len();
-        worst.push((e as f64 / r.len().max(1) as f64, stem, hyp.to_owned()));
+        words += n;
+        worst.push((e as f64 / n.max(1) as f64, stem, hyp.to_owned()));
     }
     assert_eq!(worst.len(), files.len(), "not every file was transcribed");
     let wer = errors as f64 / words as f64;

@@ -2,10 +2,9 @@
 //! wait for its systemd READY=1, and talk to it with real HTTP and
 //! websocket clients.
 
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -15,6 +14,8 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use call_coach::tools::procs;
 
 pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
@@ -33,15 +34,15 @@ pub fn service_link(dir: &Path, name: &str) -> PathBuf {
 pub type Relay = Service;
 
 /// A running service started through a symlink with its name (argv[0]
-/// dispatch), waited on until READY=1.
+/// dispatch), waited on until READY=1: the tools' supervisor
+/// (`call_coach::tools::procs`), in a temporary directory of its own, with
+/// the HTTP and websocket helpers below.
 pub struct Service {
-    pub name: &'static str,
-    pub dir: tempfile::TempDir,
-    pub child: Child,
+    pub proc: procs::Service,
     pub addr: String,
-    notify: UnixDatagram,
-    env: Vec<(String, String)>,
     pub token: Option<String>,
+    /// Its log, notify socket and state; dropped after the process.
+    _dir: tempfile::TempDir,
 }
 
 impl Service {
@@ -59,96 +60,71 @@ impl Service {
         dir: tempfile::TempDir,
         env: &[(&str, &str)],
     ) -> Service {
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        let (child, notify) = spawn(name, dir.path(), &env);
-        let mut relay = Service {
+        let d = dir.path();
+        let mut all: Vec<(String, String)> = vec![
+            ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+            ("HOME".into(), d.display().to_string()),
+            ("RUST_LOG".into(), "info".into()),
+            ("RELAY_LISTEN".into(), "127.0.0.1:0".into()),
+            ("STT_LISTEN".into(), "127.0.0.1:0".into()),
+            // Tests run side by side on few cores: one thread per decode.
+            ("CALL_COACH_STT__THREADS_PER_WORKER".into(), "1".into()),
+            ("STATE_DIR".into(), d.join("state").display().to_string()),
+        ];
+        all.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let spec = procs::Spec {
             name,
-            dir,
-            child,
-            addr: String::new(),
-            notify,
-            env,
-            token: None,
+            program: service_link(d, name),
+            args: Vec::new(),
+            env: all,
+            clear_env: true,
+            dir: d.to_owned(),
+            // stt loads a model first.
+            ready_within: Duration::from_secs(60),
+            stop_grace: Duration::ZERO,
         };
-        relay.addr = relay.wait_ready();
-        relay
-    }
-
-    /// Waits for READY=1 and returns the address from its STATUS line.
-    fn wait_ready(&mut self) -> String {
-        // stt loads a model first.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!(
-                    "{} exited before READY=1 ({status}); log:\n{}",
-                    self.name,
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no READY=1 within 60 s; log:\n{}",
-                self.log()
-            );
-            if let Some(msg) = self.recv_notify(Duration::from_millis(200))
-                && let Some(addr) = call_coach::procs::ready_address(&msg)
-            {
-                return addr;
-            }
+        let proc = procs::Service::spawn(spec).unwrap_or_else(|e| panic!("{e:#}"));
+        Service {
+            addr: proc.addr.clone(),
+            proc,
+            token: None,
+            _dir: dir,
         }
     }
 
     /// One sd_notify datagram, if one arrives in time.
     pub fn recv_notify(&self, timeout: Duration) -> Option<String> {
-        self.notify.set_read_timeout(Some(timeout)).ok()?;
-        let mut buf = [0u8; 4096];
-        let n = self.notify.recv(&mut buf).ok()?;
-        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+        self.proc.recv_notify(timeout)
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("{}.log", self.name)))
-            .unwrap_or_default()
+        self.proc.log()
     }
 
-    pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([format!("-{sig}"), self.child.id().to_string()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill -{sig} failed");
+    /// `sig`: `TERM`, `KILL`, `INT`, ...
+    pub fn signal(&mut self, sig: &str) {
+        let signal = match sig {
+            "TERM" => libc::SIGTERM,
+            "KILL" => libc::SIGKILL,
+            "INT" => libc::SIGINT,
+            "HUP" => libc::SIGHUP,
+            "STOP" => libc::SIGSTOP,
+            "CONT" => libc::SIGCONT,
+            other => panic!("unknown signal {other}"),
+        };
+        self.proc.signal(signal);
     }
 
     /// Waits for the process to exit, at most `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        self.proc.wait_exit(timeout)
     }
 
-    /// SIGKILLs the relay and starts a new one on the same state directory.
+    /// SIGKILLs the service and starts it again on the same state directory.
     pub fn kill_and_restart(mut self) -> Service {
-        self.signal("KILL");
-        self.wait_exit(Duration::from_secs(10)).expect("killed");
-        let env = self.env.clone();
-        let token = self.token.clone();
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
-        let name = self.name;
-        drop(self);
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let mut relay = Service::start_in_named(name, dir, &env);
-        relay.token = token;
-        relay
+        self.proc.restart().unwrap_or_else(|e| panic!("{e:#}"));
+        self.addr = self.proc.addr.clone();
+        self
     }
 
     /// One HTTP request on a fresh connection.
@@ -221,51 +197,6 @@ impl Service {
             .await
             .map(|(ws, _)| ws)
     }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(name: &str, dir: &Path, env: &[(String, String)]) -> (Child, UnixDatagram) {
-    let sock_path = dir.join(format!("notify-{}.sock", rand_suffix()));
-    let notify = UnixDatagram::bind(&sock_path).expect("bind notify socket");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("{name}.log")))
-        .expect("log file");
-    let mut cmd = Command::new(service_link(dir, name));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", dir)
-        .env("RUST_LOG", "info")
-        .env("NOTIFY_SOCKET", &sock_path)
-        .env("RELAY_LISTEN", "127.0.0.1:0")
-        .env("STT_LISTEN", "127.0.0.1:0")
-        // Tests run side by side on few cores: one thread per decode.
-        .env("CALL_COACH_STT__THREADS_PER_WORKER", "1")
-        .env("STATE_DIR", dir.join("state"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    (cmd.spawn().expect("spawn service"), notify)
-}
-
-fn rand_suffix() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// The next text frame as JSON, or None when the socket closed. Panics

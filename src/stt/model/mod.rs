@@ -231,3 +231,15 @@ pub fn check_loads(path: &Path) -> Result<(), ModelError> {
         .map(drop)
         .map_err(|e| ModelError::DoesNotLoad(e.to_string()))
 }
+/// The model file the settings ask for.
+pub fn configured(settings: &crate::config::Settings) -> Result<PathBuf, ModelError> {
+    let s = &settings.stt;
+    match &s.model_file {
+        Some(path) => Ok(path.clone()),
+        None => resolve(
+            &settings.model_dir(),
+            &s.model_size,
+            quant_for_compute_type(&s.compute_type),
+        ),
+    }
+}

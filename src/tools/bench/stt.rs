@@ -4,6 +4,7 @@
 //! to final latency (p50/p95/max), partial cadence, real-time factor, stt's
 //! CPU and peak memory, and WER when reference texts are given.
 
+use crate::event::{Event, Received};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -234,29 +235,30 @@ async fn play(
             let mut last_partial: HashMap<String, Instant> = HashMap::new();
             while let Some(Ok(msg)) = rx.next().await {
                 let Message::Text(text) = msg else { continue };
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+                let Some(Event::Transcript(t)) = Received::parse(&text).and_then(|r| r.event)
+                else {
                     continue;
                 };
                 let now = Instant::now();
-                let id = v["utteranceId"].as_str().unwrap_or_default().to_owned();
+                let id = t.utterance_id.clone();
                 let mut o = match observed.lock() {
                     Ok(o) => o,
                     Err(_) => return,
                 };
-                if v["final"] == true {
+                if t.is_final {
                     o.finals += 1;
-                    let end_ms = v["endMs"].as_u64().unwrap_or(0);
+                    let end_ms = t.end_ms;
                     let spoken_end = start + Duration::from_millis(end_ms);
                     o.latency_ms
                         .push(now.saturating_duration_since(spoken_end).as_secs_f64() * 1000.0);
                     last_partial.remove(&id);
-                    let start_ms = v["startMs"].as_u64().unwrap_or(0);
+                    let start_ms = t.start_ms;
                     if let Ok(sched) = schedule.lock()
                         && let Some((begin, _, name)) = sched
                             .iter()
                             .find(|(s, e, _)| start_ms + 400 >= *s && start_ms < *e)
                     {
-                        let hyp = v["text"].as_str().unwrap_or_default().to_owned();
+                        let hyp = t.text.clone();
                         o.hypotheses
                             .entry((offset, *begin))
                             .or_insert_with(|| (name.clone(), Vec::new()))
@@ -345,31 +347,9 @@ pub fn word_error_rate(hyps: &[(String, String)], refs: &HashMap<String, String>
         let Some(reference) = refs.get(clip) else {
             continue;
         };
-        let r: Vec<String> = crate::stt::engine::normalise(reference)
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
-        let h: Vec<String> = crate::stt::engine::normalise(hyp)
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
-        errors += edit_distance(&r, &h);
-        words += r.len();
+        let (e, w) = crate::text::word_errors(reference, hyp);
+        errors += e;
+        words += w;
     }
     (words > 0).then(|| errors as f64 / words as f64)
-}
-
-/// Levenshtein distance over words.
-pub fn edit_distance(a: &[String], b: &[String]) -> usize {
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, x) in a.iter().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, y) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(x != y))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }

@@ -13,9 +13,9 @@ use anyhow::{Context, bail};
 use tokio::net::UdpSocket;
 
 use crate::audio::resample::Upsampler2x;
+use crate::audio::rtp::Format;
 use crate::audio::wav::Wav;
 use crate::audio::{g711, rtp};
-use crate::rtp2ws::leg::Format;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Options {

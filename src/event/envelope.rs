@@ -1,5 +1,5 @@
-//! The wire types of CONTRACT.md: the event envelope every service exchanges
-//! through the relay. This is the only place that knows the envelope rules.
+//! The envelope of docs/contract.md: what the relay checks on every event
+//! it accepts, whatever its type, and the clock it stamps `ts` with.
 
 use serde_json::{Map, Value};
 

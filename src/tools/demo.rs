@@ -11,15 +11,13 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::event::{CallEnded, CallStarted, Event, Source, Speaker};
+use crate::relay_client::{Scope, Subscription, post_once};
+use crate::tools::procs::{Pipeline, port_or_free};
 use anyhow::{Context, bail};
-use futures_util::StreamExt;
-use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
-
-use crate::procs::{Pipeline, port_or_free, post_event};
 
 /// The sample call (demo/call.wav.gz, made by scripts/make-demo-call.sh).
-pub const SAMPLE_CALL: &[u8] = include_bytes!("../demo/call.wav.gz");
+pub const SAMPLE_CALL: &[u8] = include_bytes!("../../demo/call.wav.gz");
 const AGENT: &str = "PJSIP/200";
 
 #[derive(clap::Args, Debug, Clone)]
@@ -97,14 +95,26 @@ pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Re
     println!();
 
     // 3. Follow the call on the relay.
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://{relay_addr}/ws?callId={call_id}"))
-            .await
-            .context("subscribing to the relay")?;
-    post_event(
+    let mut relay = Subscription::new(
+        &format!("ws://{relay_addr}/ws"),
+        Scope::Call(call_id.clone()),
+        None,
+    )?;
+    relay
+        .connect()
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("subscribing to the relay")?;
+    post_once(
         &event_url,
-        json!({"type": "call.started", "callId": call_id, "agent": AGENT,
-                "caller": "Carlos <600123456>", "direction": "inbound"}),
+        &Event::CallStarted(CallStarted {
+            call_id: call_id.clone(),
+            agent: AGENT.into(),
+            caller: "Carlos <600123456>".into(),
+            direction: "inbound".into(),
+            mode: None,
+            channels: None,
+        }),
     )
     .await?;
 
@@ -117,16 +127,18 @@ pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Re
             (Some(sample.clone()), None, None)
         }
     };
-    let play = tokio::spawn(crate::simulate::run(crate::simulate::Options {
-        agent,
-        customer,
-        stereo,
-        realtime: !opts.fast,
-        ..crate::simulate::Options::driven(
-            format!("http://{}", pipeline.rtp2ws.addr),
-            call_id.clone(),
-        )
-    }));
+    let play = tokio::spawn(crate::tools::simulate::run(
+        crate::tools::simulate::Options {
+            agent,
+            customer,
+            stereo,
+            realtime: !opts.fast,
+            ..crate::tools::simulate::Options::driven(
+                format!("http://{}", pipeline.rtp2ws.addr),
+                call_id.clone(),
+            )
+        },
+    ));
     let mut printer = Printer::default();
     let mut play = Some(play);
     let mut ended_at: Option<Instant> = None;
@@ -152,9 +164,9 @@ pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Re
             && ended_at.is_none()
             && last_transcript.elapsed() > Duration::from_millis(1500)
         {
-            post_event(
+            post_once(
                 &event_url,
-                json!({"type": "call.ended", "callId": call_id, "reason": "demo-finished"}),
+                &Event::CallEnded(CallEnded::new(call_id.clone(), "demo-finished")),
             )
             .await?;
             ended_at = Some(Instant::now());
@@ -168,26 +180,21 @@ pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Re
                 pipeline.orchestrator.log_tail(20)
             );
         }
-        let frame = tokio::time::timeout(Duration::from_millis(250), ws.next()).await;
-        let Ok(frame) = frame else { continue };
-        let Some(Ok(Message::Text(text))) = frame else {
-            if matches!(frame, None | Some(Err(_))) {
-                bail!(
-                    "the relay closed the subscription; relay log:\n{}",
-                    pipeline.relay.log_tail(20)
-                );
-            }
+        let Ok(received) = tokio::time::timeout(Duration::from_millis(250), relay.next()).await
+        else {
             continue;
         };
-        let Ok(ev) = serde_json::from_str::<Value>(&text) else {
+        let Some(event) = received.event else {
             continue;
         };
-        if ev["type"] == "transcript" {
+        if let Event::Transcript(_) = event {
             last_transcript = Instant::now();
         }
-        printer.show(&ev);
-        if ev["type"] == "summary" && ended_at.is_some() {
-            if !llm || ev["source"] == "llm" {
+        printer.show(&event);
+        if let Event::Summary(summary) = &event
+            && ended_at.is_some()
+        {
+            if !llm || summary.source == Source::Llm {
                 break;
             }
             rules_summary_at.get_or_insert_with(Instant::now);
@@ -227,78 +234,69 @@ fn clock(ms: u64) -> String {
 }
 
 impl Printer {
-    fn show(&mut self, ev: &Value) {
-        let text = ev["text"].as_str().unwrap_or_default();
-        match ev["type"].as_str().unwrap_or_default() {
-            "call.started" => println!(
-                "Call {} from {} to agent {}",
-                ev["callId"].as_str().unwrap_or_default(),
-                ev["caller"].as_str().unwrap_or_default(),
-                ev["agent"].as_str().unwrap_or_default()
-            ),
-            "transcript" if ev["final"] == true => {
+    fn show(&mut self, event: &Event) {
+        match event {
+            Event::CallStarted(e) => {
+                println!("Call {} from {} to agent {}", e.call_id, e.caller, e.agent)
+            }
+            Event::Transcript(t) if t.is_final => {
                 self.finals += 1;
-                let who = if ev["speaker"] == "agent" {
+                let who = if t.speaker == Speaker::Agent {
                     "agent   "
                 } else {
                     "customer"
                 };
-                println!(
-                    "[{}] {who}  {text}",
-                    clock(ev["startMs"].as_u64().unwrap_or(0))
-                );
+                println!("[{}] {who}  {}", clock(t.start_ms), t.text);
             }
-            "transcript" => self.partials += 1,
-            "tip" if ev["final"] != false => {
-                let id = ev["tipId"].as_str().unwrap_or_default().to_owned();
-                if self.tips.insert(id) {
-                    let source = match ev["source"].as_str() {
-                        Some("llm") => "LLM".to_owned(),
-                        _ => format!("rule {}", ev["rule"].as_str().unwrap_or_default()),
+            Event::Transcript(_) => self.partials += 1,
+            Event::Tip(tip) if tip.is_final => {
+                if self.tips.insert(tip.tip_id.clone()) {
+                    let source = match tip.source {
+                        Source::Llm => "LLM".to_owned(),
+                        Source::Rules => {
+                            format!("rule {}", tip.rule.as_deref().unwrap_or_default())
+                        }
                     };
                     println!(
-                        "        >> TIP [{}] ({source}): {text}",
-                        ev["severity"].as_str().unwrap_or("info")
+                        "        >> TIP [{}] ({source}): {}",
+                        tip.severity.as_str(),
+                        tip.text
                     );
                 }
             }
-            "checklist" => {
-                let items = ev["items"].as_array().cloned().unwrap_or_default();
-                self.items = items.len();
-                for i in items {
-                    let id = i["id"].as_str().unwrap_or_default().to_owned();
-                    if i["done"] == true && self.done.insert(id) {
-                        println!(
-                            "        [x] checklist: {}",
-                            i["label"].as_str().unwrap_or_default()
-                        );
+            Event::Checklist(c) => {
+                self.items = c.items.len();
+                for i in &c.items {
+                    if i.done && self.done.insert(i.id.clone()) {
+                        println!("        [x] checklist: {}", i.label);
                     }
                 }
             }
-            "metrics" => {
-                let at = ev["callMs"].as_u64().unwrap_or(0);
+            Event::Metrics(m) => {
+                let at = m.call_ms;
                 if at >= self.last_metrics_ms + 15_000 {
                     self.last_metrics_ms = at;
+                    let f = &m.figures;
                     println!(
                         "        -- {}: agent talks {:.0}%, silence {:.0} s, agent {:.0} wpm, customer {:.0} wpm",
                         clock(at),
-                        ev["agentTalkRatio"].as_f64().unwrap_or(0.0) * 100.0,
-                        ev["silenceMs"].as_f64().unwrap_or(0.0) / 1000.0,
-                        ev["agentWpm"].as_f64().unwrap_or(0.0),
-                        ev["customerWpm"].as_f64().unwrap_or(0.0)
+                        f.agent_talk_ratio * 100.0,
+                        f.silence_ms as f64 / 1000.0,
+                        f.agent_wpm,
+                        f.customer_wpm
                     );
                 }
             }
-            "call.ended" => println!("Call ended ({})", ev["reason"].as_str().unwrap_or_default()),
-            "summary" => {
+            Event::CallEnded(e) => println!("Call ended ({})", e.reason),
+            Event::Summary(summary) => {
                 println!();
                 println!(
-                    "Summary ({}): {text}",
-                    if ev["source"] == "llm" {
-                        "LLM"
-                    } else {
-                        "rules"
-                    }
+                    "Summary ({}): {}",
+                    match summary.source {
+                        Source::Llm => "LLM",
+                        Source::Rules => "rules",
+                    },
+                    summary.text
                 );
             }
             _ => {}

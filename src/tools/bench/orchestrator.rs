@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::event::{CallEnded, Event, Source, Speaker, Transcript};
+use crate::relay_client::{Scope, Subscription};
 use anyhow::Context;
-use futures_util::StreamExt;
-use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
+use serde_json::json;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Options {
@@ -126,39 +126,43 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     );
     for (round, &n) in opts.calls.iter().enumerate() {
         let prefix = format!("ob-{}-{round}", std::process::id());
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{host}/ws?callId=*"))
+        let mut subscription = Subscription::new(&format!("ws://{host}/ws"), Scope::All, None)?;
+        subscription
+            .connect()
             .await
+            .map_err(anyhow::Error::msg)
             .context("subscribing to the relay")?;
         let sent: Arc<Mutex<HashMap<(String, String), Instant>>> = Arc::default();
         let seen: Arc<Mutex<Observed>> = Arc::default();
         let reader = {
             let (sent, seen, prefix) = (sent.clone(), seen.clone(), prefix.clone());
             tokio::spawn(async move {
-                let mut ws = ws;
-                while let Some(Ok(Message::Text(text))) = ws.next().await {
+                loop {
+                    let received = subscription.next().await;
                     let now = Instant::now();
-                    let Ok(v) = serde_json::from_str::<Value>(&text) else {
+                    let Some(event) = received.event else {
                         continue;
                     };
-                    let call = v["callId"].as_str().unwrap_or_default().to_owned();
+                    let call = event.call_id().to_owned();
                     if !call.starts_with(&prefix) {
                         continue;
                     }
                     let Ok(mut o) = seen.lock() else { return };
-                    match v["type"].as_str() {
-                        Some("tip") if v["source"] == "llm" && v["final"] == true => {
-                            o.llm_tips += 1;
+                    match event {
+                        Event::Tip(t) if t.source == Source::Llm => {
+                            if t.is_final {
+                                o.llm_tips += 1;
+                            }
                         }
-                        Some("tip") if v["source"] == "llm" => {}
-                        Some("tip") => {
-                            let rule = v["rule"].as_str().unwrap_or_default().to_owned();
+                        Event::Tip(t) => {
+                            let rule = t.rule.unwrap_or_default();
                             if let Some(t) =
                                 sent.lock().ok().and_then(|s| s.get(&(call, rule)).copied())
                             {
                                 o.latency_us.push(now.duration_since(t).as_micros() as u64);
                             }
                         }
-                        Some("metrics") => {
+                        Event::Metrics(_) => {
                             if let Some(prev) = o.last_metrics.insert(call, now) {
                                 o.gaps_ms
                                     .push(now.duration_since(prev).as_secs_f64() * 1000.0);
@@ -186,9 +190,17 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 tokio::time::sleep_until(due.into()).await;
                 let call = format!("{prefix}-{i}");
                 let (text, rule) = SCRIPT[step % SCRIPT.len()];
-                let ev = json!({"type":"transcript","callId":call,"speaker":"customer","text":text,
-                                "utteranceId":format!("u-{step}"),"final":true,
-                                "startMs":step * 2000,"endMs":step * 2000 + 1500});
+                let ev = Event::Transcript(Transcript {
+                    call_id: call.clone(),
+                    speaker: Speaker::Customer,
+                    text: text.to_owned(),
+                    is_final: true,
+                    utterance_id: format!("u-{step}"),
+                    start_ms: step as u64 * 2000,
+                    end_ms: step as u64 * 2000 + 1500,
+                    latency_ms: None,
+                })
+                .to_json();
                 if let Some(rule) = rule
                     && let Ok(mut s) = sent.lock()
                 {
@@ -199,7 +211,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     agent
                         .post(&url)
                         .header("content-type", "application/json")
-                        .send(ev.to_string().as_bytes())
+                        .send(ev.as_bytes())
                         .map(drop)
                 })
                 .await??;
@@ -249,13 +261,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         );
         // End the calls so the orchestrator forgets them.
         for i in 0..n {
-            let ev = json!({"type":"call.ended","callId":format!("{prefix}-{i}"),"reason":"bench"});
+            let ev = Event::CallEnded(CallEnded::new(format!("{prefix}-{i}"), "bench")).to_json();
             let (agent, url) = (agent.clone(), event_url.clone());
             let _ = tokio::task::spawn_blocking(move || {
                 agent
                     .post(&url)
                     .header("content-type", "application/json")
-                    .send(ev.to_string().as_bytes())
+                    .send(ev.as_bytes())
                     .map(drop)
             })
             .await;

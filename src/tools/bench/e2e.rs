@@ -11,12 +11,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use futures_util::StreamExt;
-use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
+use anyhow::Context;
 
-use crate::procs::{Pipeline, post_event};
+use crate::event::{CallEnded, CallStarted, Event, Source, Tip};
+use crate::relay_client::{Scope, Subscription, post_once};
+use crate::tools::procs::Pipeline;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Options {
@@ -69,7 +68,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let wav = match &opts.stereo {
         Some(p) => crate::audio::wav::Wav::read(p)?,
         None => crate::audio::wav::Wav::parse(
-            &crate::audio::wav::gunzip(crate::demo::SAMPLE_CALL).map_err(anyhow::Error::msg)?,
+            &crate::audio::wav::gunzip(crate::tools::demo::SAMPLE_CALL)
+                .map_err(anyhow::Error::msg)?,
         )
         .map_err(anyhow::Error::msg)?,
     };
@@ -105,8 +105,11 @@ async fn run_one(
         .unwrap_or_default();
     let pipeline = Pipeline::start(&dir, model_dir, &opts.model, 0, stt_env).await?;
     let relay = pipeline.relay.addr.clone();
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{relay}/ws?callId=*"))
+    let mut subscription = Subscription::new(&format!("ws://{relay}/ws"), Scope::All, None)?;
+    subscription
+        .connect()
         .await
+        .map_err(anyhow::Error::msg)
         .context("subscribing to the relay")?;
     let ids: Vec<String> = (0..n).map(|i| format!("e2e-{n}-{i}")).collect();
     let obs: Arc<Mutex<HashMap<String, CallObs>>> = Arc::new(Mutex::new(
@@ -144,10 +147,16 @@ async fn run_one(
     // The calls, spread over `spread` seconds.
     let mut plays = Vec::new();
     for (i, id) in ids.iter().enumerate() {
-        post_event(
+        post_once(
             &event_url,
-            json!({"type": "call.started", "callId": id, "agent": format!("PJSIP/{}", 200 + i),
-                    "caller": format!("{}", 600_000 + i), "direction": "inbound"}),
+            &Event::CallStarted(CallStarted {
+                call_id: id.clone(),
+                agent: format!("PJSIP/{}", 200 + i),
+                caller: format!("{}", 600_000 + i),
+                direction: "inbound".into(),
+                mode: None,
+                channels: None,
+            }),
         )
         .await?;
         let delay = Duration::from_secs_f64(opts.spread * i as f64 / n.max(1) as f64);
@@ -165,10 +174,10 @@ async fn run_one(
                     o.t0 = Some(t);
                 }
             });
-            crate::simulate::run(crate::simulate::Options {
+            crate::tools::simulate::run(crate::tools::simulate::Options {
                 stereo: Some(stereo),
-                on_start: crate::simulate::StartHook(Some(hook)),
-                ..crate::simulate::Options::driven(control, call_id)
+                on_start: crate::tools::simulate::StartHook(Some(hook)),
+                ..crate::tools::simulate::Options::driven(control, call_id)
             })
             .await
         }));
@@ -183,9 +192,9 @@ async fn run_one(
             // The last finals reach the relay; then the calls end.
             tokio::time::sleep(Duration::from_secs(2)).await;
             for id in &ids {
-                post_event(
+                post_once(
                     &event_url,
-                    json!({"type": "call.ended", "callId": id, "reason": "bench"}),
+                    &Event::CallEnded(CallEnded::new(id.clone(), "bench")),
                 )
                 .await?;
             }
@@ -201,45 +210,37 @@ async fn run_one(
                 break;
             }
         }
-        let frame = tokio::time::timeout(Duration::from_millis(200), ws.next()).await;
-        let Ok(Some(Ok(Message::Text(text)))) = frame else {
-            if matches!(frame, Ok(None | Some(Err(_)))) {
-                bail!("lost the relay subscription");
-            }
-            continue;
-        };
+        let frame = tokio::time::timeout(Duration::from_millis(200), subscription.next()).await;
+        let Ok(received) = frame else { continue };
         let now = Instant::now();
-        let Ok(ev) = serde_json::from_str::<Value>(&text) else {
-            continue;
-        };
-        let Some(id) = ev["callId"].as_str() else {
+        let Some(event) = received.event else {
             continue;
         };
         let mut all = obs.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(o) = all.get_mut(id) else { continue };
-        match ev["type"].as_str().unwrap_or_default() {
-            "transcript" if ev["final"] == true => {
-                let u = format!(
-                    "{}:{}",
-                    ev["speaker"].as_str().unwrap_or(""),
-                    ev["utteranceId"].as_str().unwrap_or("")
-                );
-                o.finals.insert(u, (ev["endMs"].as_u64().unwrap_or(0), now));
+        let Some(o) = all.get_mut(event.call_id()) else {
+            continue;
+        };
+        match event {
+            Event::Transcript(t) if t.is_final => {
+                let u = format!("{}:{}", t.speaker, t.utterance_id);
+                o.finals.insert(u, (t.end_ms, now));
             }
-            "transcript" => o.partials += 1,
-            "tip" if ev["source"] == "rules" && ev["utteranceId"].is_string() => {
+            Event::Transcript(_) => o.partials += 1,
+            Event::Tip(Tip {
+                source: Source::Rules,
+                utterance_id: Some(u),
+                rule,
+                ..
+            }) => {
                 // Rule tips are set off by the customer's or agent's words.
-                let speaker = if ev["rule"] == "frase-prohibida" {
+                let speaker = if rule.as_deref() == Some("frase-prohibida") {
                     "agent"
                 } else {
                     "customer"
                 };
-                o.tips.push((
-                    format!("{speaker}:{}", ev["utteranceId"].as_str().unwrap_or("")),
-                    now,
-                ));
+                o.tips.push((format!("{speaker}:{u}"), now));
             }
-            "summary" => o.summary = true,
+            Event::Summary(_) => o.summary = true,
             _ => {}
         }
     }

@@ -5,15 +5,61 @@
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-/// One running service.
+/// How to start one service.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub name: &'static str,
+    /// The binary, or a link to it named for the service (argv[0]).
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// On top of ours, or on an empty environment with `clear_env`.
+    pub env: Vec<(String, String)>,
+    pub clear_env: bool,
+    /// Its log (`NAME.log`, appended across restarts) and notify socket.
+    pub dir: PathBuf,
+    /// How long it may take to report READY=1.
+    pub ready_within: Duration,
+    /// SIGTERM grace when dropped; zero kills at once.
+    pub stop_grace: Duration,
+}
+
+impl Spec {
+    /// This binary under `name` (`call-coach NAME`), our environment plus
+    /// `env`, logs in `dir`.
+    pub fn service(
+        name: &'static str,
+        env: &[(&str, String)],
+        dir: &Path,
+        ready_within: Duration,
+    ) -> anyhow::Result<Spec> {
+        Ok(Spec {
+            name,
+            program: std::env::current_exe().context("finding the call-coach binary")?,
+            args: vec![name.to_owned()],
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+            clear_env: false,
+            dir: dir.to_owned(),
+            ready_within,
+            stop_grace: Duration::from_secs(10),
+        })
+    }
+}
+
+/// One running service, supervised: started, waited on until READY=1,
+/// signalled, restarted, stopped when dropped.
 pub struct Service {
     pub name: &'static str,
     child: Child,
+    notify: UnixDatagram,
+    spec: Spec,
     /// Where its log goes.
     pub log: PathBuf,
     /// The address from its READY status (`127.0.0.1:PORT`).
@@ -28,38 +74,27 @@ impl Service {
         dir: &Path,
         timeout: Duration,
     ) -> anyhow::Result<Service> {
-        let exe = std::env::current_exe().context("finding the call-coach binary")?;
-        let socket_path = dir.join(format!("{name}.notify"));
-        let _ = std::fs::remove_file(&socket_path);
-        let notify = UnixDatagram::bind(&socket_path)
-            .with_context(|| format!("binding {}", socket_path.display()))?;
-        let log = dir.join(format!("{name}.log"));
-        let log_file = std::fs::File::create(&log)?;
-        let mut cmd = Command::new(exe);
-        cmd.arg(name)
-            .env("NOTIFY_SOCKET", &socket_path)
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        Self::spawn(Spec::service(name, env, dir, timeout)?)
+    }
+
+    /// Starts what `spec` says and waits for READY=1.
+    pub fn spawn(spec: Spec) -> anyhow::Result<Service> {
+        let (child, notify) = launch(&spec)?;
         let mut service = Service {
-            name,
+            name: spec.name,
             child,
-            log,
+            notify,
+            log: spec.dir.join(format!("{}.log", spec.name)),
+            spec,
             addr: String::new(),
         };
-        service.addr = service.wait_ready(&notify, timeout)?;
+        service.addr = service.wait_ready()?;
         Ok(service)
     }
 
-    fn wait_ready(&mut self, notify: &UnixDatagram, timeout: Duration) -> anyhow::Result<String> {
+    fn wait_ready(&mut self) -> anyhow::Result<String> {
+        let timeout = self.spec.ready_within;
         let deadline = Instant::now() + timeout;
-        notify.set_read_timeout(Some(Duration::from_millis(100)))?;
-        let mut buf = [0u8; 4096];
         loop {
             if let Some(status) = self.child.try_wait()? {
                 bail!(
@@ -76,25 +111,72 @@ impl Service {
                     self.log_tail(20)
                 );
             }
-            let Ok(n) = notify.recv(&mut buf) else {
-                continue;
-            };
-            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-            if let Some(addr) = ready_address(&msg) {
+            if let Some(msg) = self.recv_notify(Duration::from_millis(100))
+                && let Some(addr) = ready_address(&msg)
+            {
                 return Ok(addr);
             }
         }
+    }
+
+    /// One sd_notify message from it, if one arrives in time.
+    pub fn recv_notify(&self, timeout: Duration) -> Option<String> {
+        self.notify.set_read_timeout(Some(timeout)).ok()?;
+        let mut buf = [0u8; 4096];
+        let n = self.notify.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// Its whole log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last `lines` lines of its log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let text = self.log();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Sends `signal` (`libc::SIGTERM`, ...) unless it has exited.
+    pub fn signal(&mut self, signal: libc::c_int) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(self.child.id() as libc::pid_t, signal);
+            }
+        }
+    }
+
+    /// Waits for it to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, then the same service again (same environment and
+    /// directory), waited on until READY=1.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, notify) = launch(&self.spec)?;
+        self.child = child;
+        self.notify = notify;
+        self.addr = self.wait_ready()?;
+        Ok(())
     }
 
     /// SIGTERM, then waits up to `grace` before SIGKILL.
@@ -102,20 +184,44 @@ impl Service {
         if self.child.try_wait().ok().flatten().is_some() {
             return;
         }
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if self.child.try_wait().ok().flatten().is_some() {
+        if !grace.is_zero() {
+            self.signal(libc::SIGTERM);
+            if self.wait_exit(grace).is_some() {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Spawns the process with a fresh notify socket of ours.
+fn launch(spec: &Spec) -> anyhow::Result<(Child, UnixDatagram)> {
+    let socket_path = spec.dir.join(format!("{}.notify", spec.name));
+    let _ = std::fs::remove_file(&socket_path);
+    let notify = UnixDatagram::bind(&socket_path)
+        .with_context(|| format!("binding {}", socket_path.display()))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(spec.dir.join(format!("{}.log", spec.name)))?;
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args);
+    if spec.clear_env {
+        cmd.env_clear();
+    }
+    cmd.env("NOTIFY_SOCKET", &socket_path)
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    for (k, v) in &spec.env {
+        cmd.env(k, v);
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", spec.name))?;
+    Ok((child, notify))
 }
 
 /// From an sd_notify message with READY=1, the service's address: every
@@ -138,25 +244,8 @@ pub fn ready_address(msg: &str) -> Option<String> {
 
 impl Drop for Service {
     fn drop(&mut self) {
-        self.stop(Duration::from_secs(10));
+        self.stop(self.spec.stop_grace);
     }
-}
-
-/// Posts one event to the relay at `event_url` and waits for its 202
-/// (for the callers that stand in for ari-coach: `demo`, `bench-e2e`).
-pub async fn post_event(event_url: &str, event: serde_json::Value) -> anyhow::Result<()> {
-    let url = event_url.to_owned();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let resp = ureq::post(&url)
-            .header("content-type", "application/json")
-            .send(event.to_string().as_bytes())
-            .context("posting to the relay")?;
-        if resp.status() != 202 {
-            bail!("the relay answered {}", resp.status());
-        }
-        Ok(())
-    })
-    .await?
 }
 
 /// A free TCP port on loopback, or `wanted` when it is free.

@@ -10,9 +10,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use crate::event::Event;
 
-use crate::config::Secret;
+use crate::setting::Secret;
 use crate::telemetry::Counter;
 
 /// What the publisher has done, for the owning service's metrics.
@@ -33,7 +33,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 struct Buffer {
-    events: VecDeque<Value>,
+    events: VecDeque<Event>,
     closed: bool,
 }
 
@@ -71,14 +71,10 @@ impl Publisher {
     }
 
     /// Queues an event; never blocks.
-    pub fn send(&self, event: Value) {
+    pub fn send(&self, event: Event) {
         let mut b = self.lock();
         if b.events.len() >= self.capacity {
-            let victim = b
-                .events
-                .iter()
-                .position(|e| e["final"] == Value::Bool(false))
-                .unwrap_or(0);
+            let victim = b.events.iter().position(Event::is_partial).unwrap_or(0);
             b.events.remove(victim);
             self.metrics.dropped.inc();
             tracing::warn!(
@@ -141,7 +137,7 @@ impl Publisher {
             if let Some(t) = token {
                 req = req.header("authorization", &format!("Bearer {}", t.expose()));
             }
-            let outcome = req.send(event.to_string().as_bytes());
+            let outcome = req.send(event.to_json().as_bytes());
             let done = match outcome {
                 Ok(resp) if resp.status().is_success() => {
                     self.metrics.published.inc();
@@ -158,7 +154,7 @@ impl Publisher {
                     true
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "relay unreachable; retrying");
+                    tracing::warn!(%url, error = %e, "relay unreachable; retrying");
                     false
                 }
             };
@@ -178,4 +174,22 @@ impl Publisher {
             }
         }
     }
+}
+
+/// Posts one event and waits for the relay's 202, once, without the
+/// buffer (for the tools that stand in for ari-coach: `demo`, `bench-e2e`).
+pub async fn post_once(event_url: &str, event: &Event) -> anyhow::Result<()> {
+    let url = event_url.to_owned();
+    let body = event.to_json();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let resp = ureq::post(&url)
+            .header("content-type", "application/json")
+            .send(body.as_bytes())
+            .map_err(|e| anyhow::anyhow!("posting to the relay at {url}: {e}"))?;
+        if resp.status() != 202 {
+            anyhow::bail!("the relay at {url} answered {}", resp.status());
+        }
+        Ok(())
+    })
+    .await?
 }

@@ -1,0 +1,154 @@
+//! The one lifecycle every service follows, in order:
+//!
+//! 1. **configure**: load and check the settings; a problem exits 64
+//!    before anything is bound ([`run`]).
+//! 2. **bind**: take the listening address, naming the key that sets it
+//!    when it cannot ([`listen`]).
+//! 3. **ready**: tell systemd `READY=1` with the service's URL as the last
+//!    word of its status, and ping the watchdog while healthy ([`ready`]).
+//! 4. **serve** until SIGTERM/SIGINT cancel the shutdown token
+//!    (`crate::shutdown`).
+//! 5. **drain**: each service finishes its work in flight (its own code),
+//!    bounded by `shutdown_timeout_secs`.
+//! 6. **exit**: 0, or the exit code the service's error names
+//!    ([`ExitStatus`]): 64 for what configuration can fix, 1 otherwise.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Bad usage or configuration (sysexits EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
+
+/// What a service's error says about how the process exits.
+pub trait ExitStatus: std::fmt::Display {
+    /// 64 when the operator must change the configuration, 1 otherwise.
+    fn exit_code(&self) -> u8 {
+        1
+    }
+}
+
+/// A listening address that could not be taken (in use, not ours).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {reason}; change {key} ({var})")]
+pub struct BindError {
+    pub addr: std::net::SocketAddr,
+    pub key: &'static str,
+    pub var: &'static str,
+    pub reason: String,
+}
+
+/// Step 2: binds a service's TCP listener. `key` and `var` name the
+/// setting to change when the address is taken.
+pub async fn listen(
+    addr: std::net::SocketAddr,
+    key: &'static str,
+    var: &'static str,
+) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr).await.map_err(|e| BindError {
+        addr,
+        key,
+        var,
+        reason: io_reason(&e),
+    })
+}
+
+/// An I/O error in words, without the `(os error N)` suffix.
+pub fn io_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
+}
+
+/// Step 3: `READY=1` with `status` (its last word the service's URL, which
+/// the tools and tests read), then watchdog pings while `healthy()`.
+pub fn ready(
+    status: &str,
+    shutdown: &CancellationToken,
+    healthy: impl Fn() -> bool + Send + 'static,
+) {
+    crate::systemd::ready(status);
+    crate::systemd::spawn_watchdog(shutdown.clone(), healthy);
+}
+
+/// Steps 1, 4 and 6 around a service's `serve`: loads the configuration
+/// (`--config`, else the usual places), sets up logging, the file limit,
+/// the runtime and the signals, runs the service, and exits with the code
+/// its error names.
+pub fn run<F, Fut, E>(name: &str, config: Option<&Path>, service: F) -> ExitCode
+where
+    F: FnOnce(crate::config::Settings, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: ExitStatus,
+{
+    let loaded = match crate::config::load(config) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("call-coach {name}: configuration error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    crate::telemetry::init();
+    raise_fd_limit();
+    let settings = loaded.settings;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("call-coach {name}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = match crate::shutdown::on_signals(settings.shutdown_timeout()) {
+            Ok(s) => s,
+            Err(e) => return Err(Failed::Signals(e)),
+        };
+        service(settings, shutdown).await.map_err(Failed::Service)
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failed::Signals(e)) => {
+            eprintln!("call-coach {name}: cannot handle signals: {e}");
+            ExitCode::FAILURE
+        }
+        Err(Failed::Service(e)) => {
+            // One line on stderr; under systemd stderr is the journal too.
+            if crate::telemetry::to_journal() {
+                tracing::error!(error = %e, "{name} failed");
+            }
+            eprintln!("call-coach {name}: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+enum Failed<E> {
+    Signals(std::io::Error),
+    Service(E),
+}
+
+/// Raises the soft open-file limit to the hard limit: every websocket
+/// subscriber and every call leg is a file descriptor, and the default
+/// soft limit (often 1024) is far below what a contact centre needs.
+pub fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+impl ExitStatus for anyhow::Error {}
