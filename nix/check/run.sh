@@ -166,6 +166,43 @@ for f in systemd/*.service; do
   analyze "$work/plain/$(basename "$f")" "systemd/$(basename "$f")"
 done
 ok "systemd/: $(ls systemd/*.service | wc -l) units verified"
+# The plain units and the module's say the same: every directive from the
+# hardening block on, and the service type, restart and watchdog policy.
+python3 - "$work/units-typical" systemd <<'PY' || fails=$((fails + 1))
+import pathlib, sys
+rendered, plain = map(pathlib.Path, sys.argv[1:3])
+SAME = ("Type", "NotifyAccess", "Restart", "RestartSec", "WatchdogSec", "TimeoutStopSec",
+        "StartLimitIntervalSec", "StartLimitBurst")
+def directives(path):
+    out, hardening = {}, False
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("# Hardening"):
+            hardening = True
+        if not line or line.startswith(("#", "[")) or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        # A list is one line or several (systemd adds them up alike).
+        words = [{"yes": "true", "no": "false"}.get(w, w) for w in value.split()]
+        if key in SAME or hardening or key in HARDENING:
+            out.setdefault(key, []).extend(words)
+    return out
+HARDENING = set()
+for unit in sorted(plain.glob("*.service")):
+    HARDENING |= {k for k in directives(unit) if k not in SAME}
+bad = 0
+for unit in sorted(plain.glob("*.service")):
+    p, r = directives(unit), directives(rendered / unit.name)
+    for key in sorted(set(p) | set(r)):
+        if key in ("User", "Group", "DynamicUser", "StateDirectory", "StateDirectoryMode", "LoadCredential"):
+            continue
+        if sorted(p.get(key, [])) != sorted(r.get(key, [])):
+            print(f"FAIL {unit.name}: {key}: systemd/ has {p.get(key)}, the module renders {r.get(key)}")
+            bad += 1
+if bad:
+    raise SystemExit(1)
+print(f"ok   systemd/ and the module agree on type, restart, watchdog and hardening ({len(HARDENING)} hardening keys, 5 units)")
+PY
 
 echo "== 4. the flake, against a stand-in nixpkgs"
 standin="$work/standin"

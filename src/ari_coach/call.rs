@@ -558,6 +558,11 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+/// A tap's party as the event names it (ari-coach taps agent and customer).
+fn tap_speaker(speaker: &str) -> Speaker {
+    Speaker::parse(speaker).unwrap_or(Speaker::Mix)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -577,9 +582,4 @@ mod tests {
         assert_eq!(failure_reason(None, Some(21)), "agent-rejected");
         assert_eq!(failure_reason(None, None), "agent-no-answer");
     }
-}
-
-/// A tap's party as the event names it (ari-coach taps agent and customer).
-fn tap_speaker(speaker: &str) -> Speaker {
-    Speaker::parse(speaker).unwrap_or(Speaker::Mix)
 }

@@ -18,7 +18,7 @@ use super::ari::Ari;
 pub enum Incoming {
     /// The socket is (again) open: the app is registered in Asterisk.
     Connected,
-    Event(AriEvent),
+    Event(Box<AriEvent>),
     /// The socket closed or could not be opened; `reason` says why.
     Disconnected {
         reason: String,
@@ -69,7 +69,7 @@ pub async fn run(ari: Arc<Ari>, tx: mpsc::Sender<Incoming>, shutdown: Cancellati
                         Some(Err(e)) => break e.to_string(),
                         Some(Ok(Message::Text(text))) => match AriEvent::parse(&text) {
                             Some(ev) => {
-                                if tx.send(Incoming::Event(ev)).await.is_err() {
+                                if tx.send(Incoming::Event(Box::new(ev))).await.is_err() {
                                     return;
                                 }
                             }

@@ -190,7 +190,7 @@ pub async fn serve(
                 ctx.stats.connected.store(false, Ordering::Relaxed);
                 crate::systemd::notify(&format!("STATUS=waiting for Asterisk: {reason}"));
             }
-            Some(Incoming::Event(ev)) => dispatch(&ctx, ev).await,
+            Some(Incoming::Event(ev)) => dispatch(&ctx, *ev).await,
         }
     }
     let _ = events_task.await;

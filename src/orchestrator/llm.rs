@@ -52,7 +52,7 @@ pub enum JobKind {
     },
     /// The rules summary already published; the LLM's text completes it.
     Summary {
-        base: Summary,
+        base: Box<Summary>,
     },
 }
 
@@ -315,7 +315,7 @@ impl Shared {
                 ev.call_reason = field("motivo").or_else(|| field("reason"));
                 ev.outcome = field("resultado").or_else(|| field("outcome"));
                 ev.follow_ups = field("seguimiento").or_else(|| field("follow"));
-                self.publisher.send(Event::Summary(ev));
+                self.publisher.send(Event::Summary(*ev));
             }
             JobKind::Summary { .. } => {}
         }

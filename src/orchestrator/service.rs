@@ -460,7 +460,9 @@ fn finish(call_id: &str, call: Call, reason: &str, rules: &RuleSet, publisher: &
         coach.request(llm::Job {
             call_id: call_id.to_owned(),
             messages: llm::summary_messages(&publisher.language, &transcript, &summary),
-            kind: llm::JobKind::Summary { base: summary },
+            kind: llm::JobKind::Summary {
+                base: Box::new(summary),
+            },
         });
     }
 }

@@ -249,20 +249,16 @@ impl Printer {
                 println!("[{}] {who}  {}", clock(t.start_ms), t.text);
             }
             Event::Transcript(_) => self.partials += 1,
-            Event::Tip(tip) if tip.is_final => {
-                if self.tips.insert(tip.tip_id.clone()) {
-                    let source = match tip.source {
-                        Source::Llm => "LLM".to_owned(),
-                        Source::Rules => {
-                            format!("rule {}", tip.rule.as_deref().unwrap_or_default())
-                        }
-                    };
-                    println!(
-                        "        >> TIP [{}] ({source}): {}",
-                        tip.severity.as_str(),
-                        tip.text
-                    );
-                }
+            Event::Tip(tip) if tip.is_final && self.tips.insert(tip.tip_id.clone()) => {
+                let source = match tip.source {
+                    Source::Llm => "LLM".to_owned(),
+                    Source::Rules => format!("rule {}", tip.rule.as_deref().unwrap_or_default()),
+                };
+                println!(
+                    "        >> TIP [{}] ({source}): {}",
+                    tip.severity.as_str(),
+                    tip.text
+                );
             }
             Event::Checklist(c) => {
                 self.items = c.items.len();

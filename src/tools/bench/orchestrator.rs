@@ -149,11 +149,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     }
                     let Ok(mut o) = seen.lock() else { return };
                     match event {
-                        Event::Tip(t) if t.source == Source::Llm => {
-                            if t.is_final {
-                                o.llm_tips += 1;
-                            }
+                        Event::Tip(t) if t.source == Source::Llm && t.is_final => {
+                            o.llm_tips += 1;
                         }
+                        Event::Tip(t) if t.source == Source::Llm => {}
                         Event::Tip(t) => {
                             let rule = t.rule.unwrap_or_default();
                             if let Some(t) =
