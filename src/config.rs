@@ -1,8 +1,8 @@
 //! Configuration: built-in defaults < TOML file < original environment
-//! variables (CONTRACT.md) < namespaced `CALL_COACH_*` variables.
+//! variables (docs/contract.md) < namespaced `CALL_COACH_*` variables.
 //!
 //! Every setting has a config-file key (`relay.listen`), a namespaced
-//! variable (`CALL_COACH_RELAY__LISTEN`) and, where CONTRACT.md names one, its
+//! variable (`CALL_COACH_RELAY__LISTEN`) and, where docs/contract.md names one, its
 //! original variable (`RELAY_LISTEN`). Secrets also come from a file
 //! (`*_file` key or `*_FILE` variable) or a systemd credential
 //! (`$CREDENTIALS_DIRECTORY/<key>`). Settings are read and checked before any

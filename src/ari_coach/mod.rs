@@ -1,4 +1,4 @@
-//! ari-coach: the Asterisk ARI application `coach` (CONTRACT.md). It takes
+//! ari-coach: the Asterisk ARI application `coach` (docs/contract.md). It takes
 //! every call the dialplan hands it (`Stasis(coach)`), dials the agent,
 //! bridges both, and taps each party's voice apart into rtp2ws; or, in
 //! attach mode, taps a call the dialplan bridged itself.

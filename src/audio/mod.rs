@@ -12,7 +12,7 @@ pub mod wav;
 /// Whisper's sample rate.
 pub const WHISPER_RATE: u32 = 16_000;
 
-/// How raw audio bytes are encoded (CONTRACT.md "Audio into stt").
+/// How raw audio bytes are encoded (docs/contract.md "Audio into stt").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
     S16le,

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-/// Largest event body the relay accepts, in bytes (CONTRACT.md).
+/// Largest event body the relay accepts, in bytes (docs/contract.md).
 pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 
 /// Why an event was refused. Each message is shown to the publisher as is.

@@ -1,5 +1,5 @@
 //! relay: the event hub. `POST /event` in, stored durably, then out on
-//! `GET /ws` to every subscriber of the call (CONTRACT.md "Events").
+//! `GET /ws` to every subscriber of the call (docs/contract.md "Events").
 //!
 //! - [`server`]: HTTP routing, input checks, auth, the listener loop.
 //! - [`ws`]: one websocket subscription: replay from the store, then live.

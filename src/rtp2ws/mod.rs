@@ -1,5 +1,5 @@
 //! rtp2ws: Asterisk ExternalMedia RTP to stt websocket streams, one per
-//! call leg (CONTRACT.md "rtp2ws").
+//! call leg (docs/contract.md "rtp2ws").
 //!
 //! - [`client`]: a client of that API (ari-coach, `simulate-call`).
 //! - [`control`]: the loopback HTTP API (`POST/GET/DELETE /streams`).

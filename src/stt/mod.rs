@@ -1,4 +1,4 @@
-//! stt: Whisper speech-to-text over websocket (CONTRACT.md "Audio into
+//! stt: Whisper speech-to-text over websocket (docs/contract.md "Audio into
 //! stt"). Audio in per call leg, `transcript` events out to the relay and
 //! back on the same websocket.
 //!

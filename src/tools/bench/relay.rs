@@ -1,4 +1,4 @@
-//! `call-coach bench-relay`: drives any relay that speaks CONTRACT.md.
+//! `call-coach bench-relay`: drives any relay that speaks docs/contract.md.
 //!
 //! N calls, M subscribers per call plus K supervisors (`callId=*`), a target
 //! publish rate over keep-alive HTTP connections; prints events/s accepted
