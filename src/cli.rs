@@ -238,12 +238,9 @@ pub fn main() -> ExitCode {
             |settings, shutdown| async move { crate::ari_coach::serve(&settings, shutdown).await },
         ),
         Command::Demo(opts) => {
-            let loaded = match crate::config::load(None) {
+            let loaded = match crate::lifecycle::configure(None) {
                 Ok(l) => l,
-                Err(e) => {
-                    eprintln!("call-coach: configuration error: {e}");
-                    return ExitCode::from(EXIT_USAGE);
-                }
+                Err(code) => return code,
             };
             run_tool("demo", crate::tools::demo::run(opts, loaded.settings))
         }
@@ -256,7 +253,10 @@ pub fn main() -> ExitCode {
 fn run_tool(name: &str, tool: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     crate::telemetry::init();
     crate::lifecycle::raise_fd_limit();
-    match runtime().and_then(|rt| rt.block_on(tool)) {
+    let result = crate::lifecycle::runtime()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(tool));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("call-coach {name}: {e:#}");
@@ -265,17 +265,8 @@ fn run_tool(name: &str, tool: impl std::future::Future<Output = anyhow::Result<(
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
-}
-
 fn load_config(common: &Common) -> Result<crate::config::Loaded, ExitCode> {
-    crate::config::load(common.config.as_deref()).map_err(|e| {
-        eprintln!("call-coach: configuration error: {e}");
-        ExitCode::from(EXIT_USAGE)
-    })
+    crate::lifecycle::configure(common.config.as_deref())
 }
 
 fn check_config(common: &Common, service: Option<&str>) -> ExitCode {

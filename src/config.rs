@@ -14,10 +14,9 @@ use std::path::{Path, PathBuf};
 use figment::providers::{Format, Serialized, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
-
-use crate::setting::{ConfigError, Secret};
-use crate::setting::{Section, Var, describe_source};
 use serde::{Deserialize, Serialize};
+
+use crate::setting::{ConfigError, Secret, Section, Var, describe_source};
 
 /// Names the TOML file to read instead of [`SYSTEM_CONFIG`].
 pub const ENV_CONFIG: &str = "CALL_COACH_CONFIG";

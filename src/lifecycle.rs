@@ -75,63 +75,65 @@ pub fn ready(
     crate::systemd::spawn_watchdog(shutdown.clone(), healthy);
 }
 
-/// Steps 1, 4 and 6 around a service's `serve`: loads the configuration
-/// (`--config`, else the usual places), sets up logging, the file limit,
-/// the runtime and the signals, runs the service, and exits with the code
-/// its error names.
+/// Step 1, for every command that reads the configuration (`--config`,
+/// else the usual places): the settings, or exit 64 with the problem, which
+/// names the key and its source, on stderr.
+pub fn configure(config: Option<&Path>) -> Result<crate::config::Loaded, ExitCode> {
+    crate::config::load(config).map_err(|e| {
+        eprintln!("call-coach: configuration error: {e}");
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+/// The tokio runtime every service and tool runs on.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+/// Steps 1, 4 and 6 around a service's `serve`: the configuration, logging,
+/// the file limit, the runtime and the signals; then the service, and the
+/// exit code its error names.
 pub fn run<F, Fut, E>(name: &str, config: Option<&Path>, service: F) -> ExitCode
 where
     F: FnOnce(crate::config::Settings, CancellationToken) -> Fut,
     Fut: std::future::Future<Output = Result<(), E>>,
     E: ExitStatus,
 {
-    let loaded = match crate::config::load(config) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("call-coach {name}: configuration error: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+    let settings = match configure(config) {
+        Ok(l) => l.settings,
+        Err(code) => return code,
     };
     crate::telemetry::init();
     raise_fd_limit();
-    let settings = loaded.settings;
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("call-coach {name}: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
+    runtime.block_on(async {
         let shutdown = match crate::shutdown::on_signals(settings.shutdown_timeout()) {
             Ok(s) => s,
-            Err(e) => return Err(Failed::Signals(e)),
-        };
-        service(settings, shutdown).await.map_err(Failed::Service)
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failed::Signals(e)) => {
-            eprintln!("call-coach {name}: cannot handle signals: {e}");
-            ExitCode::FAILURE
-        }
-        Err(Failed::Service(e)) => {
-            // One line on stderr; under systemd stderr is the journal too.
-            if crate::telemetry::to_journal() {
-                tracing::error!(error = %e, "{name} failed");
+            Err(e) => {
+                eprintln!("call-coach {name}: cannot handle signals: {e}");
+                return ExitCode::FAILURE;
             }
-            eprintln!("call-coach {name}: {e}");
-            ExitCode::from(e.exit_code())
+        };
+        match service(settings, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                // One line on stderr; under systemd stderr is the journal too.
+                if crate::telemetry::to_journal() {
+                    tracing::error!(error = %e, "{name} failed");
+                }
+                eprintln!("call-coach {name}: {e}");
+                ExitCode::from(e.exit_code())
+            }
         }
-    }
-}
-
-enum Failed<E> {
-    Signals(std::io::Error),
-    Service(E),
+    })
 }
 
 /// Raises the soft open-file limit to the hard limit: every websocket
@@ -150,5 +152,3 @@ pub fn raise_fd_limit() {
         }
     }
 }
-
-impl ExitStatus for anyhow::Error {}
