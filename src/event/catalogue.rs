@@ -141,14 +141,9 @@ impl Event {
 
     /// The JSON text of the event, as posted to the relay.
     pub fn to_json(&self) -> String {
-        // Serializing these types cannot fail: no maps with non-string keys,
-        // no non-finite floats reach them (figures are clamped by producers).
+        // Cannot fail for these types: every map has string keys, and
+        // serde_json writes a non-finite float as null.
         serde_json::to_string(self).unwrap_or_default()
-    }
-
-    /// The event as a JSON value.
-    pub fn to_value(&self) -> Value {
-        serde_json::to_value(self).unwrap_or_default()
     }
 }
 

@@ -5,6 +5,8 @@
 //! to reconnect and resume. Nothing is lost and nothing is handed out twice
 //! across reconnects: the relay replays after the cursor.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -17,6 +19,10 @@ use crate::event::{Event, Received};
 use crate::setting::Secret;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+type WsError = tokio_tungstenite::tungstenite::Error;
+/// A connection attempt in flight, kept across cancelled calls of
+/// [`Subscription::next`].
+type Connecting = Pin<Box<dyn Future<Output = Result<Ws, WsError>> + Send>>;
 
 const BACKOFF_START: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -41,12 +47,11 @@ pub struct Subscription {
     token: Option<Secret>,
     cursor: Option<i64>,
     ws: Option<Ws>,
-    /// No connection attempt before this (backoff), kept across calls to
-    /// [`Subscription::next`] so that cancelling it loses no progress.
+    connecting: Option<Connecting>,
+    /// No connection attempt before this (backoff). Like `connecting`, kept
+    /// in here so that a cancelled [`Subscription::next`] loses no progress.
     retry_at: Option<Instant>,
     backoff: Duration,
-    /// Connections made so far (1 after the first).
-    pub connects: u64,
 }
 
 impl Subscription {
@@ -69,9 +74,9 @@ impl Subscription {
             token,
             cursor: None,
             ws: None,
+            connecting: None,
             retry_at: None,
             backoff: BACKOFF_START,
-            connects: 0,
         })
     }
 
@@ -94,32 +99,40 @@ impl Subscription {
         format!("{}?{}", self.base, params.join("&"))
     }
 
-    pub fn is_connected(&self) -> bool {
-        self.ws.is_some()
-    }
-
-    /// Connects now if not connected, once; the error says why not.
+    /// Connects now if not connected (one attempt, or the one already in
+    /// flight); the error says why not.
     pub async fn connect(&mut self) -> Result<(), String> {
         if self.ws.is_some() {
             return Ok(());
         }
         let url = self.url();
-        let mut req = url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| format!("{url}: {e}"))?;
-        if let Some(t) = &self.token
-            && let Ok(v) = format!("Bearer {}", t.expose()).parse()
-        {
-            req.headers_mut().insert("authorization", v);
+        if self.connecting.is_none() {
+            let mut req = url
+                .as_str()
+                .into_client_request()
+                .map_err(|e| format!("{url}: {e}"))?;
+            if let Some(t) = &self.token
+                && let Ok(v) = format!("Bearer {}", t.expose()).parse()
+            {
+                req.headers_mut().insert("authorization", v);
+            }
+            self.connecting = Some(Box::pin(async move {
+                tokio_tungstenite::connect_async(req)
+                    .await
+                    .map(|(ws, _)| ws)
+            }));
         }
-        match tokio_tungstenite::connect_async(req).await {
-            Ok((ws, _)) => {
+        let Some(attempt) = self.connecting.as_mut() else {
+            return Err(format!("{url}: no connection attempt"));
+        };
+        let outcome = attempt.await;
+        self.connecting = None;
+        match outcome {
+            Ok(ws) => {
                 self.ws = Some(ws);
-                self.connects += 1;
                 self.backoff = BACKOFF_START;
                 self.retry_at = None;
-                tracing::info!(url = %self.url(), "following the relay");
+                tracing::info!(%url, "following the relay");
                 Ok(())
             }
             Err(e) => {
@@ -132,19 +145,19 @@ impl Subscription {
     }
 
     /// The next event, reconnecting as long as it takes. Cancel-safe: it
-    /// can be raced against timers in a `select!` without losing an event.
+    /// can be raced against timers in a `select!` without losing an event
+    /// or restarting a connection attempt.
     pub async fn next(&mut self) -> Received {
         loop {
-            if self.ws.is_none() {
-                if let Some(at) = self.retry_at {
+            let Some(ws) = self.ws.as_mut() else {
+                if let Some(at) = self.retry_at.filter(|_| self.connecting.is_none()) {
                     tokio::time::sleep_until(at).await;
                 }
                 if let Err(e) = self.connect().await {
                     tracing::warn!("{e}; retrying");
                 }
                 continue;
-            }
-            let Some(ws) = self.ws.as_mut() else { continue };
+            };
             match ws.next().await {
                 Some(Ok(Message::Text(text))) => {
                     let Some(r) = Received::parse(&text) else {
@@ -197,5 +210,46 @@ mod tests {
             .since(Some(3));
         assert_eq!(s.url(), "ws://h/ws?x=1&callId=live&since=3");
         assert!(Subscription::new("http://x", Scope::All, None).is_err());
+    }
+
+    /// A relay slower to accept than the timers `next()` is raced against
+    /// (the orchestrator's 250 ms LLM tick): the attempt in flight must
+    /// survive the cancellations and connect, not start over each time.
+    #[tokio::test]
+    async fn a_slow_handshake_survives_cancelled_calls() {
+        use futures_util::SinkExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = accepts.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                        return;
+                    };
+                    let ev = r#"{"type":"call.ended","callId":"c1","reason":"x","seq":1}"#;
+                    let _ = ws.send(Message::text(ev)).await;
+                    let _ = ws.next().await;
+                });
+            }
+        });
+        let mut sub =
+            Subscription::new(&format!("ws://{addr}/ws"), Scope::Call("c1".into()), None).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let received = loop {
+            assert!(Instant::now() < deadline, "never connected");
+            if let Ok(r) = tokio::time::timeout(Duration::from_millis(50), sub.next()).await {
+                break r;
+            }
+        };
+        assert_eq!(received.seq, Some(1));
+        assert_eq!(accepts.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(sub.url(), format!("ws://{addr}/ws?callId=c1&since=1"));
     }
 }
