@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::event::{Event, Figures, Severity, Source, Summary, Tip};
-
 use crate::relay_client::Publisher;
 use crate::setting::Secret;
 

@@ -2,7 +2,7 @@
 //! each call's metrics and rules state, publish what they produce, and
 //! summarise each call when it ends.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,8 +41,8 @@ struct Call {
     metrics: CallMetrics,
     rules: CallRules,
     tips: u64,
-    /// Rule id -> how often it fired.
-    fired: HashMap<String, u64>,
+    /// Rule id -> how often it fired (in id order, as the summary lists them).
+    fired: BTreeMap<String, u64>,
     /// The last final utterances, speaker-labelled (agent = true), for the
     /// LLM prompt.
     recent: std::collections::VecDeque<(bool, String)>,
@@ -63,7 +63,7 @@ impl Call {
             metrics: CallMetrics::default(),
             rules: CallRules::default(),
             tips: 0,
-            fired: HashMap::new(),
+            fired: BTreeMap::new(),
             recent: std::collections::VecDeque::new(),
             llm_due: None,
             llm_last: None,
@@ -122,7 +122,7 @@ pub async fn serve(
         Some(path) => RuleSet::load(path, s.rules_mode == RulesMode::Extend)?,
         None => RuleSet::default_set(),
     });
-    subscription(&s)?;
+    let mut relay = subscription(&s)?;
     let stats = Arc::new(PublishStats::default());
     let (urgent, urgent_thread) = Publisher::start(
         s.relay_event.clone(),
@@ -161,7 +161,6 @@ pub async fn serve(
 
     let mut calls: HashMap<String, Call> = HashMap::new();
     let mut ended = Ended::default();
-    let mut relay = subscription(&s)?;
     let every = Duration::from_secs(s.metrics_every_secs.max(1));
     let mut tick = tokio::time::interval(every);
     let mut llm_tick = tokio::time::interval(Duration::from_millis(250));
@@ -243,7 +242,7 @@ fn handle(
         Event::CallStarted(CallStarted { call_id, agent, .. }) => {
             ended.remove(call_id);
             let mut call = Call::new(now);
-            call.agent = Some(agent.clone());
+            call.agent = (!agent.is_empty()).then(|| agent.clone());
             calls.insert(call_id.clone(), call);
         }
         Event::CallEnded(CallEnded {
@@ -408,18 +407,16 @@ fn finish(call_id: &str, call: Call, reason: &str, rules: &RuleSet, publisher: &
         .filter(|i| !i.done)
         .map(|i| i.label.as_str())
         .collect();
-    let mut fired: Vec<(&String, &u64)> = call.fired.iter().collect();
-    fired.sort();
-    let tips_text = if fired.is_empty() {
+    let tips_text = if call.fired.is_empty() {
         "sin avisos".to_owned()
     } else {
-        fired
+        call.fired
             .iter()
             .map(|(r, n)| {
-                if **n > 1 {
+                if *n > 1 {
                     format!("{r} ({n})")
                 } else {
-                    (*r).clone()
+                    r.clone()
                 }
             })
             .collect::<Vec<_>>()
@@ -445,7 +442,7 @@ fn finish(call_id: &str, call: Call, reason: &str, rules: &RuleSet, publisher: &
         agent: call.agent.clone(),
         duration_ms,
         metrics: m,
-        rules_fired: call.fired.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        rules_fired: call.fired,
         checklist,
         call_reason: None,
         outcome: None,
@@ -478,10 +475,18 @@ mod tests {
             subscription(&s).unwrap().url(),
             "ws://127.0.0.1:7070/ws?callId=*"
         );
+        assert_eq!(
+            subscription(&s).unwrap().since(Some(42)).url(),
+            "ws://127.0.0.1:7070/ws?callId=*&since=42"
+        );
         s.single_call = true;
         assert_eq!(
             subscription(&s).unwrap().url(),
             "ws://127.0.0.1:7070/ws?callId=live"
+        );
+        assert_eq!(
+            subscription(&s).unwrap().since(Some(3)).url(),
+            "ws://127.0.0.1:7070/ws?callId=live&since=3"
         );
         s.relay_ws = "http://x".into();
         assert!(subscription(&s).is_err());
