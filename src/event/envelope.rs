@@ -93,9 +93,10 @@ impl Envelope {
         self.fields["callId"].as_str().unwrap_or_default()
     }
 
-    /// A string field of the event, if present and a string.
-    pub fn str_field(&self, name: &str) -> Option<&str> {
-        self.fields.get(name).and_then(Value::as_str)
+    /// The event as its catalogue type; `None` for a type the catalogue
+    /// does not know, or fields that do not fit it.
+    pub fn decode(&self) -> Option<super::Event> {
+        serde_json::from_value(Value::Object(self.fields.clone())).ok()
     }
 }
 

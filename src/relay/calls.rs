@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::event::{Envelope, rfc3339_millis};
+use crate::event::{Envelope, Event, rfc3339_millis};
 
 /// What the relay knows about one call.
 #[derive(Debug, Clone, Default)]
@@ -36,21 +36,28 @@ impl CallInfo {
         }
     }
 
-    /// Takes note of a call's lifecycle events.
+    /// Takes note of a call's lifecycle events. A `call.started` counts
+    /// even when its fields do not decode; a field it leaves out (or empty)
+    /// keeps what an earlier one said.
     pub fn observe(&mut self, event: &Envelope, now_ms: i64) {
-        let text = |name| event.str_field(name).map(str::to_owned);
         match event.event_type() {
             "call.started" => {
                 self.started_ms = Some(now_ms);
                 self.ended_ms = None;
                 self.end_reason = None;
-                self.agent = text("agent").or(self.agent.take());
-                self.caller = text("caller").or(self.caller.take());
-                self.direction = text("direction").or(self.direction.take());
+                if let Some(Event::CallStarted(s)) = event.decode() {
+                    let given = |v: String| (!v.is_empty()).then_some(v);
+                    self.agent = given(s.agent).or(self.agent.take());
+                    self.caller = given(s.caller).or(self.caller.take());
+                    self.direction = given(s.direction).or(self.direction.take());
+                }
             }
             "call.ended" => {
                 self.ended_ms = Some(now_ms);
-                self.end_reason = text("reason");
+                self.end_reason = match event.decode() {
+                    Some(Event::CallEnded(e)) => Some(e.reason),
+                    _ => None,
+                };
             }
             _ => {}
         }
@@ -205,5 +212,37 @@ mod tests {
         calls.update([a]);
         assert_eq!(ids(500), ["b"]);
         assert_eq!(calls.agent_of("a").as_deref(), Some("PJSIP/200"));
+    }
+
+    #[test]
+    fn a_later_or_odd_call_started_keeps_what_is_known() {
+        let mut a = CallInfo::new("a");
+        a.observe(
+            &ev(r#"{"type":"call.started","callId":"a","agent":"PJSIP/200","caller":"600"}"#),
+            100,
+        );
+        // A second one without a caller, then one whose agent is no string.
+        a.observe(
+            &ev(r#"{"type":"call.started","callId":"a","agent":"PJSIP/201"}"#),
+            200,
+        );
+        assert_eq!(
+            (a.agent.as_deref(), a.caller.as_deref()),
+            (Some("PJSIP/201"), Some("600"))
+        );
+        a.observe(
+            &ev(r#"{"type":"call.started","callId":"a","agent":5}"#),
+            300,
+        );
+        assert_eq!(a.started_ms, Some(300));
+        assert_eq!(a.agent.as_deref(), Some("PJSIP/201"));
+        a.observe(
+            &ev(r#"{"type":"call.ended","callId":"a","reason":"hangup"}"#),
+            400,
+        );
+        assert_eq!(
+            (a.ended_ms, a.end_reason.as_deref()),
+            (Some(400), Some("hangup"))
+        );
     }
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::json;
+
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use super::hub::Topic;
 use super::server::State;
 use super::store::StoredEvent;
+use crate::event::{Event, RelayDropped};
 
 /// Events read from the store per query during replay.
 const REPLAY_PAGE: usize = 512;
@@ -147,13 +148,12 @@ where
         // Kicked: the hub found this subscriber's queue full.
         Ok(()) => {
             let since = cursor.last;
-            let notice = json!({
-                "type": "relay.dropped",
-                "reason": "subscriber too slow: its queue filled up",
-                "since": since,
+            let notice = Event::RelayDropped(RelayDropped {
+                reason: "subscriber too slow: its queue filled up".into(),
+                since,
             });
-            let _ = tokio::time::timeout(WRITE_TIMEOUT, tx.send(Message::text(notice.to_string())))
-                .await;
+            let _ =
+                tokio::time::timeout(WRITE_TIMEOUT, tx.send(Message::text(notice.to_json()))).await;
             let frame = CloseFrame {
                 code: CloseCode::Again,
                 reason: Utf8Bytes::from(format!("too slow; resume with since={since}")),

@@ -66,17 +66,17 @@ async fn recorded_events_pass_through_the_relay_byte_for_byte() {
             )
             .await;
         assert_eq!(status, 202, "{}: {body}", path.display());
+        let seq = serde_json::from_str::<Value>(&body).unwrap()["seq"].as_i64();
         let mut ws = relay.ws(&format!("callId={call}&since=0")).await;
-        let mut last = None;
-        while let Some(ev) = next_json(&mut ws, Duration::from_secs(2)).await {
-            let done =
-                ev["seq"].as_i64() == serde_json::from_str::<Value>(&body).unwrap()["seq"].as_i64();
-            last = Some(ev);
-            if done {
-                break;
+        // The call's earlier examples come first; this one is the last.
+        let mut got = loop {
+            let ev = next_json(&mut ws, Duration::from_secs(2))
+                .await
+                .expect("the event came back");
+            if ev["seq"].as_i64() == seq {
+                break ev;
             }
-        }
-        let mut got = last.expect("the event came back");
+        };
         let map = got.as_object_mut().unwrap();
         for added in ["seq", "ts", "pos"] {
             assert!(
