@@ -90,8 +90,9 @@ pub struct Call {
     inbox: mpsc::Receiver<Msg>,
 }
 
-fn speaker_index(speaker: &str) -> usize {
-    usize::from(speaker == "agent")
+/// Where a party's tap is kept: in the order of [`names::SPEAKERS`].
+pub(super) fn speaker_index(speaker: Speaker) -> usize {
+    usize::from(speaker == Speaker::Agent)
 }
 
 /// A leg has left the call (or never will be in it).
@@ -353,8 +354,8 @@ impl Call {
         }));
     }
 
-    fn snooped(&self, speaker: &str) -> Option<String> {
-        if speaker == "agent" {
+    fn snooped(&self, speaker: Speaker) -> Option<String> {
+        if speaker == Speaker::Agent {
             self.agent.clone()
         } else {
             Some(self.customer.clone())
@@ -362,21 +363,24 @@ impl Call {
     }
 
     async fn tap_all(&mut self) {
-        let (a, b) = tokio::join!(self.make_tap("customer"), self.make_tap("agent"));
+        let (a, b) = tokio::join!(
+            self.make_tap(Speaker::Customer),
+            self.make_tap(Speaker::Agent)
+        );
         self.taps = [a, b];
     }
 
-    async fn make_tap(&self, speaker: &'static str) -> Option<Tap> {
+    async fn make_tap(&self, speaker: Speaker) -> Option<Tap> {
         let snooped = self.snooped(speaker)?;
         let ctx = &self.ctx;
         match Tap::create(&ctx.ari, &ctx.rtp2ws, &ctx.tap, &self.id, speaker, &snooped).await {
             Ok(t) => Some(t),
             Err(e) => {
                 ctx.stats.taps_failed.inc();
-                tracing::warn!(call = %self.id, speaker, "tapping failed; the call goes on without this party's transcript: {e}");
+                tracing::warn!(call = %self.id, %speaker, "tapping failed; the call goes on without this party's transcript: {e}");
                 ctx.publish(Event::CallTap(CallTap {
                     call_id: self.id.clone(),
-                    speaker: tap_speaker(speaker),
+                    speaker,
                     ok: false,
                     error: Some(e.to_string()),
                     restored: None,
@@ -452,12 +456,12 @@ impl Call {
         }
     }
 
-    fn tap_lost(&mut self, speaker: &str, why: &str) {
+    fn tap_lost(&mut self, speaker: Speaker, why: &str) {
         let i = speaker_index(speaker);
         let Some(tap) = self.taps[i].take() else {
             return;
         };
-        tracing::warn!(call = %self.id, speaker, "tap lost: {why}");
+        tracing::warn!(call = %self.id, %speaker, "tap lost: {why}");
         self.retap_at[i] = Some(Instant::now() + RETAP_DELAY);
         self.lost[i] = Some(tap);
     }
@@ -481,7 +485,7 @@ impl Call {
                 self.ctx.stats.taps_restored.inc();
                 self.ctx.publish(Event::CallTap(CallTap {
                     call_id: self.id.clone(),
-                    speaker: tap_speaker(s),
+                    speaker: s,
                     ok: true,
                     error: None,
                     restored: Some(true),
@@ -556,11 +560,6 @@ async fn sleep_until_opt(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
     }
-}
-
-/// A tap's party as the event names it (ari-coach taps agent and customer).
-fn tap_speaker(speaker: &str) -> Speaker {
-    Speaker::parse(speaker).unwrap_or(Speaker::Mix)
 }
 
 #[cfg(test)]

@@ -10,7 +10,10 @@
 //! | ExternalMedia channel | `{call}-em-{speaker}` |
 //! | tap bridge (snoop + ExternalMedia), named `tap:{snooped channel id}` | `{call}-tap-{speaker}` |
 
-pub const SPEAKERS: [&str; 2] = ["customer", "agent"];
+use crate::event::Speaker;
+
+/// The parties ari-coach taps, in the order of its per-party arrays.
+pub const SPEAKERS: [Speaker; 2] = [Speaker::Customer, Speaker::Agent];
 
 pub fn agent(call: &str) -> String {
     format!("{call}-agent")
@@ -20,15 +23,15 @@ pub fn call_bridge(call: &str) -> String {
     format!("{call}-call")
 }
 
-pub fn snoop(call: &str, speaker: &str) -> String {
+pub fn snoop(call: &str, speaker: Speaker) -> String {
     format!("{call}-snoop-{speaker}")
 }
 
-pub fn external_media(call: &str, speaker: &str) -> String {
+pub fn external_media(call: &str, speaker: Speaker) -> String {
     format!("{call}-em-{speaker}")
 }
 
-pub fn tap_bridge(call: &str, speaker: &str) -> String {
+pub fn tap_bridge(call: &str, speaker: Speaker) -> String {
     format!("{call}-tap-{speaker}")
 }
 
@@ -43,17 +46,17 @@ pub fn snooped_of(bridge_name: &str) -> Option<&str> {
 
 /// What one of our ids is.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Kind<'a> {
+pub enum Kind {
     Agent,
     CallBridge,
-    Snoop(&'a str),
-    ExternalMedia(&'a str),
-    TapBridge(&'a str),
+    Snoop(Speaker),
+    ExternalMedia(Speaker),
+    TapBridge(Speaker),
 }
 
 /// Splits one of our ids into its call id and kind; `None` for ids that are
 /// not ours.
-pub fn parse(id: &str) -> Option<(&str, Kind<'_>)> {
+pub fn parse(id: &str) -> Option<(&str, Kind)> {
     for speaker in SPEAKERS {
         for (infix, kind) in [
             ("-snoop-", Kind::Snoop(speaker)),
@@ -61,7 +64,7 @@ pub fn parse(id: &str) -> Option<(&str, Kind<'_>)> {
             ("-tap-", Kind::TapBridge(speaker)),
         ] {
             if let Some(call) = id
-                .strip_suffix(speaker)
+                .strip_suffix(speaker.as_str())
                 .and_then(|rest| rest.strip_suffix(infix))
                 && !call.is_empty()
             {

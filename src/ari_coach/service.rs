@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Settings;
 use super::ari::{Ari, AriError, AriEvent};
-use super::call::{Call, Mode, Msg, Snapshot, Start};
+use super::call::{Call, Mode, Msg, Snapshot, Start, speaker_index};
 use super::events::{self, Incoming};
 use super::names::{self, Kind};
 use super::status::Stats;
@@ -373,7 +373,7 @@ async fn reconcile(ctx: &Arc<Ctx>) -> Result<(), AriError> {
             }
             Some((call, Kind::TapBridge(s))) if !keep.contains(call) => {
                 if let Some(ch) = names::snooped_of(&b.name) {
-                    snooped.entry(call.to_owned()).or_default()[usize::from(s == "agent")] =
+                    snooped.entry(call.to_owned()).or_default()[speaker_index(s)] =
                         Some(ch.to_owned());
                 }
             }

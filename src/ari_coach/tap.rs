@@ -4,6 +4,7 @@
 //! Every piece is undone on failure and on teardown, gone pieces counting
 //! as removed, so that both can run any number of times.
 
+use crate::event::Speaker;
 use std::sync::Arc;
 
 use super::ari::Ari;
@@ -25,7 +26,7 @@ pub struct TapConfig {
 /// One party's tap, as far as it got.
 #[derive(Debug, Clone)]
 pub struct Tap {
-    pub speaker: &'static str,
+    pub speaker: Speaker,
     /// The channel listened to.
     pub snooped: String,
     pub leg: Option<String>,
@@ -42,7 +43,7 @@ impl Tap {
         rtp2ws: &Arc<Rtp2ws>,
         cfg: &TapConfig,
         call: &str,
-        speaker: &'static str,
+        speaker: Speaker,
         snooped: &str,
     ) -> Result<Tap, String> {
         let mut tap = Tap {
@@ -68,9 +69,11 @@ impl Tap {
         call: &str,
     ) -> Result<(), String> {
         let port = match cfg.fixed_ports {
-            Some(base) => base + if self.speaker == "agent" { 1 } else { 2 },
+            Some(base) => base + if self.speaker == Speaker::Agent { 1 } else { 2 },
             None => {
-                let (leg, port) = rtp2ws.open(call, self.speaker, &cfg.format).await?;
+                let (leg, port) = rtp2ws
+                    .open(call, self.speaker.as_str(), &cfg.format)
+                    .await?;
                 self.leg = Some(leg);
                 port
             }
@@ -117,7 +120,7 @@ impl Tap {
 
 /// The ARI half of a tap's removal, by name alone (also for taps left by an
 /// earlier run).
-pub async fn remove_ari_pieces(ari: &Arc<Ari>, call: &str, speaker: &str) {
+pub async fn remove_ari_pieces(ari: &Arc<Ari>, call: &str, speaker: Speaker) {
     let (snoop, em, bridge) = (
         names::snoop(call, speaker),
         names::external_media(call, speaker),
