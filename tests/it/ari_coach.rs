@@ -463,7 +463,7 @@ async fn wrong_credentials_are_reported_and_retried() {
     assert!(!sim.connected());
     let (status, body) = coach.request("GET", "/healthz", &[], "").await;
     assert_eq!(status, 503, "{body}");
-    coach.signal("TERM");
+    coach.signal(libc::SIGTERM);
     let status = coach.wait_exit(Duration::from_secs(10)).expect("exit");
     assert!(status.success(), "{status}");
 }

@@ -514,7 +514,7 @@ async fn sigterm_closes_subscribers_with_1001_and_exits_cleanly() {
         next_json(&mut ws, Duration::from_secs(5)).await.unwrap()["seq"],
         1
     );
-    relay.signal("TERM");
+    relay.signal(libc::SIGTERM);
     let close = tokio::time::timeout(Duration::from_secs(10), ws.next())
         .await
         .unwrap();

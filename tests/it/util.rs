@@ -3,7 +3,7 @@
 //! websocket clients.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,16 +30,29 @@ pub fn service_link(dir: &Path, name: &str) -> PathBuf {
     link
 }
 
+impl std::ops::Deref for Service {
+    type Target = procs::Service;
+    fn deref(&self) -> &procs::Service {
+        &self.proc
+    }
+}
+
+impl std::ops::DerefMut for Service {
+    fn deref_mut(&mut self) -> &mut procs::Service {
+        &mut self.proc
+    }
+}
+
 /// A running relay started through a `relay` symlink.
 pub type Relay = Service;
 
 /// A running service started through a symlink with its name (argv[0]
 /// dispatch), waited on until READY=1: the tools' supervisor
-/// (`call_coach::tools::procs`), in a temporary directory of its own, with
-/// the HTTP and websocket helpers below.
+/// (`call_coach::tools::procs::Service`, whose `addr`, `log`, `signal`,
+/// `recv_notify` and `wait_exit` it lends), in a temporary directory of its
+/// own, with the HTTP and websocket helpers below.
 pub struct Service {
     pub proc: procs::Service,
-    pub addr: String,
     pub token: Option<String>,
     /// Its log, notify socket and state; dropped after the process.
     _dir: tempfile::TempDir,
@@ -52,14 +65,6 @@ impl Service {
 
     pub fn start_named(name: &'static str, env: &[(&str, &str)]) -> Service {
         let dir = tempfile::tempdir().expect("tempdir");
-        Self::start_in_named(name, dir, env)
-    }
-
-    pub fn start_in_named(
-        name: &'static str,
-        dir: tempfile::TempDir,
-        env: &[(&str, &str)],
-    ) -> Service {
         let d = dir.path();
         let mut all: Vec<(String, String)> = vec![
             ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
@@ -85,45 +90,15 @@ impl Service {
         };
         let proc = procs::Service::spawn(spec).unwrap_or_else(|e| panic!("{e:#}"));
         Service {
-            addr: proc.addr.clone(),
             proc,
             token: None,
             _dir: dir,
         }
     }
 
-    /// One sd_notify datagram, if one arrives in time.
-    pub fn recv_notify(&self, timeout: Duration) -> Option<String> {
-        self.proc.recv_notify(timeout)
-    }
-
-    pub fn log(&self) -> String {
-        self.proc.log()
-    }
-
-    /// `sig`: `TERM`, `KILL`, `INT`, ...
-    pub fn signal(&mut self, sig: &str) {
-        let signal = match sig {
-            "TERM" => libc::SIGTERM,
-            "KILL" => libc::SIGKILL,
-            "INT" => libc::SIGINT,
-            "HUP" => libc::SIGHUP,
-            "STOP" => libc::SIGSTOP,
-            "CONT" => libc::SIGCONT,
-            other => panic!("unknown signal {other}"),
-        };
-        self.proc.signal(signal);
-    }
-
-    /// Waits for the process to exit, at most `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        self.proc.wait_exit(timeout)
-    }
-
     /// SIGKILLs the service and starts it again on the same state directory.
     pub fn kill_and_restart(mut self) -> Service {
         self.proc.restart().unwrap_or_else(|e| panic!("{e:#}"));
-        self.addr = self.proc.addr.clone();
         self
     }
 
