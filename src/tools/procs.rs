@@ -1,7 +1,7 @@
-//! The services as child processes of this one, for `demo` and
-//! `bench-e2e`: each runs the real binary under its service name with its
-//! own environment, reports READY=1 (and its address) on a notify socket of
-//! ours, as under systemd, and is stopped with SIGTERM when dropped.
+//! The services as child processes of this one, for `demo`, `bench-e2e`
+//! and the integration tests: each runs the real binary under its service
+//! name with its own environment, reports READY=1 (and its address) on a
+//! notify socket of ours, as under systemd, and is stopped when dropped.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -29,6 +29,11 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// Where its output goes.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.log", self.name))
+    }
+
     /// This binary under `name` (`call-coach NAME`), our environment plus
     /// `env`, logs in `dir`.
     pub fn service(
@@ -56,12 +61,9 @@ impl Spec {
 /// One running service, supervised: started, waited on until READY=1,
 /// signalled, restarted, stopped when dropped.
 pub struct Service {
-    pub name: &'static str,
     child: Child,
     notify: UnixDatagram,
     spec: Spec,
-    /// Where its log goes.
-    pub log: PathBuf,
     /// The address from its READY status (`127.0.0.1:PORT`).
     pub addr: String,
 }
@@ -81,10 +83,8 @@ impl Service {
     pub fn spawn(spec: Spec) -> anyhow::Result<Service> {
         let (child, notify) = launch(&spec)?;
         let mut service = Service {
-            name: spec.name,
             child,
             notify,
-            log: spec.dir.join(format!("{}.log", spec.name)),
             spec,
             addr: String::new(),
         };
@@ -99,14 +99,14 @@ impl Service {
             if let Some(status) = self.child.try_wait()? {
                 bail!(
                     "{} exited before it was ready ({status}):\n{}",
-                    self.name,
+                    self.spec.name,
                     self.log_tail(20)
                 );
             }
             if Instant::now() > deadline {
                 bail!(
                     "{} was not ready within {} s:\n{}",
-                    self.name,
+                    self.spec.name,
                     timeout.as_secs(),
                     self.log_tail(20)
                 );
@@ -127,13 +127,17 @@ impl Service {
         Some(String::from_utf8_lossy(&buf[..n]).into_owned())
     }
 
+    pub fn name(&self) -> &'static str {
+        self.spec.name
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Its whole log.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        std::fs::read_to_string(self.spec.log_path()).unwrap_or_default()
     }
 
     /// The last `lines` lines of its log.
@@ -204,7 +208,7 @@ fn launch(spec: &Spec) -> anyhow::Result<(Child, UnixDatagram)> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(spec.dir.join(format!("{}.log", spec.name)))?;
+        .open(spec.log_path())?;
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args);
     if spec.clear_env {

@@ -122,7 +122,7 @@ async fn run_one(
     let pids: Vec<(&'static str, u32)> = pipeline
         .services()
         .iter()
-        .map(|s| (s.name, s.pid()))
+        .map(|s| (s.name(), s.pid()))
         .collect();
     let before: Vec<f64> = pids
         .iter()
