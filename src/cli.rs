@@ -195,18 +195,14 @@ pub fn main() -> ExitCode {
         return ExitCode::from(EXIT_USAGE);
     };
     match command {
-        Command::Relay(common) => crate::lifecycle::run(
-            "relay",
-            common.config.as_deref(),
-            |settings, shutdown| async move { crate::relay::serve(&settings, shutdown).await },
-        ),
+        Command::Relay(common) => serve("relay", &common, |settings, shutdown| async move {
+            crate::relay::serve(&settings.relay, &settings.state_dir, shutdown).await
+        }),
         Command::CheckConfig { common, service } => check_config(&common, service.as_deref()),
         Command::BenchRelay(opts) => run_tool("bench-relay", crate::tools::bench::relay::run(opts)),
-        Command::Stt(common) => crate::lifecycle::run(
-            "stt",
-            common.config.as_deref(),
-            |settings, shutdown| async move { crate::stt::serve(&settings, shutdown).await },
-        ),
+        Command::Stt(common) => serve("stt", &common, |settings, shutdown| async move {
+            crate::stt::serve(&settings.stt, &settings.model_dir(), shutdown).await
+        }),
         Command::Model(cmd) => model_command(cmd),
         Command::Transcribe {
             common,
@@ -222,23 +218,19 @@ pub fn main() -> ExitCode {
         }
         Command::BenchStt(opts) => run_tool("bench-stt", crate::tools::bench::stt::run(opts)),
         Command::BenchE2e(opts) => run_tool("bench-e2e", crate::tools::bench::e2e::run(opts)),
-        Command::Rtp2ws(common) => crate::lifecycle::run(
-            "rtp2ws",
-            common.config.as_deref(),
-            |settings, shutdown| async move { crate::rtp2ws::serve(&settings, shutdown).await },
-        ),
-        Command::Orchestrator(common) => crate::lifecycle::run(
-            "orchestrator",
-            common.config.as_deref(),
-            |settings, shutdown| async move { crate::orchestrator::serve(&settings, shutdown).await },
-        ),
-        Command::AriCoach(common) => crate::lifecycle::run(
-            "ari-coach",
-            common.config.as_deref(),
-            |settings, shutdown| async move { crate::ari_coach::serve(&settings, shutdown).await },
-        ),
+        Command::Rtp2ws(common) => serve("rtp2ws", &common, |settings, shutdown| async move {
+            crate::rtp2ws::serve(&settings.rtp2ws, shutdown).await
+        }),
+        Command::Orchestrator(common) => {
+            serve("orchestrator", &common, |settings, shutdown| async move {
+                crate::orchestrator::serve(&settings.orchestrator, shutdown).await
+            })
+        }
+        Command::AriCoach(common) => serve("ari-coach", &common, |settings, shutdown| async move {
+            crate::ari_coach::serve(&settings.ari_coach, shutdown).await
+        }),
         Command::Demo(opts) => {
-            let loaded = match crate::lifecycle::configure(None) {
+            let loaded = match configure(None) {
                 Ok(l) => l,
                 Err(code) => return code,
             };
@@ -265,8 +257,35 @@ fn run_tool(name: &str, tool: impl std::future::Future<Output = anyhow::Result<(
     }
 }
 
+/// Step 1 of `crate::lifecycle`, for every command that reads the
+/// configuration (`--config`, else the usual places): the settings, or exit
+/// 64 with the problem, which names the key and its source, on stderr.
+fn configure(config: Option<&Path>) -> Result<crate::config::Loaded, ExitCode> {
+    crate::config::load(config).map_err(|e| {
+        eprintln!("call-coach: configuration error: {e}");
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
 fn load_config(common: &Common) -> Result<crate::config::Loaded, ExitCode> {
-    crate::lifecycle::configure(common.config.as_deref())
+    configure(common.config.as_deref())
+}
+
+/// Runs a service: its settings loaded and checked, then the rest of
+/// `crate::lifecycle` around `service`, which is handed the settings and
+/// passes each service only its own section.
+fn serve<F, Fut, E>(name: &str, common: &Common, service: F) -> ExitCode
+where
+    F: FnOnce(crate::config::Settings, tokio_util::sync::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: crate::lifecycle::ExitStatus,
+{
+    let settings = match load_config(common) {
+        Ok(l) => l.settings,
+        Err(code) => return code,
+    };
+    let timeout = settings.shutdown_timeout();
+    crate::lifecycle::run(name, timeout, |shutdown| service(settings, shutdown))
 }
 
 fn check_config(common: &Common, service: Option<&str>) -> ExitCode {
@@ -359,7 +378,12 @@ fn transcribe(common: &Common, files: &[PathBuf], whole: bool) -> ExitCode {
         Err(code) => return code,
     };
     crate::telemetry::init();
-    match crate::stt::offline::transcribe_files(&loaded.settings, files, whole) {
+    match crate::stt::offline::transcribe_files(
+        &loaded.settings.stt,
+        &loaded.settings.model_dir(),
+        files,
+        whole,
+    ) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("call-coach transcribe: {e:#}");

@@ -3,24 +3,27 @@
 //! and what to touch for a change) is ARCHITECTURE.md at the repository
 //! root; the interfaces it keeps to are docs/contract.md.
 
+// Visibility is the promise: `pub` is what the binary, the tools and the
+// integration tests use from outside; everything else is `pub(crate)`.
+
 // The services.
-pub mod ari_coach;
-pub mod orchestrator;
-pub mod relay;
-pub mod rtp2ws;
-pub mod stt;
+pub(crate) mod ari_coach;
+pub(crate) mod orchestrator;
+pub(crate) mod relay;
+pub(crate) mod rtp2ws;
+pub(crate) mod stt;
 
 // What they share.
 pub mod audio;
-pub mod config;
-pub mod event;
+pub(crate) mod config;
+pub(crate) mod event;
 pub mod http;
-pub mod lifecycle;
-pub mod relay_client;
-pub mod setting;
+pub(crate) mod lifecycle;
+pub(crate) mod relay_client;
+pub(crate) mod setting;
 pub(crate) mod shutdown;
 pub(crate) mod systemd;
-pub mod telemetry;
+pub(crate) mod telemetry;
 pub mod text;
 
 // The command line and the tools.

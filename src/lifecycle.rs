@@ -1,7 +1,8 @@
 //! The one lifecycle every service follows, in order:
 //!
 //! 1. **configure**: load and check the settings; a problem exits 64
-//!    before anything is bound ([`run`]).
+//!    before anything is bound (`crate::cli`, the only module that knows
+//!    the whole configuration; each service is handed its own section).
 //! 2. **bind**: take the listening address, naming the key that sets it
 //!    when it cannot ([`listen`]).
 //! 3. **ready**: tell systemd `READY=1` with the service's URL as the last
@@ -13,7 +14,6 @@
 //! 6. **exit**: 0, or the exit code the service's error names
 //!    ([`ExitStatus`]): 64 for what configuration can fix, 1 otherwise.
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use tokio::net::TcpListener;
@@ -75,16 +75,6 @@ pub fn ready(
     crate::systemd::spawn_watchdog(shutdown.clone(), healthy);
 }
 
-/// Step 1, for every command that reads the configuration (`--config`,
-/// else the usual places): the settings, or exit 64 with the problem, which
-/// names the key and its source, on stderr.
-pub fn configure(config: Option<&Path>) -> Result<crate::config::Loaded, ExitCode> {
-    crate::config::load(config).map_err(|e| {
-        eprintln!("call-coach: configuration error: {e}");
-        ExitCode::from(EXIT_USAGE)
-    })
-}
-
 /// The tokio runtime every service and tool runs on.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -92,19 +82,16 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Steps 1, 4 and 6 around a service's `serve`: the configuration, logging,
-/// the file limit, the runtime and the signals; then the service, and the
-/// exit code its error names.
-pub fn run<F, Fut, E>(name: &str, config: Option<&Path>, service: F) -> ExitCode
+/// Steps 4 and 6 around a service's `serve`, once its settings are loaded:
+/// logging, the file limit, the runtime and the signals (a second signal,
+/// or `shutdown_timeout` after the first, exits at once); then the service,
+/// and the exit code its error names.
+pub fn run<F, Fut, E>(name: &str, shutdown_timeout: std::time::Duration, service: F) -> ExitCode
 where
-    F: FnOnce(crate::config::Settings, CancellationToken) -> Fut,
+    F: FnOnce(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = Result<(), E>>,
     E: ExitStatus,
 {
-    let settings = match configure(config) {
-        Ok(l) => l.settings,
-        Err(code) => return code,
-    };
     crate::telemetry::init();
     raise_fd_limit();
     let runtime = match runtime() {
@@ -115,14 +102,14 @@ where
         }
     };
     runtime.block_on(async {
-        let shutdown = match crate::shutdown::on_signals(settings.shutdown_timeout()) {
+        let shutdown = match crate::shutdown::on_signals(shutdown_timeout) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("call-coach {name}: cannot handle signals: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        match service(settings, shutdown).await {
+        match service(shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 // One line on stderr; under systemd stderr is the journal too.

@@ -66,7 +66,6 @@ pub struct Ari {
 pub struct Channel {
     pub id: String,
     pub name: String,
-    pub state: String,
     pub caller_name: String,
     pub caller_number: String,
 }
@@ -77,7 +76,6 @@ impl Channel {
         Self {
             id: s("/id").to_owned(),
             name: s("/name").to_owned(),
-            state: s("/state").to_owned(),
             caller_name: s("/caller/name").to_owned(),
             caller_number: s("/caller/number").to_owned(),
         }

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use service::{AriCoachError, serve};
+pub use service::serve;
 
 use crate::setting::{ConfigError, Secret, SecretSlot, Section, Var};
 

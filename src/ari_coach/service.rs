@@ -108,10 +108,10 @@ impl crate::lifecycle::ExitStatus for AriCoachError {
 /// Runs ari-coach until `shutdown`. Calls still up are left up for the
 /// next run to adopt.
 pub async fn serve(
-    settings: &crate::config::Settings,
+    settings: &super::Settings,
     shutdown: CancellationToken,
 ) -> Result<(), AriCoachError> {
-    let s = settings.ari_coach.clone();
+    let s = settings.clone();
     let ari = Ari::new(&s.ari_url, &s.ari_user, s.ari_pass.as_ref(), &s.ari_app);
     let publish_stats = Arc::new(PublishStats::default());
     let (publisher, publisher_thread) = Publisher::start(

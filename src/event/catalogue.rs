@@ -99,7 +99,8 @@ pub enum Event {
 }
 
 impl Event {
-    /// The `type` on the wire.
+    /// The `type` on the wire (serde writes it; the tests compare).
+    #[cfg(test)]
     pub fn type_name(&self) -> &'static str {
         match self {
             Event::CallStarted(_) => "call.started",

@@ -14,7 +14,7 @@ pub mod metrics;
 pub mod rules;
 pub mod service;
 
-pub use service::{OrchestratorError, serve};
+pub use service::serve;
 
 use std::path::PathBuf;
 

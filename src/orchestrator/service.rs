@@ -114,10 +114,10 @@ impl Out {
 
 /// Runs until `shutdown`.
 pub async fn serve(
-    settings: &crate::config::Settings,
+    settings: &super::Settings,
     shutdown: CancellationToken,
 ) -> Result<(), OrchestratorError> {
-    let s = settings.orchestrator.clone();
+    let s = settings.clone();
     let rules = Arc::new(match &s.rules_file {
         Some(path) => RuleSet::load(path, s.rules_mode == RulesMode::Extend)?,
         None => RuleSet::default_set(),
@@ -130,8 +130,12 @@ pub async fn serve(
         10_000,
         stats.clone(),
     );
-    let (bulk, bulk_thread) =
-        Publisher::start(s.relay_event.clone(), s.relay_token.clone(), 10_000, stats);
+    let (bulk, bulk_thread) = Publisher::start(
+        s.relay_event.clone(),
+        s.relay_token.clone(),
+        10_000,
+        stats.clone(),
+    );
     let llm = s.llm_enabled().then(|| {
         LlmCoach::start(
             LlmConfig {
@@ -194,7 +198,23 @@ pub async fn serve(
         let _ = bulk_thread.join();
     })
     .await;
-    tracing::info!("orchestrator stopped");
+    let llm = publisher
+        .llm
+        .as_ref()
+        .map(|c| c.stats.clone())
+        .unwrap_or_default();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(
+        published = stats.published.get(),
+        publish_retries = stats.retries.get(),
+        dropped = stats.dropped.get(),
+        llm_requests = load(&llm.requests),
+        llm_tips = load(&llm.tips),
+        llm_failures = load(&llm.failures),
+        llm_skipped_breaker = load(&llm.skipped_breaker),
+        llm_skipped_budget = load(&llm.skipped_budget),
+        "orchestrator stopped"
+    );
     Ok(())
 }
 

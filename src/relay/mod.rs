@@ -23,7 +23,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use server::{RelayError, run, serve};
+pub use server::serve;
 
 use crate::setting::{ConfigError, PathSlot, Section, Var};
 

@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,15 +12,14 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::Settings;
 use super::auth::{Access, Tokens, TokensError};
 use super::calls::{Activity, Calls};
 use super::hub::{Hub, Topic};
 use super::metrics::{Metrics, Rejection};
 use super::store::{self, Store, StoreError};
-use crate::config::Settings;
 use crate::event::{Envelope, EnvelopeError, MAX_EVENT_BYTES, is_valid_call_id, now_unix_ms};
 
 #[derive(Debug, thiserror::Error)]
@@ -60,43 +60,34 @@ pub(super) struct State {
     pub shutdown: CancellationToken,
 }
 
-/// Binds the configured address, tells systemd when ready, and serves until
-/// `shutdown` is cancelled.
-pub async fn serve(settings: &Settings, shutdown: CancellationToken) -> Result<(), RelayError> {
-    let addr = settings.relay.listen;
-    // Refuse before binding, so an exposed address is never even opened.
-    check_exposure(settings, addr)?;
-    let listener = crate::lifecycle::listen(addr, "relay.listen", "RELAY_LISTEN").await?;
-    run(listener, settings, shutdown).await
-}
-
 /// Without tokens the relay serves anyone who reaches it: only loopback,
 /// unless explicitly allowed.
-fn check_exposure(settings: &Settings, addr: SocketAddr) -> Result<(), RelayError> {
-    let r = &settings.relay;
+fn check_exposure(r: &Settings, addr: SocketAddr) -> Result<(), RelayError> {
     if !addr.ip().is_loopback() && r.tokens_file.is_none() && !r.allow_unauthenticated_remote {
         return Err(RelayError::OpenToNetwork(addr));
     }
     Ok(())
 }
 
-/// Serves on an already bound listener until `shutdown` is cancelled, then
-/// stops accepting, closes subscribers with 1001, lets requests in flight
-/// finish and the store commit what it was given.
-pub async fn run(
-    listener: TcpListener,
-    settings: &Settings,
+/// Binds the configured address, tells systemd when ready, and serves until
+/// `shutdown` is cancelled; then stops accepting, closes subscribers with
+/// 1001, lets requests in flight finish and the store in `state_dir` commit
+/// what it was given.
+pub async fn serve(
+    r: &Settings,
+    state_dir: &Path,
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
-    let r = &settings.relay;
+    // Refuse before binding, so an exposed address is never even opened.
+    check_exposure(r, r.listen)?;
+    let listener = crate::lifecycle::listen(r.listen, "relay.listen", "RELAY_LISTEN").await?;
     let local = listener.local_addr()?;
-    check_exposure(settings, local)?;
     let tokens = r.tokens_file.as_deref().map(Tokens::load).transpose()?;
     let metrics = Arc::new(Metrics::default());
     let hub = Arc::new(Hub::new(r.subscriber_queue, metrics.clone()));
     let calls = Arc::new(Calls::default());
     let opened = store::open(
-        &settings.state_dir,
+        state_dir,
         r.sync,
         r.retention_days,
         hub.clone(),
@@ -119,7 +110,7 @@ pub async fn run(
     let url = format!("http://{local}");
     tracing::info!(
         %url,
-        store = %store::db_path(&settings.state_dir).display(),
+        store = %store::db_path(state_dir).display(),
         auth = state.tokens.is_some(),
         "relay listening"
     );
@@ -310,7 +301,7 @@ async fn post_event(state: &State, req: Request<Incoming>) -> Result<Resp, Refus
     match state.store.append(event).await {
         Ok(a) => Ok(json_response(
             StatusCode::ACCEPTED,
-            &json!({ "seq": a.seq }),
+            &json!({ "seq": a.seq, "pos": a.pos }),
         )),
         Err(e) => {
             let status = match *e {

@@ -80,7 +80,9 @@ impl Subscription {
         })
     }
 
-    /// Resume after this cursor (`seq` or `pos`, per the scope).
+    /// Resume after this cursor (`seq` or `pos`, per the scope); the
+    /// subscription keeps its own cursor as it reads, so only tests set it.
+    #[cfg(test)]
     pub fn since(mut self, cursor: Option<i64>) -> Self {
         self.cursor = cursor;
         self

@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 use super::leg::{self, Counters, Spec};
@@ -106,20 +106,12 @@ impl State {
 /// Binds the control API and serves until `shutdown`; then closes every
 /// leg (flushing its audio to stt).
 pub async fn serve(
-    settings: &crate::config::Settings,
+    settings: &super::Settings,
     shutdown: CancellationToken,
 ) -> Result<(), Rtp2wsError> {
-    let addr = settings.rtp2ws.control;
-    let listener = crate::lifecycle::listen(addr, "rtp2ws.control", "RTP2WS_CONTROL").await?;
-    run(listener, settings, shutdown).await
-}
-
-pub async fn run(
-    listener: TcpListener,
-    settings: &crate::config::Settings,
-    shutdown: CancellationToken,
-) -> Result<(), Rtp2wsError> {
-    let s = settings.rtp2ws.clone();
+    let listener =
+        crate::lifecycle::listen(settings.control, "rtp2ws.control", "RTP2WS_CONTROL").await?;
+    let s = settings.clone();
     let state = Arc::new(State {
         settings: s.clone(),
         legs: Mutex::default(),

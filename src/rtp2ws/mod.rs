@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-pub use control::{Rtp2wsError, serve};
+pub use control::serve;
 
 use crate::setting::{ConfigError, Section, Var};
 

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use server::{SttError, serve};
+pub use server::serve;
 
 use crate::setting::{ConfigError, Secret, SecretSlot, Section, Var};
 

@@ -28,12 +28,12 @@ pub fn load_16k(path: &Path) -> anyhow::Result<Vec<f32>> {
 }
 
 pub fn transcribe_files(
-    settings: &crate::config::Settings,
+    s: &super::Settings,
+    model_dir: &Path,
     files: &[PathBuf],
     whole: bool,
 ) -> anyhow::Result<()> {
-    let s = &settings.stt;
-    let path = super::model::configured(settings)?;
+    let path = super::model::configured(s, model_dir)?;
     let engine = Engine::load(&path)?;
     let mut worker = engine.worker()?;
     let options = DecodeOptions {

@@ -134,11 +134,6 @@ impl Segmenter {
         out
     }
 
-    /// Whether an utterance is open (speech in progress).
-    pub fn in_speech(&self) -> bool {
-        self.open.is_some()
-    }
-
     fn frame(&mut self, frame: &[f32], out: &mut Vec<Request>) {
         let info = self.vad.frame(frame);
         let c = self.config;
@@ -368,7 +363,7 @@ mod tests {
         let mut audio = vec![0.0; 8_000];
         audio.extend(voice(7_000));
         let mut reqs = run(&mut seg, &audio);
-        assert!(seg.in_speech(), "speech was still going on");
+        assert!(seg.open.is_some(), "speech was still going on");
         reqs.extend(seg.finish());
         let finals = finals(&reqs);
         assert!(finals.len() >= 3, "{} finals", finals.len());

@@ -11,7 +11,6 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -60,27 +59,20 @@ pub(super) struct State {
     sessions: TaskTracker,
 }
 
-/// Loads the model, binds, tells systemd when ready, and serves until
-/// `shutdown`; then finalises open streams and flushes to the relay.
+/// Loads the model the settings name (looked up in `model_dir`), binds,
+/// tells systemd when ready, and serves until `shutdown`; then finalises
+/// open streams and flushes to the relay.
 pub async fn serve(
-    settings: &crate::config::Settings,
+    settings: &super::Settings,
+    model_dir: &std::path::Path,
     shutdown: CancellationToken,
 ) -> Result<(), SttError> {
-    let addr = settings.stt.listen;
-    let listener = crate::lifecycle::listen(addr, "stt.listen", "STT_LISTEN").await?;
-    run(listener, settings, shutdown).await
-}
-
-pub async fn run(
-    listener: TcpListener,
-    settings: &crate::config::Settings,
-    shutdown: CancellationToken,
-) -> Result<(), SttError> {
-    let s = settings.stt.clone();
+    let listener = crate::lifecycle::listen(settings.listen, "stt.listen", "STT_LISTEN").await?;
+    let s = settings.clone();
     if s.device == "cuda" && !cfg!(feature = "cuda") {
         return Err(SttError::NoCuda);
     }
-    let path = model::configured(settings)?;
+    let path = model::configured(&s, model_dir)?;
     let started = std::time::Instant::now();
     let engine = {
         let path = path.clone();

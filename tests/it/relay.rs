@@ -66,7 +66,9 @@ async fn recorded_events_pass_through_the_relay_byte_for_byte() {
             )
             .await;
         assert_eq!(status, 202, "{}: {body}", path.display());
-        let seq = serde_json::from_str::<Value>(&body).unwrap()["seq"].as_i64();
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        let (seq, pos) = (answer["seq"].as_i64(), answer["pos"].as_i64());
+        assert!(seq.is_some() && pos.is_some(), "202 answer: {body}");
         let mut ws = relay.ws(&format!("callId={call}&since=0")).await;
         // The call's earlier examples come first; this one is the last.
         let mut got = loop {
@@ -77,6 +79,9 @@ async fn recorded_events_pass_through_the_relay_byte_for_byte() {
                 break ev;
             }
         };
+        if let Some(p) = got.get("pos") {
+            assert_eq!(p.as_i64(), pos, "the answer's pos is the event's");
+        }
         let map = got.as_object_mut().unwrap();
         for added in ["seq", "ts", "pos"] {
             assert!(

@@ -370,7 +370,8 @@ pub fn quantize_q8_0(values: &[f32]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// The inverse of [`quantize_q8_0`], for tests and checks.
+/// The inverse of [`quantize_q8_0`], for the tests.
+#[cfg(test)]
 pub fn dequantize_q8_0(bytes: &[u8]) -> Vec<f32> {
     let mut out = Vec::with_capacity(bytes.len() / Q8_0_BYTES * Q8_0_BLOCK);
     for block in bytes.chunks_exact(Q8_0_BYTES) {
