@@ -34,6 +34,13 @@ impl AriError {
     pub fn is_gone(&self) -> bool {
         matches!(self, AriError::Status { status: 404, .. })
     }
+
+    /// 422 "Channel not in Stasis application": the channel exists but its
+    /// `StasisStart` has not happened yet (Asterisk answers snoop and
+    /// externalMedia before it), or it left the app.
+    pub fn not_in_stasis(&self) -> bool {
+        matches!(self, AriError::Status { status: 422, .. })
+    }
 }
 
 pub type AriResult<T> = Result<T, AriError>;

@@ -65,9 +65,10 @@ enum End {
     Shutdown,
 }
 
-/// Attempts to rebuild a lost tap, per party and call.
+/// Attempts to build a party's tap again, per party and call, after the
+/// first one failed or a working one was lost.
 const RETAPS: u8 = 3;
-/// Wait before rebuilding, so that the old tap's last events drain first.
+/// Wait before trying again, so that the old tap's last events drain first.
 const RETAP_DELAY: Duration = Duration::from_secs(1);
 
 pub struct Call {
@@ -362,12 +363,26 @@ impl Call {
         }
     }
 
+    /// Taps both parties; a party whose first tap failed is tried again
+    /// later, from the same budget as a tap lost mid-call.
     async fn tap_all(&mut self) {
         let (a, b) = tokio::join!(
             self.make_tap(Speaker::Customer),
             self.make_tap(Speaker::Agent)
         );
         self.taps = [a, b];
+        for s in names::SPEAKERS {
+            self.retry_if_untapped(s);
+        }
+    }
+
+    /// Schedules another attempt for a party left without a tap, while
+    /// its budget lasts.
+    fn retry_if_untapped(&mut self, speaker: Speaker) {
+        let i = speaker_index(speaker);
+        if self.taps[i].is_none() && self.snooped(speaker).is_some() && self.retaps_left[i] > 0 {
+            self.retap_at[i] = Some(Instant::now() + RETAP_DELAY);
+        }
     }
 
     async fn make_tap(&self, speaker: Speaker) -> Option<Tap> {
@@ -377,7 +392,12 @@ impl Call {
             Ok(t) => Some(t),
             Err(e) => {
                 ctx.stats.taps_failed.inc();
-                tracing::warn!(call = %self.id, %speaker, "tapping failed; the call goes on without this party's transcript: {e}");
+                let left = self.retaps_left[speaker_index(speaker)];
+                if left > 0 {
+                    tracing::warn!(call = %self.id, %speaker, "tapping failed; trying again ({left} attempts left): {e}");
+                } else {
+                    tracing::warn!(call = %self.id, %speaker, "tapping failed; the call goes on without this party's transcript: {e}");
+                }
                 ctx.publish(Event::CallTap(CallTap {
                     call_id: self.id.clone(),
                     speaker,
@@ -490,6 +510,8 @@ impl Call {
                     error: None,
                     restored: Some(true),
                 }));
+            } else {
+                self.retry_if_untapped(s);
             }
         }
     }

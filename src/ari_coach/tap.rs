@@ -3,13 +3,27 @@
 //! channel sending RTP to the leg's port, and a bridge joining the two.
 //! Every piece is undone on failure and on teardown, gone pieces counting
 //! as removed, so that both can run any number of times.
+//!
+//! Asterisk answers `snoop` and `externalMedia` before the new channel's
+//! `StasisStart` (observed on 23.4.1), and refuses to bridge a channel
+//! that is not in the app yet with 422. So the bridge is joined with
+//! retries until both channels are in Stasis, for at most [`STASIS_WAIT`].
+//! The other requests ari-coach makes on a channel right after creating
+//! it do not race: the agent leg is bridged only after its `StasisStart`
+//! (`call::Call::inbound`), and the customer is answered and bridged on
+//! its own `StasisStart`.
 
-use crate::event::Speaker;
 use std::sync::Arc;
+use std::time::Duration;
 
-use super::ari::Ari;
+use super::ari::{Ari, AriResult};
 use super::names;
+use crate::event::Speaker;
 use crate::rtp2ws::client::Rtp2ws;
+
+/// How long a new snoop and ExternalMedia channel may take to enter the
+/// app before the tap counts as failed.
+pub const STASIS_WAIT: Duration = Duration::from_secs(5);
 
 /// How taps are made (from the settings).
 #[derive(Clone)]
@@ -81,23 +95,26 @@ impl Tap {
         let snoop = names::snoop(call, self.speaker);
         let em = names::external_media(call, self.speaker);
         let bridge = names::tap_bridge(call, self.speaker);
-        ari.snoop(
-            &self.snooped,
-            &snoop,
-            &format!("snoop,{call},{}", self.speaker),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        ari.external_media(&em, &format!("{}:{port}", cfg.rtp_host), &cfg.format)
+        let snooping = ari
+            .snoop(
+                &self.snooped,
+                &snoop,
+                &format!("snoop,{call},{}", self.speaker),
+            )
             .await
             .map_err(|e| e.to_string())?;
+        self.channel_names.push(snooping.name);
+        let media = ari
+            .external_media(&em, &format!("{}:{port}", cfg.rtp_host), &cfg.format)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.channel_names.push(media.name);
         ari.create_bridge(&bridge, &names::tap_bridge_name(&self.snooped))
             .await
             .map_err(|e| e.to_string())?;
-        ari.add_channels(&bridge, &[&snoop, &em])
+        add_once_in_stasis(ari, &bridge, &[&snoop, &em], STASIS_WAIT)
             .await
-            .map_err(|e| e.to_string())?;
-        Ok(())
+            .map_err(|e| e.to_string())
     }
 
     /// Whether an event's channel is this instance's snoop or ExternalMedia.
@@ -114,6 +131,28 @@ impl Tap {
             && let Err(e) = rtp2ws.close(&leg).await
         {
             tracing::warn!(call, leg, "releasing the rtp2ws leg failed: {e}");
+        }
+    }
+}
+
+/// `addChannel`, retried while Asterisk answers 422 (a channel not in
+/// Stasis yet), backing off from 20 ms to 500 ms, for at most `wait`.
+async fn add_once_in_stasis(
+    ari: &Arc<Ari>,
+    bridge: &str,
+    channels: &[&str],
+    wait: Duration,
+) -> AriResult<()> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match ari.add_channels(bridge, channels).await {
+            Err(e) if e.not_in_stasis() && tokio::time::Instant::now() + pause < deadline => {
+                tracing::debug!(bridge, "not in Stasis yet; bridging again in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            r => return r,
         }
     }
 }

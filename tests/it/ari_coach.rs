@@ -254,59 +254,148 @@ async fn an_agent_who_never_answers_or_is_busy_ends_the_call_with_the_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_failed_snoop_degrades_only_that_party_and_the_call_goes_on() {
+async fn a_failed_tap_is_tried_again_and_one_that_keeps_failing_degrades_only_its_party() {
     let rig = rig(33_300, &[]).await;
     rig.sim
         .endpoint("PJSIP/200", agent_says(300, 1.0, &["vm-intro"]));
-    rig.sim.fail("POST", "/snoop", 500, 1);
-    let customer = rig.sim.inbound(
+    let calls_tap = |events: &[Value], ok: bool| -> Vec<Value> {
+        of_type(events, "call.tap")
+            .into_iter()
+            .filter(|e| e["ok"] == ok)
+            .cloned()
+            .collect()
+    };
+
+    // Once: the customer's first tap fails, the second attempt works.
+    let first = rig.sim.inbound(
         ("Cliente", "5551234"),
+        Voice::script(3.0, &["conf-onlyperson"]),
+        &[],
+    );
+    rig.sim.fail("POST", &format!("/{first}/snoop"), 500, 1);
+    let mut sub = rig.relay.ws(&format!("callId={first}")).await;
+    let events = until(&mut sub, Duration::from_secs(60), |e| {
+        has_final(e, "customer", "conferencia") && has_final(e, "agent", "mensaje")
+    })
+    .await;
+    let failed = calls_tap(&events, false);
+    assert_eq!(failed.len(), 1, "{events:#?}");
+    assert_eq!(failed[0]["speaker"], "customer");
+    assert!(
+        failed[0]["error"].as_str().unwrap().contains("500"),
+        "{}",
+        failed[0]
+    );
+    let restored = calls_tap(&events, true);
+    assert_eq!(restored.len(), 1, "{events:#?}");
+    assert_eq!(restored[0]["speaker"], "customer");
+    assert_eq!(restored[0]["restored"], true);
+    rig.sim.remote_hangup(&first);
+    ended(&mut sub, Duration::from_secs(30)).await;
+
+    // Always: the first attempt and its three retries fail; the agent is
+    // still coached, and no half-built tap of the customer is left.
+    let second = rig.sim.inbound(
+        ("Cliente", "5551235"),
         Voice::script(2.0, &["conf-onlyperson"]),
         &[],
     );
-    let mut sub = rig.relay.ws(&format!("callId={customer}")).await;
+    rig.sim.fail("POST", &format!("/{second}/snoop"), 500, 100);
+    let mut sub = rig.relay.ws(&format!("callId={second}")).await;
     let events = until(&mut sub, Duration::from_secs(60), |e| {
-        !of_type(e, "call.tap").is_empty()
-            && (has_final(e, "agent", "mensaje") || has_final(e, "customer", "conferencia"))
+        calls_tap(e, false).len() == 4 && has_final(e, "agent", "mensaje")
     })
     .await;
-    let tap = of_type(&events, "call.tap");
-    assert_eq!(tap.len(), 1, "{events:#?}");
-    assert_eq!(tap[0]["ok"], false);
+    assert!(calls_tap(&events, true).is_empty(), "{events:#?}");
+    assert!(finals_of(&events, "customer").is_empty(), "{events:#?}");
     assert!(
-        tap[0]["error"].as_str().unwrap().contains("500"),
-        "{}",
-        tap[0]
-    );
-    let failed = tap[0]["speaker"].as_str().unwrap().to_owned();
-    let working = if failed == "agent" {
-        "customer"
-    } else {
-        "agent"
-    };
-    let word = if working == "agent" {
-        "mensaje"
-    } else {
-        "conferencia"
-    };
-    let events = until_more(&mut sub, events, Duration::from_secs(60), |e| {
-        has_final(e, working, word)
-    })
-    .await;
-    assert!(finals_of(&events, &failed).is_empty(), "{events:#?}");
-    // Only the working party's leg was opened, and no half-built tap of
-    // the failed party is left.
-    assert!(
-        rig.sim.leftovers().iter().all(
-            |l| !l.contains(&format!("-{failed}")) || l.ends_with(&format!("{customer}-agent"))
-        ),
+        rig.sim
+            .leftovers()
+            .iter()
+            .all(|l| !l.contains(&format!("{second}-snoop-customer"))
+                && !l.contains(&format!("{second}-em-customer"))
+                && !l.contains(&format!("{second}-tap-customer"))),
         "{:?}",
         rig.sim.leftovers()
     );
-    rig.sim.remote_hangup(&customer);
+    // No fifth attempt (it would be due 1 s after the fourth).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, metrics) = rig.coach.request("GET", "/metrics", &[], "").await;
+    for line in [
+        "ari_coach_taps_failed_total 5",
+        "ari_coach_taps_restored_total 1",
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
+    rig.sim.remote_hangup(&second);
     ended(&mut sub, Duration::from_secs(30)).await;
     rig.sim.wait_empty(&[], Duration::from_secs(10)).await;
     no_legs(&rig.rtp2ws).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn taps_wait_for_their_channels_to_enter_stasis_and_a_lost_one_is_rebuilt() {
+    let rig = rig(33_800, &[]).await;
+    // Asterisk answers snoop and externalMedia before the new channels'
+    // StasisStart; here 700 ms before, far longer than ari-coach takes to
+    // ask for the bridge, so every first addChannel meets a 422.
+    rig.sim.stasis_delay(Duration::from_millis(700));
+    rig.sim
+        .endpoint("PJSIP/200", agent_says(200, 1.0, &["vm-intro"]));
+    let customer = rig.sim.inbound(
+        ("Cliente", "5551234"),
+        Voice::script(5.0, &["conf-onlyperson"]),
+        &[],
+    );
+    let mut sub = rig.relay.ws(&format!("callId={customer}")).await;
+    // Both taps are built despite the race.
+    rig.sim
+        .wait_bridged(
+            &format!("{customer}-tap-customer"),
+            2,
+            Duration::from_secs(20),
+        )
+        .await;
+    rig.sim
+        .wait_bridged(&format!("{customer}-tap-agent"), 2, Duration::from_secs(20))
+        .await;
+    let refused = rig.sim.refused();
+    assert!(
+        refused
+            .iter()
+            .any(|r| r.contains("-tap-customer/addChannel"))
+            && refused.iter().any(|r| r.contains("-tap-agent/addChannel")),
+        "the race never happened: {refused:?}"
+    );
+    // The customer's ExternalMedia channel goes away mid-call: the tap is
+    // rebuilt (meeting the race again) and the customer's words, which
+    // start after that, are transcribed.
+    rig.sim.remote_hangup(&format!("{customer}-em-customer"));
+    let events = until(&mut sub, Duration::from_secs(60), |e| {
+        has_final(e, "customer", "conferencia") && has_final(e, "agent", "mensaje")
+    })
+    .await;
+    let taps = of_type(&events, "call.tap");
+    assert_eq!(taps.len(), 1, "{events:#?}");
+    assert_eq!(taps[0]["speaker"], "customer");
+    assert_eq!(taps[0]["ok"], true);
+    assert_eq!(taps[0]["restored"], true);
+    assert!(
+        !rig.coach.log().contains("tapping failed"),
+        "{}",
+        rig.coach.log()
+    );
+    rig.sim.remote_hangup(&customer);
+    assert_eq!(
+        ended(&mut sub, Duration::from_secs(30)).await.0["reason"],
+        "customer-hangup"
+    );
+    rig.sim.wait_empty(&[], Duration::from_secs(10)).await;
+    no_legs(&rig.rtp2ws).await;
+    // The pieces Asterisk had already destroyed with the customer (its
+    // snoop) answered 404 to the teardown: done, not a failure.
+    let log = rig.coach.log();
+    assert!(!log.contains("failed"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -380,6 +469,7 @@ async fn attach_mode_taps_a_call_the_dialplan_bridged_and_leaves_the_parties_alo
         Voice::script(1.0, &["vm-intro"]),
     );
     let mut sub = rig.relay.ws(&format!("callId={customer}")).await;
+    // The member's gosub sends the messenger (README: `coach-attach`).
     let messenger = rig.sim.messenger(&["attach", &customer, &agent]);
     let events = until(&mut sub, Duration::from_secs(60), |e| {
         has_final(e, "agent", "mensaje") && has_final(e, "customer", "conferencia")
@@ -395,9 +485,16 @@ async fn attach_mode_taps_a_call_the_dialplan_bridged_and_leaves_the_parties_alo
         ended(&mut sub, Duration::from_secs(30)).await.0["reason"],
         "customer-hangup"
     );
-    // The agent's channel belongs to the queue, not to ari-coach.
-    rig.sim.wait_empty(&[&agent], Duration::from_secs(10)).await;
-    assert!(rig.sim.exists(&agent));
+    // The parties belong to the queue, which hung up the agent: ari-coach
+    // removed only its own taps and never hung up either party.
+    rig.sim.wait_empty(&[], Duration::from_secs(10)).await;
+    let requests = rig.sim.requests();
+    for party in [&customer, &agent] {
+        assert!(
+            !requests.contains(&format!("DELETE /channels/{party}")),
+            "{requests:#?}"
+        );
+    }
     no_legs(&rig.rtp2ws).await;
 }
 

@@ -16,7 +16,17 @@
 //!   packet's samples up, slin16 big-endian as payload type 118, 50
 //!   packets/s even in silence, the party's voice at half amplitude;
 //! - requests are answered after a small random delay, so that the order
-//!   between legs varies from run to run, as it did on the real one.
+//!   between legs varies from run to run, as it did on the real one;
+//! - `snoop` and `externalMedia` answer 200 *before* the new channel's
+//!   `StasisStart` (1 to 4 ms later by default, as observed on a loaded
+//!   host; longer with [`AriSim::stasis_delay`]), and `addChannel` refuses
+//!   a channel not in Stasis yet with 422 "Channel not in Stasis
+//!   application"; `answer` refuses one with 409, as the reference says;
+//! - attach mode follows `app_queue`: the queue bridges the customer and
+//!   the member in a basic bridge outside any app, the member's `gosub`
+//!   sends a messenger `Local/s@coach-messenger-...;1` into
+//!   `Stasis(coach,attach,CUSTOMER,AGENT)`, and when one party hangs up
+//!   the queue hangs up the other.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -104,6 +114,9 @@ struct Chan {
 
 struct Br {
     id: String,
+    /// `stasis` (made by the app) or `basic` (made by the dialplan, e.g.
+    /// `app_queue`, outside any app).
+    class: &'static str,
     name: String,
     channels: Vec<String>,
     created: String,
@@ -123,6 +136,11 @@ struct State {
     endpoints: HashMap<String, Answer>,
     failures: Vec<(String, String, u16, usize)>,
     requests: Vec<String>,
+    /// Requests refused because a channel was not in Stasis yet.
+    refused: Vec<String>,
+    /// From a `snoop`/`externalMedia` answer to the channel's
+    /// `StasisStart`; `None`: 1 to 4 ms, at random.
+    stasis_delay: Option<Duration>,
     next: u64,
     rng: u64,
     connections: usize,
@@ -193,7 +211,8 @@ impl Chan {
 impl Br {
     fn json(&self) -> Value {
         json!({"id": self.id, "technology": "simple_bridge", "bridge_type": "mixing",
-               "bridge_class": "stasis", "creator": "Stasis", "name": self.name,
+               "bridge_class": self.class, "creator": if self.class == "stasis" { "Stasis" } else { "" },
+               "name": self.name,
                "channels": self.channels, "creationtime": self.created, "video_mode": "talker"})
     }
 }
@@ -320,6 +339,14 @@ impl State {
         }
         let origin = c.origin;
         let in_stasis = c.in_stasis;
+        // A party of a queue call: the queue hangs up the other one too.
+        let queue_peers: Vec<String> = c
+            .bridge
+            .as_ref()
+            .and_then(|b| self.bridges.get(b))
+            .filter(|b| b.class == "basic")
+            .map(|b| b.channels.iter().filter(|x| *x != id).cloned().collect())
+            .unwrap_or_default();
         let request = if by_app {
             json!({"cause": 32, "soft": true})
         } else {
@@ -358,6 +385,11 @@ impl State {
             self.emit("StasisEnd", Some(&s), json!({}));
             self.channels.remove(&s);
         }
+        for peer in queue_peers {
+            self.hang_up(&peer, false);
+        }
+        self.bridges
+            .retain(|_, b| b.class != "basic" || !b.channels.is_empty());
     }
 
     /// Starts RTP for every snoop + ExternalMedia pair in `bridge`.
@@ -542,6 +574,35 @@ impl AriSim {
             .push((method.into(), path.into(), status, count));
     }
 
+    /// Every new snoop and ExternalMedia channel enters Stasis this long
+    /// after the request that made it was answered.
+    pub fn stasis_delay(&self, delay: Duration) {
+        self.lock().stasis_delay = Some(delay);
+    }
+
+    /// Requests refused with 422/409 because a channel was not in Stasis
+    /// yet, as `METHOD PATH`.
+    pub fn refused(&self) -> Vec<String> {
+        self.lock().refused.clone()
+    }
+
+    /// Waits until bridge `id` holds `n` channels.
+    pub async fn wait_bridged(&self, id: &str, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let have = self.lock().bridges.get(id).map_or(0, |b| b.channels.len());
+            if have == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bridge {id} has {have} channels, not {n}: {:?}",
+                self.leftovers()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn connected(&self) -> bool {
         self.lock().socket.is_some()
     }
@@ -590,8 +651,9 @@ impl AriSim {
         id
     }
 
-    /// Two channels the dialplan bridged itself (a queue call), outside
-    /// the app; returns (customer, agent) ids.
+    /// A queue call: the customer's channel and the member's, up and in a
+    /// basic bridge `app_queue` made, outside the app; returns (customer,
+    /// agent) ids, which are their `UNIQUEID`s.
     pub fn outside_call(&self, customer: Voice, agent: Voice) -> (String, String) {
         let mut s = self.lock();
         let cid = s.uid();
@@ -607,18 +669,36 @@ impl AriSim {
         a.voice = Some(agent);
         a.state = "Up";
         a.up_at = Some(Instant::now());
+        let bid = s.uid();
+        for id in [&cid, &aid] {
+            if let Some(c) = s.channels.get_mut(id) {
+                c.bridge = Some(bid.clone());
+            }
+        }
+        s.bridges.insert(
+            bid.clone(),
+            Br {
+                id: bid,
+                class: "basic",
+                name: String::new(),
+                channels: vec![cid.clone(), aid.clone()],
+                created: now_ts(),
+                streams: vec![],
+            },
+        );
         (cid, aid)
     }
 
-    /// A messenger channel enters the app with these arguments (the
-    /// dialplan's `Originate(Local/...,app,Stasis,coach,attach,...)`).
+    /// A messenger channel enters the app with these arguments: the ;1 half
+    /// of the README's `Originate(Local/s@coach-messenger,app,Stasis,...)`,
+    /// run by the queue member's `gosub`.
     pub fn messenger(&self, args: &[&str]) -> String {
         let mut s = self.lock();
         let id = s.uid();
         let n = s.next;
         s.new_channel(
             id.clone(),
-            format!("Local/attach@coach-attach-{n:08x};1"),
+            format!("Local/s@coach-messenger-{n:08x};1"),
             Origin::Dialplan,
         )
         .state = "Up";
@@ -734,7 +814,7 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
             reply(StatusCode::OK, Some(Value::Array(all)))
         }
         (&Method::POST, ["channels"]) => originate(&st, &mut s, &p),
-        (&Method::POST, ["channels", "externalMedia"]) => external_media(&mut s, &p),
+        (&Method::POST, ["channels", "externalMedia"]) => external_media(&st, &mut s, &p),
         (&Method::GET, ["channels", id]) => match s.channels.get(*id) {
             Some(c) => reply(StatusCode::OK, Some(c.json())),
             None => message(StatusCode::NOT_FOUND, "Channel not found"),
@@ -751,6 +831,7 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
                 return message(StatusCode::NOT_FOUND, "Channel not found");
             };
             if !c.in_stasis {
+                s.refused.push(format!("{method} {rest}"));
                 return message(StatusCode::CONFLICT, "Channel not in Stasis application");
             }
             if c.state != "Up" {
@@ -819,7 +900,7 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
                 .get("appArgs")
                 .map(|a| a.split(',').map(str::to_owned).collect())
                 .unwrap_or_default();
-            s.stasis_start(&snoop_id, &args);
+            enter_stasis_later(&st, &mut s, snoop_id, args, false);
             reply(StatusCode::OK, Some(json))
         }
         (&Method::POST, ["channels", id, "play"]) => {
@@ -847,6 +928,7 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
             }
             let b = Br {
                 id: id.clone(),
+                class: "stasis",
                 name: p.get("name").cloned().unwrap_or_default(),
                 channels: vec![],
                 created: now_ts(),
@@ -872,6 +954,7 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
                 match s.channels.get(c) {
                     None => return message(StatusCode::BAD_REQUEST, "Channel not found"),
                     Some(ch) if !ch.in_stasis => {
+                        s.refused.push(format!("{method} {rest}"));
                         return message(
                             StatusCode::UNPROCESSABLE_ENTITY,
                             "Channel not in Stasis application",
@@ -1059,7 +1142,45 @@ fn originate(st: &Arc<Mutex<State>>, s: &mut State, p: &HashMap<String, String>)
     reply(StatusCode::OK, Some(json))
 }
 
-fn external_media(s: &mut State, p: &HashMap<String, String>) -> Resp {
+/// A channel the app just created (snoop, ExternalMedia) enters Stasis a
+/// little after the request was answered, as on Asterisk 23.4.1: the
+/// ExternalMedia channel comes up, sets its `UNICASTRTP_*` variables and
+/// gets `StasisStart` together, the snoop (already up) only the latter.
+fn enter_stasis_later(
+    st: &Arc<Mutex<State>>,
+    s: &mut State,
+    id: String,
+    args: Vec<String>,
+    media: bool,
+) {
+    let delay = s
+        .stasis_delay
+        .unwrap_or_else(|| Duration::from_millis(1 + s.random() % 4));
+    let st = st.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(c) = s.channels.get(&id) else {
+            return;
+        };
+        if media {
+            let port = c
+                .media
+                .as_ref()
+                .and_then(|(sock, _, _)| sock.local_addr().ok())
+                .map_or(0, |a| a.port());
+            s.set_up(&id);
+            s.emit(
+                "ChannelVarset",
+                Some(&id),
+                json!({"variable": "UNICASTRTP_LOCAL_PORT", "value": port.to_string()}),
+            );
+        }
+        s.stasis_start(&id, &args);
+    });
+}
+
+fn external_media(st: &Arc<Mutex<State>>, s: &mut State, p: &HashMap<String, String>) -> Resp {
     let (Some(app), Some(host)) = (p.get("app"), p.get("external_host")) else {
         return message(
             StatusCode::BAD_REQUEST,
@@ -1092,13 +1213,7 @@ fn external_media(s: &mut State, p: &HashMap<String, String>) -> Resp {
     let mut json = c.json();
     json["channelvars"] =
         json!({"UNICASTRTP_LOCAL_PORT": port.to_string(), "UNICASTRTP_LOCAL_ADDRESS": "127.0.0.1"});
-    s.set_up(&id);
-    s.emit(
-        "ChannelVarset",
-        Some(&id),
-        json!({"variable": "UNICASTRTP_LOCAL_PORT", "value": port.to_string()}),
-    );
-    s.stasis_start(&id, &[]);
+    enter_stasis_later(st, s, id, Vec::new(), true);
     reply(StatusCode::OK, Some(json))
 }
 
