@@ -184,6 +184,16 @@ async fn a_whole_call_is_transcribed_per_speaker_and_leaves_nothing_behind() {
     ] {
         assert!(metrics.contains(line), "{line} not in:\n{metrics}");
     }
+    // Only a tap's bridge may meet channels not in Stasis yet: the caller
+    // is answered and bridged, and the agent bridged, after their own
+    // StasisStart.
+    let refused = rig.sim.refused();
+    assert!(
+        refused
+            .iter()
+            .all(|r| r.contains("-tap-") && r.ends_with("/addChannel")),
+        "{refused:?}"
+    );
     // The requests were the documented ones.
     let requests = rig.sim.requests();
     for expected in [
