@@ -77,6 +77,16 @@ pub struct SecretSlot<'a> {
     pub file: Option<PathBuf>,
 }
 
+impl<'a> SecretSlot<'a> {
+    pub fn new(key: &'static str, value: &'a mut Option<Secret>, file: &Option<PathBuf>) -> Self {
+        Self {
+            key,
+            value,
+            file: file.clone(),
+        }
+    }
+}
+
 /// A path setting that the systemd credential `credential` fills.
 pub struct PathSlot<'a> {
     pub key: &'static str,

@@ -121,16 +121,8 @@ impl Section for Settings {
 
     fn secrets(&mut self) -> Vec<SecretSlot<'_>> {
         vec![
-            SecretSlot {
-                key: "relay_token",
-                value: &mut self.relay_token,
-                file: self.relay_token_file.clone(),
-            },
-            SecretSlot {
-                key: "ari_pass",
-                value: &mut self.ari_pass,
-                file: self.ari_pass_file.clone(),
-            },
+            SecretSlot::new("relay_token", &mut self.relay_token, &self.relay_token_file),
+            SecretSlot::new("ari_pass", &mut self.ari_pass, &self.ari_pass_file),
         ]
     }
 

@@ -86,16 +86,12 @@ impl Section for Settings {
 
     fn secrets(&mut self) -> Vec<SecretSlot<'_>> {
         vec![
-            SecretSlot {
-                key: "relay_token",
-                value: &mut self.relay_token,
-                file: self.relay_token_file.clone(),
-            },
-            SecretSlot {
-                key: "openrouter_api_key",
-                value: &mut self.openrouter_api_key,
-                file: self.openrouter_api_key_file.clone(),
-            },
+            SecretSlot::new("relay_token", &mut self.relay_token, &self.relay_token_file),
+            SecretSlot::new(
+                "openrouter_api_key",
+                &mut self.openrouter_api_key,
+                &self.openrouter_api_key_file,
+            ),
         ]
     }
 

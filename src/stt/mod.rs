@@ -134,11 +134,11 @@ impl Section for Settings {
     ];
 
     fn secrets(&mut self) -> Vec<SecretSlot<'_>> {
-        vec![SecretSlot {
-            key: "relay_token",
-            value: &mut self.relay_token,
-            file: self.relay_token_file.clone(),
-        }]
+        vec![SecretSlot::new(
+            "relay_token",
+            &mut self.relay_token,
+            &self.relay_token_file,
+        )]
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
