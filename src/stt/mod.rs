@@ -189,6 +189,19 @@ impl Section for Settings {
 }
 
 impl Settings {
+    /// The model file these settings ask for: `model_file`, else the
+    /// installed model of `model_size` in `model_dir`.
+    pub fn model_path(&self, model_dir: &std::path::Path) -> Result<PathBuf, model::ModelError> {
+        match &self.model_file {
+            Some(path) => Ok(path.clone()),
+            None => model::resolve(
+                model_dir,
+                &self.model_size,
+                model::quant_for_compute_type(&self.compute_type),
+            ),
+        }
+    }
+
     /// `language`, or `None` when detection was asked for.
     pub fn forced_language(&self) -> Option<String> {
         (!self.detect_language).then(|| self.language.clone())

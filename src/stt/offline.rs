@@ -33,7 +33,7 @@ pub fn transcribe_files(
     files: &[PathBuf],
     whole: bool,
 ) -> anyhow::Result<()> {
-    let path = super::model::configured(s, model_dir)?;
+    let path = s.model_path(model_dir)?;
     let engine = Engine::load(&path)?;
     let mut worker = engine.worker()?;
     let options = DecodeOptions {

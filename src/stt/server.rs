@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use super::engine::{DecodeOptions, Engine, EngineError};
 use super::metrics::Metrics;
-use super::model::{self, ModelError};
+use super::model::ModelError;
 use super::pool::Pool;
 use super::session::{self, StreamParams};
 use crate::http::{Resp, json_response, text, upgrade_response, websocket_accept};
@@ -72,7 +72,7 @@ pub async fn serve(
     if s.device == "cuda" && !cfg!(feature = "cuda") {
         return Err(SttError::NoCuda);
     }
-    let path = model::configured(&s, model_dir)?;
+    let path = s.model_path(model_dir)?;
     let started = std::time::Instant::now();
     let engine = {
         let path = path.clone();

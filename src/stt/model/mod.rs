@@ -231,15 +231,3 @@ pub fn check_loads(path: &Path) -> Result<(), ModelError> {
         .map(drop)
         .map_err(|e| ModelError::DoesNotLoad(e.to_string()))
 }
-/// The model file the settings ask for: `model_file`, else the installed
-/// model of `model_size` in `model_dir`.
-pub fn configured(s: &crate::stt::Settings, model_dir: &Path) -> Result<PathBuf, ModelError> {
-    match &s.model_file {
-        Some(path) => Ok(path.clone()),
-        None => resolve(
-            model_dir,
-            &s.model_size,
-            quant_for_compute_type(&s.compute_type),
-        ),
-    }
-}
