@@ -33,10 +33,17 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
-# The Whisper base model, fetched once and kept between runs.
-export TEST_MODEL_DIR="${TEST_MODEL_DIR:-$HOME/.cache/call-coach/models}"
+echo "== cargo build"
+cargo build --locked
+
+# The Whisper base model, installed once where the demo and the services
+# look for it (the effective model_dir; TEST_MODEL_DIR chooses another).
+if [ -z "${TEST_MODEL_DIR:-}" ]; then
+  TEST_MODEL_DIR=$(cargo run --locked --quiet -- check-config | sed -n 's/^model_dir = "\(.*\)".*/\1/p')
+fi
+export TEST_MODEL_DIR
 if [ ! -f "$TEST_MODEL_DIR/ggml-base-q8_0.bin" ]; then
-  echo "== fetching the Whisper base model into $TEST_MODEL_DIR"
+  echo "== installing the Whisper base model into $TEST_MODEL_DIR (once)"
   MODEL_DIR="$TEST_MODEL_DIR" cargo run --locked --quiet -- model fetch base --quant q8_0
 fi
 

@@ -280,12 +280,32 @@ where
     Fut: std::future::Future<Output = Result<(), E>>,
     E: crate::lifecycle::ExitStatus,
 {
-    let settings = match load_config(common) {
-        Ok(l) => l.settings,
+    let loaded = match load_config(common) {
+        Ok(l) => l,
         Err(code) => return code,
     };
+    let mut notes = crate::lifecycle::Notes {
+        warnings: loaded.notices.clone(),
+        ..Default::default()
+    };
+    if name == "stt" {
+        let s = &loaded.settings.stt;
+        notes.facts.push(if s.detect_language {
+            format!(
+                "call language: detected by Whisper (stt.detect_language, from {})",
+                loaded.source_of("stt.detect_language")
+            )
+        } else {
+            format!(
+                "call language: {} (stt.language, from {})",
+                s.language,
+                loaded.source_of("stt.language")
+            )
+        });
+    }
+    let settings = loaded.settings;
     let timeout = settings.shutdown_timeout();
-    crate::lifecycle::run(name, timeout, |shutdown| service(settings, shutdown))
+    crate::lifecycle::run(name, timeout, notes, |shutdown| service(settings, shutdown))
 }
 
 fn check_config(common: &Common, service: Option<&str>) -> ExitCode {
@@ -299,6 +319,9 @@ fn check_config(common: &Common, service: Option<&str>) -> ExitCode {
             "# configuration file: none (looked for {})",
             crate::config::SYSTEM_CONFIG
         ),
+    }
+    for notice in &loaded.notices {
+        println!("# note: {notice}");
     }
     print!("{}", loaded.render(service));
     ExitCode::SUCCESS

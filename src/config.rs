@@ -121,6 +121,8 @@ pub struct Loaded {
     figment: Figment,
     /// Sources of values that did not come through figment (secret files).
     extra_sources: BTreeMap<String, String>,
+    /// Variables that were set but ignored, and why: for the service's log.
+    pub notices: Vec<String>,
 }
 
 /// Where the configuration file comes from.
@@ -159,12 +161,20 @@ pub fn load_from(
             Err(_) => {}
         }
     }
+    let mut notices = Vec::new();
     for (var, keys) in contract_env() {
         let Some((_, value)) = env.iter().find(|(k, _)| *k == var.name) else {
             continue;
         };
-        let Some(value) = (var.read)(value).filter(|v| !v.is_empty()) else {
-            continue;
+        let value = match (var.read)(value) {
+            Ok(v) if !v.is_empty() => v,
+            Ok(_) => continue,
+            Err(why) => {
+                if !why.is_empty() {
+                    notices.push(why);
+                }
+                continue;
+            }
         };
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         figment = figment.merge(EnvVar::new(var.name, &keys, value));
@@ -181,11 +191,14 @@ pub fn load_from(
         figment = figment.merge(EnvVar::new(var, &[key.as_str()], value.clone()));
     }
 
-    let settings: Settings = figment.extract_lossy().map_err(Box::new)?;
+    let settings: Settings = figment
+        .extract_lossy()
+        .map_err(|e| ConfigError::Values(describe_errors(&e, &figment)))?;
     let mut loaded = Loaded {
         settings,
         figment,
         extra_sources: BTreeMap::new(),
+        notices,
     };
     loaded.resolve_secrets(env)?;
     loaded.validate()?;
@@ -284,18 +297,51 @@ impl Loaded {
         Ok(())
     }
 
-    /// Checks that need more than a type: each names its key.
+    /// Checks that need more than a type: each names its key and where
+    /// the bad value came from.
     fn validate(&self) -> Result<(), ConfigError> {
+        self.check().map_err(|e| match e {
+            ConfigError::Invalid { key, message } => {
+                let source = self.source_of(&key);
+                ConfigError::Invalid {
+                    message: format!("{message} (from {source})"),
+                    key,
+                }
+            }
+            other => other,
+        })
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
         let s = &self.settings;
         s.relay.validate()?;
         s.stt.validate()?;
         s.rtp2ws.validate()?;
         s.orchestrator.validate()?;
         s.ari_coach.validate()?;
-        if self.settings.shutdown_timeout_secs == 0 {
+        if s.shutdown_timeout_secs == 0 {
             return Err(ConfigError::invalid(
                 "shutdown_timeout_secs",
                 "must be at least 1",
+            ));
+        }
+        // A model size is a known one or the name of a model installed in
+        // model_dir (`model import --name`).
+        let size = &s.stt.model_size;
+        if s.stt.model_file.is_none()
+            && !crate::stt::model::is_known_size(size)
+            && !crate::stt::model::list(&s.model_dir())
+                .unwrap_or_default()
+                .iter()
+                .any(|m| m.name() == *size)
+        {
+            return Err(ConfigError::invalid(
+                "stt.model_size",
+                format!(
+                    "{size:?} is not a Whisper model size ({}) nor a model installed in {}",
+                    crate::stt::model::KNOWN_SIZES.join(", "),
+                    s.model_dir().display()
+                ),
             ));
         }
         Ok(())
@@ -329,7 +375,7 @@ impl Loaded {
             })
             .map(|(key, value)| {
                 let source = self.source_of(&key);
-                (key, value, source)
+                self.effective(key, value, source)
             })
             .collect();
         let width = lines
@@ -342,6 +388,60 @@ impl Loaded {
             out.push_str(&format!("{assign:<width$}  # {source}\n"));
         }
         out
+    }
+}
+
+/// Every error figment found, one per line, as `key = value: problem (from
+/// source)`, an unknown key with the keys its section has.
+fn describe_errors(err: &figment::Error, figment: &Figment) -> String {
+    use figment::error::Kind;
+    err.clone()
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|md| format!(" (from {})", describe_source(md)))
+                .unwrap_or_default();
+            let value = figment.find_value(&key).ok().and_then(|v| match v {
+                Value::String(_, s) => Some(format!("{s:?}")),
+                Value::Num(_, n) => n.to_f64().map(|n| n.to_string()),
+                Value::Bool(_, b) => Some(b.to_string()),
+                _ => None,
+            });
+            match (&e.kind, key.is_empty(), value) {
+                (Kind::UnknownField(field, expected), _, _) => format!(
+                    "{key}: unknown key {field:?}; the keys here are: {}{source}",
+                    expected.join(", ")
+                ),
+                (kind, true, _) => format!("{kind}{source}"),
+                (kind, false, Some(v)) => format!("{key} = {v}: {kind}{source}"),
+                (kind, false, None) => format!("{key}: {kind}{source}"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Loaded {
+    /// What a key really does where its written value says less: an unset
+    /// `model_dir` is `$STATE_DIR/models`; `relay_ws` is followed as
+    /// `callId=*` unless `single_call`.
+    fn effective(&self, key: String, value: String, source: String) -> (String, String, String) {
+        let s = &self.settings;
+        match key.as_str() {
+            "model_dir" if s.model_dir.is_none() => {
+                let path = format!("{:?}", s.model_dir().display().to_string());
+                (key, path, format!("{source}: $STATE_DIR/models"))
+            }
+            "orchestrator.relay_ws" if !s.orchestrator.single_call => (
+                key,
+                value,
+                format!("{source}; followed as callId=* (orchestrator.single_call = false)"),
+            ),
+            _ => (key, value, source),
+        }
     }
 }
 
@@ -358,6 +458,15 @@ fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, Strin
             }
         }
         serde_json::Value::Null => out.push((prefix.to_owned(), "<unset>".into())),
+        // An f32 setting widened to f64 (0.6 -> 0.6000000238418579) is
+        // shown as written.
+        serde_json::Value::Number(n)
+            if n.as_f64()
+                .is_some_and(|f| f.fract() != 0.0 && f64::from(f as f32) == f) =>
+        {
+            let f = n.as_f64().unwrap_or_default() as f32;
+            out.push((prefix.to_owned(), f.to_string()));
+        }
         other => out.push((prefix.to_owned(), other.to_string())),
     }
 }
@@ -468,21 +577,72 @@ mod tests {
     }
 
     #[test]
-    fn lang_takes_the_language_part() {
-        assert_eq!(
-            crate::stt::language_from_locale("es_ES.UTF-8").as_deref(),
-            Some("es")
-        );
-        assert_eq!(
-            crate::stt::language_from_locale("pt-BR").as_deref(),
-            Some("pt")
-        );
-        assert_eq!(crate::stt::language_from_locale("C.UTF-8"), None);
-        assert_eq!(crate::stt::language_from_locale("POSIX"), None);
+    fn lang_sets_the_call_language_only_as_a_bare_code() {
+        use crate::stt::language_from_lang as lang;
+        assert_eq!(lang("es"), Ok("es".into()));
+        assert_eq!(lang("PT"), Ok("pt".into()));
+        assert_eq!(lang("C.UTF-8"), Err(String::new()));
+        assert_eq!(lang("POSIX"), Err(String::new()));
+        assert!(lang("en_US.UTF-8").unwrap_err().contains("stt.language"));
+        // The original units' LANG=es.
+        let l = load_from(None, &env(&[("LANG", "en")])).unwrap();
+        assert_eq!(l.settings.stt.language, "en");
+        assert!(l.notices.is_empty());
+        // A shell's locale leaves the default, and says so.
+        let l = load_from(None, &env(&[("LANG", "en_US.UTF-8")])).unwrap();
+        assert_eq!(l.settings.stt.language, "es");
+        assert_eq!(l.notices.len(), 1, "{:?}", l.notices);
+        assert!(l.notices[0].contains("LANG=en_US.UTF-8"), "{:?}", l.notices);
         let l = load_from(None, &env(&[("LANG", "C")])).unwrap();
         assert_eq!(l.settings.stt.language, "es");
-        let l = load_from(None, &env(&[("LANG", "en_US.UTF-8")])).unwrap();
-        assert_eq!(l.settings.stt.language, "en");
+        assert!(l.notices.is_empty());
+        // The namespaced key wins over LANG.
+        let l = load_from(
+            None,
+            &env(&[("LANG", "en"), ("CALL_COACH_STT__LANGUAGE", "pt")]),
+        )
+        .unwrap();
+        assert_eq!(l.settings.stt.language, "pt");
+    }
+
+    #[test]
+    fn a_language_or_model_size_whisper_does_not_know_is_refused() {
+        let err = load_from(None, &env(&[("LANG", "xx")]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("stt.language") && err.contains("\"xx\""),
+            "{err}"
+        );
+        assert!(err.contains("LANG"), "the source is named: {err}");
+        let dir = tempfile::tempdir().unwrap();
+        let models = dir.path().display().to_string();
+        let err = load_from(
+            None,
+            &env(&[("MODEL_SIZE", "huge"), ("MODEL_DIR", models.as_str())]),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("stt.model_size") && err.contains("huge"),
+            "{err}"
+        );
+        assert!(err.contains("MODEL_SIZE"), "the source is named: {err}");
+        // A model imported under a name of its own is fine.
+        // Just a header: `model list` reads no more.
+        let mut head = crate::stt::model::ggml::MAGIC.to_le_bytes().to_vec();
+        for word in [51865, 1500, 512, 8, 6, 448, 512, 8, 6, 80, 7] {
+            head.extend_from_slice(&i32::to_le_bytes(word));
+        }
+        std::fs::write(dir.path().join("ggml-acme-q8_0.bin"), head).unwrap();
+        let l = load_from(
+            None,
+            &env(&[("MODEL_SIZE", "acme"), ("MODEL_DIR", models.as_str())]),
+        )
+        .unwrap();
+        assert_eq!(l.settings.stt.model_size, "acme");
     }
 
     #[test]

@@ -82,17 +82,37 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// What the configuration step has to tell the service's log once logging
+/// is up: facts (which call language, and why) and warnings (a variable
+/// set but ignored).
+#[derive(Debug, Default)]
+pub struct Notes {
+    pub facts: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
 /// Steps 4 and 6 around a service's `serve`, once its settings are loaded:
-/// logging, the file limit, the runtime and the signals (a second signal,
-/// or `shutdown_timeout` after the first, exits at once); then the service,
-/// and the exit code its error names.
-pub fn run<F, Fut, E>(name: &str, shutdown_timeout: std::time::Duration, service: F) -> ExitCode
+/// logging (first the configuration's `notes`), the file limit, the runtime
+/// and the signals (a second signal, or `shutdown_timeout` after the first,
+/// exits at once); then the service, and the exit code its error names.
+pub fn run<F, Fut, E>(
+    name: &str,
+    shutdown_timeout: std::time::Duration,
+    notes: Notes,
+    service: F,
+) -> ExitCode
 where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = Result<(), E>>,
     E: ExitStatus,
 {
     crate::telemetry::init();
+    for fact in &notes.facts {
+        tracing::info!("{fact}");
+    }
+    for warning in &notes.warnings {
+        tracing::warn!("{warning}");
+    }
     raise_fd_limit();
     let runtime = match runtime() {
         Ok(rt) => rt,

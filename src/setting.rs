@@ -42,9 +42,9 @@ pub trait Section {
 pub struct Var {
     pub name: &'static str,
     pub key: &'static str,
-    /// Turns the variable's text into the key's value; `None` ignores it
-    /// (e.g. `LANG=C`).
-    pub read: fn(&str) -> Option<String>,
+    /// Turns the variable's text into the key's value; `Err(why)` ignores
+    /// the variable, `why` (when not empty) saying so in the service's log.
+    pub read: fn(&str) -> Result<String, String>,
 }
 
 impl Var {
@@ -59,14 +59,14 @@ impl Var {
     pub const fn read_with(
         name: &'static str,
         key: &'static str,
-        read: fn(&str) -> Option<String>,
+        read: fn(&str) -> Result<String, String>,
     ) -> Var {
         Var { name, key, read }
     }
 }
 
-fn as_is(v: &str) -> Option<String> {
-    Some(v.to_owned())
+fn as_is(v: &str) -> Result<String, String> {
+    Ok(v.to_owned())
 }
 
 /// A secret value and the `*_file` setting that may hold it. Its systemd
@@ -130,8 +130,10 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{}", describe_figment(.0))]
-    Figment(#[from] Box<figment::Error>),
+    /// Values that do not fit their keys, one per line (the loader
+    /// describes them with the values themselves).
+    #[error("{0}")]
+    Values(String),
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
     #[error("{key}: cannot read secret from {path}: {source}")]
@@ -149,24 +151,6 @@ impl ConfigError {
             message: message.into(),
         }
     }
-}
-
-/// Every error figment found, one per line, as `key: problem (source)`.
-fn describe_figment(err: &figment::Error) -> String {
-    err.clone()
-        .into_iter()
-        .map(|e| {
-            let key = e.path.join(".");
-            let source = e.metadata.as_ref().map(describe_source);
-            match (key.is_empty(), source) {
-                (true, Some(src)) => format!("{} (from {src})", e.kind),
-                (true, None) => e.kind.to_string(),
-                (false, Some(src)) => format!("{key}: {} (from {src})", e.kind),
-                (false, None) => format!("{key}: {}", e.kind),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// Where a value came from, in words.

@@ -144,7 +144,7 @@ impl Publisher {
                     true
                 }
                 Ok(resp) if resp.status().as_u16() == 429 || resp.status().is_server_error() => {
-                    tracing::warn!(status = %resp.status(), "relay refused an event for now; retrying");
+                    tracing::warn!(%url, status = %resp.status(), "relay refused an event for now; retrying");
                     false
                 }
                 Ok(resp) => {

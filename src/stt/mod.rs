@@ -124,7 +124,7 @@ impl Section for Settings {
     const KEY: &'static str = "stt";
     const ENV: &'static [Var] = &[
         Var::new("STT_LISTEN", "listen"),
-        Var::read_with("LANG", "language", language_from_locale),
+        Var::read_with("LANG", "language", language_from_lang),
         Var::new("MODEL_SIZE", "model_size"),
         Var::new("DEVICE", "device"),
         Var::new("COMPUTE_TYPE", "compute_type"),
@@ -142,6 +142,15 @@ impl Section for Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if !whisper_knows(&self.language) {
+            return Err(ConfigError::invalid(
+                "stt.language",
+                format!(
+                    "{:?} is not a language Whisper knows; use a code such as \"es\", \"en\" or \"pt\"",
+                    self.language
+                ),
+            ));
+        }
         if !matches!(self.device.as_str(), "cpu" | "cuda") {
             return Err(ConfigError::invalid(
                 "stt.device",
@@ -226,16 +235,28 @@ impl Settings {
     }
 }
 
-/// `LANG`: `es_ES.UTF-8` -> `es`; `C`, `POSIX` and `C.UTF-8` mean "the
-/// default".
-pub fn language_from_locale(locale: &str) -> Option<String> {
-    let lang = locale
-        .split(['_', '.', '@', '-'])
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    match lang.as_str() {
-        "" | "c" | "posix" => None,
-        _ => Some(lang),
+/// `LANG` sets the call's language only when it is a bare language code,
+/// as in the original units (`LANG=es`). A locale such as `en_US.UTF-8`
+/// is the shell's interface language, which every desktop and server
+/// sets: it is ignored, with a notice saying so; `C` and `POSIX` silently.
+pub fn language_from_lang(value: &str) -> Result<String, String> {
+    let bare = (2..=3).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_alphabetic());
+    if bare {
+        return Ok(value.to_ascii_lowercase());
     }
+    let head = value.split(['.', '@']).next().unwrap_or_default();
+    if matches!(head, "" | "C" | "POSIX") {
+        return Err(String::new());
+    }
+    Err(format!(
+        "LANG={value} is a locale (this shell's interface language), not the \
+         call's: ignored for transcription. Set stt.language \
+         (CALL_COACH_STT__LANGUAGE), or LANG to a bare code such as LANG=es"
+    ))
+}
+
+/// Whether Whisper knows `code` (`es`, `en`, `pt`, ...).
+pub fn whisper_knows(code: &str) -> bool {
+    engine::silence_whisper_logs();
+    whisper_rs::get_lang_id(code).is_some()
 }

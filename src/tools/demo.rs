@@ -38,6 +38,10 @@ pub struct Options {
     /// Whisper model size (installed first when missing).
     #[arg(long, default_value = "base")]
     pub model: String,
+    /// The call's language (the sample call is Spanish). The shell's
+    /// locale (`LANG`) is never used for it.
+    #[arg(long, default_value = "es")]
+    pub language: String,
     /// Relay port for the web UI (another free one when taken).
     #[arg(long, default_value_t = 7070)]
     pub port: u16,
@@ -52,7 +56,22 @@ pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Re
     let started = Instant::now();
     // 1. The model, once.
     let model_dir = settings.model_dir();
+    if !crate::stt::whisper_knows(&opts.language) {
+        bail!(
+            "--language {:?}: not a language Whisper knows; use a code such as es, en or pt",
+            opts.language
+        );
+    }
     if !has_model(&model_dir, &opts.model) {
+        let fetchable = crate::stt::model::fetch::known_sizes();
+        if !fetchable.contains(&opts.model.as_str()) {
+            bail!(
+                "--model {:?}: not a model size that can be installed ({}), nor one installed in {}",
+                opts.model,
+                fetchable.join(", "),
+                model_dir.display()
+            );
+        }
         println!(
             "Installing the Whisper {} model into {} (once; set MODEL_DIR to choose)...",
             opts.model,
@@ -77,7 +96,9 @@ pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Re
         .tempdir()?;
     let dir = work.path().to_owned();
     let port = port_or_free(opts.port);
-    let pipeline = Pipeline::start(&dir, &model_dir, &opts.model, port, vec![]).await?;
+    // The call's language is pinned: children inherit the shell's LANG.
+    let stt_env = vec![("CALL_COACH_STT__LANGUAGE", opts.language.clone())];
+    let pipeline = Pipeline::start(&dir, &model_dir, &opts.model, port, stt_env).await?;
     let relay_addr = pipeline.relay.addr.clone();
     let event_url = format!("http://{relay_addr}/event");
     let llm = std::env::var_os("OPENROUTER_API_KEY").is_some()

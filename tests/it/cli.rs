@@ -59,7 +59,7 @@ fn check_config_shows_sources_and_redacts_secrets() {
         &[
             ("ARI_PASS", "verysecret"),
             ("CALL_COACH_RELAY__SUBSCRIBER_QUEUE", "64"),
-            ("LANG", "es_ES.UTF-8"),
+            ("LANG", "pt"),
             ("CREDENTIALS_DIRECTORY", creds.to_str().unwrap()),
         ],
     );
@@ -74,8 +74,29 @@ fn check_config_shows_sources_and_redacts_secrets() {
     assert!(line("relay.retention_days").contains("cc.toml"));
     assert!(line("relay.subscriber_queue").contains("CALL_COACH_RELAY__SUBSCRIBER_QUEUE"));
     assert!(line("relay.listen").ends_with("# default"));
-    assert!(line("stt.language").contains("\"es\""));
+    assert!(line("stt.language").contains("\"pt\""));
     assert!(line("stt.language").contains("environment variable LANG"));
+    // Effective values, as written.
+    assert!(
+        !line("model_dir").contains("<unset>"),
+        "{}",
+        line("model_dir")
+    );
+    assert!(
+        line("model_dir").contains("/models"),
+        "{}",
+        line("model_dir")
+    );
+    assert!(
+        line("stt.max_no_speech_prob").contains("= 0.6 "),
+        "{}",
+        line("stt.max_no_speech_prob")
+    );
+    assert!(
+        line("orchestrator.relay_ws").contains("callId=*"),
+        "{}",
+        line("orchestrator.relay_ws")
+    );
     assert!(line("ari_coach.ari_pass").contains("<redacted>"));
     assert!(line("orchestrator.openrouter_api_key").contains("systemd credential"));
     assert!(
@@ -86,6 +107,16 @@ fn check_config_shows_sources_and_redacts_secrets() {
     let (code, out, _) = run_bin(None, &["check-config", "relay"], &[]);
     assert_eq!(code, 0);
     assert!(out.contains("relay.listen") && !out.contains("stt."));
+
+    // A desktop locale is not the call's language: ignored, and said so.
+    let (code, out, err) = run_bin(None, &["check-config", "stt"], &[("LANG", "en_US.UTF-8")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("# note: LANG=en_US.UTF-8"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("stt.language = \"es\"") && l.ends_with("# default")),
+        "{out}"
+    );
 }
 
 #[test]
@@ -110,6 +141,38 @@ fn check_config_errors_name_key_and_source() {
         err.contains("stt.listen") && err.contains("STT_LISTEN"),
         "{err}"
     );
+    // The bad value is shown, and an unknown key lists the keys there are.
+    assert!(err.contains("\"localhost\""), "{err}");
+    std::fs::write(&file, "[relay]\nlisten_on = \"x\"\n").unwrap();
+    let (code, _, err) = run_bin(
+        None,
+        &["check-config", "--config", file.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 64);
+    assert!(
+        err.contains("unknown key \"listen_on\"; the keys here are: listen, "),
+        "{err}"
+    );
+    assert!(!err.contains("`"), "{err}");
+    // Values Whisper cannot use, and the demo's model, refused up front.
+    for (var, value, key) in [
+        ("MODEL_SIZE", "huge", "stt.model_size"),
+        ("LANG", "xx", "stt.language"),
+    ] {
+        let (code, _, err) = run_bin(None, &["check-config"], &[(var, value)]);
+        assert_eq!(code, 64, "{var}={value}: {err}");
+        assert!(err.contains(key) && err.contains(var), "{err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+    }
+    let (code, out, err) = run_bin(
+        None,
+        &["demo", "--model", "bogus"],
+        &[("MODEL_DIR", "/nonexistent")],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("--model \"bogus\""), "{err}");
+    assert!(!out.contains("Installing"), "{out}");
 
     let (code, _, err) = run_bin(None, &["check-config"], &[("DEVICE", "tpu")]);
     assert_eq!(code, 64);
@@ -132,4 +195,21 @@ fn check_config_errors_name_key_and_source() {
     );
     assert_eq!(code, 64);
     assert!(err.contains("/nonexistent.toml"), "{err}");
+}
+
+#[test]
+fn stt_without_the_configured_model_names_the_one_installed() {
+    // After the demo only base is installed; stt's default is small.
+    let models = crate::util::model_dir();
+    let (code, _, err) = run_bin(
+        None,
+        &["stt"],
+        &[
+            ("MODEL_DIR", models.to_str().unwrap()),
+            ("STT_LISTEN", "127.0.0.1:0"),
+        ],
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("call-coach model fetch small"), "{err}");
+    assert!(err.contains("MODEL_SIZE=base"), "{err}");
 }

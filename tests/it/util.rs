@@ -227,15 +227,24 @@ pub fn run_bin(argv0: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> (i3
     )
 }
 
-/// Where the test suite's Whisper model lives: `$TEST_MODEL_DIR`,
-/// else the cache `scripts/test.sh` fills. A missing model fails the test
-/// with the command that installs it.
+/// Where the test suite's Whisper model lives: `$TEST_MODEL_DIR`, else
+/// where the demo and the services look (the effective `model_dir`), which
+/// `scripts/test.sh` fills. A missing model fails the test with the
+/// command that installs it.
 pub fn model_dir() -> PathBuf {
     let dir = std::env::var_os("TEST_MODEL_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/call-coach/models")
+            let out = Command::new(BIN)
+                .arg("check-config")
+                .output()
+                .expect("call-coach check-config");
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .find_map(|l| l.strip_prefix("model_dir = \""))
+                .and_then(|rest| rest.split('"').next())
+                .map(PathBuf::from)
+                .expect("model_dir in check-config")
         });
     let model = dir.join("ggml-base-q8_0.bin");
     assert!(

@@ -26,13 +26,15 @@ pub enum ModelError {
     #[error(transparent)]
     Ct2(#[from] ct2::Ct2Error),
     #[error(
-        "no Whisper model {file} in {dir}.\n  Install it with: call-coach model fetch {size}{quant_flag}\n  or from a file you have: call-coach model import PATH --name {size}{quant_flag}"
+        "no Whisper model {file} in {dir}.\n  Install it with: call-coach model fetch {size}{quant_flag}\n  or from a file you have: call-coach model import PATH --name {size}{quant_flag}{installed}"
     )]
     Missing {
         file: String,
         dir: PathBuf,
         size: String,
         quant_flag: String,
+        /// What is installed instead, as a hint (empty when nothing is).
+        installed: String,
     },
     #[error("{0} is neither a whisper.cpp GGML file nor a CTranslate2 model directory")]
     Unknown(PathBuf),
@@ -52,6 +54,28 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
 }
 
 /// The file name of a model of `size` stored as `quant`.
+/// The Whisper model sizes there are (`fetch` installs the official
+/// ones it lists; others come in by `model import`).
+pub const KNOWN_SIZES: &[&str] = &[
+    "tiny",
+    "tiny.en",
+    "base",
+    "base.en",
+    "small",
+    "small.en",
+    "medium",
+    "medium.en",
+    "large-v1",
+    "large-v2",
+    "large-v3",
+    "large-v3-turbo",
+    "large",
+];
+
+pub fn is_known_size(size: &str) -> bool {
+    KNOWN_SIZES.contains(&size)
+}
+
 pub fn file_name(size: &str, quant: Quant) -> String {
     match quant {
         Quant::F16 => format!("ggml-{size}.bin"),
@@ -70,6 +94,22 @@ pub fn resolve(dir: &Path, size: &str, quant: Quant) -> Result<PathBuf, ModelErr
     if path.is_file() {
         return Ok(path);
     }
+    let mut names: Vec<String> = list(dir)
+        .unwrap_or_default()
+        .iter()
+        .map(Installed::name)
+        .collect();
+    names.dedup();
+    let installed = match names.as_slice() {
+        [] => String::new(),
+        [one] => format!(
+            "\n  or use the model that is installed: stt.model_size = \"{one}\" (MODEL_SIZE={one})"
+        ),
+        many => format!(
+            "\n  or use one that is installed ({}): stt.model_size (MODEL_SIZE)",
+            many.join(", ")
+        ),
+    };
     Err(ModelError::Missing {
         file: file_name(size, quant),
         dir: dir.to_owned(),
@@ -78,6 +118,7 @@ pub fn resolve(dir: &Path, size: &str, quant: Quant) -> Result<PathBuf, ModelErr
             Quant::F16 => " --quant f16".into(),
             Quant::Q8_0 => String::new(),
         },
+        installed,
     })
 }
 
@@ -87,6 +128,20 @@ pub struct Installed {
     pub path: PathBuf,
     pub bytes: u64,
     pub hparams: ggml::Hparams,
+}
+
+impl Installed {
+    /// The name `model_size` gives it: `ggml-base-q8_0.bin` is `base`.
+    pub fn name(&self) -> String {
+        let file = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let stem = file.strip_prefix("ggml-").unwrap_or(&file);
+        let stem = stem.strip_suffix(".bin").unwrap_or(stem);
+        stem.strip_suffix("-q8_0").unwrap_or(stem).to_owned()
+    }
 }
 
 /// The models in `dir`, by file name.
