@@ -269,6 +269,24 @@ pub struct Tip {
     /// Extension: the transcript whose words set it off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub utterance_id: Option<String>,
+    /// Extension: the rule's title, for people (`rule` is its id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Extension: `title` and `text` in other languages, by code.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub i18n: BTreeMap<String, Localized>,
+}
+
+/// Extension: an event's words in another language (`i18n.en`); each
+/// field translates the event's field of the same name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Localized {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 /// Extension: the call's checklist, whole, each time an item changes.
@@ -292,6 +310,9 @@ pub struct ChecklistItem {
     /// Past its deadline and still not said.
     #[serde(default)]
     pub overdue: bool,
+    /// Extension: `label` in other languages, by code.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub i18n: BTreeMap<String, Localized>,
 }
 
 /// Live figures of a call, every few seconds.
@@ -346,6 +367,9 @@ pub struct Summary {
     pub outcome: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub follow_ups: Option<String>,
+    /// Extension: `text` in other languages, by code (rules summaries).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub i18n: BTreeMap<String, Localized>,
 }
 
 /// The relay's last frame to a subscriber it drops as too slow.

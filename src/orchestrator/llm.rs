@@ -296,6 +296,8 @@ impl Shared {
                 rule: None,
                 trigger: None,
                 utterance_id: None,
+                title: None,
+                i18n: Default::default(),
             })),
             // A summary is published once, whole.
             JobKind::Summary { base } if is_final => {
@@ -311,6 +313,8 @@ impl Shared {
                 };
                 ev.source = Source::Llm;
                 ev.text = text.trim().to_owned();
+                // The rules summary's translations do not fit these words.
+                ev.i18n.clear();
                 ev.call_reason = field("motivo").or_else(|| field("reason"));
                 ev.outcome = field("resultado").or_else(|| field("outcome"));
                 ev.follow_ups = field("seguimiento").or_else(|| field("follow"));

@@ -51,7 +51,12 @@ struct RuleDef {
     #[serde(default)]
     phrases: Vec<String>,
     regex: Option<String>,
+    /// What people see as the rule's name (defaults to the id).
+    title: Option<String>,
     tip: String,
+    /// The title and tip in English, for the web UI's EN.
+    title_en: Option<String>,
+    tip_en: Option<String>,
     #[serde(default = "default_severity")]
     severity: Severity,
     #[serde(default = "default_cooldown")]
@@ -77,6 +82,7 @@ fn default_cooldown() -> u64 {
 struct ItemDef {
     id: String,
     label: String,
+    label_en: Option<String>,
     phrases: Vec<String>,
     deadline_secs: u64,
 }
@@ -94,6 +100,9 @@ struct RulesFile {
 #[derive(Debug)]
 pub struct Rule {
     pub id: String,
+    pub title: String,
+    /// English title and tip, when the file has them.
+    pub english: Option<(String, String)>,
     kind: Kind,
     speaker: Who,
     /// Normalised, padded with spaces for whole-word matching.
@@ -110,6 +119,7 @@ pub struct Rule {
 pub struct Item {
     pub id: String,
     pub label: String,
+    pub label_en: Option<String>,
     phrases: Vec<String>,
     deadline_ms: u64,
 }
@@ -186,7 +196,14 @@ impl RuleSet {
                 }
                 _ => {}
             }
+            let english = match (d.title_en, d.tip_en) {
+                (Some(title), Some(tip)) => Some((title, tip)),
+                (None, None) => None,
+                _ => return Err(bad("title_en and tip_en go together")),
+            };
             set.rules.push(Rule {
+                title: d.title.unwrap_or_else(|| d.id.clone()),
+                english,
                 id: d.id,
                 kind: d.kind,
                 speaker: d.speaker,
@@ -208,6 +225,7 @@ impl RuleSet {
             set.checklist.push(Item {
                 id: d.id,
                 label: d.label,
+                label_en: d.label_en,
                 phrases: d.phrases.iter().map(|p| padded(p)).collect(),
                 deadline_ms: d.deadline_secs * 1000,
             });
@@ -220,7 +238,10 @@ impl RuleSet {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fired {
     pub rule: String,
+    pub title: String,
     pub tip: String,
+    /// English title and tip, when there are.
+    pub english: Option<(String, String)>,
     pub severity: Severity,
     /// What set it off: the phrase heard, or the figure crossed.
     pub trigger: String,
@@ -289,7 +310,9 @@ impl CallRules {
             if self.may_fire(rule, now_ms) {
                 fired.push(Fired {
                     rule: rule.id.clone(),
+                    title: rule.title.clone(),
                     tip: rule.tip.clone(),
+                    english: rule.english.clone(),
                     severity: rule.severity,
                     trigger,
                 });
@@ -321,7 +344,9 @@ impl CallRules {
             if value >= rule.threshold_ms && self.may_fire(rule, now_ms) {
                 fired.push(Fired {
                     rule: rule.id.clone(),
+                    title: rule.title.clone(),
                     tip: rule.tip.clone(),
+                    english: rule.english.clone(),
                     severity: rule.severity,
                     trigger: format!("{name} {value}"),
                 });
@@ -336,7 +361,12 @@ impl CallRules {
                 changed = true;
                 fired.push(Fired {
                     rule: format!("checklist:{}", item.id),
+                    title: item.label.clone(),
                     tip: format!("Falta: {}.", item.label),
+                    english: item
+                        .label_en
+                        .as_ref()
+                        .map(|l| (l.clone(), format!("Not said yet: {l}."))),
                     severity: Severity::Warn,
                     trigger: format!("deadline {} s", item.deadline_ms / 1000),
                 });
@@ -349,6 +379,10 @@ impl CallRules {
         set.checklist
             .iter()
             .map(|i| ChecklistItem {
+                i18n: english(i.label_en.as_ref().map(|l| crate::event::Localized {
+                    label: Some(l.clone()),
+                    ..Default::default()
+                })),
                 id: i.id.clone(),
                 label: i.label.clone(),
                 done: self.ticked.contains_key(&i.id),
@@ -359,9 +393,57 @@ impl CallRules {
     }
 }
 
+/// An `i18n` map holding English, when there is any.
+pub fn english(
+    en: Option<crate::event::Localized>,
+) -> std::collections::BTreeMap<String, crate::event::Localized> {
+    en.map(|l| ("en".to_owned(), l)).into_iter().collect()
+}
+
+/// The title of a rule or checklist reminder (`checklist:ID`) by id, in
+/// the call's language and in English; the id itself when unknown.
+pub fn title_of(set: &RuleSet, id: &str) -> (String, String) {
+    if let Some(item) = id
+        .strip_prefix("checklist:")
+        .and_then(|i| set.checklist.iter().find(|x| x.id == i))
+    {
+        let en = item.label_en.clone().unwrap_or_else(|| item.label.clone());
+        return (item.label.clone(), en);
+    }
+    match set.rules.iter().find(|r| r.id == id) {
+        Some(r) => (
+            r.title.clone(),
+            r.english
+                .as_ref()
+                .map_or_else(|| r.title.clone(), |(t, _)| t.clone()),
+        ),
+        None => (id.to_owned(), id.to_owned()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_built_in_rule_has_a_title_and_english() {
+        let set = RuleSet::default_set();
+        for r in &set.rules {
+            assert_ne!(r.title, r.id, "{} has no title", r.id);
+            assert!(r.english.is_some(), "{} has no English", r.id);
+        }
+        for i in &set.checklist {
+            assert!(i.label_en.is_some(), "{} has no English", i.id);
+        }
+        assert_eq!(
+            title_of(&set, "checklist:aviso-grabacion"),
+            ("Aviso de grabación".into(), "Recording notice".into())
+        );
+        assert_eq!(title_of(&set, "nope"), ("nope".into(), "nope".into()));
+        let half = "[[rule]]\nid = \"x\"\nphrases = [\"a\"]\ntip = \"t\"\ntitle_en = \"X\"\n";
+        let err = RuleSet::parse(half, "f").unwrap_err().to_string();
+        assert!(err.contains("title_en and tip_en"), "{err}");
+    }
 
     fn fire(
         c: &mut CallRules,

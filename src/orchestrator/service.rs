@@ -10,11 +10,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::llm::{self, LlmCoach, LlmConfig};
 use super::metrics::CallMetrics;
-use super::rules::{CallRules, Fired, RuleSet, RulesError};
+use super::rules::{self, CallRules, Fired, RuleSet, RulesError};
 use super::{RulesMode, Settings};
 use crate::event::{
-    CallEnded, CallStarted, Checklist, Event, Figures, Metrics, Source, Speaker, Summary, Tip,
-    Transcript,
+    CallEnded, CallStarted, Checklist, Event, Figures, Localized, Metrics, Source, Speaker,
+    Summary, Tip, Transcript,
 };
 use crate::relay_client::{PublishStats, Publisher, Scope, Subscription};
 
@@ -404,6 +404,12 @@ fn publish_tips(
             rule: Some(f.rule),
             trigger: Some(f.trigger),
             utterance_id: utterance.filter(|u| !u.is_empty()).map(str::to_owned),
+            title: Some(f.title),
+            i18n: rules::english(f.english.map(|(title, text)| Localized {
+                title: Some(title),
+                text: Some(text),
+                label: None,
+            })),
         }));
     }
 }
@@ -415,6 +421,89 @@ fn publish_checklist(call_id: &str, call: &Call, rules: &RuleSet, publisher: &Ou
     }));
 }
 
+/// The rules summary in the call's language (Spanish) and in English:
+/// rules and checklist items by title, the end reason in words.
+fn summary_texts(
+    call: &Call,
+    checklist: &[crate::event::ChecklistItem],
+    reason: &str,
+    duration_ms: u64,
+    m: &crate::event::Figures,
+    rules: &RuleSet,
+) -> (String, String) {
+    let fired = |english: bool| -> Vec<String> {
+        call.fired
+            .iter()
+            .map(|(id, n)| {
+                let (es, en) = rules::title_of(rules, id);
+                let title = if english { en } else { es };
+                if *n > 1 {
+                    format!("{title} ({n})")
+                } else {
+                    title
+                }
+            })
+            .collect()
+    };
+    let missing = |english: bool| -> Vec<String> {
+        checklist
+            .iter()
+            .filter(|i| !i.done)
+            .map(|i| match i.i18n.get("en").and_then(|l| l.label.clone()) {
+                Some(en) if english => en,
+                _ => i.label.clone(),
+            })
+            .collect()
+    };
+    let (why_es, why_en) = match reason {
+        "customer-hangup" => ("colgó el cliente", "the customer hung up"),
+        "agent-hangup" => ("colgó el agente", "the agent hung up"),
+        "customer-abandoned" => (
+            "el cliente colgó antes de ser atendido",
+            "the customer hung up before being answered",
+        ),
+        "demo-finished" => ("fin de la demo", "end of the demo"),
+        "orchestrator stopping" => ("el coach se detuvo", "the coach stopped"),
+        _ => (reason, reason),
+    };
+    let (f_es, f_en, miss_es, miss_en) = (fired(false), fired(true), missing(false), missing(true));
+    let es = format!(
+        "Llamada de {} s ({why_es}). El agente habló el {:.0}% del tiempo; {} preguntas del cliente; monólogo más largo {} s. Avisos: {}. Cumplimiento: {}.",
+        duration_ms / 1000,
+        m.agent_talk_ratio * 100.0,
+        m.customer_questions,
+        m.longest_agent_monologue_ms / 1000,
+        if f_es.is_empty() {
+            "sin avisos".to_owned()
+        } else {
+            f_es.join(", ")
+        },
+        if miss_es.is_empty() {
+            "checklist completo".to_owned()
+        } else {
+            format!("falta: {}", miss_es.join(", "))
+        },
+    );
+    let en = format!(
+        "Call of {} s ({why_en}). The agent talked {:.0}% of the time; {} customer questions; longest monologue {} s. Tips: {}. Compliance: {}.",
+        duration_ms / 1000,
+        m.agent_talk_ratio * 100.0,
+        m.customer_questions,
+        m.longest_agent_monologue_ms / 1000,
+        if f_en.is_empty() {
+            "none".to_owned()
+        } else {
+            f_en.join(", ")
+        },
+        if miss_en.is_empty() {
+            "checklist complete".to_owned()
+        } else {
+            format!("missing: {}", miss_en.join(", "))
+        },
+    );
+    (es, en)
+}
+
 /// Publishes the last metrics and the summary of a call.
 fn finish(call_id: &str, call: Call, reason: &str, rules: &RuleSet, publisher: &Out) {
     let now = Instant::now();
@@ -422,41 +511,14 @@ fn finish(call_id: &str, call: Call, reason: &str, rules: &RuleSet, publisher: &
     let duration_ms = call.elapsed_ms(now);
     publisher.metrics(metrics_event(call_id, &m, duration_ms));
     let checklist = call.rules.checklist(rules);
-    let missing: Vec<&str> = checklist
-        .iter()
-        .filter(|i| !i.done)
-        .map(|i| i.label.as_str())
-        .collect();
-    let tips_text = if call.fired.is_empty() {
-        "sin avisos".to_owned()
-    } else {
-        call.fired
-            .iter()
-            .map(|(r, n)| {
-                if *n > 1 {
-                    format!("{r} ({n})")
-                } else {
-                    r.clone()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let checklist_text = if missing.is_empty() {
-        "checklist completo".to_owned()
-    } else {
-        format!("falta: {}", missing.join(", "))
-    };
-    let text = format!(
-        "Llamada de {} s ({reason}). El agente habló el {:.0}% del tiempo; {} preguntas del cliente; monólogo más largo {} s. Avisos: {tips_text}. Cumplimiento: {checklist_text}.",
-        duration_ms / 1000,
-        m.agent_talk_ratio * 100.0,
-        m.customer_questions,
-        m.longest_agent_monologue_ms / 1000,
-    );
+    let (es, en) = summary_texts(&call, &checklist, reason, duration_ms, &m, rules);
     let summary = Summary {
         call_id: call_id.to_owned(),
-        text,
+        text: es,
+        i18n: rules::english(Some(Localized {
+            text: Some(en),
+            ..Default::default()
+        })),
         source: Source::Rules,
         reason: reason.to_owned(),
         agent: call.agent.clone(),

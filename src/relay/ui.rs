@@ -13,6 +13,7 @@ use crate::http::Resp;
 const INDEX: &str = include_str!("ui/index.html");
 const APP_JS: &str = include_str!("ui/app.js");
 const APP_CSS: &str = include_str!("ui/app.css");
+const ICON: &str = include_str!("ui/icon.svg");
 
 /// Only the page's own scripts, styles and relay connections; no framing.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
@@ -25,6 +26,8 @@ pub fn asset(path: &str) -> Option<Resp> {
         "/" | "/index.html" => (INDEX, "text/html; charset=utf-8"),
         "/ui/app.js" => (APP_JS, "text/javascript; charset=utf-8"),
         "/ui/app.css" => (APP_CSS, "text/css; charset=utf-8"),
+        // Browsers ask for /favicon.ico whatever the page says.
+        "/ui/icon.svg" | "/favicon.ico" => (ICON, "image/svg+xml"),
         _ => return None,
     };
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));

@@ -201,6 +201,7 @@ pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Re
                 pipeline.orchestrator.log_tail(20)
             );
         }
+        printer.flush(false);
         let Ok(received) = tokio::time::timeout(Duration::from_millis(250), relay.next()).await
         else {
             continue;
@@ -221,6 +222,7 @@ pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Re
             rules_summary_at.get_or_insert_with(Instant::now);
         }
     }
+    printer.flush(true);
     println!();
     println!(
         "Demo finished: {} transcripts ({} partial), {} tips, {} of {} checklist items, in {:.0} s.",
@@ -239,7 +241,9 @@ pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Re
     Ok(())
 }
 
-/// Prints the events of the call as a readable transcript.
+/// Prints the events of the call as a readable transcript. A tip set off
+/// by words still being spoken (a partial) waits for that line's final,
+/// and is printed under it: a tip is read with the words that caused it.
 #[derive(Default)]
 struct Printer {
     finals: usize,
@@ -248,6 +252,40 @@ struct Printer {
     done: HashSet<String>,
     items: usize,
     last_metrics_ms: u64,
+    /// Utterances whose final line is printed.
+    printed: HashSet<String>,
+    /// Tips waiting for their utterance's final, with when they came.
+    held: Vec<(Instant, crate::event::Tip)>,
+}
+
+/// How long a tip waits for its words' final line before it is printed
+/// anyway (stt behind, or the final filtered out).
+const TIP_HOLD: Duration = Duration::from_secs(10);
+
+fn print_tip(tip: &crate::event::Tip) {
+    let source = match tip.source {
+        Source::Llm => "LLM".to_owned(),
+        Source::Rules => format!("rule {}", tip.rule.as_deref().unwrap_or_default()),
+    };
+    println!(
+        "        >> TIP [{}] ({source}): {}",
+        tip.severity.as_str(),
+        tip.text
+    );
+}
+
+impl Printer {
+    /// Prints the tips that waited too long for their words (all of them
+    /// with `all`, at the end).
+    fn flush(&mut self, all: bool) {
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|(at, _)| all || at.elapsed() >= TIP_HOLD);
+        self.held = keep;
+        for (_, tip) in due {
+            print_tip(&tip);
+        }
+    }
 }
 
 fn clock(ms: u64) -> String {
@@ -268,18 +306,23 @@ impl Printer {
                     "customer"
                 };
                 println!("[{}] {who}  {}", clock(t.start_ms), t.text);
+                self.printed.insert(t.utterance_id.clone());
+                let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+                    .into_iter()
+                    .partition(|(_, tip)| tip.utterance_id.as_deref() == Some(&t.utterance_id));
+                self.held = rest;
+                for (_, tip) in mine {
+                    print_tip(&tip);
+                }
             }
             Event::Transcript(_) => self.partials += 1,
             Event::Tip(tip) if tip.is_final && self.tips.insert(tip.tip_id.clone()) => {
-                let source = match tip.source {
-                    Source::Llm => "LLM".to_owned(),
-                    Source::Rules => format!("rule {}", tip.rule.as_deref().unwrap_or_default()),
-                };
-                println!(
-                    "        >> TIP [{}] ({source}): {}",
-                    tip.severity.as_str(),
-                    tip.text
-                );
+                match &tip.utterance_id {
+                    Some(u) if !self.printed.contains(u) => {
+                        self.held.push((Instant::now(), tip.clone()))
+                    }
+                    _ => print_tip(tip),
+                }
             }
             Event::Checklist(c) => {
                 self.items = c.items.len();
@@ -304,7 +347,10 @@ impl Printer {
                     );
                 }
             }
-            Event::CallEnded(e) => println!("Call ended ({})", e.reason),
+            Event::CallEnded(e) => {
+                self.flush(true);
+                println!("Call ended ({})", e.reason)
+            }
             Event::Summary(summary) => {
                 println!();
                 println!(

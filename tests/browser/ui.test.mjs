@@ -137,7 +137,9 @@ await check("the agent view follows the agent's call: transcript, tips, checklis
   assert.equal(await page.locator('#tips li[data-tip="llm-1"]').count(), 1);
   assert.ok(!(await llmTip.evaluate((li) => li.classList.contains("streaming"))));
   assert.ok(await llmTip.evaluate((li) => li.classList.contains("warn")));
-  assert.equal(await page.locator("#tips li").first().getAttribute("data-tip"), "llm-1");
+  // Critical tips first, then the newest.
+  assert.deepEqual(await page.locator("#tips li").evaluateAll((ls) => ls.map((l) => l.dataset.tip)),
+    ["rules-cancelacion-1", "llm-1"]);
   assert.equal(await llmTip.locator(".tip-source").textContent(), "IA");
 
   // The checklist ticks itself.
@@ -184,9 +186,24 @@ await check("the agent view follows the agent's call: transcript, tips, checklis
   await page.locator('#transcript li[data-key="agent:a2"]').waitFor();
   assert.equal(await page.locator('#tips li[data-tip="rules-cancelacion-1"]').count(), 0);
 
+  // Older tips fold to one line (critical first, the newest two of each
+  // kind whole); a click opens one.
+  for (let i = 1; i <= 4; i++) {
+    await relay.publish({ type: "tip", callId: "c1", tipId: "w" + i, text: "Aviso número " + i + " con bastante texto para ocupar más de una línea en el panel",
+      source: "rules", rule: "queja", title: "Cliente molesto", final: true, severity: "warn" });
+  }
+  await page.locator('#tips li[data-tip="w4"]').waitFor();
+  const order = await page.locator("#tips li").evaluateAll((ls) => ls.map((l) => [l.dataset.tip, l.classList.contains("compact")]));
+  assert.deepEqual(order, [["w4", false], ["w3", false], ["w2", true], ["w1", true], ["llm-1", true]]);
+  assert.match(await page.locator('#tips li[data-tip="w4"] .tip-source').textContent(), /^Regla: Cliente molesto$/);
+  await page.locator('#tips li[data-tip="w1"]').click();
+  assert.ok(!(await page.locator('#tips li[data-tip="w1"]').evaluate((li) => li.classList.contains("compact"))));
+  await page.screenshot({ path: path.join(OUT, "agent-tips.png") });
+
   // The end: the summary shows, then the agent's next call takes over.
-  await relay.publish({ type: "call.ended", callId: "c1", reason: "customer-hangup" });
-  await relay.publish({ type: "summary", callId: "c1", source: "rules", text: "Llamada de 42 s (customer-hangup)." });
+  await relay.publish({ type: "call.ended", callId: "c1", reason: "customer-hangup", durationMs: 89000 });
+  await relay.publish({ type: "summary", callId: "c1", source: "rules", text: "Llamada de 42 s (colgó el cliente).",
+    i18n: { en: { text: "Call of 42 s (the customer hung up)." } } });
   await page.locator("#summary-text", { hasText: "Llamada de 42 s" }).waitFor();
   assert.ok(await page.locator("#summary").isVisible());
   await relay.publish({ type: "call.started", callId: "c2", agent: "PJSIP/200", caller: "600", direction: "inbound" });
@@ -235,6 +252,14 @@ await check("the supervisor view lists every active call live and opens one", as
   assert.ok(await row2.evaluate((r) => r.classList.contains("alert")));
   assert.match(await row2.locator("td").nth(4).textContent(), /^1[23] s$/);
   assert.match(await row2.locator("td").nth(2).textContent(), /^0:0\d$/);
+  // A page opened mid-call shows what already happened: the last tip and
+  // a critical one.
+  const late = await newPage("?view=supervisor");
+  const lateRow = late.locator('#sup-calls tr[data-call="v2"]');
+  await lateRow.locator("td", { hasText: "Cliente muy enfadado" }).waitFor();
+  assert.ok(await lateRow.evaluate((r) => r.classList.contains("alert")));
+  await lateRow.locator("td", { hasText: "81%" }).waitFor();
+  await late.close();
   await page.screenshot({ path: path.join(OUT, "supervisor.png") });
   await relay.publish({ type: "call.ended", callId: "v1", reason: "agent-hangup" });
   await page.locator('#sup-calls tr.ended[data-call="v1"]').waitFor();
@@ -265,12 +290,49 @@ await check("after a relay restart the page resumes with since=: nothing missed,
   await page.close();
 });
 
-await check("English on request, Spanish by default", async () => {
-  const page = await newPage("?call=c1&lang=en");
+await check("an ended call opened later: its own length, not live", async () => {
+  const page = await newPage("?call=c1");
+  await page.locator("#summary-text", { hasText: "Llamada de 42 s" }).waitFor();
+  assert.equal(await page.locator("#m-duration").textContent(), "1:29");
+  await page.locator('#conn[data-state="ended"]').waitFor();
+  assert.equal(await page.locator("#conn").textContent(), "terminada");
+  await sleep(1200);
+  assert.equal(await page.locator("#m-duration").textContent(), "1:29");
+  await page.close();
+});
+
+await check("English on request, Spanish by default: the coaching's words too", async () => {
+  await relay.publish({ type: "call.started", callId: "e1", agent: "PJSIP/701", caller: "1" });
+  await relay.publish({ type: "tip", callId: "e1", tipId: "rules-precio-1", text: "Objeción de precio: pregunta con qué lo compara.",
+    source: "rules", rule: "precio", title: "Objeción de precio", final: true, severity: "warn",
+    i18n: { en: { title: "Price objection", text: "Price objection: ask what they compare it with." } } });
+  await relay.publish({ type: "checklist", callId: "e1", items: [
+    { id: "aviso-grabacion", label: "Aviso de grabación", done: false, i18n: { en: { label: "Recording notice" } } }] });
+  const page = await newPage("?call=e1&lang=en");
   await page.getByRole("heading", { name: "Conversation" }).waitFor();
+  const tip = page.locator('#tips li[data-tip="rules-precio-1"]');
+  await tip.locator(".tip-text", { hasText: "Price objection: ask" }).waitFor();
+  assert.equal(await tip.locator(".tip-source").textContent(), "Rule: Price objection");
+  await page.locator('#checklist li', { hasText: "Recording notice" }).waitFor();
   await page.locator("#lang").click();
   await page.getByRole("heading", { name: "Conversación" }).waitFor();
   assert.equal(await page.evaluate(() => document.documentElement.lang), "es");
+  await tip.locator(".tip-text", { hasText: "pregunta con qué lo compara" }).waitFor();
+  assert.equal(await tip.locator(".tip-source").textContent(), "Regla: Objeción de precio");
+  await page.locator('#checklist li', { hasText: "Aviso de grabación" }).waitFor();
+  await page.close();
+});
+
+await check("narrow screens and the browser's own requests", async () => {
+  const page = await newPage("?agent=PJSIP/200");
+  await page.setViewportSize({ width: 420, height: 800 });
+  const bar = await page.locator(".bar").boundingBox();
+  assert.ok(bar.height < 60, `the header wraps: ${bar.height}px`);
+  const langBox = await page.locator("#lang").boundingBox();
+  assert.ok(langBox.x + langBox.width <= 420, `EN is cut off at ${langBox.x + langBox.width}`);
+  await page.screenshot({ path: path.join(OUT, "agent-420.png") });
+  const icon = await page.request.get(relay.base + "/favicon.ico");
+  assert.equal(icon.status(), 200);
   await page.close();
 });
 
@@ -292,6 +354,8 @@ await check("with auth on: token from the address or the login form, kept for th
     const login = await fresh.newPage();
     await login.goto(secure.base + "/?view=supervisor&token=wrong-0123456789abc");
     await login.locator("#login").waitFor();
+    // No red "offline" badge over a sign-in form: the relay is up.
+    assert.ok(!(await login.locator("#conn").isVisible()));
     await login.locator("#login-token").fill("sup-0123456789abcdef");
     await login.locator("#login-form button").click();
     await login.locator('#sup-calls tr[data-call="k1"]').waitFor();

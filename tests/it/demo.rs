@@ -35,9 +35,25 @@ fn the_demo_call_is_coached_end_to_end() {
     assert!(agent.contains("identidad"), "{agent}");
     assert!(!agent.contains("cancelar el contrato"), "{agent}");
     // The tips the call's words set off, each once.
+    let printed: Vec<&str> = out.lines().collect();
     for rule in ["cancelacion", "precio", "competidor"] {
         let n = out.matches(&format!("(rule {rule})")).count();
         assert_eq!(n, 1, "tip {rule} seen {n} times:\n{out}");
+        // Printed under the customer's words that set it off (other tips
+        // of the same words may stand between).
+        let at = printed
+            .iter()
+            .position(|l| l.contains(&format!("(rule {rule})")))
+            .unwrap();
+        let words = printed[..at]
+            .iter()
+            .rev()
+            .find(|l| !l.contains(">> TIP"))
+            .unwrap();
+        assert!(
+            words.contains("] customer"),
+            "tip {rule} under {words:?}:\n{out}"
+        );
     }
     // The dead air sets off the silence tip. Silence is still measured from
     // when transcripts arrive, so on a loaded machine (stt behind) it may

@@ -151,11 +151,29 @@ async fn coaches_a_call_from_its_transcripts() {
     let summary = of("summary")[0];
     assert_eq!(summary["reason"], "hangup");
     assert_eq!(summary["agent"], "PJSIP/200");
+    // Rules by title, in Spanish and in English, never by id.
     let text = summary["text"].as_str().unwrap();
     assert!(
-        text.contains("cancelacion") && text.contains("falta"),
+        text.contains("Quiere darse de baja")
+            && text.contains("falta")
+            && !text.contains("cancelacion"),
         "{text}"
     );
+    let english = summary["i18n"]["en"]["text"].as_str().unwrap();
+    assert!(
+        english.contains("Wants to cancel") && english.contains("missing: Identity check"),
+        "{english}"
+    );
+    let cancel = tips.iter().find(|t| t["rule"] == "cancelacion").unwrap();
+    assert_eq!(cancel["title"], "Quiere darse de baja");
+    assert_eq!(cancel["i18n"]["en"]["title"], "Wants to cancel");
+    assert!(
+        cancel["i18n"]["en"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("The customer wants to leave")
+    );
+    assert_eq!(notice["i18n"]["en"]["label"], "Recording notice");
 }
 
 /// What the stand-in LLM server answers, request by request.

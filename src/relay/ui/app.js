@@ -21,6 +21,7 @@ const I18N = {
     "agent.customer": "Cliente", "agent.agent": "Agente", "agent.ended": "Llamada terminada",
     "tip.rules": "Regla", "tip.llm": "IA", "tip.dismiss": "Descartar consejo",
     "conn.live": "en directo", "conn.connecting": "reconectando…", "conn.offline": "sin conexión",
+    "conn.ended": "terminada", "tip.more": "Ver el consejo completo",
     "sup.title": "Llamadas activas", "sup.empty": "No hay llamadas activas.", "sup.agent": "Agente",
     "sup.caller": "Cliente", "sup.duration": "Duración", "sup.ratio": "Habla agente",
     "sup.silence": "Silencio", "sup.tip": "Último aviso", "who.agent": "Agente", "who.call": "Llamada",
@@ -39,6 +40,7 @@ const I18N = {
     "agent.customer": "Customer", "agent.agent": "Agent", "agent.ended": "Call ended",
     "tip.rules": "Rule", "tip.llm": "AI", "tip.dismiss": "Dismiss tip",
     "conn.live": "live", "conn.connecting": "reconnecting…", "conn.offline": "offline",
+    "conn.ended": "ended", "tip.more": "Show the whole tip",
     "sup.title": "Active calls", "sup.empty": "No active calls.", "sup.agent": "Agent",
     "sup.caller": "Caller", "sup.duration": "Duration", "sup.ratio": "Agent talk",
     "sup.silence": "Silence", "sup.tip": "Latest tip", "who.agent": "Agent", "who.call": "Call",
@@ -47,6 +49,9 @@ const I18N = {
 };
 
 const $ = (id) => document.getElementById(id);
+// An event's words in the UI's language: `i18n.<lang>.<field>` (the
+// orchestrator's rules carry English), else the field as sent.
+const local = (ev, field) => (ev.i18n && ev.i18n[lang] && ev.i18n[lang][field]) || ev[field] || "";
 const params = new URLSearchParams(location.search);
 let lang = params.get("lang") || sessionStorage.getItem("cc.lang") || "es";
 if (!I18N[lang]) lang = "es";
@@ -72,6 +77,8 @@ function applyI18n() {
 
 let connState = "offline";
 function setConn(s) {
+  // An ended call's view is not live, whatever its socket does.
+  if (s === "live" && view && view.showsEndedCall && view.showsEndedCall()) s = "ended";
   connState = s;
   const el = $("conn");
   el.dataset.state = s;
@@ -152,7 +159,7 @@ class Feed {
 class AgentView {
   constructor(agentId, callId) {
     this.agentId = agentId; this.fixedCall = callId;
-    this.call = null; this.feed = null; this.dismissed = new Set();
+    this.call = null; this.feed = null; this.dismissed = new Set(); this.tipCount = 0;
     this.follow = true;
     $("agent").hidden = false;
     const list = $("transcript");
@@ -171,7 +178,17 @@ class AgentView {
     for (const li of document.querySelectorAll("#transcript li")) {
       li.querySelector(".who-label").textContent = t(li.classList.contains("agent") ? "agent.agent" : "agent.customer");
     }
-    for (const li of document.querySelectorAll("#tips li")) this.tipSource(li);
+    for (const li of document.querySelectorAll("#tips li")) this.tipWords(li);
+    if (this.lastChecklist) this.checklist(this.lastChecklist);
+    if (this.lastSummary) $("summary-text").textContent = local(this.lastSummary, "text");
+    this.callInfo();
+  }
+  showsEndedCall() { return !!(this.call && this.call.ended); }
+  callInfo() {
+    const c = this.call;
+    if (!c) return;
+    $("call-info").textContent = (c.caller || "") + (this.agentId || !c.agent ? "" : " → " + c.agent)
+      + (c.ended ? " · " + t("agent.ended") : "");
   }
   // Looks for the agent's next call; the last one (ended) stays on
   // screen, its summary included, until then.
@@ -197,7 +214,8 @@ class AgentView {
   openCall(id) {
     if (this.feed) this.feed.close();
     clearTimeout(this.call && this.call.endTimer);
-    this.call = { id, ended: false, started: null, silence: null };
+    this.call = { id, ended: false, started: null, endedAt: null, silence: null, caller: "", agent: "" };
+    this.lastChecklist = null; this.lastSummary = null;
     $("transcript").replaceChildren();
     $("tips").replaceChildren();
     $("checklist").replaceChildren();
@@ -227,7 +245,8 @@ class AgentView {
     switch (ev.type) {
       case "call.started":
         c.started = Date.parse(ev.ts) || Date.now();
-        $("call-info").textContent = (ev.caller || "") + (this.agentId ? "" : " → " + (ev.agent || ""));
+        c.caller = ev.caller || ""; c.agent = ev.agent || "";
+        this.callInfo();
         break;
       case "transcript": this.transcript(ev); break;
       case "tip": this.tip(ev); break;
@@ -236,14 +255,24 @@ class AgentView {
       case "call.ended":
         if (c.ended) break;
         c.ended = true;
-        $("call-info").textContent += " · " + t("agent.ended");
+        // The call's length from the relay's clock, not from now: a call
+        // opened after it ended shows how long it lasted.
+        c.endedAt = Date.parse(ev.ts) || Date.now();
+        if (typeof ev.durationMs === "number" && c.started) c.started = c.endedAt - ev.durationMs;
+        if (c.started) $("m-duration").textContent = fmtSecs(c.endedAt - c.started);
+        $("m-silence").textContent = "–";
+        $("m-silence").classList.remove("long");
+        this.callInfo();
+        setConn(connState === "live" ? "ended" : connState);
         // The summary follows; stop waiting for it after a while.
         c.endTimer = setTimeout(() => this.endCall(), 20000);
         if (!this.fixedCall) this.poll();
         break;
       case "summary":
-        $("summary-text").textContent = ev.text || "";
+        this.lastSummary = ev;
+        $("summary-text").textContent = local(ev, "text");
         $("summary").hidden = false;
+        this.scroll();
         if (ev.checklist) this.checklist(ev.checklist);
         if (ev.source === "llm") {
           clearTimeout(c.endTimer);
@@ -288,33 +317,54 @@ class AgentView {
       x.className = "dismiss";
       x.type = "button";
       x.textContent = "×";
-      x.addEventListener("click", () => { this.dismissed.add(ev.tipId); li.remove(); });
+      x.addEventListener("click", (e) => { e.stopPropagation(); this.dismissed.add(ev.tipId); li.remove(); this.orderTips(); });
+      li.addEventListener("click", () => { li.open = true; li.classList.remove("compact"); });
       li.append(text, src, x);
+      li.order = ++this.tipCount;
       $("tips").prepend(li);
     }
-    li.dataset.source = ev.source || "";
-    li.dataset.rule = ev.rule || "";
+    li.ev = ev;
     li.className = ["info", "warn", "critical"].includes(ev.severity) ? ev.severity : "info";
     li.classList.toggle("streaming", ev.final === false);
-    li.querySelector(".tip-text").textContent = ev.text || "";
-    li.querySelector(".dismiss").setAttribute("aria-label", t("tip.dismiss"));
-    this.tipSource(li);
+    this.tipWords(li);
+    this.orderTips();
     if (ev.final !== false && (ev.severity === "warn" || ev.severity === "critical")) {
       announce(ev.text || "", ev.severity === "critical");
     }
   }
-  tipSource(li) {
-    const src = li.querySelector(".tip-source");
-    if (!src) return;
-    src.textContent = li.dataset.source === "llm" ? t("tip.llm")
-      : t("tip.rules") + (li.dataset.rule ? ": " + li.dataset.rule : "");
+  // A tip's words in the UI's language: the text, and where it came from
+  // by title (never a rule's id).
+  tipWords(li) {
+    const ev = li.ev;
+    if (!ev) return;
+    li.querySelector(".tip-text").textContent = local(ev, "text");
+    // A rule's title; an older orchestrator sends only its id.
+    const title = local(ev, "title") || ev.rule || "";
+    li.querySelector(".tip-source").textContent = ev.source === "llm" ? t("tip.llm")
+      : t("tip.rules") + (title ? ": " + title : "");
+    li.querySelector(".dismiss").setAttribute("aria-label", t("tip.dismiss"));
+    li.title = t("tip.more");
+  }
+  // Critical tips first, then the rest, newest first; all but the newest
+  // two of each are compact (one line) until clicked.
+  orderTips() {
+    const ul = $("tips");
+    const rank = (li) => (li.classList.contains("critical") ? 0 : 1);
+    const items = [...ul.children].sort((a, b) => rank(a) - rank(b) || b.order - a.order);
+    const seen = [0, 0];
+    for (const li of items) {
+      const r = rank(li);
+      li.classList.toggle("compact", seen[r]++ >= 2 && !li.open);
+    }
+    ul.replaceChildren(...items);
   }
   checklist(items) {
+    this.lastChecklist = items;
     const ul = $("checklist");
     ul.replaceChildren(...items.map((i) => {
       const li = document.createElement("li");
       li.dataset.item = i.id;
-      li.textContent = i.label || i.id;
+      li.textContent = local(i, "label") || i.id;
       if (i.done) li.classList.add("done");
       else if (i.overdue) li.classList.add("overdue");
       li.setAttribute("aria-checked", i.done ? "true" : "false");
@@ -356,21 +406,56 @@ class SupervisorView {
     setInterval(() => this.tick(), 1000);
     this.start();
   }
-  relabel() { $("who").textContent = t("who.supervisor"); }
+  relabel() {
+    $("who").textContent = t("who.supervisor");
+    for (const row of this.rows.values()) this.render(row);
+  }
+  // Live first (so nothing falls between), then every active call's
+  // state so far: its latest tip, a critical one, its talk ratio.
   async start() {
-    try {
-      const { calls } = await api("/calls");
-      for (const c of calls) {
-        const row = this.row(c.callId);
-        row.agent = c.agent || ""; row.caller = c.caller || "";
-        row.started = c.startedAt ? Date.parse(c.startedAt) : null;
-        this.render(row);
-      }
-    } catch (e) {
-      if (e.auth) { showLogin(); return; }
-    }
     // Live from now on; after a blip, resumes by relay position.
-    this.feed = new Feed("callId=*", "pos", null, (ev) => this.handle(ev));
+    this.feed = new Feed("callId=*", "pos", null, (ev) => this.handle(ev, false));
+    let calls = [];
+    try {
+      ({ calls } = await api("/calls"));
+    } catch (e) {
+      if (e.auth) { this.feed.close(); showLogin(); }
+      return;
+    }
+    for (const c of calls) {
+      const row = this.row(c.callId);
+      row.agent = row.agent || c.agent || ""; row.caller = row.caller || c.caller || "";
+      row.started = row.started || (c.startedAt ? Date.parse(c.startedAt) : null);
+      this.render(row);
+    }
+    const queue = calls.slice();
+    const worker = async () => {
+      while (queue.length) {
+        const c = queue.shift();
+        await this.replay(c.callId, c.lastSeq);
+      }
+    };
+    // A few at a time: a floor of 200 calls must not open 200 sockets.
+    await Promise.all([worker(), worker(), worker(), worker()]);
+  }
+  // Reads one call's events up to `upTo` (its lastSeq when listed), then
+  // closes; bounded by 10 s.
+  replay(id, upTo) {
+    return new Promise((resolve) => {
+      let q = "callId=" + encodeURIComponent(id) + "&since=0";
+      if (token) q += "&token=" + encodeURIComponent(token);
+      const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws?" + q);
+      let timer = null;
+      const done = () => { clearTimeout(timer); ws.onclose = null; ws.close(); resolve(); };
+      timer = setTimeout(done, 10000);
+      ws.onmessage = (m) => {
+        let ev;
+        try { ev = JSON.parse(m.data); } catch { return; }
+        this.handle(ev, true);
+        if (typeof ev.seq === "number" && ev.seq >= upTo) done();
+      };
+      ws.onclose = done;
+    });
   }
   row(id) {
     let row = this.rows.get(id);
@@ -384,16 +469,18 @@ class SupervisorView {
       location.href = "?" + q;
     });
     $("sup-calls").append(tr);
-    row = { id, tr, agent: "", caller: "", started: null, ratio: null, silence: null, tip: "", alert: false, ended: false };
+    row = { id, tr, agent: "", caller: "", started: null, ratio: null, silence: null, tipEv: null, tipSeq: 0, metricsSeq: 0, alert: false, ended: false };
     this.rows.set(id, row);
     $("sup-empty").hidden = true;
     return row;
   }
-  handle(ev) {
+  // `past`: from a catch-up replay, where only what is still true counts
+  // (the newest tip, a critical one, the ratio), never as live news.
+  handle(ev, past) {
     if (!ev.callId) return;
     if (ev.type === "call.ended") {
       const row = this.rows.get(ev.callId);
-      if (!row) return;
+      if (!row || row.ended) return;
       row.ended = true;
       this.render(row);
       setTimeout(() => {
@@ -404,24 +491,30 @@ class SupervisorView {
       return;
     }
     if (ev.type === "summary") return;
+    if (past && !this.rows.has(ev.callId)) return;
     const row = this.row(ev.callId);
+    const seq = typeof ev.seq === "number" ? ev.seq : 0;
     switch (ev.type) {
       case "call.started":
         row.agent = ev.agent || ""; row.caller = ev.caller || "";
         row.started = Date.parse(ev.ts) || Date.now();
         break;
       case "metrics":
+        if (seq && seq < row.metricsSeq) break;
+        row.metricsSeq = seq;
         if (typeof ev.agentTalkRatio === "number") row.ratio = ev.agentTalkRatio;
-        if (typeof ev.silenceMs === "number") row.silence = { ms: ev.silenceMs, at: Date.now() };
+        if (typeof ev.silenceMs === "number" && !past) row.silence = { ms: ev.silenceMs, at: Date.now() };
         if (!row.started && typeof ev.callMs === "number") row.started = Date.now() - ev.callMs;
         break;
       case "transcript":
-        row.silence = { ms: 0, at: Date.now() };
+        if (!past) row.silence = { ms: 0, at: Date.now() };
         break;
       case "tip":
         if (ev.final === false) break;
-        row.tip = ev.text || "";
         if (ev.severity === "critical") row.alert = true;
+        if (seq && seq < row.tipSeq) break;
+        row.tipSeq = seq;
+        row.tipEv = ev;
         break;
     }
     this.render(row);
@@ -433,7 +526,7 @@ class SupervisorView {
     td[2].textContent = row.started ? fmtSecs(Date.now() - row.started) : "–";
     td[3].textContent = row.ratio === null ? "–" : Math.round(row.ratio * 100) + "%";
     td[4].textContent = row.silence && !row.ended ? ((row.silence.ms + Date.now() - row.silence.at) / 1000).toFixed(0) + " s" : "–";
-    td[5].textContent = row.tip;
+    td[5].textContent = row.tipEv ? local(row.tipEv, "text") : "";
     row.tr.classList.toggle("alert", row.alert);
     row.tr.classList.toggle("ended", row.ended);
   }
@@ -444,6 +537,8 @@ let view = null;
 
 function showLogin() {
   for (const id of ["agent", "supervisor", "start"]) $(id).hidden = true;
+  // Signing in is not a connection problem.
+  $("conn").hidden = true;
   $("login").hidden = false;
   if (token) $("login-error").textContent = t("login.bad");
   sessionStorage.removeItem("cc.token");
