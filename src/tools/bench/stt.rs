@@ -36,6 +36,38 @@ pub struct Options {
     /// Reference texts, `CLIP_FILE_NAME<TAB>text` per line, for WER.
     #[arg(long)]
     pub reference: Option<PathBuf>,
+    /// Busy neighbours: this many processes each spinning on one core for
+    /// the whole run, as a backup job or another service would.
+    #[arg(long, default_value_t = 0)]
+    pub neighbour: usize,
+}
+
+/// Processes spinning on one core each while it lives.
+struct Neighbours(Vec<std::process::Child>);
+
+impl Neighbours {
+    fn start(n: usize) -> anyhow::Result<Self> {
+        let mut kids = Vec::with_capacity(n);
+        for _ in 0..n {
+            kids.push(
+                std::process::Command::new("sh")
+                    .args(["-c", "while :; do :; done"])
+                    .stdin(std::process::Stdio::null())
+                    .spawn()
+                    .context("starting a busy neighbour (sh)")?,
+            );
+        }
+        Ok(Self(kids))
+    }
+}
+
+impl Drop for Neighbours {
+    fn drop(&mut self) {
+        for kid in &mut self.0 {
+            let _ = kid.kill();
+            let _ = kid.wait();
+        }
+    }
 }
 
 struct Clip {
@@ -98,13 +130,15 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     };
     let http = opts.url.replacen("ws://", "http://", 1);
     println!(
-        "stt {} | clips {} at {} Hz | speech {:.0}% | {} s per run",
+        "stt {} | clips {} at {} Hz | speech {:.0}% | {} s per run | {} busy neighbour(s)",
         opts.url,
         clips.len(),
         rate,
         opts.speech_ratio * 100.0,
-        opts.duration
+        opts.duration,
+        opts.neighbour
     );
+    let _neighbours = Neighbours::start(opts.neighbour)?;
     println!(
         "{:>6} {:>8} {:>8} {:>9} {:>9} {:>9} {:>12} {:>7} {:>9} {:>10} {:>7}",
         "calls",
