@@ -54,6 +54,11 @@ pub struct Settings {
     /// File holding the relay token. `RELAY_TOKEN_FILE`.
     pub relay_token_file: Option<PathBuf>,
     /// Transcriptions run at once (each with its own decoder state).
+    /// Default: one per core (at most 16), one thread each: whisper.cpp's
+    /// threads wait for each other by spinning, so a decode spread over
+    /// every core stalls whenever a neighbour takes one (measured: 2 calls
+    /// beside one busy process, p95 21.9 s with 1 worker x 2 threads,
+    /// 3.5 s with 2 x 1).
     pub workers: usize,
     /// CPU threads per transcription; 0 shares the machine's cores among
     /// the workers.
@@ -101,7 +106,7 @@ impl Default for Settings {
             relay_url: "http://127.0.0.1:7070/event".into(),
             relay_token: None,
             relay_token_file: None,
-            workers: 1,
+            workers: default_workers(),
             threads_per_worker: 0,
             beam: 1,
             min_audio_ctx: 256,
@@ -233,6 +238,11 @@ impl Settings {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         (cores / self.workers).max(1)
     }
+}
+
+/// One decoder per core, at most 16 (each holds its own state).
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(16))
 }
 
 /// `LANG` sets the call's language only when it is a bare language code,

@@ -4,7 +4,7 @@
 //! `{"type":"end"}` or closing the socket ends the stream: what is open is
 //! finalised and every final is delivered before the socket closes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -87,6 +87,9 @@ struct Utterances {
     with_partial: HashSet<u64>,
     /// The text of the last partial per utterance, to skip repeats.
     last_partial: Option<(u64, String)>,
+    /// Finals decoded before an earlier one of the stream (workers run
+    /// side by side), held so that finals go out in utterance order.
+    held: BTreeMap<u64, Done>,
 }
 
 pub(super) async fn run<S>(io: S, state: Arc<State>, params: StreamParams, stream_id: u64)
@@ -146,6 +149,7 @@ where
         finalised: HashSet::new(),
         with_partial: HashSet::new(),
         last_partial: None,
+        held: BTreeMap::new(),
     };
     let idle = Duration::from_secs(s.idle_timeout_secs.max(1));
     let mut last_audio = Instant::now();
@@ -187,7 +191,7 @@ where
             }
             done = replies.recv() => {
                 if let Some(done) = done {
-                    deliver(state, params, &mut utts, done, &mut tx).await;
+                    arrive(state, params, &mut utts, done, &mut tx).await;
                 }
             }
             msg = rx.next() => match msg {
@@ -239,13 +243,17 @@ where
     while !utts.finals_pending.is_empty() {
         match tokio::time::timeout_at(deadline.into(), replies.recv()).await {
             Ok(Some(done)) => {
-                deliver(state, params, &mut utts, done, &mut tx).await;
+                arrive(state, params, &mut utts, done, &mut tx).await;
             }
             _ => {
                 tracing::error!(
-                    left = utts.finals_pending.len(),
+                    left = utts.finals_pending.len() - utts.held.len(),
                     "finals still pending at the drain deadline"
                 );
+                // What is decoded still goes out, in order.
+                for (_, done) in std::mem::take(&mut utts.held) {
+                    deliver(state, params, &mut utts, done, &mut tx).await;
+                }
                 break;
             }
         }
@@ -256,6 +264,36 @@ where
     });
     let _ = tokio::time::timeout(Duration::from_secs(5), tx.send(Message::Close(frame))).await;
     Ok(())
+}
+
+/// A finished transcription comes back: partials go out at once, a final
+/// once every earlier final of the stream has gone out.
+async fn arrive<W>(
+    state: &State,
+    params: &StreamParams,
+    utts: &mut Utterances,
+    done: Done,
+    tx: &mut W,
+) where
+    W: futures_util::Sink<Message> + Unpin,
+{
+    if done.kind != Kind::Final {
+        deliver(state, params, utts, done, tx).await;
+        return;
+    }
+    utts.held.insert(done.utterance, done);
+    while let Some(&first) = utts.held.keys().next() {
+        let earlier_pending = utts
+            .finals_pending
+            .iter()
+            .any(|&p| p < first && !utts.held.contains_key(&p));
+        if earlier_pending {
+            break;
+        }
+        if let Some(done) = utts.held.remove(&first) {
+            deliver(state, params, utts, done, tx).await;
+        }
+    }
 }
 
 /// Turns a finished transcription into a `transcript` event, if it is one.
