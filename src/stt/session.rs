@@ -92,6 +92,31 @@ struct Utterances {
     held: BTreeMap<u64, Done>,
 }
 
+impl Utterances {
+    /// What may go out now that `done` came back, in order: a partial at
+    /// once, a final once every earlier final of the stream has gone out.
+    fn ready(&mut self, done: Done) -> Vec<Done> {
+        if done.kind != Kind::Final {
+            return vec![done];
+        }
+        self.held.insert(done.utterance, done);
+        let mut out = Vec::new();
+        while let Some(&first) = self.held.keys().next() {
+            // Still pending: asked for, not back, and not going out now.
+            let earlier_pending = self.finals_pending.iter().any(|&p| {
+                p < first
+                    && !self.held.contains_key(&p)
+                    && !out.iter().any(|d: &Done| d.utterance == p)
+            });
+            if earlier_pending {
+                break;
+            }
+            out.extend(self.held.remove(&first));
+        }
+        out
+    }
+}
+
 pub(super) async fn run<S>(io: S, state: Arc<State>, params: StreamParams, stream_id: u64)
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -190,8 +215,8 @@ where
                 break;
             }
             done = replies.recv() => {
-                if let Some(done) = done {
-                    arrive(state, params, &mut utts, done, &mut tx).await;
+                for done in done.map(|d| utts.ready(d)).unwrap_or_default() {
+                    deliver(state, params, &mut utts, done, &mut tx).await;
                 }
             }
             msg = rx.next() => match msg {
@@ -243,7 +268,9 @@ where
     while !utts.finals_pending.is_empty() {
         match tokio::time::timeout_at(deadline.into(), replies.recv()).await {
             Ok(Some(done)) => {
-                arrive(state, params, &mut utts, done, &mut tx).await;
+                for done in utts.ready(done) {
+                    deliver(state, params, &mut utts, done, &mut tx).await;
+                }
             }
             _ => {
                 tracing::error!(
@@ -264,36 +291,6 @@ where
     });
     let _ = tokio::time::timeout(Duration::from_secs(5), tx.send(Message::Close(frame))).await;
     Ok(())
-}
-
-/// A finished transcription comes back: partials go out at once, a final
-/// once every earlier final of the stream has gone out.
-async fn arrive<W>(
-    state: &State,
-    params: &StreamParams,
-    utts: &mut Utterances,
-    done: Done,
-    tx: &mut W,
-) where
-    W: futures_util::Sink<Message> + Unpin,
-{
-    if done.kind != Kind::Final {
-        deliver(state, params, utts, done, tx).await;
-        return;
-    }
-    utts.held.insert(done.utterance, done);
-    while let Some(&first) = utts.held.keys().next() {
-        let earlier_pending = utts
-            .finals_pending
-            .iter()
-            .any(|&p| p < first && !utts.held.contains_key(&p));
-        if earlier_pending {
-            break;
-        }
-        if let Some(done) = utts.held.remove(&first) {
-            deliver(state, params, utts, done, tx).await;
-        }
-    }
 }
 
 /// Turns a finished transcription into a `transcript` event, if it is one.
@@ -384,4 +381,41 @@ fn unique_tag(stream_id: u64) -> String {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     format!("{:x}", (nanos / 1000) ^ (stream_id << 40))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(utterance: u64, kind: Kind) -> Done {
+        Done {
+            utterance,
+            kind,
+            result: Err(String::new()),
+            decode: Duration::ZERO,
+            total: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn finals_go_out_in_utterance_order_partials_at_once() {
+        let mut u = Utterances {
+            prefix: String::new(),
+            spans: HashMap::new(),
+            finals_pending: [1, 2, 3].into_iter().collect(),
+            finalised: HashSet::new(),
+            with_partial: HashSet::new(),
+            last_partial: None,
+            held: BTreeMap::new(),
+        };
+        let order = |v: Vec<Done>| v.iter().map(|d| d.utterance).collect::<Vec<_>>();
+        // Final 3 decoded first (another worker): held.
+        assert!(u.ready(done(3, Kind::Final)).is_empty());
+        // A partial never waits.
+        assert_eq!(order(u.ready(done(4, Kind::Partial))), [4]);
+        // Final 2 waits for 1; 1 releases 1, 2 and 3 in order.
+        assert!(u.ready(done(2, Kind::Final)).is_empty());
+        assert_eq!(order(u.ready(done(1, Kind::Final))), [1, 2, 3]);
+        assert!(u.held.is_empty());
+    }
 }
