@@ -57,8 +57,8 @@ pub struct Settings {
     /// Default: one per core (at most 16), one thread each: whisper.cpp's
     /// threads wait for each other by spinning, so a decode spread over
     /// every core stalls whenever a neighbour takes one (measured: 2 calls
-    /// beside one busy process, p95 21.9 s with 1 worker x 2 threads,
-    /// 3.5 s with 2 x 1).
+    /// beside one busy process, p95 19.3 s with 1 worker x 2 threads,
+    /// 2.6 s with 2 x 1).
     pub workers: usize,
     /// CPU threads per transcription; 0 shares the machine's cores among
     /// the workers.
