@@ -160,7 +160,12 @@ pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Re
             )
         },
     ));
-    let mut printer = Printer::default();
+    let mut printer = Printer {
+        // The audio's timeline starts as the call starts playing (at real
+        // time only: --fast plays ten times faster).
+        audio_t0: (!opts.fast).then(Instant::now),
+        ..Printer::default()
+    };
     let mut play = Some(play);
     let mut ended_at: Option<Instant> = None;
     // With an LLM, its fuller summary follows the rules one: waited for
@@ -224,6 +229,7 @@ pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Re
     }
     printer.flush(true);
     println!();
+    printer.report_lag();
     println!(
         "Demo finished: {} transcripts ({} partial), {} tips, {} of {} checklist items, in {:.0} s.",
         printer.finals,
@@ -256,7 +262,14 @@ struct Printer {
     printed: HashSet<String>,
     /// Tips waiting for their utterance's final, with when they came.
     held: Vec<(Instant, crate::event::Tip)>,
+    /// When the call's audio started playing (real time only).
+    audio_t0: Option<Instant>,
+    /// How late each final came after its words ended, seconds.
+    lags: Vec<f64>,
 }
+
+/// Finals later than this after their words mean the machine did not keep up.
+const LATE_SECS: f64 = 5.0;
 
 /// How long a tip waits for its words' final line before it is printed
 /// anyway (stt behind, or the final filtered out).
@@ -275,6 +288,24 @@ fn print_tip(tip: &crate::event::Tip) {
 }
 
 impl Printer {
+    /// How far transcription lagged behind the words, and a plain warning
+    /// when this machine could not keep up.
+    fn report_lag(&self) {
+        if self.lags.is_empty() {
+            return;
+        }
+        let mut lags = self.lags.clone();
+        lags.sort_by(f64::total_cmp);
+        let (median, worst) = (lags[lags.len() / 2], lags[lags.len() - 1]);
+        println!("stt lag (end of words to transcript): median {median:.1} s, worst {worst:.1} s");
+        if worst > LATE_SECS {
+            println!(
+                "  This machine did not keep up: transcripts, and the tips they set off, came up to \
+                 {worst:.0} s late (another busy process? try a smaller model, or see stt.workers)."
+            );
+        }
+    }
+
     /// Prints the tips that waited too long for their words (all of them
     /// with `all`, at the end).
     fn flush(&mut self, all: bool) {
@@ -306,6 +337,10 @@ impl Printer {
                     "customer"
                 };
                 println!("[{}] {who}  {}", clock(t.start_ms), t.text);
+                if let Some(t0) = self.audio_t0 {
+                    self.lags
+                        .push(t0.elapsed().as_secs_f64() - t.end_ms as f64 / 1000.0);
+                }
                 self.printed.insert(t.utterance_id.clone());
                 let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
                     .into_iter()

@@ -68,4 +68,10 @@ fn the_demo_call_is_coached_end_to_end() {
     );
     assert!(out.contains("Summary (rules): Llamada de"), "{out}");
     assert!(out.contains("Call ended (demo-finished)"), "{out}");
+    // How late transcription ran is said (a loaded machine is warned about,
+    // which is not a failure).
+    assert!(
+        out.contains("stt lag (end of words to transcript): median "),
+        "{out}"
+    );
 }
