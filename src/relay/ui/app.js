@@ -105,6 +105,12 @@ async function api(path) {
   return r.json();
 }
 
+// The relay's /ws address for `query`, with the session's token.
+function wsUrl(query) {
+  const q = token ? query + "&token=" + encodeURIComponent(token) : query;
+  return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws?" + q;
+}
+
 // ---- a relay subscription that survives restarts and blips ----
 // key: "seq" for one call, "pos" for all calls; since=cursor on reconnect,
 // and anything at or below the cursor is skipped: no gap, no duplicate.
@@ -117,8 +123,7 @@ class Feed {
   url() {
     let q = this.query;
     if (this.cursor !== null && this.cursor !== undefined) q += "&since=" + this.cursor;
-    if (token) q += "&token=" + encodeURIComponent(token);
-    return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws?" + q;
+    return wsUrl(q);
   }
   open() {
     if (this.closed) return;
@@ -442,9 +447,7 @@ class SupervisorView {
   // closes; bounded by 10 s.
   replay(id, upTo) {
     return new Promise((resolve) => {
-      let q = "callId=" + encodeURIComponent(id) + "&since=0";
-      if (token) q += "&token=" + encodeURIComponent(token);
-      const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws?" + q);
+      const ws = new WebSocket(wsUrl("callId=" + encodeURIComponent(id) + "&since=0"));
       let timer = null;
       const done = () => { clearTimeout(timer); ws.onclose = null; ws.close(); resolve(); };
       timer = setTimeout(done, 10000);
