@@ -232,20 +232,24 @@ pub fn run_bin(argv0: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> (i3
 /// `scripts/test.sh` fills. A missing model fails the test with the
 /// command that installs it.
 pub fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("TEST_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let out = Command::new(BIN)
-                .arg("check-config")
-                .output()
-                .expect("call-coach check-config");
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .find_map(|l| l.strip_prefix("model_dir = \""))
-                .and_then(|rest| rest.split('"').next())
-                .map(PathBuf::from)
-                .expect("model_dir in check-config")
-        });
+    // Asked once per test run: many tests need it.
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        std::env::var_os("TEST_MODEL_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let out = Command::new(BIN)
+                    .arg("check-config")
+                    .output()
+                    .expect("call-coach check-config");
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .find_map(|l| l.strip_prefix("model_dir = \""))
+                    .and_then(|rest| rest.split('"').next())
+                    .map(PathBuf::from)
+                    .expect("model_dir in check-config")
+            })
+    });
     let model = dir.join("ggml-base-q8_0.bin");
     assert!(
         model.is_file(),
@@ -254,7 +258,7 @@ pub fn model_dir() -> PathBuf {
         model.display(),
         dir.display()
     );
-    dir
+    dir.clone()
 }
 
 /// The Spanish test recordings (Debian's asterisk-core-sounds-es-wav).
