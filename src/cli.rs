@@ -195,14 +195,24 @@ pub fn main() -> ExitCode {
         return ExitCode::from(EXIT_USAGE);
     };
     match command {
-        Command::Relay(common) => serve("relay", &common, |settings, shutdown| async move {
-            crate::relay::serve(&settings.relay, &settings.state_dir, shutdown).await
-        }),
+        Command::Relay(common) => serve(
+            "relay",
+            &common,
+            no_facts,
+            |settings, shutdown| async move {
+                crate::relay::serve(&settings.relay, &settings.state_dir, shutdown).await
+            },
+        ),
         Command::CheckConfig { common, service } => check_config(&common, service.as_deref()),
         Command::BenchRelay(opts) => run_tool("bench-relay", crate::tools::bench::relay::run(opts)),
-        Command::Stt(common) => serve("stt", &common, |settings, shutdown| async move {
-            crate::stt::serve(&settings.stt, &settings.model_dir(), shutdown).await
-        }),
+        Command::Stt(common) => serve(
+            "stt",
+            &common,
+            call_language,
+            |settings, shutdown| async move {
+                crate::stt::serve(&settings.stt, &settings.model_dir(), shutdown).await
+            },
+        ),
         Command::Model(cmd) => model_command(cmd),
         Command::Transcribe {
             common,
@@ -218,17 +228,28 @@ pub fn main() -> ExitCode {
         }
         Command::BenchStt(opts) => run_tool("bench-stt", crate::tools::bench::stt::run(opts)),
         Command::BenchE2e(opts) => run_tool("bench-e2e", crate::tools::bench::e2e::run(opts)),
-        Command::Rtp2ws(common) => serve("rtp2ws", &common, |settings, shutdown| async move {
-            crate::rtp2ws::serve(&settings.rtp2ws, shutdown).await
-        }),
-        Command::Orchestrator(common) => {
-            serve("orchestrator", &common, |settings, shutdown| async move {
+        Command::Rtp2ws(common) => serve(
+            "rtp2ws",
+            &common,
+            no_facts,
+            |settings, shutdown| async move { crate::rtp2ws::serve(&settings.rtp2ws, shutdown).await },
+        ),
+        Command::Orchestrator(common) => serve(
+            "orchestrator",
+            &common,
+            no_facts,
+            |settings, shutdown| async move {
                 crate::orchestrator::serve(&settings.orchestrator, shutdown).await
-            })
-        }
-        Command::AriCoach(common) => serve("ari-coach", &common, |settings, shutdown| async move {
-            crate::ari_coach::serve(&settings.ari_coach, shutdown).await
-        }),
+            },
+        ),
+        Command::AriCoach(common) => serve(
+            "ari-coach",
+            &common,
+            no_facts,
+            |settings, shutdown| async move {
+                crate::ari_coach::serve(&settings.ari_coach, shutdown).await
+            },
+        ),
         Command::Demo(opts) => {
             let loaded = match configure(None) {
                 Ok(l) => l,
@@ -271,10 +292,37 @@ fn load_config(common: &Common) -> Result<crate::config::Loaded, ExitCode> {
     configure(common.config.as_deref())
 }
 
+fn no_facts(_: &crate::config::Loaded) -> Vec<String> {
+    Vec::new()
+}
+
+/// stt's call language, and which setting chose it.
+fn call_language(loaded: &crate::config::Loaded) -> Vec<String> {
+    let s = &loaded.settings.stt;
+    vec![if s.detect_language {
+        format!(
+            "call language: detected by Whisper (stt.detect_language, from {})",
+            loaded.source_of("stt.detect_language")
+        )
+    } else {
+        format!(
+            "call language: {} (stt.language, from {})",
+            s.language,
+            loaded.source_of("stt.language")
+        )
+    }]
+}
+
 /// Runs a service: its settings loaded and checked, then the rest of
 /// `crate::lifecycle` around `service`, which is handed the settings and
-/// passes each service only its own section.
-fn serve<F, Fut, E>(name: &str, common: &Common, service: F) -> ExitCode
+/// passes each service only its own section. `facts` are what the
+/// service's log should say about its configuration at start.
+fn serve<F, Fut, E>(
+    name: &str,
+    common: &Common,
+    facts: fn(&crate::config::Loaded) -> Vec<String>,
+    service: F,
+) -> ExitCode
 where
     F: FnOnce(crate::config::Settings, tokio_util::sync::CancellationToken) -> Fut,
     Fut: std::future::Future<Output = Result<(), E>>,
@@ -284,25 +332,10 @@ where
         Ok(l) => l,
         Err(code) => return code,
     };
-    let mut notes = crate::lifecycle::Notes {
+    let notes = crate::lifecycle::Notes {
+        facts: facts(&loaded),
         warnings: loaded.notices.clone(),
-        ..Default::default()
     };
-    if name == "stt" {
-        let s = &loaded.settings.stt;
-        notes.facts.push(if s.detect_language {
-            format!(
-                "call language: detected by Whisper (stt.detect_language, from {})",
-                loaded.source_of("stt.detect_language")
-            )
-        } else {
-            format!(
-                "call language: {} (stt.language, from {})",
-                s.language,
-                loaded.source_of("stt.language")
-            )
-        });
-    }
     let settings = loaded.settings;
     let timeout = settings.shutdown_timeout();
     crate::lifecycle::run(name, timeout, notes, |shutdown| service(settings, shutdown))
