@@ -516,12 +516,24 @@ impl Call {
         }
     }
 
-    /// Removes everything the call created (gone pieces count as removed),
-    /// releases the legs, publishes `call.ended`.
+    /// Publishes `call.ended` at once (Asterisk said the call is over; the
+    /// last words still being transcribed follow it, and a SIGTERM now
+    /// still flushes it), then removes everything the call created (gone
+    /// pieces count as removed) and releases the legs, which waits for
+    /// rtp2ws to hand stt the last audio.
     async fn teardown(&mut self, reason: &str) {
         let ari = self.ctx.ari.clone();
         let call = self.id.clone();
         tracing::info!(call, reason, "call ended");
+        self.ctx.stats.call_ended(reason);
+        let answered = self.answered_at.is_some();
+        self.ctx.publish(Event::CallEnded(CallEnded {
+            answered: Some(answered),
+            duration_ms: self.answered_at.map(|at| at.elapsed().as_millis() as u64),
+            caller: (!answered).then(|| self.caller.clone()),
+            agent: (!answered).then(|| self.agent_endpoint.clone()),
+            ..CallEnded::new(call.clone(), reason)
+        }));
         if self.owns_parties() {
             let agent = self.agent.clone().unwrap_or_else(|| names::agent(&call));
             let (a, b) = tokio::join!(ari.hangup(&self.customer), ari.hangup(&agent));
@@ -553,15 +565,6 @@ impl Call {
         {
             tracing::warn!(call, "unsubscribing failed: {e}");
         }
-        self.ctx.stats.call_ended(reason);
-        let answered = self.answered_at.is_some();
-        self.ctx.publish(Event::CallEnded(CallEnded {
-            answered: Some(answered),
-            duration_ms: self.answered_at.map(|at| at.elapsed().as_millis() as u64),
-            caller: (!answered).then(|| self.caller.clone()),
-            agent: (!answered).then(|| self.agent_endpoint.clone()),
-            ..CallEnded::new(call, reason)
-        }));
     }
 }
 

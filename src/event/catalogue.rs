@@ -85,6 +85,10 @@ pub enum Event {
     CallTap(CallTap),
     #[serde(rename = "transcript")]
     Transcript(Transcript),
+    /// Extension: a party started speaking (stt's voice detection, in real
+    /// time, however far transcription lags).
+    #[serde(rename = "speech")]
+    Speech(Speech),
     #[serde(rename = "tip")]
     Tip(Tip),
     #[serde(rename = "checklist")]
@@ -107,6 +111,7 @@ impl Event {
             Event::CallEnded(_) => "call.ended",
             Event::CallTap(_) => "call.tap",
             Event::Transcript(_) => "transcript",
+            Event::Speech(_) => "speech",
             Event::Tip(_) => "tip",
             Event::Checklist(_) => "checklist",
             Event::Metrics(_) => "metrics",
@@ -122,6 +127,7 @@ impl Event {
             Event::CallEnded(e) => &e.call_id,
             Event::CallTap(e) => &e.call_id,
             Event::Transcript(e) => &e.call_id,
+            Event::Speech(e) => &e.call_id,
             Event::Tip(e) => &e.call_id,
             Event::Checklist(e) => &e.call_id,
             Event::Metrics(e) => &e.call_id,
@@ -244,9 +250,35 @@ pub struct Transcript {
     pub start_ms: u64,
     #[serde(default)]
     pub end_ms: u64,
-    /// Extension: from the audio's arrival to this event, in stt.
+    /// Extension: from the decode request to the result, inside stt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<u64>,
+    /// Extension: how far behind the audio this event is: from the arrival
+    /// at stt of the audio at `endMs` to this event leaving stt (for a
+    /// final, the end-of-speech wait included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_ms: Option<u64>,
+    /// Extension, finals only: why this utterance has no words although
+    /// someone spoke (`overload`: stt gave up on it, too far behind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap: Option<String>,
+}
+
+/// Extension: a party started speaking. stt sends it as soon as its voice
+/// detection is sure (a fraction of a second into the utterance), before
+/// and independently of any transcription; the final `transcript` with the
+/// same `utteranceId` closes the utterance (an empty final when the sound
+/// turned out not to be speech). Consumers use it to tell silence from
+/// speech not yet transcribed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Speech {
+    pub call_id: String,
+    pub speaker: Speaker,
+    pub utterance_id: String,
+    /// From the start of that leg's audio.
+    #[serde(default)]
+    pub start_ms: u64,
 }
 
 /// Coaching for the agent; LLM tips stream (same `tipId`, `final` last).

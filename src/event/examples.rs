@@ -28,6 +28,11 @@ pub const EXAMPLES: &[(&str, &str)] = &[
         include_str!("../../tests/events/transcript.json"),
     ),
     (
+        "transcript.gap",
+        include_str!("../../tests/events/transcript.gap.json"),
+    ),
+    ("speech", include_str!("../../tests/events/speech.json")),
+    (
         "tip.rules",
         include_str!("../../tests/events/tip.rules.json"),
     ),

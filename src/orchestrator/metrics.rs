@@ -7,17 +7,19 @@
 //!   `agentTalkRatio2m` the same over the last two minutes of the timeline.
 //! - `agentWpm`, `customerWpm`: words of final transcripts per minute of
 //!   that speaker's own speech (speaking rate, not per minute of call).
-//! - `silenceMs`: wall-clock time since the transcript that reached furthest
-//!   on the timeline arrived (partials included, so it stays near zero while
-//!   anyone speaks). It runs about half a second short of the real gap: a
-//!   final arrives that long after its speech ended.
+//! - `silenceMs`: on the audio timeline, never from when transcripts
+//!   arrive (stt may lag by seconds): zero while an utterance is open (its
+//!   `speech` event or a partial came, its final not yet); else the call's
+//!   time now, on the audio's clock, less the furthest `endMs` heard. The
+//!   audio's clock is the call's (from `call.started`) less the legs' late
+//!   start, learnt from the `speech` events, which stt sends in real time.
 //! - `overtalkMs`: time both parties spoke at once (overlap of their
 //!   utterances).
 //! - `longestAgentMonologueMs`: the longest stretch of agent speech with no
 //!   customer speech and no pause over 2 s.
 //! - `customerQuestions`: customer final utterances with a question mark.
 
-use std::time::Instant;
+use std::collections::HashMap;
 
 use crate::event::Figures;
 
@@ -25,6 +27,9 @@ use crate::event::Figures;
 const MONOLOGUE_GAP_MS: u64 = 2_000;
 /// The window of the recent talk ratio.
 const RECENT_MS: u64 = 120_000;
+/// An utterance open this long with no final is taken as lost (stt gone):
+/// it stops holding the silence at zero.
+const OPEN_EXPIRY_MS: u64 = 60_000;
 
 #[derive(Debug, Clone, PartialEq)]
 struct Span {
@@ -43,27 +48,45 @@ pub struct CallMetrics {
     /// Time both spoke at once, kept as finals arrive so a snapshot (every
     /// few seconds for every call) does not compare every pair again.
     overtalk_ms: u64,
-    /// Furthest `endMs` seen (partials included), and when it arrived.
+    /// Furthest `endMs` seen (partials included).
     timeline_end: u64,
-    last_arrival: Option<Instant>,
+    /// Utterances begun and not finished: id -> call time it was heard of.
+    open: HashMap<String, u64>,
+    /// How far the legs' audio started after the call (ms), once known.
+    audio_offset: Option<u64>,
 }
 
 impl CallMetrics {
+    /// Someone started speaking (a `speech` event): `start_ms` on the audio
+    /// timeline, `call_ms` the call's time now.
+    pub fn speech(&mut self, utterance: &str, start_ms: u64, call_ms: u64) {
+        self.open.insert(utterance.to_owned(), call_ms);
+        // The event left stt in real time, a little after `start_ms`: the
+        // smallest difference seen is the legs' late start (slightly less,
+        // so silence is never overstated).
+        let offset = call_ms.saturating_sub(start_ms);
+        self.audio_offset = Some(self.audio_offset.map_or(offset, |o| o.min(offset)));
+    }
+
     /// Takes note of a transcript (partial or final).
+    #[allow(clippy::too_many_arguments)]
     pub fn transcript(
         &mut self,
         agent: bool,
         text: &str,
+        utterance: &str,
         start_ms: u64,
         end_ms: u64,
         is_final: bool,
-        at: Instant,
+        call_ms: u64,
     ) {
-        if end_ms >= self.timeline_end {
-            self.timeline_end = end_ms;
-            self.last_arrival = Some(at);
+        self.timeline_end = self.timeline_end.max(end_ms);
+        if is_final {
+            self.open.remove(utterance);
+        } else {
+            self.open.entry(utterance.to_owned()).or_insert(call_ms);
         }
-        if !is_final || end_ms <= start_ms {
+        if !is_final || end_ms <= start_ms || text.trim().is_empty() {
             return;
         }
         self.overtalk_ms += self
@@ -88,7 +111,16 @@ impl CallMetrics {
         }
     }
 
-    pub fn snapshot(&self, now: Instant) -> Figures {
+    /// Utterances begun whose final has not come (and not given up on).
+    pub fn open_utterances(&self, call_ms: u64) -> usize {
+        self.open
+            .values()
+            .filter(|&&at| call_ms.saturating_sub(at) < OPEN_EXPIRY_MS)
+            .count()
+    }
+
+    /// The figures at `call_ms` into the call.
+    pub fn snapshot(&self, call_ms: u64) -> Figures {
         let speech = |agent: bool, from: u64| -> u64 {
             self.finals
                 .iter()
@@ -112,9 +144,14 @@ impl CallMetrics {
                 words as f64 * 60_000.0 / ms as f64
             }
         };
-        let silence_ms = self
-            .last_arrival
-            .map_or(0, |t| now.saturating_duration_since(t).as_millis() as u64);
+        let heard_anything = self.timeline_end > 0 || !self.open.is_empty();
+        let silence_ms = if !heard_anything || self.open_utterances(call_ms) > 0 {
+            0
+        } else {
+            call_ms
+                .saturating_sub(self.audio_offset.unwrap_or(0))
+                .saturating_sub(self.timeline_end)
+        };
         Figures {
             agent_talk_ratio: round3(ratio(agent_ms, customer_ms)),
             agent_talk_ratio_2m: round3(ratio(
@@ -167,28 +204,30 @@ fn round3(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn a_scripted_call() {
-        let t0 = Instant::now();
         let mut m = CallMetrics::default();
         // Agent 0-10 s (20 words), customer 9-14 s (10 words, a question),
         // agent 15-20 s and 21-30 s (monologue 15-30 s).
-        m.transcript(true, &"palabra ".repeat(20), 0, 10_000, true, t0);
+        m.transcript(true, &"palabra ".repeat(20), "a1", 0, 10_000, true, 10_500);
         m.transcript(
             false,
             &format!("{} ¿cuánto cuesta?", "palabra ".repeat(8)),
+            "c1",
             9_000,
             14_000,
             true,
-            t0,
+            14_500,
         );
-        m.transcript(true, "uno dos tres", 15_000, 20_000, true, t0);
-        m.transcript(true, "cuatro cinco", 21_000, 30_000, true, t0);
-        // A partial of the customer that ends later than everything.
-        m.transcript(false, "y", 31_000, 32_000, false, t0);
-        let s = m.snapshot(t0 + Duration::from_millis(1_500));
+        m.transcript(true, "uno dos tres", "a2", 15_000, 20_000, true, 20_500);
+        m.transcript(true, "cuatro cinco", "a3", 21_000, 30_000, true, 30_500);
+        // A partial of the customer that ends later than everything, then
+        // its (empty) final: the utterance was noise.
+        m.transcript(false, "y", "c2", 31_000, 32_000, false, 32_300);
+        assert_eq!(m.snapshot(32_400).silence_ms, 0, "open utterance");
+        m.transcript(false, "", "c2", 31_000, 32_000, true, 32_500);
+        let s = m.snapshot(33_500);
         assert_eq!(s.agent_speech_ms, 24_000);
         assert_eq!(s.customer_speech_ms, 5_000);
         assert_eq!(s.agent_talk_ratio, round3(24.0 / 29.0));
@@ -202,12 +241,11 @@ mod tests {
 
     #[test]
     fn recent_ratio_looks_at_the_last_two_minutes() {
-        let t0 = Instant::now();
         let mut m = CallMetrics::default();
-        m.transcript(true, "hola", 0, 100_000, true, t0);
-        m.transcript(false, "hola", 130_000, 190_000, true, t0);
-        m.transcript(true, "vale", 190_000, 200_000, true, t0);
-        let s = m.snapshot(t0);
+        m.transcript(true, "hola", "a1", 0, 100_000, true, 0);
+        m.transcript(false, "hola", "c1", 130_000, 190_000, true, 0);
+        m.transcript(true, "vale", "a2", 190_000, 200_000, true, 0);
+        let s = m.snapshot(200_000);
         // Window 80-200 s: agent 20 + 10 s, customer 60 s.
         assert_eq!(s.agent_talk_ratio_2m, round3(30.0 / 90.0));
         assert_eq!(s.agent_talk_ratio, round3(110.0 / 170.0));
@@ -215,10 +253,32 @@ mod tests {
 
     #[test]
     fn nothing_yet_is_all_zero() {
-        let s = CallMetrics::default().snapshot(Instant::now());
+        let s = CallMetrics::default().snapshot(9_000);
         assert_eq!(
             (s.agent_talk_ratio, s.silence_ms, s.agent_wpm),
             (0.0, 0, 0.0)
         );
+    }
+
+    #[test]
+    fn transcripts_that_lag_do_not_look_like_silence() {
+        let mut m = CallMetrics::default();
+        // The legs start 1 s into the call. The customer speaks 2-12 s of
+        // audio (3-13 s of the call); stt is 20 s behind.
+        m.speech("c1", 2_000, 3_300);
+        for call_ms in [5_000, 12_000, 20_000, 30_000] {
+            assert_eq!(m.snapshot(call_ms).silence_ms, 0, "at {call_ms}");
+        }
+        // The final comes 20 s late: the silence since 12 s of audio is
+        // real, and counted from there, not from the final's arrival.
+        m.transcript(false, "hola buenas", "c1", 2_000, 12_000, true, 32_000);
+        let s = m.snapshot(33_000);
+        assert_eq!(s.silence_ms, 33_000 - 1_300 - 12_000);
+        // Someone speaks again: silence is zero at once, before any words.
+        m.speech("a1", 22_500, 24_000 + 10_000);
+        assert_eq!(m.snapshot(35_000).silence_ms, 0);
+        // A start never finished (stt died) stops counting after a minute.
+        assert_eq!(m.open_utterances(34_000), 1);
+        assert_eq!(m.open_utterances(34_000 + OPEN_EXPIRY_MS), 0);
     }
 }

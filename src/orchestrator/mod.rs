@@ -56,6 +56,9 @@ pub struct Settings {
     /// A call with no events for this long is summarised and forgotten
     /// (its `call.ended` was lost), in seconds.
     pub idle_call_secs: u64,
+    /// After `call.ended`, how long the summary waits for the finals of
+    /// utterances still being transcribed (stt may lag), in seconds.
+    pub end_grace_secs: u64,
     /// Language of the LLM prompt (`es`, `en`).
     pub language: String,
     /// An LLM request that takes longer fails, in seconds.
@@ -157,6 +160,7 @@ impl Default for Settings {
             rules_mode: RulesMode::Replace,
             metrics_every_secs: 5,
             idle_call_secs: 600,
+            end_grace_secs: 15,
             language: "es".into(),
             llm_timeout_secs: 20,
             llm_debounce_ms: 1500,

@@ -544,7 +544,7 @@ mod tests {
             5_000,
         );
         assert!(changed);
-        let m = super::super::metrics::CallMetrics::default().snapshot(std::time::Instant::now());
+        let m = super::super::metrics::CallMetrics::default().snapshot(0);
         let (tips, changed) = c.tick(&set, &m, 130_000);
         let rules: Vec<String> = tips.iter().map(|f| f.rule.clone()).collect();
         assert!(
@@ -569,8 +569,7 @@ mod tests {
     fn dead_air_and_monologue_rules() {
         let set = RuleSet::default_set();
         let mut c = CallRules::default();
-        let mut m =
-            super::super::metrics::CallMetrics::default().snapshot(std::time::Instant::now());
+        let mut m = super::super::metrics::CallMetrics::default().snapshot(0);
         m.silence_ms = 9_000;
         m.longest_agent_monologue_ms = 50_000;
         let rules: Vec<String> = c

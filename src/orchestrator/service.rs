@@ -1,6 +1,10 @@
 //! The orchestrator's loop: follow the relay (every call, or one), keep
 //! each call's metrics and rules state, publish what they produce, and
 //! summarise each call when it ends.
+//!
+//! A call's end does not wait for stt, so finals can follow `call.ended`:
+//! the call is kept, ending, until every utterance begun has its final (or
+//! `end_grace_secs` passed), and summarised then with all its words.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -13,7 +17,7 @@ use super::metrics::CallMetrics;
 use super::rules::{self, CallRules, Fired, RuleSet, RulesError};
 use super::{RulesMode, Settings};
 use crate::event::{
-    CallEnded, CallStarted, Checklist, Event, Figures, Localized, Metrics, Source, Speaker,
+    CallEnded, CallStarted, Checklist, Event, Figures, Localized, Metrics, Source, Speaker, Speech,
     Summary, Tip, Transcript,
 };
 use crate::relay_client::{PublishStats, Publisher, Scope, Subscription};
@@ -49,6 +53,8 @@ struct Call {
     /// When the LLM should be asked (after the debounce), and when it last was.
     llm_due: Option<Instant>,
     llm_last: Option<Instant>,
+    /// `call.ended` came (when, and its reason): waiting for late finals.
+    ending: Option<(Instant, String)>,
 }
 
 /// Final utterances kept for the LLM prompt.
@@ -67,11 +73,23 @@ impl Call {
             recent: std::collections::VecDeque::new(),
             llm_due: None,
             llm_last: None,
+            ending: None,
         }
     }
 
+    /// The call's time: since it started, up to its end once it ended.
     fn elapsed_ms(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.started).as_millis() as u64
+        let until = self.ending.as_ref().map_or(now, |(at, _)| (*at).min(now));
+        until.saturating_duration_since(self.started).as_millis() as u64
+    }
+
+    /// Ended, and nothing more to wait for: every utterance begun has its
+    /// final, or the grace period is over.
+    fn ready_to_finish(&self, now: Instant, grace: Duration) -> bool {
+        self.ending.as_ref().is_some_and(|(at, _)| {
+            self.metrics.open_utterances(self.elapsed_ms(now)) == 0
+                || now.saturating_duration_since(*at) >= grace
+        })
     }
 }
 
@@ -269,11 +287,29 @@ fn handle(
             call_id, reason, ..
         }) => {
             ended.insert(call_id);
-            if let Some(call) = calls.remove(call_id) {
-                finish(call_id, call, reason, rules, publisher);
+            if let Some(call) = calls.get_mut(call_id)
+                && call.ending.is_none()
+            {
+                call.ending = Some((now, reason.clone()));
             }
+            finish_if_ready(calls, call_id, rules, publisher, s);
         }
-        Event::Transcript(t) if ended.set.contains(&t.call_id) => {}
+        // Words of a call already summarised: too late.
+        Event::Transcript(_) | Event::Speech(_)
+            if ended.set.contains(event.call_id()) && !calls.contains_key(event.call_id()) => {}
+        Event::Speech(Speech {
+            call_id,
+            utterance_id,
+            start_ms,
+            ..
+        }) => {
+            let call = calls
+                .entry(call_id.clone())
+                .or_insert_with(|| Call::new(now));
+            call.last_event = now;
+            let at = call.elapsed_ms(now);
+            call.metrics.speech(utterance_id, *start_ms, at);
+        }
         Event::Transcript(t) => {
             let Transcript {
                 call_id,
@@ -290,9 +326,21 @@ fn handle(
                 .or_insert_with(|| Call::new(now));
             call.last_event = now;
             let agent = *speaker == Speaker::Agent;
-            call.metrics
-                .transcript(agent, text, *start_ms, *end_ms, *is_final, now);
             let at = call.elapsed_ms(now);
+            call.metrics
+                .transcript(agent, text, utterance_id, *start_ms, *end_ms, *is_final, at);
+            if call.ending.is_some() {
+                // A late final of an ended call: it counts in the summary,
+                // coaches no one.
+                if *is_final && !text.trim().is_empty() {
+                    call.recent.push_back((agent, text.to_owned()));
+                    if call.recent.len() > RECENT_UTTERANCES {
+                        call.recent.pop_front();
+                    }
+                }
+                finish_if_ready(calls, call_id, rules, publisher, s);
+                return;
+            }
             let (fired, changed) = call.rules.transcript(rules, agent, text, utterance_id, at);
             publish_tips(call_id, call, fired, Some(utterance_id), publisher);
             if changed {
@@ -313,8 +361,39 @@ fn handle(
     }
 }
 
+/// Summarises an ended call once it is ready (see [`Call::ready_to_finish`]).
+fn finish_if_ready(
+    calls: &mut HashMap<String, Call>,
+    call_id: &str,
+    rules: &RuleSet,
+    publisher: &Out,
+    s: &Settings,
+) {
+    let grace = Duration::from_secs(s.end_grace_secs);
+    if calls
+        .get(call_id)
+        .is_some_and(|c| c.ready_to_finish(Instant::now(), grace))
+        && let Some(call) = calls.remove(call_id)
+    {
+        let reason = call
+            .ending
+            .as_ref()
+            .map(|(_, r)| r.clone())
+            .unwrap_or_default();
+        finish(call_id, call, &reason, rules, publisher);
+    }
+}
+
 fn tick_all(calls: &mut HashMap<String, Call>, rules: &RuleSet, publisher: &Out, s: &Settings) {
     let now = Instant::now();
+    let ending: Vec<String> = calls
+        .iter()
+        .filter(|(_, c)| c.ending.is_some())
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in ending {
+        finish_if_ready(calls, &id, rules, publisher, s);
+    }
     let idle = Duration::from_secs(s.idle_call_secs.max(1));
     let stale: Vec<String> = calls
         .iter()
@@ -332,9 +411,9 @@ fn tick_all(calls: &mut HashMap<String, Call>, rules: &RuleSet, publisher: &Out,
             );
         }
     }
-    for (id, call) in calls.iter_mut() {
-        let snapshot = call.metrics.snapshot(now);
+    for (id, call) in calls.iter_mut().filter(|(_, c)| c.ending.is_none()) {
         let at = call.elapsed_ms(now);
+        let snapshot = call.metrics.snapshot(at);
         publisher.metrics(metrics_event(id, &snapshot, at));
         let (fired, changed) = call.rules.tick(rules, &snapshot, at);
         publish_tips(id, call, fired, None, publisher);
@@ -362,7 +441,7 @@ fn ask_llm(calls: &mut HashMap<String, Call>, coach: &LlmCoach, s: &Settings) {
         call.tips += 1;
         let transcript: Vec<(bool, String)> = call.recent.iter().cloned().collect();
         let fired: Vec<String> = call.fired.keys().cloned().collect();
-        let metrics = call.metrics.snapshot(now);
+        let metrics = call.metrics.snapshot(call.elapsed_ms(now));
         coach.request(llm::Job {
             call_id: id.clone(),
             kind: llm::JobKind::Tip {
@@ -507,8 +586,8 @@ fn summary_texts(
 /// Publishes the last metrics and the summary of a call.
 fn finish(call_id: &str, call: Call, reason: &str, rules: &RuleSet, publisher: &Out) {
     let now = Instant::now();
-    let m = call.metrics.snapshot(now);
     let duration_ms = call.elapsed_ms(now);
+    let m = call.metrics.snapshot(duration_ms);
     publisher.metrics(metrics_event(call_id, &m, duration_ms));
     let checklist = call.rules.checklist(rules);
     let (es, en) = summary_texts(&call, &checklist, reason, duration_ms, &m, rules);

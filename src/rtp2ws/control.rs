@@ -286,7 +286,7 @@ fn metrics(state: &State) -> String {
     let mut o = String::new();
     let legs = state.legs().len();
     crate::telemetry::prometheus(&mut o, "rtp2ws_streams", "gauge", "Call legs open.", legs);
-    let rows: [(&str, &str, &AtomicU64); 10] = [
+    let rows: [(&str, &str, &AtomicU64); 11] = [
         ("rtp2ws_packets_total", "RTP packets accepted.", &t.packets),
         (
             "rtp2ws_lost_packets_total",
@@ -332,6 +332,11 @@ fn metrics(state: &State) -> String {
             "rtp2ws_stt_reconnects_total",
             "Reconnections to stt.",
             &t.reconnects,
+        ),
+        (
+            "rtp2ws_stt_refused_total",
+            "Connections stt refused (503: at capacity, behind, or stopping); each is retried.",
+            &t.refused,
         ),
     ];
     for (name, help, v) in rows {

@@ -3,8 +3,10 @@
 //!
 //! The stt side runs in a task of its own with a bounded buffer: while stt
 //! is down or restarting, audio waits (up to `buffer_secs`) and the task
-//! reconnects with backoff; older audio is dropped and counted. Nothing on
-//! the stt side can stall the UDP side, or any other leg.
+//! reconnects with backoff; older audio is dropped and counted. A stt that
+//! refuses the stream (503: at capacity or behind) is retried the same way,
+//! no sooner than its `Retry-After`, and counted. Nothing on the stt side
+//! can stall the UDP side, or any other leg.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -37,6 +39,8 @@ pub struct Counters {
     /// Milliseconds of audio dropped because stt was away too long.
     pub dropped_ms: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Connections stt refused at the handshake (503), each retried.
+    pub refused: AtomicU64,
 }
 
 /// Bumps a counter of the leg and the same one of the service.
@@ -260,8 +264,18 @@ async fn send_to_stt(
                 if outbox.closed.load(Ordering::Acquire) && outbox.lock().is_empty() {
                     return;
                 }
-                tracing::warn!(error = %e, %url, "stt unreachable; retrying");
-                tokio::time::sleep(backoff).await;
+                let wait = match refusal(&e) {
+                    Some((why, retry_after)) => {
+                        bump(&pair, |c| &c.refused, 1);
+                        tracing::warn!(%url, reason = %why, "stt refused the stream; retrying");
+                        backoff.max(retry_after)
+                    }
+                    None => {
+                        tracing::warn!(error = %e, %url, "stt unreachable; retrying");
+                        backoff
+                    }
+                };
+                tokio::time::sleep(wait).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }
@@ -324,6 +338,29 @@ async fn send_to_stt(
             }
         }
     }
+}
+
+/// A refusal at the handshake (HTTP 503): stt's reason, and how long it
+/// asks the caller to wait (`Retry-After`, at most 30 s).
+fn refusal(e: &tokio_tungstenite::tungstenite::Error) -> Option<(String, Duration)> {
+    let tokio_tungstenite::tungstenite::Error::Http(resp) = e else {
+        return None;
+    };
+    if resp.status() != 503 {
+        return None;
+    }
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+        .map_or(Duration::from_secs(1), |s| Duration::from_secs(s.min(30)));
+    let why = resp
+        .body()
+        .as_deref()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| "503".into());
+    Some((why, retry_after))
 }
 
 #[cfg(test)]

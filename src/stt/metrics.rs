@@ -27,10 +27,24 @@ pub struct Metrics {
     /// The relay publisher's own counters.
     pub publish: std::sync::Arc<crate::relay_client::PublishStats>,
     pub rejected_streams: Counter,
+    /// Streams refused at the handshake because stt was full or behind.
+    pub refused_capacity: Counter,
+    pub refused_behind: Counter,
+    /// Finals decoded the cheap way because they waited past `behind_ms`.
+    pub finals_hurried: Counter,
+    /// Finals not decoded: they waited past `give_up_secs`.
+    pub finals_given_up: Counter,
+}
+
+/// The capacity figures of the moment, rendered with the rest.
+pub struct Load {
+    pub capacity: usize,
+    pub load_per_stream: f64,
+    pub oldest_final_wait: std::time::Duration,
 }
 
 impl Metrics {
-    pub fn render(&self) -> String {
+    pub fn render(&self, load: &Load) -> String {
         let mut o = String::new();
         let mut put = |name: &str, kind: &str, help: &str, v: String| {
             crate::telemetry::prometheus(&mut o, name, kind, help, v);
@@ -51,8 +65,56 @@ impl Metrics {
         put(
             "stt_streams_rejected_total",
             "counter",
-            "Audio streams refused (bad parameters, too many).",
+            "Audio streams refused for bad parameters, over stt.max_streams, or while shutting down.",
             self.rejected_streams.get().to_string(),
+        );
+        put(
+            "stt_streams_refused_total",
+            "counter",
+            "Audio streams refused at the handshake because stt was at capacity.",
+            self.refused_capacity.get().to_string(),
+        );
+        put(
+            "stt_streams_refused_behind_total",
+            "counter",
+            "Audio streams refused at the handshake because stt was behind (the oldest final waited past stt.behind_ms).",
+            self.refused_behind.get().to_string(),
+        );
+        put(
+            "stt_capacity_streams",
+            "gauge",
+            "Streams stt can carry now (measured; see /capacity).",
+            load.capacity.to_string(),
+        );
+        put(
+            "stt_headroom_streams",
+            "gauge",
+            "Streams stt can still take: capacity minus streams.",
+            (load.capacity as i64 - self.streams.load(Ordering::Relaxed)).to_string(),
+        );
+        put(
+            "stt_load_per_stream",
+            "gauge",
+            "Worker seconds spent on finals per second of one stream's audio (last minute).",
+            format!("{:.4}", load.load_per_stream),
+        );
+        put(
+            "stt_lag_seconds",
+            "gauge",
+            "How long the oldest waiting final has waited.",
+            format!("{:.3}", load.oldest_final_wait.as_secs_f64()),
+        );
+        put(
+            "stt_finals_hurried_total",
+            "counter",
+            "Finals decoded the cheap way (greedy, tight window) because stt was behind.",
+            self.finals_hurried.get().to_string(),
+        );
+        put(
+            "stt_finals_given_up_total",
+            "counter",
+            "Finals not decoded because they waited past stt.give_up_secs (each sent as a final with gap \"overload\").",
+            self.finals_given_up.get().to_string(),
         );
         put(
             "stt_audio_seconds_total",

@@ -5,10 +5,14 @@
 //! - [`server`]: listener, `/ws` validation, `/healthz`, `/metrics`.
 //! - [`session`]: one audio stream: decode, resample, segment, transcribe.
 //! - [`segmenter`]: VAD-driven utterances, partial and final requests.
-//! - [`pool`]: the bounded worker pool (finals before partials).
+//! - [`pool`]: the bounded worker pool (finals before partials; hurry, then
+//!   give up, when behind).
+//! - [`capacity`]: what stt can carry (measured) and admission at the
+//!   handshake.
 //! - [`engine`]: whisper-rs inference and the hallucination filters.
 //! - [`model`]: model files: list, import (GGML, CTranslate2), fetch.
 
+pub mod capacity;
 pub mod engine;
 pub mod metrics;
 pub mod model;
@@ -83,8 +87,18 @@ pub struct Settings {
     pub prompt: Option<String>,
     /// Words Whisper should favour; appended to the prompt.
     pub hotwords: Vec<String>,
-    /// Concurrent audio streams at most.
+    /// Concurrent audio streams at most (a hard limit; `capacity` refuses
+    /// sooner).
     pub max_streams: usize,
+    /// Streams stt takes before refusing new ones at the handshake (503):
+    /// 0 measures it (docs/contract.md "Capacity"); a number fixes it.
+    pub capacity: usize,
+    /// A final waiting longer than this (ms) means stt is behind: new
+    /// streams are refused, and waiting finals are decoded the cheap way.
+    pub behind_ms: u64,
+    /// A final waiting longer than this (s) is given up: sent empty with
+    /// `gap: "overload"` instead of decoded, so the lag stays bounded.
+    pub give_up_secs: u64,
     /// Largest audio frame a client may send, in bytes.
     pub max_frame_bytes: usize,
     /// A stream with no audio for this many seconds is closed.
@@ -118,6 +132,9 @@ impl Default for Settings {
             prompt: None,
             hotwords: Vec::new(),
             max_streams: 256,
+            capacity: 0,
+            behind_ms: 2_000,
+            give_up_secs: 30,
             max_frame_bytes: 256 * 1024,
             idle_timeout_secs: 60,
             publish_queue: 10_000,
@@ -190,6 +207,18 @@ impl Section for Settings {
             return Err(ConfigError::invalid(
                 "stt.partial_every_ms",
                 "must be at least 200",
+            ));
+        }
+        if self.behind_ms < 200 {
+            return Err(ConfigError::invalid(
+                "stt.behind_ms",
+                "must be at least 200",
+            ));
+        }
+        if self.give_up_secs.saturating_mul(1000) <= self.behind_ms {
+            return Err(ConfigError::invalid(
+                "stt.give_up_secs",
+                "must be longer than stt.behind_ms",
             ));
         }
         if self.max_utterance_ms < 1000 || self.max_utterance_ms > 30_000 {

@@ -1,10 +1,16 @@
 //! The worker pool: a fixed number of threads, each with its own Whisper
 //! decoder state over the one shared model.
 //!
-//! Finals come first, in arrival order, and are never dropped. Each stream
-//! has at most one partial waiting: a newer partial (or the utterance's
-//! final) replaces it, which is how overload sheds work. Partials are served
-//! round-robin across streams.
+//! Finals come first, in arrival order. Each stream has at most one partial
+//! waiting: a newer partial (or the utterance's final) replaces it, which is
+//! how overload sheds work first. Partials are served round-robin across
+//! streams.
+//!
+//! When stt falls behind, the lag stays bounded in two more steps: a final
+//! that waited longer than `behind` is decoded the cheap way (greedy, the
+//! encoder window fitted tightly to its audio), and one that waited longer
+//! than `give_up` is not decoded at all: it comes back marked `gave_up`, and
+//! the stream says so in its event (`gap`), so no final is lost silently.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -13,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::capacity::Capacity;
 use super::engine::{DecodeOptions, Decoded, Engine, EngineError};
 use super::metrics::Metrics;
 
@@ -43,6 +50,15 @@ pub struct Done {
     pub decode: Duration,
     /// Time from the request to the result.
     pub total: Duration,
+    /// A final that waited past the give-up bound: not decoded.
+    pub gave_up: bool,
+}
+
+/// How long a final may wait before the pool hurries, then gives up.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub behind: Duration,
+    pub give_up: Duration,
 }
 
 #[derive(Default)]
@@ -56,6 +72,7 @@ pub struct Pool {
     queue: Mutex<Queue>,
     ready: Condvar,
     metrics: Arc<Metrics>,
+    capacity: Arc<Capacity>,
 }
 
 impl Pool {
@@ -64,22 +81,52 @@ impl Pool {
         engine: &Engine,
         workers: usize,
         options: DecodeOptions,
+        bounds: Bounds,
         metrics: Arc<Metrics>,
+        capacity: Arc<Capacity>,
     ) -> Result<(Arc<Pool>, Vec<std::thread::JoinHandle<()>>), EngineError> {
         let pool = Arc::new(Pool {
             queue: Mutex::default(),
             ready: Condvar::new(),
             metrics,
+            capacity,
         });
+        // Behind: greedy, and the window fitted to the audio alone.
+        let hurried = DecodeOptions {
+            beam: 1,
+            min_audio_ctx: 0,
+            ..options.clone()
+        };
         let mut handles = Vec::new();
         for i in 0..workers.max(1) {
             let mut worker = engine.worker()?;
             let pool = pool.clone();
             let options = options.clone();
+            let hurried = hurried.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("stt-worker-{i}"))
                 .spawn(move || {
                     while let Some(job) = pool.next() {
+                        let waited = job.queued.elapsed();
+                        let is_final = job.kind == Kind::Final;
+                        if is_final && waited > bounds.give_up {
+                            pool.metrics.finals_given_up.inc();
+                            let _ = job.reply.send(Done {
+                                utterance: job.utterance,
+                                kind: job.kind,
+                                result: Err("given up: stt too far behind".into()),
+                                decode: Duration::ZERO,
+                                total: waited,
+                                gave_up: true,
+                            });
+                            continue;
+                        }
+                        let options = if is_final && waited > bounds.behind {
+                            pool.metrics.finals_hurried.inc();
+                            &hurried
+                        } else {
+                            &options
+                        };
                         let started = Instant::now();
                         let result = if job.audio.is_empty() {
                             Ok(Decoded {
@@ -88,14 +135,17 @@ impl Pool {
                             })
                         } else {
                             worker
-                                .transcribe(&job.audio, &options)
+                                .transcribe(&job.audio, options)
                                 .map_err(|e| e.to_string())
                         };
                         let decode = started.elapsed();
                         pool.metrics.decode_micros.add(decode.as_micros() as u64);
                         match job.kind {
                             Kind::Partial => pool.metrics.partials_done.inc(),
-                            Kind::Final => pool.metrics.finals_done.inc(),
+                            Kind::Final => {
+                                pool.metrics.finals_done.inc();
+                                pool.capacity.final_decoded(decode);
+                            }
                         }
                         let _ = job.reply.send(Done {
                             utterance: job.utterance,
@@ -103,6 +153,7 @@ impl Pool {
                             result,
                             decode,
                             total: job.queued.elapsed(),
+                            gave_up: false,
                         });
                     }
                 })
@@ -147,6 +198,14 @@ impl Pool {
         let mut q = self.lock();
         q.partials.retain(|p| p.stream != stream);
         self.publish_depth(&q);
+    }
+
+    /// How long the oldest waiting final has waited: how far behind stt is.
+    pub fn oldest_final_wait(&self) -> Duration {
+        self.lock()
+            .finals
+            .front()
+            .map_or(Duration::ZERO, |j| j.queued.elapsed())
     }
 
     fn publish_depth(&self, q: &Queue) {

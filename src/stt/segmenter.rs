@@ -1,7 +1,9 @@
-//! Cuts one stream of 16 kHz audio into utterances with the VAD: a partial
-//! request while an utterance grows (every `partial_every` of new speech),
-//! a final one when it ends (after `end_silence` of silence, or forced at
-//! `max_utterance`). Pure: audio in, requests out.
+//! Cuts one stream of 16 kHz audio into utterances with the VAD: a start
+//! notice once an utterance holds `min_speech` of speech, a partial request
+//! while it grows (every `partial_every` of new speech), a final one when it
+//! ends (after `end_silence` of silence, or forced at `max_utterance`).
+//! Every announced utterance gets a final, empty when it turned out to be
+//! noise. Pure: audio in, requests out.
 
 use std::collections::VecDeque;
 
@@ -48,6 +50,8 @@ impl Default for SegmenterConfig {
 /// What the segmenter asks the transcriber for.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
+    /// Speech began: (utterance index, its start in ms). No audio to decode.
+    Started(u64, u64),
     Partial(Utterance),
     Final(Utterance),
 }
@@ -78,6 +82,8 @@ struct Open {
     frame_db: Vec<f32>,
     silence_ms: usize,
     speech_since_partial_ms: usize,
+    /// A `Started` went out for it.
+    announced: bool,
 }
 
 pub struct Segmenter {
@@ -147,6 +153,17 @@ impl Segmenter {
                 open.speech_end = open.audio.len();
                 open.silence_ms = 0;
                 open.speech_since_partial_ms += 20;
+                // Announced once it sounds like a voice: long enough, a
+                // varying level, not a held tone (judged on its recent
+                // frames, so the check stays cheap).
+                if !open.announced
+                    && open.speech_frames * 20 >= c.min_speech_ms
+                    && level_spread(&open.speech_db) >= c.min_level_spread_db
+                    && !is_tone(&open.speech_tone[open.speech_tone.len().saturating_sub(50)..])
+                {
+                    open.announced = true;
+                    out.push(Request::Started(open.index, open.start / PER_MS as u64));
+                }
             } else {
                 open.silence_ms += 20;
             }
@@ -188,6 +205,7 @@ impl Segmenter {
                 audio,
                 silence_ms: 0,
                 speech_since_partial_ms: self.run * 20,
+                announced: false,
             });
             self.next_index += 1;
             self.run = 0;
@@ -224,6 +242,7 @@ impl Segmenter {
             audio: rest_audio,
             silence_ms: 0,
             speech_since_partial_ms: speech_frames * 20,
+            announced: false,
         });
         self.next_index += 1;
     }
@@ -242,9 +261,10 @@ impl Segmenter {
             || is_tone(&open.speech_tone)
         {
             self.dropped += 1;
-            // Send a final anyway if partials were requested, so the
-            // consumer can close the utterance; with no audio it is empty.
-            if open.speech_frames * 20 >= c.partial_every_ms {
+            // Send a final anyway if it was announced (or partials were
+            // requested), so the consumer can close the utterance; with no
+            // audio it is empty.
+            if open.announced || open.speech_frames * 20 >= c.partial_every_ms {
                 out.push(Request::Final(Utterance {
                     index: open.index,
                     start_ms: open.start / PER_MS as u64,
@@ -350,6 +370,7 @@ mod tests {
         assert_eq!(u.index, 1);
         assert!((650..=1000).contains(&u.start_ms), "start {}", u.start_ms);
         assert!((3400..=3600).contains(&u.end_ms), "end {}", u.end_ms);
+        assert_eq!(reqs[0], Request::Started(1, u.start_ms));
         assert!(seg.finish().is_empty());
     }
 
@@ -410,15 +431,54 @@ mod tests {
         assert!(
             reqs.iter()
                 .all(|r| matches!(r, Request::Final(u) if u.audio.is_empty())
-                    || matches!(r, Request::Partial(_))),
+                    || matches!(r, Request::Partial(_) | Request::Started(..))),
             "{:?}",
             reqs.iter()
                 .map(|r| match r {
+                    Request::Started(i, at) => format!("S{i} {at}"),
                     Request::Partial(u) => format!("P{} {}-{}", u.index, u.start_ms, u.end_ms),
                     Request::Final(u) =>
                         format!("F{} {}-{} {}", u.index, u.start_ms, u.end_ms, u.audio.len()),
                 })
                 .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn an_announced_utterance_dropped_as_a_tone_still_gets_an_empty_final_and_tones_are_not_announced()
+     {
+        let mut seg = Segmenter::new(SegmenterConfig::default());
+        let mut audio = vec![0.0; 8_000];
+        // A voice for 300 ms (announced), then a held 1 kHz tone for 1.2 s
+        // in the same utterance: a tone on the whole, dropped.
+        audio.extend(voice(300));
+        audio.extend((0..16 * 1_200).map(|i| (i as f32 * std::f32::consts::FRAC_PI_8).sin() * 0.3));
+        audio.extend(vec![0.0; 16_000]);
+        let reqs: Vec<Request> = run(&mut seg, &audio)
+            .into_iter()
+            .chain(seg.finish())
+            .collect();
+        let started = reqs
+            .iter()
+            .filter_map(|r| match r {
+                Request::Started(i, _) => Some(*i),
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        assert!(!started.is_empty(), "{reqs:?}");
+        let closed: Vec<u64> = finals(&reqs).iter().map(|u| u.index).collect();
+        assert_eq!(started, closed, "each announced utterance is closed");
+        assert!(finals(&reqs).iter().all(|u| u.audio.is_empty()));
+        assert_eq!(seg.dropped, started.len() as u64);
+        // A tone alone is never announced.
+        let mut seg = Segmenter::new(SegmenterConfig::default());
+        let tone: Vec<f32> = (0..16 * 2_000)
+            .map(|i| (i as f32 * std::f32::consts::FRAC_PI_8).sin() * 0.3)
+            .collect();
+        let reqs = run(&mut seg, &tone);
+        assert!(
+            !reqs.iter().any(|r| matches!(r, Request::Started(..))),
+            "{reqs:?}"
         );
     }
 }

@@ -1,4 +1,5 @@
-//! stt's listener: `GET /ws` (audio streams), `GET /healthz`, `GET /metrics`.
+//! stt's listener: `GET /ws` (audio streams), `GET /healthz`,
+//! `GET /capacity` (load and headroom, for balancers), `GET /metrics`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,10 +15,11 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::capacity::{self, Capacity, Refusal};
 use super::engine::{DecodeOptions, Engine, EngineError};
-use super::metrics::Metrics;
+use super::metrics::{Load, Metrics};
 use super::model::ModelError;
-use super::pool::Pool;
+use super::pool::{Bounds, Pool};
 use super::session::{self, StreamParams};
 use crate::http::{Resp, json_response, text, upgrade_response, websocket_accept};
 use crate::relay_client::Publisher;
@@ -54,6 +56,7 @@ pub(super) struct State {
     pub pool: Arc<Pool>,
     pub publisher: Arc<Publisher>,
     pub metrics: Arc<Metrics>,
+    pub capacity: Arc<Capacity>,
     pub shutdown: CancellationToken,
     next_stream: AtomicU64,
     sessions: TaskTracker,
@@ -96,7 +99,37 @@ pub async fn serve(
         beam: s.beam,
         min_audio_ctx: s.min_audio_ctx,
     };
-    let (pool, workers) = Pool::start(&engine, s.workers, options, metrics.clone())?;
+    let probe_options = options.clone();
+    let probe_engine = engine.clone();
+    let startup_rtf =
+        tokio::task::spawn_blocking(move || capacity::probe(&probe_engine, &probe_options))
+            .await
+            .map_err(|e| EngineError::Whisper(e.to_string()))??;
+    let capacity = Arc::new(Capacity::new(
+        s.workers,
+        startup_rtf,
+        (s.capacity > 0).then_some(s.capacity),
+        s.max_streams,
+    ));
+    let estimate = capacity.estimate();
+    tracing::info!(
+        capacity = estimate.streams,
+        source = estimate.source.as_str(),
+        startup_rtf = format!("{startup_rtf:.3}"),
+        "capacity (streams; refused past it with 503, see /capacity)"
+    );
+    let bounds = Bounds {
+        behind: std::time::Duration::from_millis(s.behind_ms),
+        give_up: std::time::Duration::from_secs(s.give_up_secs),
+    };
+    let (pool, workers) = Pool::start(
+        &engine,
+        s.workers,
+        options,
+        bounds,
+        metrics.clone(),
+        capacity.clone(),
+    )?;
     let (publisher, publish_thread) = Publisher::start(
         s.relay_url.clone(),
         s.relay_token.clone(),
@@ -108,6 +141,7 @@ pub async fn serve(
         pool: pool.clone(),
         publisher: publisher.clone(),
         metrics,
+        capacity,
         shutdown: shutdown.clone(),
         next_stream: AtomicU64::new(1),
         sessions: TaskTracker::new(),
@@ -147,8 +181,15 @@ pub async fn serve(
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infallible> {
     let resp = match (req.uri().path(), req.method()) {
         ("/healthz", &Method::GET | &Method::HEAD) => text(StatusCode::OK, "ok\n"),
+        ("/capacity", &Method::GET) => json_response(StatusCode::OK, &capacity_json(&state)),
         ("/metrics", &Method::GET) => {
-            let mut resp = Response::new(Full::new(Bytes::from(state.metrics.render())));
+            let estimate = state.capacity.estimate();
+            let load = Load {
+                capacity: estimate.streams,
+                load_per_stream: estimate.load_per_stream,
+                oldest_final_wait: state.pool.oldest_final_wait(),
+            };
+            let mut resp = Response::new(Full::new(Bytes::from(state.metrics.render(&load))));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -162,6 +203,53 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infal
         ),
     };
     Ok(resp)
+}
+
+/// `GET /capacity`: what a balancer needs to place a stream.
+fn capacity_json(state: &State) -> serde_json::Value {
+    let e = state.capacity.estimate();
+    let streams = state.metrics.streams.load(Ordering::Relaxed).max(0) as usize;
+    let lag = state.pool.oldest_final_wait();
+    let behind = std::time::Duration::from_millis(state.settings.behind_ms);
+    let admits = state.capacity.admit(streams, lag, behind).is_ok();
+    json!({
+        "streams": streams,
+        "capacity": e.streams,
+        "headroom": e.streams as i64 - streams as i64,
+        "accepting": admits && !state.shutdown.is_cancelled(),
+        "source": e.source.as_str(),
+        "loadPerStream": (e.load_per_stream * 10_000.0).round() / 10_000.0,
+        "lagMs": lag.as_millis() as u64,
+        "workers": state.settings.workers,
+        "maxStreams": state.settings.max_streams,
+    })
+}
+
+/// The 503 of a stream refused for capacity: the reason, the figures, and
+/// `Retry-After` (docs/contract.md "Capacity").
+fn refuse_full(state: &State, refusal: Refusal, streams: usize, params: &StreamParams) -> Resp {
+    let error = match refusal {
+        Refusal::Capacity(n) => {
+            state.metrics.refused_capacity.inc();
+            format!("stt is at capacity: {streams} streams of {n}; try another stt or later")
+        }
+        Refusal::Behind(lag) => {
+            state.metrics.refused_behind.inc();
+            format!(
+                "stt is behind: the oldest final has waited {} ms (stt.behind_ms {}); try another stt or later",
+                lag.as_millis(),
+                state.settings.behind_ms
+            )
+        }
+    };
+    tracing::warn!(call_id = %params.call_id, speaker = %params.speaker, reason = refusal.reason(), "{error}");
+    let mut body = capacity_json(state);
+    body["error"] = json!(error);
+    body["reason"] = json!(refusal.reason());
+    let mut resp = json_response(StatusCode::SERVICE_UNAVAILABLE, &body);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+    resp
 }
 
 fn open_stream(state: &Arc<State>, req: Request<Incoming>) -> Resp {
@@ -193,6 +281,14 @@ fn open_stream(state: &Arc<State>, req: Request<Incoming>) -> Resp {
             StatusCode::SERVICE_UNAVAILABLE,
             "stt is shutting down".into(),
         );
+    }
+    let streams = state.metrics.streams.load(Ordering::Relaxed).max(0) as usize;
+    let behind = std::time::Duration::from_millis(state.settings.behind_ms);
+    if let Err(refusal) = state
+        .capacity
+        .admit(streams, state.pool.oldest_final_wait(), behind)
+    {
+        return refuse_full(state, refusal, streams, &params);
     }
     let stream_id = state.next_stream.fetch_add(1, Ordering::Relaxed);
     let task_state = state.clone();

@@ -24,7 +24,7 @@ use super::segmenter::{Request, Segmenter, SegmenterConfig, Utterance};
 use super::server::State;
 use crate::audio::Encoding;
 use crate::audio::resample::Upsampler2x;
-use crate::event::{Event, Speaker, Transcript};
+use crate::event::{Event, Speaker, Speech, Transcript};
 
 /// Longest wait for outstanding finals once a stream ended.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -73,18 +73,28 @@ impl StreamParams {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start_ms: u64,
+    end_ms: u64,
+    behind_ms: u64,
+}
+
 /// A stream's utterances: what was asked of the workers and what went out.
 struct Utterances {
     /// `utteranceId` is this prefix and the utterance's index.
     prefix: String,
-    /// Start and end (ms) of each requested utterance, for its events.
-    spans: HashMap<u64, (u64, u64)>,
+    /// Each requested utterance's place for its events: start and end
+    /// (ms), and how much audio had arrived past its end when it was asked
+    /// for (ms; the start of its `lagMs`).
+    spans: HashMap<u64, Span>,
     /// Finals asked for and not yet back: the stream closes only after.
     finals_pending: HashSet<u64>,
     /// Utterances whose final went out: late partials are dropped.
     finalised: HashSet<u64>,
-    /// Utterances with a partial out (their final must follow, even empty).
-    with_partial: HashSet<u64>,
+    /// Utterances the consumer knows of, by a `speech` event or a partial:
+    /// their final must follow, even empty.
+    announced: HashSet<u64>,
     /// The text of the last partial per utterance, to skip repeats.
     last_partial: Option<(u64, String)>,
     /// Finals decoded before an earlier one of the stream (workers run
@@ -172,7 +182,7 @@ where
         spans: HashMap::new(),
         finals_pending: HashSet::new(),
         finalised: HashSet::new(),
-        with_partial: HashSet::new(),
+        announced: HashSet::new(),
         last_partial: None,
         held: BTreeMap::new(),
     };
@@ -180,17 +190,37 @@ where
     let mut last_audio = Instant::now();
     let mut samples_in: u64 = 0;
     let mut reason: Option<(CloseCode, &'static str)> = None;
+    let rate_per_ms = u64::from(params.sample_rate / 1000);
 
-    let submit = |requests: Vec<Request>, utts: &mut Utterances| {
+    // Requests to the workers; a start of speech goes out as it is.
+    let submit = |requests: Vec<Request>, utts: &mut Utterances, received_ms: u64| {
+        let mut started = Vec::new();
         for r in requests {
             let (kind, u) = match r {
+                Request::Started(index, start_ms) => {
+                    utts.announced.insert(index);
+                    started.push(Event::Speech(Speech {
+                        call_id: params.call_id.clone(),
+                        speaker: params.speaker,
+                        utterance_id: format!("{}-{index}", utts.prefix),
+                        start_ms,
+                    }));
+                    continue;
+                }
                 Request::Partial(u) => (Kind::Partial, u),
                 Request::Final(u) => (Kind::Final, u),
             };
             if kind == Kind::Final {
                 utts.finals_pending.insert(u.index);
             }
-            utts.spans.insert(u.index, (u.start_ms, u.end_ms));
+            utts.spans.insert(
+                u.index,
+                Span {
+                    start_ms: u.start_ms,
+                    end_ms: u.end_ms,
+                    behind_ms: received_ms.saturating_sub(u.end_ms),
+                },
+            );
             let Utterance { index, audio, .. } = u;
             state.pool.submit(Job {
                 stream: stream_id,
@@ -201,6 +231,10 @@ where
                 reply: reply_tx.clone(),
             });
         }
+        for event in &started {
+            state.publisher.send(event.clone());
+        }
+        started
     };
 
     // Receive audio until the stream ends.
@@ -227,6 +261,7 @@ where
                     let used = params.encoding.decode(&leftover, &mut decoded);
                     leftover.drain(..used);
                     samples_in += decoded.len() as u64;
+                    state.capacity.audio(decoded.len() as u64 / rate_per_ms.max(1));
                     let pcm = crate::audio::to_f32(&decoded);
                     let pcm16 = match &mut upsampler {
                         Some(up) => {
@@ -236,7 +271,10 @@ where
                         }
                         None => pcm,
                     };
-                    submit(segmenter.push(&pcm16), &mut utts);
+                    let received_ms = samples_in / rate_per_ms.max(1);
+                    for event in submit(segmenter.push(&pcm16), &mut utts, received_ms) {
+                        let _ = tx.send(Message::text(event.to_json())).await;
+                    }
                 }
                 Some(Ok(Message::Text(text))) => {
                     if serde_json::from_str::<Control>(&text).is_ok_and(|c| c.kind == "end") {
@@ -261,7 +299,8 @@ where
         .audio_ms
         .add(samples_in * 1000 / u64::from(params.sample_rate));
     state.metrics.segments_dropped.add(segmenter.dropped);
-    submit(segmenter.finish(), &mut utts);
+    let received_ms = samples_in / rate_per_ms.max(1);
+    drop(submit(segmenter.finish(), &mut utts, received_ms));
 
     // Deliver every outstanding final before closing.
     let deadline = Instant::now() + DRAIN_TIMEOUT;
@@ -311,13 +350,21 @@ async fn deliver<W>(
         // Its final is out or on its way: this partial is stale.
         return;
     }
-    let Some(&(start_ms, end_ms)) = utts.spans.get(&index) else {
+    let Some(&span) = utts.spans.get(&index) else {
         return;
     };
+    let gap = done.gave_up.then(|| "overload".to_owned());
     let decoded = match done.result {
         Ok(d) => d,
         Err(e) => {
-            tracing::error!(error = %e, "transcription failed");
+            if done.gave_up {
+                tracing::warn!(
+                    waited_ms = done.total.as_millis() as u64,
+                    "a final given up: stt too far behind"
+                );
+            } else {
+                tracing::error!(error = %e, "transcription failed");
+            }
             if !is_final {
                 return;
             }
@@ -337,8 +384,10 @@ async fn deliver<W>(
     }
     if is_final {
         utts.finalised.insert(index);
-        // An empty final is only needed to close a partial already shown.
-        if text.is_empty() && !utts.with_partial.remove(&index) {
+        // An empty final is only needed to close an utterance announced
+        // (a `speech` event or a partial went out), or to say it was
+        // given up.
+        if text.is_empty() && !utts.announced.remove(&index) && gap.is_none() {
             return;
         }
     } else {
@@ -349,7 +398,7 @@ async fn deliver<W>(
             return;
         }
         utts.last_partial = Some((index, text.clone()));
-        utts.with_partial.insert(index);
+        utts.announced.insert(index);
     }
     let event = Event::Transcript(Transcript {
         call_id: params.call_id.clone(),
@@ -357,9 +406,11 @@ async fn deliver<W>(
         text: text.clone(),
         is_final,
         utterance_id: format!("{}-{index}", utts.prefix),
-        start_ms,
-        end_ms,
+        start_ms: span.start_ms,
+        end_ms: span.end_ms,
         latency_ms: Some(done.total.as_millis() as u64),
+        lag_ms: Some(span.behind_ms + done.total.as_millis() as u64),
+        gap,
     });
     tracing::debug!(final_ = is_final, decode_ms = done.decode.as_millis() as u64, text = %text, "transcript");
     state.publisher.send(event.clone());
@@ -394,6 +445,7 @@ mod tests {
             result: Err(String::new()),
             decode: Duration::ZERO,
             total: Duration::ZERO,
+            gave_up: false,
         }
     }
 
@@ -404,7 +456,7 @@ mod tests {
             spans: HashMap::new(),
             finals_pending: [1, 2, 3].into_iter().collect(),
             finalised: HashSet::new(),
-            with_partial: HashSet::new(),
+            announced: HashSet::new(),
             last_partial: None,
             held: BTreeMap::new(),
         };

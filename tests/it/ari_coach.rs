@@ -21,8 +21,13 @@ struct Rig {
 }
 
 async fn rig(base_port: u16, extra: &[(&str, &str)]) -> Rig {
+    rig_with_stt(base_port, extra, &[]).await
+}
+
+/// [`rig`] with extra stt settings.
+async fn rig_with_stt(base_port: u16, extra: &[(&str, &str)], stt_extra: &[(&str, &str)]) -> Rig {
     let relay = Service::start(&[]);
-    let stt = start_stt(&event_url(&relay), &[]);
+    let stt = start_stt(&event_url(&relay), stt_extra);
     let stt_url = format!("ws://{}/ws", stt.addr);
     let base = base_port.to_string();
     let rtp2ws = Service::start_named(
@@ -573,4 +578,65 @@ async fn wrong_credentials_are_reported_and_retried() {
     coach.signal(libc::SIGTERM);
     let status = coach.wait_exit(Duration::from_secs(10)).expect("exit");
     assert!(status.success(), "{status}");
+}
+
+/// ari-coach publishes `call.ended` as soon as Asterisk says the call is
+/// over, not once stt has transcribed the last words: with a slow stt (one
+/// single-threaded worker, the full 30 s window, a wide beam), a hangup in
+/// the middle of the customer's sentence ends the call at once, and that
+/// sentence's final follows `call.ended`.
+#[tokio::test(flavor = "multi_thread")]
+async fn call_ended_does_not_wait_for_a_slow_stt() {
+    let rig = rig_with_stt(
+        33_900,
+        &[],
+        &[
+            ("CALL_COACH_STT__WORKERS", "1"),
+            ("CALL_COACH_STT__THREADS_PER_WORKER", "1"),
+            ("CALL_COACH_STT__MIN_AUDIO_CTX", "1500"),
+            ("CALL_COACH_STT__BEAM", "5"),
+        ],
+    )
+    .await;
+    rig.sim.endpoint("PJSIP/200", agent_says(300, 30.0, &[]));
+    let customer = rig.sim.inbound(
+        ("Cliente", "5551234"),
+        Voice::script(1.0, &["vm-intro", "vm-intro"]),
+        &[],
+    );
+    let mut sub = rig.relay.ws(&format!("callId={customer}")).await;
+    let speaking = |e: &[Value]| {
+        of_type(e, "speech")
+            .iter()
+            .any(|s| s["speaker"] == "customer")
+    };
+    let events = until(&mut sub, Duration::from_secs(60), speaking).await;
+    let utterance = of_type(&events, "speech")
+        .iter()
+        .find(|s| s["speaker"] == "customer")
+        .map(|s| s["utteranceId"].clone())
+        .unwrap();
+    let hangup = Instant::now();
+    rig.sim.remote_hangup(&customer);
+    let events = until_more(&mut sub, events, Duration::from_secs(30), |e| {
+        !of_type(e, "call.ended").is_empty()
+    })
+    .await;
+    let took = hangup.elapsed();
+    eprintln!("call.ended {took:?} after the hangup");
+    let is_its_final = |e: &Value| e["final"] == true && e["utteranceId"] == utterance;
+    let events = until_more(&mut sub, events, Duration::from_secs(120), |e| {
+        e.iter().any(is_its_final)
+    })
+    .await;
+    let ended_at = events.iter().position(|e| e["type"] == "call.ended");
+    let final_at = events.iter().position(is_its_final);
+    assert!(
+        ended_at < final_at,
+        "call.ended waited for stt: {events:#?}"
+    );
+    // Bounded generously for a loaded machine; typically well under 1 s.
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    rig.sim.wait_empty(&[], Duration::from_secs(60)).await;
+    no_legs(&rig.rtp2ws).await;
 }

@@ -520,3 +520,143 @@ async fn a_slow_stream_times_out_and_is_retried() {
     assert_eq!(events.last().unwrap()["text"], "Rápido.");
     assert_eq!(seen.lock().unwrap().len(), 2);
 }
+
+/// Events of one call until `done`, for at most `wait`; `None` if it never
+/// came (what came is in `seen`).
+async fn collect_for(
+    ws: &mut crate::util::Ws,
+    seen: &mut Vec<Value>,
+    wait: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let msg = tokio::time::timeout(left, ws.next()).await.ok()??.ok()?;
+        let Message::Text(text) = msg else { continue };
+        let ev: Value = serde_json::from_str(&text).unwrap();
+        seen.push(ev.clone());
+        if done(&ev) {
+            return Some(ev);
+        }
+    }
+}
+
+/// stt lagging behind: an utterance begun (`speech`) whose words come
+/// seconds later is not silence; the silence after it is counted from its
+/// end on the audio timeline; and a final that comes after `call.ended`
+/// still makes the summary, which waits for it (within the grace period).
+#[tokio::test(flavor = "multi_thread")]
+async fn lagging_transcripts_are_not_silence_and_late_finals_make_the_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nid = \"silencio\"\ntitle = \"Silencio\"\nkind = \"silence\"\n\
+         threshold_secs = 2\ntip = \"Silencio largo.\"\nseverity = \"info\"\ncooldown_secs = 600\n",
+    )
+    .unwrap();
+    let relay = Service::start(&[]);
+    let ws_url = format!("ws://{}/ws", relay.addr);
+    let _orchestrator = Service::start_named(
+        "orchestrator",
+        &[
+            ("RELAY_WS", &ws_url),
+            ("RELAY_EVENT", &event_url(&relay)),
+            ("CALL_COACH_ORCHESTRATOR__METRICS_EVERY_SECS", "1"),
+            (
+                "CALL_COACH_ORCHESTRATOR__RULES_FILE",
+                rules.to_str().unwrap(),
+            ),
+            ("CALL_COACH_ORCHESTRATOR__END_GRACE_SECS", "4"),
+        ],
+    );
+    wait_for_subscriber(&relay).await;
+    let mut sub = relay.ws("callId=lag-1").await;
+    let speech = |id: &str, start: u64| json!({"type":"speech","callId":"lag-1","speaker":"customer","utteranceId":id,"startMs":start});
+    let fin = |id: &str, text: &str, s: u64, e: u64| {
+        json!({"type":"transcript","callId":"lag-1","speaker":"customer","text":text,
+               "utteranceId":id,"final":true,"startMs":s,"endMs":e,"lagMs":900})
+    };
+    relay
+        .publish(json!({"type":"call.started","callId":"lag-1","agent":"PJSIP/200"}))
+        .await;
+    relay.publish(speech("u1", 300)).await;
+    // The customer talks on; stt's words are 5 s late. No silence tip,
+    // and the metrics say no silence.
+    let mut seen = Vec::new();
+    let tip = collect_for(&mut sub, &mut seen, Duration::from_secs(5), |e| {
+        e["type"] == "tip"
+    })
+    .await;
+    assert!(
+        tip.is_none(),
+        "a silence tip while the customer spoke: {tip:?}"
+    );
+    let metrics: Vec<&Value> = seen.iter().filter(|e| e["type"] == "metrics").collect();
+    assert!(metrics.len() >= 2, "{seen:#?}");
+    assert!(metrics.iter().all(|m| m["silenceMs"] == 0), "{metrics:#?}");
+    // The words come; then nobody speaks: the real silence is coached.
+    relay
+        .publish(fin("u1", "Quiero cancelar el contrato.", 300, 5_000))
+        .await;
+    let tip = collect_for(&mut sub, &mut seen, Duration::from_secs(20), |e| {
+        e["type"] == "tip"
+    })
+    .await
+    .expect("the silence after the words is coached");
+    assert_eq!(tip["rule"], "silencio");
+
+    // The customer speaks again and hangs up; the words come after
+    // `call.ended`: the summary waits for them and counts them.
+    relay.publish(speech("u2", 30_000)).await;
+    relay
+        .publish(json!({"type":"call.ended","callId":"lag-1","reason":"customer-hangup"}))
+        .await;
+    let early = collect_for(&mut sub, &mut seen, Duration::from_millis(1500), |e| {
+        e["type"] == "summary"
+    })
+    .await;
+    assert!(
+        early.is_none(),
+        "summarised before the last words: {early:?}"
+    );
+    relay
+        .publish(fin("u2", "Es demasiado caro.", 30_000, 32_000))
+        .await;
+    let summary = collect_for(&mut sub, &mut seen, Duration::from_secs(20), |e| {
+        e["type"] == "summary"
+    })
+    .await
+    .expect("a summary");
+    assert_eq!(summary["reason"], "customer-hangup");
+    assert_eq!(
+        summary["metrics"]["customerSpeechMs"],
+        4_700 + 2_000,
+        "{summary}"
+    );
+
+    // A call that ends with words never coming is summarised after the
+    // grace period.
+    let mut other = relay.ws("callId=lag-2").await;
+    relay
+        .publish(json!({"type":"call.started","callId":"lag-2","agent":"PJSIP/200"}))
+        .await;
+    relay
+        .publish(json!({"type":"speech","callId":"lag-2","speaker":"agent","utteranceId":"a1","startMs":100}))
+        .await;
+    let ended_at = tokio::time::Instant::now();
+    relay
+        .publish(json!({"type":"call.ended","callId":"lag-2","reason":"agent-hangup"}))
+        .await;
+    let mut seen_other = Vec::new();
+    collect_for(&mut other, &mut seen_other, Duration::from_secs(30), |e| {
+        e["type"] == "summary"
+    })
+    .await
+    .expect("a summary after the grace period");
+    assert!(
+        ended_at.elapsed() >= Duration::from_secs(3),
+        "no grace period"
+    );
+}

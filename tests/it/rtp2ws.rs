@@ -289,3 +289,113 @@ async fn audio_waits_for_stt_to_come_back() {
         "{metrics}"
     );
 }
+
+/// A full stt refuses new streams at the handshake (503, its reason and
+/// figures, `Retry-After`); rtp2ws counts the refusal, keeps the audio,
+/// retries, and gets the call transcribed once stt has room.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_stt_refuses_and_rtp2ws_retries_until_it_has_room() {
+    let relay = Service::start(&[]);
+    let stt = start_stt(&event_url(&relay), &[("CALL_COACH_STT__CAPACITY", "2")]);
+    let (_, capacity) = stt.request("GET", "/capacity", &[], "").await;
+    let capacity: Value = serde_json::from_str(&capacity).unwrap();
+    assert_eq!(
+        (
+            &capacity["capacity"],
+            &capacity["headroom"],
+            &capacity["source"]
+        ),
+        (&json!(2), &json!(2), &json!("fixed")),
+        "{capacity}"
+    );
+    // Two streams fill it; they stay open (silence now and then).
+    let mut blockers = Vec::new();
+    for speaker in ["agent", "customer"] {
+        let url = format!(
+            "ws://{}/ws?callId=blocker&speaker={speaker}&sampleRate=8000",
+            stt.addr
+        );
+        blockers.push(tokio_tungstenite::connect_async(url).await.unwrap().0);
+    }
+    let url = format!("ws://{}/ws?callId=third&speaker=agent", stt.addr);
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 503);
+            assert_eq!(resp.headers()["retry-after"], "2");
+            let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["reason"], "capacity", "{body}");
+            assert_eq!(
+                (&body["streams"], &body["capacity"]),
+                (&json!(2), &json!(2))
+            );
+            assert!(
+                body["error"].as_str().unwrap().contains("at capacity"),
+                "{body}"
+            );
+        }
+        other => panic!("a third stream was not refused: {other:?}"),
+    }
+    let (_, capacity) = stt.request("GET", "/capacity", &[], "").await;
+    assert!(capacity.contains(r#""accepting":false"#), "{capacity}");
+
+    let rtp2ws = Service::start_named(
+        "rtp2ws",
+        &[
+            ("STT_URL", &format!("ws://{}/ws", stt.addr)),
+            ("RTP2WS_CONTROL", "127.0.0.1:0"),
+            ("BASE_PORT", "31400"),
+        ],
+    );
+    let mut sub = relay.ws("callId=sim-full").await;
+    let sim = tokio::spawn(simulate(
+        format!("http://{}", rtp2ws.addr),
+        "sim-full",
+        "conf-enteringno",
+        "conf-enteringno",
+        &[],
+    ));
+    // Both legs are refused, counted, and retried.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, metrics) = rtp2ws.request("GET", "/metrics", &[], "").await;
+        let refused = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("rtp2ws_stt_refused_total "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        if refused >= 3 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, metrics) = stt.request("GET", "/metrics", &[], "").await;
+    assert!(
+        !metrics.contains("stt_streams_refused_total 0\n"),
+        "{metrics}"
+    );
+    // Room again: the held audio goes through, nothing dropped.
+    for mut b in blockers {
+        use futures_util::SinkExt;
+        b.send(tokio_tungstenite::tungstenite::Message::text(
+            r#"{"type":"end"}"#,
+        ))
+        .await
+        .unwrap();
+    }
+    let (code, _, err) = sim.await.unwrap();
+    assert_eq!(code, 0, "{err}");
+    let mut speakers = Vec::new();
+    while speakers.len() < 2 {
+        let ev = next_final(&mut sub, Duration::from_secs(60)).await;
+        assert!(text(&ev).contains("conferencia"), "{ev}");
+        speakers.push(ev["speaker"].as_str().unwrap().to_owned());
+    }
+    speakers.sort();
+    assert_eq!(speakers, ["agent", "customer"]);
+    let (_, metrics) = rtp2ws.request("GET", "/metrics", &[], "").await;
+    assert!(
+        metrics.contains("rtp2ws_dropped_audio_ms_total 0"),
+        "{metrics}"
+    );
+}

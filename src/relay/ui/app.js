@@ -19,6 +19,7 @@ const I18N = {
     "agent.wpm": "Tus palabras/min", "agent.customerWpm": "Cliente palabras/min",
     "agent.duration": "Duración", "agent.checklist": "Cumplimiento", "agent.tips": "Consejos",
     "agent.customer": "Cliente", "agent.agent": "Agente", "agent.ended": "Llamada terminada",
+    "transcript.gap": "(sin transcribir: el servidor de voz iba con retraso)",
     "tip.rules": "Regla", "tip.llm": "IA", "tip.dismiss": "Descartar consejo",
     "conn.live": "en directo", "conn.connecting": "reconectando…", "conn.offline": "sin conexión",
     "conn.ended": "terminada", "tip.more": "Ver el consejo completo",
@@ -38,6 +39,7 @@ const I18N = {
     "agent.wpm": "Your words/min", "agent.customerWpm": "Customer words/min",
     "agent.duration": "Duration", "agent.checklist": "Compliance", "agent.tips": "Tips",
     "agent.customer": "Customer", "agent.agent": "Agent", "agent.ended": "Call ended",
+    "transcript.gap": "(not transcribed: the speech server was behind)",
     "tip.rules": "Rule", "tip.llm": "AI", "tip.dismiss": "Dismiss tip",
     "conn.live": "live", "conn.connecting": "reconnecting…", "conn.offline": "offline",
     "conn.ended": "ended", "tip.more": "Show the whole tip",
@@ -219,7 +221,7 @@ class AgentView {
   openCall(id) {
     if (this.feed) this.feed.close();
     clearTimeout(this.call && this.call.endTimer);
-    this.call = { id, ended: false, started: null, endedAt: null, silence: null, caller: "", agent: "" };
+    this.call = { id, ended: false, started: null, endedAt: null, silence: null, open: new Set(), caller: "", agent: "" };
     this.lastChecklist = null; this.lastSummary = null;
     $("transcript").replaceChildren();
     $("tips").replaceChildren();
@@ -254,6 +256,7 @@ class AgentView {
         this.callInfo();
         break;
       case "transcript": this.transcript(ev); break;
+      case "speech": this.speech(ev); break;
       case "tip": this.tip(ev); break;
       case "checklist": this.checklist(ev.items || []); break;
       case "metrics": this.metrics(ev); break;
@@ -302,11 +305,28 @@ class AgentView {
       li.append(who, text);
       $("transcript").append(li);
     }
-    li.querySelector(".text").textContent = ev.text || "";
+    li.querySelector(".text").textContent = ev.gap ? t("transcript.gap") : ev.text || "";
     li.classList.toggle("partial", ev.final !== true);
-    // Someone is speaking: the silence is over.
-    if (this.call) this.call.silence = { ms: 0, at: Date.now() };
+    li.classList.toggle("gap", !!ev.gap);
+    this.heard(ev);
     this.scroll();
+  }
+  // A party began speaking (stt's voice detection, in real time): the
+  // silence is over, whatever the transcripts' lag.
+  speech(ev) {
+    this.heard(ev);
+  }
+  // Silence on the audio's timeline: zero while an utterance is open (its
+  // start or a partial came, its final not yet); after the last final,
+  // counted from the end of its speech (lagMs ago), not from its arrival.
+  heard(ev) {
+    const c = this.call;
+    if (!c) return;
+    const key = ev.speaker + ":" + ev.utteranceId;
+    if (ev.type === "transcript" && ev.final === true) c.open.delete(key);
+    else c.open.add(key);
+    if (c.open.size > 0) c.silence = { ms: 0, at: Date.now() };
+    else c.silence = { ms: typeof ev.lagMs === "number" ? ev.lagMs : 0, at: Date.now() };
   }
   tip(ev) {
     if (!ev.tipId || this.dismissed.has(ev.tipId)) return;
@@ -386,7 +406,7 @@ class AgentView {
     }
     if (typeof ev.agentWpm === "number") $("m-wpm").textContent = Math.round(ev.agentWpm);
     if (typeof ev.customerWpm === "number") $("m-cwpm").textContent = Math.round(ev.customerWpm);
-    if (typeof ev.silenceMs === "number" && this.call) this.call.silence = { ms: ev.silenceMs, at: Date.now() };
+    if (typeof ev.silenceMs === "number" && this.call && this.call.open.size === 0) this.call.silence = { ms: ev.silenceMs, at: Date.now() };
     if (typeof ev.callMs === "number" && this.call && !this.call.started) this.call.started = Date.now() - ev.callMs;
     this.tick();
   }
@@ -395,7 +415,7 @@ class AgentView {
     if (!c || c.ended) return;
     if (c.started) $("m-duration").textContent = fmtSecs(Date.now() - c.started);
     if (c.silence) {
-      const ms = c.silence.ms + (Date.now() - c.silence.at);
+      const ms = c.open.size > 0 ? 0 : c.silence.ms + (Date.now() - c.silence.at);
       $("m-silence").textContent = (ms / 1000).toFixed(0) + " s";
       $("m-silence").classList.toggle("long", ms >= 8000);
     }
@@ -509,8 +529,12 @@ class SupervisorView {
         if (typeof ev.silenceMs === "number" && !past) row.silence = { ms: ev.silenceMs, at: Date.now() };
         if (!row.started && typeof ev.callMs === "number") row.started = Date.now() - ev.callMs;
         break;
-      case "transcript":
+      case "speech":
         if (!past) row.silence = { ms: 0, at: Date.now() };
+        break;
+      case "transcript":
+        // After a final, silence runs from its end of speech (lagMs ago).
+        if (!past) row.silence = { ms: ev.final === true && typeof ev.lagMs === "number" ? ev.lagMs : 0, at: Date.now() };
         break;
       case "tip":
         if (ev.final === false) break;

@@ -198,6 +198,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     start_ms: step as u64 * 2000,
                     end_ms: step as u64 * 2000 + 1500,
                     latency_ms: None,
+                    lag_ms: None,
+                    gap: None,
                 })
                 .to_json();
                 if let Some(rule) = rule

@@ -2,7 +2,9 @@
 //! customer) played into a running stt at real time from WAV clips, with
 //! silence between clips for the chosen speech ratio. Prints end-of-speech
 //! to final latency (p50/p95/max), partial cadence, real-time factor, stt's
-//! CPU and peak memory, and WER when reference texts are given.
+//! CPU and peak memory, and WER when reference texts are given; with stt's
+//! admission control, the streams it refused (503), the finals it gave up
+//! on (`gap`), and the capacity it reported after the run (`/capacity`).
 
 use crate::event::{Event, Received};
 use std::collections::HashMap;
@@ -85,6 +87,10 @@ struct Observed {
     partial_gaps_ms: Vec<f64>,
     finals: usize,
     partials: usize,
+    /// Finals stt gave up on (`gap`).
+    gaps: usize,
+    /// Streams refused at the handshake.
+    refused: usize,
     /// Final texts of each clip playback ((stream, clip start ms) -> (clip
     /// name, texts)), joined for WER.
     hypotheses: HashMap<(usize, u64), (String, Vec<String>)>,
@@ -140,10 +146,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     );
     let _neighbours = Neighbours::start(opts.neighbour)?;
     println!(
-        "{:>6} {:>8} {:>8} {:>9} {:>9} {:>9} {:>12} {:>7} {:>9} {:>10} {:>7}",
+        "{:>6} {:>8} {:>8} {:>8} {:>5} {:>9} {:>9} {:>9} {:>12} {:>7} {:>9} {:>10} {:>7} {:>9}",
         "calls",
         "streams",
+        "refused",
         "finals",
+        "gaps",
         "p50 ms",
         "p95 ms",
         "max ms",
@@ -151,7 +159,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         "RTF",
         "stt CPU",
         "stt RSS",
-        "WER"
+        "WER",
+        "capacity"
     );
     for &calls in &opts.calls {
         let before = scrape(&http).await;
@@ -190,7 +199,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             })
         };
         for t in tasks {
-            t.await??;
+            if !t.await?? {
+                observed
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .refused += 1;
+            }
         }
         let secs = started.elapsed().as_secs_f64();
         done.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -199,6 +213,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         if let Some(a) = &after {
             peak_rss = peak_rss.max(a.rss);
         }
+        let capacity = reported_capacity(&http).await;
         let o = observed.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         let mut lat = o.latency_ms.clone();
         lat.sort_by(f64::total_cmp);
@@ -226,11 +241,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             .map(|(name, texts)| (name.clone(), texts.join(" ")))
             .collect();
         let wer = word_error_rate(&hyps, &references);
+        let (refused, finals, gaps) = (o.refused, o.finals, o.gaps);
         println!(
-            "{:>6} {:>8} {:>8} {:>9.0} {:>9.0} {:>9.0} {:>9.0} ms {:>7.3} {:>8.0}% {:>6.0} MiB {:>7}",
+            "{:>6} {:>8} {:>8} {:>8} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>9.0} ms {:>7.3} {:>8.0}% {:>6.0} MiB {:>7} {:>9}",
             calls,
             calls * 2,
-            o.finals,
+            refused,
+            finals,
+            gaps,
             pick(0.5),
             pick(0.95),
             lat.last().copied().unwrap_or(f64::NAN),
@@ -239,13 +257,37 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             cpu * 100.0,
             peak_rss / 1048576.0,
             wer.map_or("-".into(), |w| format!("{:.1}%", w * 100.0)),
+            capacity,
         );
     }
     Ok(())
 }
 
+/// What stt's `/capacity` says now: `streams (source)`, or `-`.
+async fn reported_capacity(http: &str) -> String {
+    let url = format!("{}/capacity", http.trim_end_matches('/'));
+    tokio::task::spawn_blocking(move || {
+        let text = ureq::get(&url)
+            .call()
+            .ok()?
+            .body_mut()
+            .read_to_string()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        Some(format!(
+            "{} {}",
+            v.get("capacity")?.as_u64()?,
+            v.get("source")?.as_str()?
+        ))
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| "-".into())
+}
+
 /// Streams clips with silence between them at real time, and records what
-/// comes back.
+/// comes back. `false`: stt refused the stream at the handshake (503).
 async fn play(
     url: String,
     clips: Arc<Vec<Clip>>,
@@ -254,10 +296,14 @@ async fn play(
     duration: Duration,
     rate: u32,
     observed: Arc<Mutex<Observed>>,
-) -> anyhow::Result<()> {
-    let (ws, _) = tokio_tungstenite::connect_async(&url)
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
+) -> anyhow::Result<bool> {
+    let ws = match tokio_tungstenite::connect_async(&url).await {
+        Ok((ws, _)) => ws,
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) if resp.status() == 503 => {
+            return Ok(false);
+        }
+        Err(e) => return Err(e).with_context(|| format!("connecting to {url}")),
+    };
     let (mut tx, mut rx) = ws.split();
     let start = Instant::now();
     // Which clip ends at which stream millisecond, for WER attribution.
@@ -281,6 +327,7 @@ async fn play(
                 };
                 if t.is_final {
                     o.finals += 1;
+                    o.gaps += usize::from(t.gap.is_some());
                     let end_ms = t.end_ms;
                     let spoken_end = start + Duration::from_millis(end_ms);
                     o.latency_ms
@@ -333,7 +380,7 @@ async fn play(
     }
     tx.send(Message::text(r#"{"type":"end"}"#)).await?;
     let _ = tokio::time::timeout(Duration::from_secs(60), reader).await;
-    Ok(())
+    Ok(true)
 }
 
 struct Scraped {
