@@ -121,7 +121,7 @@ where
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let shutdown = match crate::shutdown::on_signals(shutdown_timeout) {
             Ok(s) => s,
             Err(e) => {
@@ -140,7 +140,12 @@ where
                 ExitCode::from(e.exit_code())
             }
         }
-    })
+    });
+    // A blocking call still in flight (an HTTP request on tokio's blocking
+    // pool, say a leg's release waiting on a slow stt) must not hold the
+    // exit: dropping the runtime would wait for it without bound.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 /// Raises the soft open-file limit to the hard limit: every websocket

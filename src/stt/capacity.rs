@@ -65,8 +65,10 @@ impl Source {
 /// A reading of the estimate.
 #[derive(Debug, Clone, Copy)]
 pub struct Estimate {
-    /// Streams stt can carry.
+    /// Streams stt takes: the operator's figure, else the measured one.
     pub streams: usize,
+    /// Streams the measurement says stt can carry (also when fixed).
+    pub measured: usize,
     /// Worker seconds of finals per second of one stream's audio.
     pub load_per_stream: f64,
     pub source: Source,
@@ -142,19 +144,22 @@ impl Capacity {
         } else {
             Source::Startup
         };
-        if let Some(n) = self.fixed {
-            return Estimate {
+        let measured = (self.workers as f64 * TARGET_UTILISATION / load.max(1e-6)).floor();
+        let measured =
+            (measured as usize).clamp(FLOOR_STREAMS.min(self.max_streams), self.max_streams);
+        match self.fixed {
+            Some(n) => Estimate {
                 streams: n,
+                measured,
                 load_per_stream: load,
                 source: Source::Fixed,
-            };
-        }
-        let streams = (self.workers as f64 * TARGET_UTILISATION / load.max(1e-6)).floor();
-        Estimate {
-            streams: (streams as usize)
-                .clamp(FLOOR_STREAMS.min(self.max_streams), self.max_streams),
-            load_per_stream: load,
-            source,
+            },
+            None => Estimate {
+                streams: measured,
+                measured,
+                load_per_stream: load,
+                source,
+            },
         }
     }
 

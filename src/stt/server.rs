@@ -218,6 +218,7 @@ fn capacity_json(state: &State) -> serde_json::Value {
         "headroom": e.streams as i64 - streams as i64,
         "accepting": admits && !state.shutdown.is_cancelled(),
         "source": e.source.as_str(),
+        "measured": e.measured,
         "loadPerStream": (e.load_per_stream * 10_000.0).round() / 10_000.0,
         "lagMs": lag.as_millis() as u64,
         "workers": state.settings.workers,

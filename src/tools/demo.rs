@@ -266,6 +266,8 @@ struct Printer {
     audio_t0: Option<Instant>,
     /// How late each final came after its words ended, seconds.
     lags: Vec<f64>,
+    /// Utterances stt gave up on (finals with `gap`).
+    gaps: usize,
 }
 
 /// Finals later than this after their words mean the machine did not keep up.
@@ -291,6 +293,12 @@ impl Printer {
     /// How far transcription lagged behind the words, and a plain warning
     /// when this machine could not keep up.
     fn report_lag(&self) {
+        if self.gaps > 0 {
+            println!(
+                "  This machine did not keep up: stt gave up on {} utterance(s), which have no words.",
+                self.gaps
+            );
+        }
         if self.lags.is_empty() {
             return;
         }
@@ -329,14 +337,21 @@ impl Printer {
             Event::CallStarted(e) => {
                 println!("Call {} from {} to agent {}", e.call_id, e.caller, e.agent)
             }
+            // An utterance that turned out not to be speech.
+            Event::Transcript(t) if t.is_final && t.text.is_empty() && t.gap.is_none() => {}
             Event::Transcript(t) if t.is_final => {
                 self.finals += 1;
+                self.gaps += usize::from(t.gap.is_some());
                 let who = if t.speaker == Speaker::Agent {
                     "agent   "
                 } else {
                     "customer"
                 };
-                println!("[{}] {who}  {}", clock(t.start_ms), t.text);
+                let text = match &t.gap {
+                    Some(_) => "(not transcribed: stt was too far behind)",
+                    None => &t.text,
+                };
+                println!("[{}] {who}  {text}", clock(t.start_ms));
                 if let Some(t0) = self.audio_t0 {
                     self.lags
                         .push(t0.elapsed().as_secs_f64() - t.end_ms as f64 / 1000.0);

@@ -167,6 +167,21 @@ await check("the agent view follows the agent's call: transcript, tips, checklis
   assert.match(await page.locator("#m-silence").textContent(), /^[34] s$/);
   await sleep(1200);
   assert.match(await page.locator("#m-silence").textContent(), /^[45] s$/, "the silence timer runs");
+  // stt lags: the customer started speaking (a speech event) and the words
+  // are not in yet. That is not silence, whatever a metrics event says.
+  await relay.publish({ type: "speech", callId: "c1", speaker: "customer", utteranceId: "u9", startMs: 20000 });
+  await page.locator("#m-silence", { hasText: /^0 s$/ }).waitFor({ timeout: 5000 });
+  await relay.publish({ type: "metrics", callId: "c1", agentTalkRatio: 0.72, silenceMs: 5000, callMs: 43000 });
+  await sleep(1200);
+  assert.equal(await page.locator("#m-silence").textContent(), "0 s", "an open utterance holds the silence at zero");
+  // stt gave up on it: the transcript says so; the silence runs from the
+  // end of those words (lagMs ago).
+  await relay.publish({ type: "transcript", callId: "c1", speaker: "customer", utteranceId: "u9", text: "", final: true,
+    startMs: 20000, endMs: 23000, lagMs: 6000, gap: "overload" });
+  const u9 = page.locator('#transcript li[data-key="customer:u9"]');
+  await u9.locator(".text", { hasText: "sin transcribir" }).waitFor();
+  assert.ok(await u9.evaluate((li) => li.classList.contains("gap")));
+  await page.locator("#m-silence", { hasText: /^[6-8] s$/ }).waitFor({ timeout: 3000 });
   // The duration counts from call.started.
   assert.match(await page.locator("#m-duration").textContent(), /^0:0\d$/);
   await page.screenshot({ path: path.join(OUT, "agent.png") });

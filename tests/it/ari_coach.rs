@@ -639,4 +639,25 @@ async fn call_ended_does_not_wait_for_a_slow_stt() {
     assert!(took < Duration::from_secs(10), "{took:?}");
     rig.sim.wait_empty(&[], Duration::from_secs(60)).await;
     no_legs(&rig.rtp2ws).await;
+
+    // A SIGTERM in the middle of a teardown: `call.ended` still goes out.
+    let mut rig = rig;
+    let second = rig.sim.inbound(
+        ("Cliente", "5551235"),
+        Voice::script(1.0, &["vm-intro"]),
+        &[],
+    );
+    let mut sub = rig.relay.ws(&format!("callId={second}")).await;
+    until(&mut sub, Duration::from_secs(60), speaking).await;
+    rig.sim.remote_hangup(&second);
+    let tearing_down = format!("DELETE /channels/{second}-agent");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !rig.sim.requests().contains(&tearing_down) {
+        assert!(Instant::now() < deadline, "no teardown");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    rig.coach.signal(libc::SIGTERM);
+    let (end, _) = ended(&mut sub, Duration::from_secs(30)).await;
+    assert_eq!(end["reason"], "customer-hangup", "{end}");
+    assert!(rig.coach.wait_exit(Duration::from_secs(30)).is_some());
 }

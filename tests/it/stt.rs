@@ -141,7 +141,18 @@ async fn transcribes_spanish_in_every_encoding_and_publishes_to_the_relay() {
         }
         let f = finals(&events);
         assert_eq!(f.len(), 2, "{encoding}: {events:?}");
-        for e in &events {
+        // Each utterance is announced (`speech`) before its words.
+        for fin in &f {
+            let announced = events
+                .iter()
+                .position(|e| e["type"] == "speech" && e["utteranceId"] == fin["utteranceId"]);
+            let at = events.iter().position(|e| e == *fin);
+            assert!(
+                announced.is_some() && announced < at,
+                "{encoding}: {events:?}"
+            );
+        }
+        for e in events.iter().filter(|e| e["type"] != "speech") {
             assert_eq!(e["type"], "transcript");
             assert_eq!(e["callId"], format!("enc-{encoding}"));
             assert_eq!(e["speaker"], "customer");
@@ -578,4 +589,64 @@ async fn beside_a_busy_neighbour_finals_keep_coming_with_their_lag() {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
     assert!(metrics.contains("stt_finals_given_up_total 0"), "{metrics}");
+}
+
+/// Far behind, stt bounds the lag: finals that waited past `behind_ms` are
+/// decoded the cheap way, and those past `give_up_secs` are not decoded but
+/// sent empty with `gap: "overload"`: every utterance announced still gets
+/// its final, none is lost silently.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_final_that_waits_too_long_is_given_up_and_says_so() {
+    let (_relay, stt) = start_pair(&[
+        // Slow on purpose: one single-threaded worker, the full window.
+        ("CALL_COACH_STT__WORKERS", "1"),
+        ("CALL_COACH_STT__THREADS_PER_WORKER", "1"),
+        ("CALL_COACH_STT__MIN_AUDIO_CTX", "1500"),
+        ("CALL_COACH_STT__BEHIND_MS", "200"),
+        ("CALL_COACH_STT__GIVE_UP_SECS", "1"),
+    ]);
+    let mut ws = open(&stt, "callId=behind&speaker=agent&sampleRate=8000").await;
+    let mut audio = silence(300);
+    for p in [
+        "vm-intro",
+        "conf-enteringno",
+        "vm-intro",
+        "conf-enteringno",
+        "vm-intro",
+        "conf-enteringno",
+    ] {
+        audio.extend(samples(p));
+        audio.extend(silence(1000));
+    }
+    // As fast as it goes: six finals queue at once.
+    let events = stream(&mut ws, &s16le(&audio), 640).await;
+    let announced: Vec<&Value> = events.iter().filter(|e| e["type"] == "speech").collect();
+    let finals = finals(&events);
+    assert!(announced.len() >= 6, "{events:#?}");
+    for s in &announced {
+        assert!(
+            finals.iter().any(|f| f["utteranceId"] == s["utteranceId"]),
+            "no final for {s}: {events:#?}"
+        );
+    }
+    let gaps: Vec<&&Value> = finals.iter().filter(|f| f["gap"] == "overload").collect();
+    assert!(!gaps.is_empty(), "nothing given up: {events:#?}");
+    for g in &gaps {
+        assert_eq!(g["text"], "", "{g}");
+        assert!(g["lagMs"].as_u64().unwrap() >= 1000, "{g}");
+    }
+    // (A final may have waited behind a partial's slow decode: even the
+    // first can be given up. Each one says so.)
+    let (_, metrics) = stt.request("GET", "/metrics", &[], "").await;
+    let count = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        count("stt_finals_given_up_total"),
+        gaps.len() as u64,
+        "{metrics}"
+    );
 }

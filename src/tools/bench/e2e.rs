@@ -251,6 +251,9 @@ async fn run_one(
         .map(|(_, p)| crate::telemetry::process_stats(Some(*p)).map_or(0.0, |s| s.1))
         .collect();
 
+    // Admission: what stt refused, and what rtp2ws held back meanwhile.
+    let stt = metric_values(&pipeline.stt.addr).await;
+    let rtp2ws = metric_values(&pipeline.rtp2ws.addr).await;
     // Figures.
     let all = obs.lock().unwrap_or_else(|e| e.into_inner());
     let (mut finals_ms, mut tips_ms) = (Vec::new(), Vec::new());
@@ -316,6 +319,16 @@ async fn run_one(
         "     partials per final {:.2}",
         partials as f64 / finals.max(1) as f64
     );
+    let get = |m: &HashMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(0.0);
+    println!(
+        "     stt capacity {} streams; streams refused {} (at capacity) + {} (behind); finals given up {}; rtp2ws retries after a refusal {}, audio dropped {:.0} s",
+        get(&stt, "stt_capacity_streams"),
+        get(&stt, "stt_streams_refused_total"),
+        get(&stt, "stt_streams_refused_behind_total"),
+        get(&stt, "stt_finals_given_up_total"),
+        get(&rtp2ws, "rtp2ws_stt_refused_total"),
+        get(&rtp2ws, "rtp2ws_dropped_audio_ms_total") / 1000.0,
+    );
     let peaks = peaks.lock().unwrap_or_else(|e| e.into_inner()).clone();
     for (i, (name, _)) in pids.iter().enumerate() {
         println!(
@@ -326,4 +339,30 @@ async fn run_one(
     }
     drop(pipeline);
     Ok(())
+}
+
+/// A service's `/metrics` as name -> value (unlabelled lines only).
+async fn metric_values(addr: &str) -> HashMap<String, f64> {
+    let url = format!("http://{addr}/metrics");
+    tokio::task::spawn_blocking(move || {
+        let text = ureq::get(&url)
+            .call()
+            .ok()?
+            .body_mut()
+            .read_to_string()
+            .ok()?;
+        Some(
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| {
+                    let (k, v) = l.split_once(' ')?;
+                    Some((k.to_owned(), v.trim().parse().ok()?))
+                })
+                .collect(),
+        )
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_default()
 }

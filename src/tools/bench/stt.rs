@@ -263,7 +263,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What stt's `/capacity` says now: `streams (source)`, or `-`.
+/// What stt's `/capacity` says now: `streams source`, with the measured
+/// figure when the capacity is fixed; or `-`.
 async fn reported_capacity(http: &str) -> String {
     let url = format!("{}/capacity", http.trim_end_matches('/'));
     tokio::task::spawn_blocking(move || {
@@ -274,11 +275,11 @@ async fn reported_capacity(http: &str) -> String {
             .read_to_string()
             .ok()?;
         let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        Some(format!(
-            "{} {}",
-            v.get("capacity")?.as_u64()?,
-            v.get("source")?.as_str()?
-        ))
+        let (streams, source) = (v.get("capacity")?.as_u64()?, v.get("source")?.as_str()?);
+        Some(match (source, v.get("measured").and_then(|m| m.as_u64())) {
+            ("fixed", Some(m)) => format!("{streams} fixed, measured {m}"),
+            _ => format!("{streams} {source}"),
+        })
     })
     .await
     .ok()
