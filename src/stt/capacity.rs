@@ -1,11 +1,15 @@
 //! What stt can carry, and whether it takes one more stream.
 //!
 //! The unit is a stream (one call leg). What a stream costs is measured,
-//! not configured: the worker time spent on finals per second of stream
-//! audio, over the last minute (`load per stream`). A busy neighbour makes
-//! decodes slower, so the cost rises and the capacity falls with it. Until
-//! a minute holds enough audio, the start-up measurement (one decode of a
-//! typical utterance, at an assumed share of speech per leg) fills in.
+//! not configured: the worker time its finals ask for per second of stream
+//! audio, over the last minute (`load per stream`). A final's cost is
+//! counted when it is asked for (its audio x the decode time per second of
+//! audio of recent finals), not when a worker gets to it: work queued
+//! behind an overloaded pool counts at once, so the estimate cannot rise
+//! while stt falls behind. A busy neighbour makes decodes slower, so the
+//! cost rises and the capacity falls with it. Until a minute holds enough
+//! audio, the start-up measurement (one decode of a typical utterance, at
+//! an assumed share of speech per leg) fills in.
 //!
 //! capacity = workers x [`TARGET_UTILISATION`] / load per stream
 //!
@@ -80,7 +84,10 @@ pub struct Capacity {
     max_streams: usize,
     /// Load per stream from the start-up decode.
     startup_load: f64,
-    /// Totals since start: worker microseconds on finals, stream audio ms.
+    /// Decode microseconds per second of a final's audio, recent average.
+    final_rtf_us: AtomicU64,
+    /// Totals since start: worker microseconds the finals asked for
+    /// (estimated when asked), stream audio ms.
     final_decode_us: AtomicU64,
     audio_ms: AtomicU64,
     /// (when, final_decode_us, audio_ms) once a second, for the window.
@@ -96,16 +103,30 @@ impl Capacity {
             fixed,
             max_streams: max_streams.max(1),
             startup_load: (startup_rtf * ASSUMED_SPEECH).max(1e-4),
+            final_rtf_us: AtomicU64::new((startup_rtf * 1e6) as u64),
             final_decode_us: AtomicU64::new(0),
             audio_ms: AtomicU64::new(0),
             marks: Mutex::new(VecDeque::from([(Instant::now(), 0, 0)])),
         }
     }
 
-    /// A final took `decode` of a worker's time.
-    pub fn final_decoded(&self, decode: Duration) {
+    /// A final of `audio_ms` was asked for: its cost counts from now.
+    pub fn final_requested(&self, audio_ms: u64) {
+        let rtf_us = self.final_rtf_us.load(Ordering::Relaxed);
         self.final_decode_us
-            .fetch_add(decode.as_micros() as u64, Ordering::Relaxed);
+            .fetch_add(rtf_us * audio_ms / 1000, Ordering::Relaxed);
+    }
+
+    /// A final of `audio_ms` took `decode` of a worker's time: the decode
+    /// time per second of audio follows (a moving average).
+    pub fn final_decoded(&self, decode: Duration, audio_ms: u64) {
+        if audio_ms < 300 {
+            return;
+        }
+        let this = decode.as_micros() as u64 * 1000 / audio_ms;
+        let old = self.final_rtf_us.load(Ordering::Relaxed);
+        self.final_rtf_us
+            .store((old * 4 + this) / 5, Ordering::Relaxed);
     }
 
     /// A stream received `ms` of audio.
@@ -234,22 +255,28 @@ mod tests {
         let c = Capacity::new(2, 0.2, None, 256);
         let e = c.estimate();
         assert_eq!((e.streams, e.source), (6, Source::Startup));
-        // A minute of traffic that costs twice as much per stream.
+        // Finals turn out to cost 0.4 s per second of their audio, and a
+        // minute of traffic asks for 27 s of finals: 0.18 per stream.
+        for _ in 0..60 {
+            c.final_decoded(Duration::from_millis(400), 1_000);
+        }
         c.audio(60_000);
-        c.final_decoded(Duration::from_secs_f64(60.0 * 0.18));
+        c.final_requested(27_000);
         let e = c.estimate();
         assert_eq!(e.source, Source::Measured);
-        assert!((e.load_per_stream - 0.18).abs() < 1e-9, "{e:?}");
+        assert!((e.load_per_stream - 0.18).abs() < 1e-3, "{e:?}");
         assert_eq!(e.streams, 3);
     }
 
     #[test]
     fn half_a_minute_blends_with_the_startup_figure() {
-        let c = Capacity::new(1, 0.2, None, 256);
+        let c = Capacity::new(1, 0.6, None, 256);
         c.audio(30_000);
-        c.final_decoded(Duration::from_secs_f64(30.0 * 0.27));
-        // (8.1 + 0.09 x 30) / 60 = 0.18
-        assert!((c.estimate().load_per_stream - 0.18).abs() < 1e-9);
+        // 27 s of finals at 0.6 s per second: 16.2 s of work, counted when
+        // asked for (no worker has got to them yet).
+        c.final_requested(27_000);
+        // (16.2 + 0.27 x 30) / 60 = 0.405
+        assert!((c.estimate().load_per_stream - 0.405).abs() < 1e-6);
     }
 
     #[test]

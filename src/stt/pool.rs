@@ -144,7 +144,8 @@ impl Pool {
                             Kind::Partial => pool.metrics.partials_done.inc(),
                             Kind::Final => {
                                 pool.metrics.finals_done.inc();
-                                pool.capacity.final_decoded(decode);
+                                pool.capacity
+                                    .final_decoded(decode, job.audio.len() as u64 / 16);
                             }
                         }
                         let _ = job.reply.send(Done {
@@ -173,6 +174,7 @@ impl Pool {
         let mut q = self.lock();
         match job.kind {
             Kind::Final => {
+                self.capacity.final_requested(job.audio.len() as u64 / 16);
                 let before = q.partials.len();
                 q.partials.retain(|p| p.stream != job.stream);
                 let removed = (before - q.partials.len()) as u64;

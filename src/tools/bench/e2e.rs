@@ -43,6 +43,10 @@ struct CallObs {
     t0: Option<Instant>,
     /// utteranceId -> (end of speech, ms in the leg; when the final came).
     finals: HashMap<String, (u64, Instant)>,
+    /// stt's own `lagMs` of each final (from the arrival of its last audio
+    /// at stt): unlike the call's clock, it stays true for a leg stt
+    /// admitted late.
+    lags_ms: Vec<f64>,
     /// (utteranceId, when the tip came) of rule tips.
     tips: Vec<(String, Instant)>,
     partials: usize,
@@ -224,6 +228,7 @@ async fn run_one(
             Event::Transcript(t) if t.is_final => {
                 let u = format!("{}:{}", t.speaker, t.utterance_id);
                 o.finals.insert(u, (t.end_ms, now));
+                o.lags_ms.extend(t.lag_ms.map(|l| l as f64));
             }
             Event::Transcript(_) => o.partials += 1,
             Event::Tip(Tip {
@@ -302,12 +307,18 @@ async fn run_one(
             if o.summary { "yes" } else { "NO" }
         );
     }
+    let mut lags: Vec<f64> = all.values().flat_map(|o| o.lags_ms.clone()).collect();
     let max = finals_ms.iter().copied().fold(f64::NAN, f64::max);
     println!(
         "all: {finals} finals, end of speech -> final on a subscriber: p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms (includes the 500 ms end-of-speech wait)",
         quantile(&mut finals_ms.clone(), 0.5),
         quantile(&mut finals_ms, 0.95),
         max
+    );
+    println!(
+        "     stt lagMs of the finals: p50 {:.0} ms, p95 {:.0} ms (from the last audio's arrival at stt: true also for legs admitted late, whose call-clock figures above include the wait)",
+        quantile(&mut lags.clone(), 0.5),
+        quantile(&mut lags, 0.95)
     );
     println!(
         "     {} rule tips, end of speech -> tip: p50 {:.0} ms, p95 {:.0} ms (negative: the tip came from a partial, before the speaker finished)",
