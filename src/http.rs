@@ -170,6 +170,19 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// A GET whose answer is JSON, blocking (ureq; call it off the runtime):
+/// `None` when it cannot be had or is not JSON.
+pub fn get_json(agent: &ureq::Agent, url: &str) -> Option<serde_json::Value> {
+    let text = agent
+        .get(url)
+        .call()
+        .ok()?
+        .body_mut()
+        .read_to_string()
+        .ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,6 +51,7 @@ struct State {
     totals: Arc<Counters>,
     next_id: AtomicU64,
     shutdown: CancellationToken,
+    stt: Arc<super::stt_pool::SttPool>,
 }
 
 impl State {
@@ -61,7 +62,7 @@ impl State {
     fn options(&self) -> leg::Options {
         let s = &self.settings;
         leg::Options {
-            stt_url: s.stt_url.clone(),
+            stt: self.stt.clone(),
             idle: Duration::from_secs(s.idle_timeout_secs.max(1)),
             jitter_ms: s.jitter_ms,
             buffer_secs: s.buffer_secs,
@@ -118,6 +119,9 @@ pub async fn serve(
         totals: Arc::new(Counters::default()),
         next_id: AtomicU64::new(1),
         shutdown: shutdown.clone(),
+        stt: Arc::new(super::stt_pool::SttPool::new(super::stt_pool::parse_urls(
+            &s.stt_url,
+        ))),
     });
     if let Some(call_id) = &s.call_id {
         // The original deployment's fixed ports: mix, agent, customer.
@@ -286,7 +290,7 @@ fn metrics(state: &State) -> String {
     let mut o = String::new();
     let legs = state.legs().len();
     crate::telemetry::prometheus(&mut o, "rtp2ws_streams", "gauge", "Call legs open.", legs);
-    let rows: [(&str, &str, &AtomicU64); 11] = [
+    let rows: [(&str, &str, &AtomicU64); 12] = [
         ("rtp2ws_packets_total", "RTP packets accepted.", &t.packets),
         (
             "rtp2ws_lost_packets_total",
@@ -337,6 +341,11 @@ fn metrics(state: &State) -> String {
             "rtp2ws_stt_refused_total",
             "Connections stt refused (503: at capacity, behind, or stopping); each is retried.",
             &t.refused,
+        ),
+        (
+            "rtp2ws_stt_moves_total",
+            "Streams that went on to another stt of STT_URL than their last one.",
+            &t.moves,
         ),
     ];
     for (name, help, v) in rows {

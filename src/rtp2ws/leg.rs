@@ -41,6 +41,8 @@ pub struct Counters {
     pub reconnects: AtomicU64,
     /// Connections stt refused at the handshake (503), each retried.
     pub refused: AtomicU64,
+    /// Streams that went on to another stt than their last one.
+    pub moves: AtomicU64,
 }
 
 /// Bumps a counter of the leg and the same one of the service.
@@ -67,7 +69,8 @@ pub struct Spec {
 /// How legs run (from the settings).
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub stt_url: String,
+    /// The stt (or stt hosts) the stream goes to.
+    pub stt: Arc<super::stt_pool::SttPool>,
     /// No packets for this long closes a leg (not a fixed one).
     pub idle: Duration,
     pub jitter_ms: u64,
@@ -91,12 +94,14 @@ pub async fn run(
         capacity_samples: (options.buffer_secs.max(1) * u64::from(rate)) as usize,
         closed: std::sync::atomic::AtomicBool::new(false),
     });
-    let url = format!(
-        "{}?callId={}&speaker={}&sampleRate={rate}&encoding=s16le",
-        options.stt_url, spec.call_id, spec.speaker
+    let query = format!(
+        "?callId={}&speaker={}&sampleRate={rate}&encoding=s16le",
+        spec.call_id, spec.speaker
     );
     let sender = tokio::spawn(send_to_stt(
-        url,
+        options.stt.clone(),
+        query,
+        rate,
         outbox.clone(),
         counters.clone(),
         totals.clone(),
@@ -249,7 +254,9 @@ impl Outbox {
 /// Sends queued audio to stt, reconnecting with backoff; at the end sends
 /// `{"type":"end"}` and waits for stt to close (its finals come first).
 async fn send_to_stt(
-    url: String,
+    stt: Arc<super::stt_pool::SttPool>,
+    query: String,
+    rate: u32,
     outbox: Arc<Outbox>,
     counters: Arc<Counters>,
     totals: Arc<Counters>,
@@ -257,14 +264,27 @@ async fn send_to_stt(
     let pair = [&*counters, &*totals];
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
+    let mut last_base: Option<String> = None;
     'connect: loop {
+        let base = match stt.choose().await {
+            Ok(base) => base,
+            Err(wait) => {
+                if outbox.closed.load(Ordering::Acquire) && outbox.lock().is_empty() {
+                    return;
+                }
+                tokio::time::sleep(wait.max(backoff)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        let url = format!("{base}{query}");
         let ws = match tokio_tungstenite::connect_async(&url).await {
             Ok((ws, _)) => ws,
             Err(e) => {
                 if outbox.closed.load(Ordering::Acquire) && outbox.lock().is_empty() {
                     return;
                 }
-                let wait = match refusal(&e) {
+                let cool = match refusal(&e) {
                     Some((why, retry_after)) => {
                         bump(&pair, |c| &c.refused, 1);
                         tracing::warn!(%url, reason = %why, "stt refused the stream; retrying");
@@ -275,11 +295,18 @@ async fn send_to_stt(
                         backoff
                     }
                 };
-                tokio::time::sleep(wait).await;
+                // Another stt may take it now; when none can, `choose`
+                // says how long to wait.
+                stt.cool(&base, Some(cool));
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }
         };
+        if last_base.as_ref().is_some_and(|b| *b != base) {
+            bump(&pair, |c| &c.moves, 1);
+            tracing::info!(%url, "stream moved to another stt");
+        }
+        last_base = Some(base);
         if !first {
             bump(&pair, |c| &c.reconnects, 1);
             tracing::info!(%url, "reconnected to stt");
@@ -287,6 +314,19 @@ async fn send_to_stt(
         first = false;
         backoff = Duration::from_millis(100);
         let (mut tx, mut rx) = ws.split();
+        let mut unconfirmed = Unconfirmed::new(rate);
+        // The connection failed: what this stt got but did not finalise
+        // goes again, first, to the next one.
+        let replay = |unconfirmed: &mut Unconfirmed| {
+            let audio = unconfirmed.take();
+            if !audio.is_empty() {
+                tracing::info!(
+                    ms = audio.len() as u64 * 1000 / u64::from(rate),
+                    "replaying audio the lost stt had not finalised"
+                );
+                outbox.lock().push_front(audio);
+            }
+        };
         loop {
             // Everything waiting goes in one frame: under load that is one
             // websocket write for many packets.
@@ -308,35 +348,106 @@ async fn send_to_stt(
                     if tx.send(Message::binary(bytes)).await.is_err() {
                         // Put it back and reconnect.
                         outbox.lock().push_front(samples);
+                        replay(&mut unconfirmed);
                         continue 'connect;
                     }
+                    unconfirmed.sent(&samples);
                     bump(&pair, |c| &c.bytes_to_stt, n);
                 }
                 None if outbox.closed.load(Ordering::Acquire) => {
                     let _ = tx.send(Message::text(r#"{"type":"end"}"#)).await;
-                    // stt closes once every final is out.
-                    let _ = tokio::time::timeout(Duration::from_secs(60), async {
-                        while let Some(Ok(m)) = rx.next().await {
-                            if m.is_close() {
-                                break;
+                    // stt closes once every final is out; if it dies first,
+                    // another one gets what it had not finalised.
+                    let closed = tokio::time::timeout(Duration::from_secs(60), async {
+                        loop {
+                            match rx.next().await {
+                                Some(Ok(m)) if m.is_close() => return true,
+                                Some(Ok(m)) => unconfirmed.echo(&m),
+                                _ => return false,
                             }
                         }
                     })
                     .await;
+                    if closed == Ok(false) && !unconfirmed.is_empty() {
+                        replay(&mut unconfirmed);
+                        continue 'connect;
+                    }
                     return;
                 }
                 None => {
                     tokio::select! {
                         _ = outbox.notify.notified() => {}
-                        // stt's echoes are not needed here; reading keeps
-                        // the socket healthy and notices a closed stt.
-                        m = rx.next() => if !matches!(m, Some(Ok(_))) {
-                            continue 'connect;
+                        // stt's echoes: its finals say what it has done.
+                        m = rx.next() => match m {
+                            Some(Ok(m)) => unconfirmed.echo(&m),
+                            _ => {
+                                replay(&mut unconfirmed);
+                                continue 'connect;
+                            }
                         },
                     }
                 }
             }
         }
+    }
+}
+
+/// Audio one stt connection got whose words it has not finalised yet: kept
+/// (at most [`UNCONFIRMED_SECS`]) so that, if the stt is lost, the next one
+/// hears the utterance that was in flight. A final `transcript` echoed on
+/// the socket confirms everything up to its `endMs`.
+struct Unconfirmed {
+    rate: u64,
+    audio: VecDeque<i16>,
+    /// Sample of the connection's stream where `audio` starts.
+    from: u64,
+}
+
+/// Longest utterance stt makes (15 s) and a margin.
+const UNCONFIRMED_SECS: u64 = 20;
+
+impl Unconfirmed {
+    fn new(rate: u32) -> Self {
+        Self {
+            rate: u64::from(rate),
+            audio: VecDeque::new(),
+            from: 0,
+        }
+    }
+
+    fn sent(&mut self, samples: &[i16]) {
+        self.audio.extend(samples);
+        let cap = (UNCONFIRMED_SECS * self.rate) as usize;
+        if self.audio.len() > cap {
+            let over = self.audio.len() - cap;
+            self.audio.drain(..over);
+            self.from += over as u64;
+        }
+    }
+
+    /// A message from stt: a final confirms the audio up to its end.
+    fn echo(&mut self, m: &Message) {
+        let Message::Text(text) = m else { return };
+        let Some(crate::event::Event::Transcript(t)) =
+            crate::event::Received::parse(text).and_then(|r| r.event)
+        else {
+            return;
+        };
+        if t.is_final {
+            let upto = t.end_ms * self.rate / 1000;
+            let n = upto.saturating_sub(self.from).min(self.audio.len() as u64);
+            self.audio.drain(..n as usize);
+            self.from += n;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.audio.is_empty()
+    }
+
+    fn take(&mut self) -> Vec<i16> {
+        self.from = 0;
+        std::mem::take(&mut self.audio).into()
     }
 }
 
@@ -366,6 +477,34 @@ fn refusal(e: &tokio_tungstenite::tungstenite::Error) -> Option<(String, Duratio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unconfirmed_audio_is_what_no_final_covers() {
+        let mut u = Unconfirmed::new(8_000);
+        u.sent(&[1; 8_000]); // 0-1 s
+        u.sent(&[2; 8_000]); // 1-2 s
+        let fin = |end_ms: u64| {
+            Message::text(format!(
+                r#"{{"type":"transcript","callId":"c","speaker":"agent","text":"x","final":true,"utteranceId":"u","startMs":0,"endMs":{end_ms}}}"#
+            ))
+        };
+        let partial = Message::text(
+            r#"{"type":"transcript","callId":"c","speaker":"agent","text":"x","final":false,"utteranceId":"u","startMs":0,"endMs":1900}"#,
+        );
+        u.echo(&partial);
+        assert_eq!(u.audio.len(), 16_000, "a partial confirms nothing");
+        u.echo(&fin(1_500));
+        assert_eq!(u.audio.len(), 4_000);
+        assert_eq!(u.take(), vec![2; 4_000]);
+        assert!(u.is_empty());
+        // Bounded.
+        let mut u = Unconfirmed::new(8_000);
+        for _ in 0..30 {
+            u.sent(&[0; 8_000]);
+        }
+        assert_eq!(u.audio.len(), 20 * 8_000);
+        assert_eq!(u.from, 10 * 8_000);
+    }
 
     #[test]
     fn outbox_keeps_the_newest_audio_within_its_bound() {

@@ -5,10 +5,12 @@
 //! - [`control`]: the loopback HTTP API (`POST/GET/DELETE /streams`).
 //! - [`leg`]: one leg: a UDP port, RTP checks, the jitter buffer, and the
 //!   stt websocket with reconnects and a bounded buffer.
+//! - [`stt_pool`]: several stt hosts: which one a stream goes to.
 
 pub mod client;
 pub mod control;
 pub mod leg;
+pub mod stt_pool;
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -32,7 +34,9 @@ pub struct Settings {
     pub rtp_bind: IpAddr,
     /// Loopback HTTP control API address. `RTP2WS_CONTROL`.
     pub control: SocketAddr,
-    /// The stt websocket. `STT_URL`.
+    /// The stt websocket, or several separated by commas (each stream goes
+    /// to the one with the most headroom, and moves on when one refuses or
+    /// fails). `STT_URL`.
     pub stt_url: String,
     /// A leg with no packets for this many seconds is closed.
     pub idle_timeout_secs: u64,
@@ -83,10 +87,11 @@ impl Section for Settings {
                 format!("{id:?} is not a valid callId"),
             ));
         }
-        if !self.stt_url.starts_with("ws://") {
+        let urls = stt_pool::parse_urls(&self.stt_url);
+        if urls.is_empty() || urls.iter().any(|u| !u.starts_with("ws://")) {
             return Err(ConfigError::invalid(
                 "rtp2ws.stt_url",
-                "must be a ws:// URL",
+                "must be a ws:// URL, or several separated by commas",
             ));
         }
         Ok(())

@@ -25,6 +25,30 @@ fn start_chain(base_port: u16, extra: &[(&str, &str)]) -> (Service, Service, Ser
     (relay, stt, rtp2ws)
 }
 
+/// An rtp2ws sending to `stt_url` (one URL or several), its ports from
+/// `base_port`, with extra settings.
+fn rtp2ws_to(stt_url: &str, base_port: &str, extra: &[(&str, &str)]) -> Service {
+    let mut env = vec![
+        ("STT_URL", stt_url),
+        ("RTP2WS_CONTROL", "127.0.0.1:0"),
+        ("BASE_PORT", base_port),
+    ];
+    env.extend_from_slice(extra);
+    Service::start_named("rtp2ws", &env)
+}
+
+/// Waits for a final of each speaker, both with `word`.
+async fn both_speakers_say(sub: &mut crate::util::Ws, word: &str) {
+    let mut speakers = Vec::new();
+    while speakers.len() < 2 {
+        let ev = next_final(sub, Duration::from_secs(60)).await;
+        assert!(text(&ev).contains(word), "{ev}");
+        speakers.push(ev["speaker"].as_str().unwrap().to_owned());
+    }
+    speakers.sort();
+    assert_eq!(speakers, ["agent", "customer"]);
+}
+
 /// Runs `simulate-call` against the rtp2ws at `control` (off the async
 /// runtime) with the two recordings and any extra flags; returns (status,
 /// stdout, stderr).
@@ -250,14 +274,10 @@ async fn audio_waits_for_stt_to_come_back() {
         .unwrap()
         .port();
     let stt_url = format!("ws://127.0.0.1:{stt_port}/ws");
-    let rtp2ws = Service::start_named(
-        "rtp2ws",
-        &[
-            ("STT_URL", &stt_url),
-            ("RTP2WS_CONTROL", "127.0.0.1:0"),
-            ("BASE_PORT", "34000"),
-            ("CALL_COACH_RTP2WS__BUFFER_SECS", "10"),
-        ],
+    let rtp2ws = rtp2ws_to(
+        &stt_url,
+        "34000",
+        &[("CALL_COACH_RTP2WS__BUFFER_SECS", "10")],
     );
     let mut sub = relay.ws("callId=sim-outage").await;
     let sim = tokio::spawn(simulate(
@@ -275,14 +295,7 @@ async fn audio_waits_for_stt_to_come_back() {
     );
     let (code, _, err) = sim.await.unwrap();
     assert_eq!(code, 0, "{err}");
-    let mut speakers = Vec::new();
-    while speakers.len() < 2 {
-        let ev = next_final(&mut sub, Duration::from_secs(60)).await;
-        assert!(text(&ev).contains("conferencia"), "{ev}");
-        speakers.push(ev["speaker"].as_str().unwrap().to_owned());
-    }
-    speakers.sort();
-    assert_eq!(speakers, ["agent", "customer"]);
+    both_speakers_say(&mut sub, "conferencia").await;
     let (_, metrics) = rtp2ws.request("GET", "/metrics", &[], "").await;
     assert!(
         metrics.contains("rtp2ws_dropped_audio_ms_total 0"),
@@ -338,14 +351,7 @@ async fn a_full_stt_refuses_and_rtp2ws_retries_until_it_has_room() {
     let (_, capacity) = stt.request("GET", "/capacity", &[], "").await;
     assert!(capacity.contains(r#""accepting":false"#), "{capacity}");
 
-    let rtp2ws = Service::start_named(
-        "rtp2ws",
-        &[
-            ("STT_URL", &format!("ws://{}/ws", stt.addr)),
-            ("RTP2WS_CONTROL", "127.0.0.1:0"),
-            ("BASE_PORT", "31400"),
-        ],
-    );
+    let rtp2ws = rtp2ws_to(&format!("ws://{}/ws", stt.addr), "31400", &[]);
     let mut sub = relay.ws("callId=sim-full").await;
     let sim = tokio::spawn(simulate(
         format!("http://{}", rtp2ws.addr),
@@ -385,17 +391,131 @@ async fn a_full_stt_refuses_and_rtp2ws_retries_until_it_has_room() {
     }
     let (code, _, err) = sim.await.unwrap();
     assert_eq!(code, 0, "{err}");
-    let mut speakers = Vec::new();
-    while speakers.len() < 2 {
-        let ev = next_final(&mut sub, Duration::from_secs(60)).await;
-        assert!(text(&ev).contains("conferencia"), "{ev}");
-        speakers.push(ev["speaker"].as_str().unwrap().to_owned());
-    }
-    speakers.sort();
-    assert_eq!(speakers, ["agent", "customer"]);
+    both_speakers_say(&mut sub, "conferencia").await;
     let (_, metrics) = rtp2ws.request("GET", "/metrics", &[], "").await;
     assert!(
         metrics.contains("rtp2ws_dropped_audio_ms_total 0"),
         "{metrics}"
     );
+}
+
+/// A figure of a service's `/metrics` (0 when absent).
+async fn metric(service: &Service, name: &str) -> u64 {
+    let (_, metrics) = service.request("GET", "/metrics", &[], "").await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `stt_streams_total` of an stt.
+async fn streams_total(stt: &Service) -> u64 {
+    metric(stt, "stt_streams_total").await
+}
+
+/// Two stt hosts behind one rtp2ws (`STT_URL` with two URLs): a call goes
+/// to the one with headroom while the other is full, and to the one left
+/// when the other is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_two_stt_hosts_a_call_goes_where_there_is_room() {
+    let relay = Service::start(&[]);
+    let full = start_stt(&event_url(&relay), &[("CALL_COACH_STT__CAPACITY", "2")]);
+    let roomy = start_stt(&event_url(&relay), &[]);
+    let mut blockers = Vec::new();
+    for speaker in ["agent", "customer"] {
+        let url = format!(
+            "ws://{}/ws?callId=blocker&speaker={speaker}&sampleRate=8000",
+            full.addr
+        );
+        blockers.push(tokio_tungstenite::connect_async(url).await.unwrap().0);
+    }
+    let urls = format!("ws://{}/ws, ws://{}/ws", full.addr, roomy.addr);
+    let rtp2ws = rtp2ws_to(&urls, "31500", &[]);
+    let transcribed = |call: &'static str| {
+        let (relay, control) = (&relay, format!("http://{}", rtp2ws.addr));
+        async move {
+            let mut sub = relay.ws(&format!("callId={call}")).await;
+            let (code, _, err) =
+                simulate(control, call, "conf-enteringno", "conf-enteringno", &[]).await;
+            assert_eq!(code, 0, "{err}");
+            both_speakers_say(&mut sub, "conferencia").await;
+        }
+    };
+    // The first stt is full: both legs go to the second, at once.
+    transcribed("two-hosts-1").await;
+    assert_eq!(streams_total(&full).await, 2, "only the blockers");
+    assert_eq!(streams_total(&roomy).await, 2);
+    // The second goes away; the first has room again: the next call goes
+    // there.
+    drop(blockers);
+    drop(roomy);
+    transcribed("two-hosts-2").await;
+    assert_eq!(streams_total(&full).await, 4);
+    assert_eq!(metric(&rtp2ws, "rtp2ws_dropped_audio_ms_total").await, 0);
+}
+
+/// `stt_streams` (open now) of an stt.
+async fn streams_open(stt: &Service) -> u64 {
+    metric(stt, "stt_streams").await
+}
+
+/// The stt host carrying a call dies (SIGKILL) in the middle of the first
+/// sentence (at its first partial): rtp2ws moves both legs to the other host and replays what the
+/// dead one had not finalised, so the sentence comes whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_stt_host_loses_no_words_rtp2ws_still_holds() {
+    let relay = Service::start(&[]);
+    let mut hosts = [
+        start_stt(&event_url(&relay), &[]),
+        start_stt(&event_url(&relay), &[]),
+    ];
+    let urls = format!("ws://{}/ws,ws://{}/ws", hosts[0].addr, hosts[1].addr);
+    let rtp2ws = rtp2ws_to(&urls, "31600", &[]);
+    let mut sub = relay.ws("callId=failover").await;
+    let sim = tokio::spawn(simulate(
+        format!("http://{}", rtp2ws.addr),
+        "failover",
+        "vm-intro",
+        "vm-intro",
+        &["--realtime"],
+    ));
+    // The first sentence is under way on some stt (its first partial).
+    loop {
+        let ev = next_json(&mut sub, Duration::from_secs(60))
+            .await
+            .expect("an event");
+        assert_ne!(
+            ev["final"], true,
+            "the sentence ended before the kill: {ev}"
+        );
+        if ev["type"] == "transcript" {
+            break;
+        }
+    }
+    let mut carrying = None;
+    for (i, host) in hosts.iter().enumerate() {
+        if streams_open(host).await > 0 {
+            carrying = Some(i);
+        }
+    }
+    let carrying = carrying.expect("an stt carries the call");
+    hosts[carrying].signal(libc::SIGKILL);
+    let (code, _, err) = sim.await.unwrap();
+    assert_eq!(code, 0, "{err}");
+    let mut finals: std::collections::HashMap<String, String> = Default::default();
+    while finals.values().filter(|t| t.contains("mensaje")).count() < 2 {
+        let ev = next_final(&mut sub, Duration::from_secs(60)).await;
+        finals
+            .entry(ev["speaker"].as_str().unwrap().to_owned())
+            .or_default()
+            .push_str(&format!(" {}", text(&ev)));
+    }
+    for (speaker, said) in &finals {
+        assert!(
+            said.contains("favor"),
+            "{speaker} lost the sentence's start: {said}"
+        );
+    }
+    assert!(metric(&rtp2ws, "rtp2ws_stt_moves_total").await > 0);
 }

@@ -268,13 +268,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 async fn reported_capacity(http: &str) -> String {
     let url = format!("{}/capacity", http.trim_end_matches('/'));
     tokio::task::spawn_blocking(move || {
-        let text = ureq::get(&url)
-            .call()
-            .ok()?
-            .body_mut()
-            .read_to_string()
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let v = crate::http::get_json(&ureq::Agent::new_with_defaults(), &url)?;
         let (streams, source) = (v.get("capacity")?.as_u64()?, v.get("source")?.as_str()?);
         Some(match (source, v.get("measured").and_then(|m| m.as_u64())) {
             ("fixed", Some(m)) => format!("{streams} fixed, measured {m}"),
