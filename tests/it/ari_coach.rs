@@ -179,7 +179,15 @@ async fn a_whole_call_is_transcribed_per_speaker_and_leaves_nothing_behind() {
     // ari-coach's own status.
     let (status, _) = rig.coach.request("GET", "/healthz", &[], "").await;
     assert_eq!(status, 200);
-    let (_, metrics) = rig.coach.request("GET", "/metrics", &[], "").await;
+    // The call's task ends once its teardown is done (after call.ended).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let (_, metrics) = rig.coach.request("GET", "/metrics", &[], "").await;
+        if metrics.contains("ari_coach_calls_active 0") || Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     for line in [
         "ari_coach_connected 1",
         "ari_coach_calls_active 0",
@@ -232,13 +240,15 @@ async fn the_agent_hanging_up_first_ends_the_call_for_the_customer_too() {
         ended(&mut sub, Duration::from_secs(30)).await.0["reason"],
         "agent-hangup"
     );
+    // call.ended goes out first; the teardown (hanging up the customer
+    // too) follows it.
+    rig.sim.wait_empty(&[], Duration::from_secs(10)).await;
     assert!(!rig.sim.exists(&customer), "the customer was not hung up");
     assert!(
         rig.sim
             .requests()
             .contains(&format!("DELETE /channels/{customer}"))
     );
-    rig.sim.wait_empty(&[], Duration::from_secs(10)).await;
     no_legs(&rig.rtp2ws).await;
 }
 
