@@ -283,14 +283,17 @@ fn open_stream(state: &Arc<State>, req: Request<Incoming>) -> Resp {
             "stt is shutting down".into(),
         );
     }
-    let streams = state.metrics.streams.load(Ordering::Relaxed).max(0) as usize;
+    // Counted at once, so a burst of handshakes cannot all see room.
+    let streams = state.metrics.streams.fetch_add(1, Ordering::Relaxed).max(0) as usize;
     let behind = std::time::Duration::from_millis(state.settings.behind_ms);
     if let Err(refusal) = state
         .capacity
         .admit(streams, state.pool.oldest_final_wait(), behind)
     {
+        state.metrics.streams.fetch_sub(1, Ordering::Relaxed);
         return refuse_full(state, refusal, streams, &params);
     }
+    state.metrics.streams_total.inc();
     let stream_id = state.next_stream.fetch_add(1, Ordering::Relaxed);
     let task_state = state.clone();
     state.sessions.spawn(async move {
@@ -298,7 +301,10 @@ fn open_stream(state: &Arc<State>, req: Request<Incoming>) -> Resp {
             Ok(upgraded) => {
                 session::run(TokioIo::new(upgraded), task_state, params, stream_id).await
             }
-            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+            Err(e) => {
+                task_state.metrics.streams.fetch_sub(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "websocket upgrade failed")
+            }
         }
     });
     upgrade_response(&accept)

@@ -127,6 +127,8 @@ impl Utterances {
     }
 }
 
+/// Runs one admitted stream; it counts in `streams` from its handshake
+/// (`server`) until this returns.
 pub(super) async fn run<S>(io: S, state: Arc<State>, params: StreamParams, stream_id: u64)
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -136,8 +138,7 @@ where
         .max_message_size(Some(state.settings.max_frame_bytes))
         .max_frame_size(Some(state.settings.max_frame_bytes));
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-    state.metrics.streams.fetch_add(1, Ordering::Relaxed);
-    state.metrics.streams_total.inc();
+    // (`streams` was counted at the handshake, when stt admitted it.)
     let span = tracing::info_span!("stream", call_id = %params.call_id, speaker = %params.speaker);
     let _guard = span.enter();
     tracing::info!(rate = params.sample_rate, encoding = ?params.encoding, "stream opened");
