@@ -83,6 +83,18 @@ impl Call {
         until.saturating_duration_since(self.started).as_millis() as u64
     }
 
+    /// Keeps a final's words for the LLM prompt; `false` if it had none.
+    fn remember(&mut self, agent: bool, text: &str) -> bool {
+        if text.trim().is_empty() {
+            return false;
+        }
+        self.recent.push_back((agent, text.to_owned()));
+        if self.recent.len() > RECENT_UTTERANCES {
+            self.recent.pop_front();
+        }
+        true
+    }
+
     /// Ended, and nothing more to wait for: every utterance begun has its
     /// final, or the grace period is over.
     fn ready_to_finish(&self, now: Instant, grace: Duration) -> bool {
@@ -332,11 +344,8 @@ fn handle(
             if call.ending.is_some() {
                 // A late final of an ended call: it counts in the summary,
                 // coaches no one.
-                if *is_final && !text.trim().is_empty() {
-                    call.recent.push_back((agent, text.to_owned()));
-                    if call.recent.len() > RECENT_UTTERANCES {
-                        call.recent.pop_front();
-                    }
+                if *is_final {
+                    call.remember(agent, text);
                 }
                 finish_if_ready(calls, call_id, rules, publisher, s);
                 return;
@@ -346,11 +355,7 @@ fn handle(
             if changed {
                 publish_checklist(call_id, call, rules, publisher);
             }
-            if *is_final && !text.trim().is_empty() {
-                call.recent.push_back((agent, text.to_owned()));
-                if call.recent.len() > RECENT_UTTERANCES {
-                    call.recent.pop_front();
-                }
+            if *is_final && call.remember(agent, text) {
                 // The customer spoke: ask the LLM once they pause.
                 if llm && !agent {
                     call.llm_due = Some(now + Duration::from_millis(s.llm_debounce_ms));

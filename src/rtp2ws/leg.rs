@@ -446,7 +446,6 @@ impl Unconfirmed {
     }
 
     fn take(&mut self) -> Vec<i16> {
-        self.from = 0;
         std::mem::take(&mut self.audio).into()
     }
 }

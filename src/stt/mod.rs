@@ -259,6 +259,11 @@ impl Settings {
         (!parts.is_empty()).then(|| parts.join(" "))
     }
 
+    /// How long a final may wait before stt counts as behind.
+    pub fn behind(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.behind_ms)
+    }
+
     /// CPU threads per worker.
     pub fn threads(&self) -> usize {
         if self.threads_per_worker > 0 {

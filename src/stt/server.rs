@@ -119,7 +119,7 @@ pub async fn serve(
         "capacity (streams; refused past it with 503, see /capacity)"
     );
     let bounds = Bounds {
-        behind: std::time::Duration::from_millis(s.behind_ms),
+        behind: s.behind(),
         give_up: std::time::Duration::from_secs(s.give_up_secs),
     };
     let (pool, workers) = Pool::start(
@@ -210,7 +210,7 @@ fn capacity_json(state: &State) -> serde_json::Value {
     let e = state.capacity.estimate();
     let streams = state.metrics.streams.load(Ordering::Relaxed).max(0) as usize;
     let lag = state.pool.oldest_final_wait();
-    let behind = std::time::Duration::from_millis(state.settings.behind_ms);
+    let behind = state.settings.behind();
     let admits = state.capacity.admit(streams, lag, behind).is_ok();
     json!({
         "streams": streams,
@@ -285,7 +285,7 @@ fn open_stream(state: &Arc<State>, req: Request<Incoming>) -> Resp {
     }
     // Counted at once, so a burst of handshakes cannot all see room.
     let streams = state.metrics.streams.fetch_add(1, Ordering::Relaxed).max(0) as usize;
-    let behind = std::time::Duration::from_millis(state.settings.behind_ms);
+    let behind = state.settings.behind();
     if let Err(refusal) = state
         .capacity
         .admit(streams, state.pool.oldest_final_wait(), behind)

@@ -600,11 +600,10 @@ async fn lagging_transcripts_are_not_silence_and_late_finals_make_the_summary() 
     relay
         .publish(fin("u1", "Quiero cancelar el contrato.", 300, 5_000))
         .await;
-    let tip = collect_for(&mut sub, &mut seen, Duration::from_secs(20), |e| {
-        e["type"] == "tip"
-    })
-    .await
-    .expect("the silence after the words is coached");
+    let of_type = |kind: &'static str| move |e: &Value| e["type"] == kind;
+    let tip = collect_for(&mut sub, &mut seen, Duration::from_secs(20), of_type("tip"))
+        .await
+        .expect("the silence after the words is coached");
     assert_eq!(tip["rule"], "silencio");
 
     // The customer speaks again and hangs up; the words come after
@@ -613,9 +612,12 @@ async fn lagging_transcripts_are_not_silence_and_late_finals_make_the_summary() 
     relay
         .publish(json!({"type":"call.ended","callId":"lag-1","reason":"customer-hangup"}))
         .await;
-    let early = collect_for(&mut sub, &mut seen, Duration::from_millis(1500), |e| {
-        e["type"] == "summary"
-    })
+    let early = collect_for(
+        &mut sub,
+        &mut seen,
+        Duration::from_millis(1500),
+        of_type("summary"),
+    )
     .await;
     assert!(
         early.is_none(),
@@ -624,9 +626,12 @@ async fn lagging_transcripts_are_not_silence_and_late_finals_make_the_summary() 
     relay
         .publish(fin("u2", "Es demasiado caro.", 30_000, 32_000))
         .await;
-    let summary = collect_for(&mut sub, &mut seen, Duration::from_secs(20), |e| {
-        e["type"] == "summary"
-    })
+    let summary = collect_for(
+        &mut sub,
+        &mut seen,
+        Duration::from_secs(20),
+        of_type("summary"),
+    )
     .await
     .expect("a summary");
     assert_eq!(summary["reason"], "customer-hangup");
