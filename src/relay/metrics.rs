@@ -44,6 +44,11 @@ pub struct Metrics {
     pub subscriber_drops: Counter,
     pub store_errors: Counter,
     pub purged: Counter,
+    /// Retried publishes answered with the first copy's numbers.
+    pub duplicates: Counter,
+    /// JetStream publishes that lost the race for a call's next `seq` to
+    /// another relay, and were numbered again.
+    pub publish_races: Counter,
     rejected: [Counter; 9],
     commits: Counter,
     commit_events: Counter,
@@ -104,6 +109,16 @@ impl Metrics {
             "relay_events_purged_total",
             "Events deleted by retention.",
             self.purged.get(),
+        );
+        counter(
+            "relay_duplicates_total",
+            "Retried publishes (same Idempotency-Key) stored once.",
+            self.duplicates.get(),
+        );
+        counter(
+            "relay_publish_races_total",
+            "JetStream publishes renumbered after another relay took the seq.",
+            self.publish_races.get(),
         );
         let _ = writeln!(
             o,

@@ -3,7 +3,9 @@
 //!
 //! - [`server`]: HTTP routing, input checks, auth, the listener loop.
 //! - [`ws`]: one websocket subscription: replay from the store, then live.
-//! - [`store`]: SQLite log with group commit; the only writer of events.
+//! - [`log`]: the event log, either of the two below.
+//! - [`store`]: SQLite log with group commit (one machine, the default).
+//! - [`jetstream`]: the log on NATS JetStream (several relays and hosts).
 //! - [`hub`]: live fan-out with a bounded queue per subscriber.
 //! - [`calls`]: the call index behind `GET /calls` and agent tokens.
 //! - [`auth`]: the token file and what each token may do.
@@ -12,6 +14,8 @@
 pub mod auth;
 pub mod calls;
 pub mod hub;
+pub mod jetstream;
+pub mod log;
 pub mod metrics;
 pub mod server;
 pub mod store;
@@ -25,7 +29,9 @@ use serde::{Deserialize, Serialize};
 
 pub use server::serve;
 
-use crate::setting::{ConfigError, PathSlot, Section, Var};
+use crate::setting::{ConfigError, PathSlot, SecretSlot, Section, Var};
+
+pub use jetstream::NatsSettings;
 
 /// Name of the systemd credential holding the tokens file.
 pub const TOKENS_CREDENTIAL: &str = "relay_tokens";
@@ -57,6 +63,9 @@ pub struct Settings {
     /// A started call with no `call.ended` is no longer listed as active
     /// after this many seconds without events.
     pub call_stale_secs: u64,
+    /// `[relay.nats]`: keep events in NATS JetStream instead of SQLite, so
+    /// several relays serve the same calls.
+    pub nats: NatsSettings,
 }
 
 impl Default for Settings {
@@ -71,6 +80,7 @@ impl Default for Settings {
             max_connections: 8192,
             call_recent_secs: 300,
             call_stale_secs: 4 * 3600,
+            nats: NatsSettings::default(),
         }
     }
 }
@@ -80,14 +90,27 @@ impl Section for Settings {
     const ENV: &'static [Var] = &[
         Var::new("RELAY_LISTEN", "listen"),
         Var::new("RELAY_TOKENS_FILE", "tokens_file"),
+        Var::new("RELAY_NATS_URL", "nats.url"),
     ];
 
+    fn secrets(&mut self) -> Vec<SecretSlot<'_>> {
+        let file = self.nats.token_file.clone();
+        vec![SecretSlot::new("nats.token", &mut self.nats.token, &file)]
+    }
+
     fn credential_paths(&mut self) -> Vec<PathSlot<'_>> {
-        vec![PathSlot {
-            key: "tokens_file",
-            credential: TOKENS_CREDENTIAL,
-            value: &mut self.tokens_file,
-        }]
+        vec![
+            PathSlot {
+                key: "tokens_file",
+                credential: TOKENS_CREDENTIAL,
+                value: &mut self.tokens_file,
+            },
+            PathSlot {
+                key: "nats.credentials_file",
+                credential: jetstream::CREDS_CREDENTIAL,
+                value: &mut self.nats.credentials_file,
+            },
+        ]
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -101,6 +124,37 @@ impl Section for Settings {
             return Err(ConfigError::invalid(
                 "relay.max_connections",
                 "must be at least 1",
+            ));
+        }
+        if let Some(url) = &self.nats.url
+            && url.split(',').all(|u| u.trim().is_empty())
+        {
+            return Err(ConfigError::invalid(
+                "relay.nats.url",
+                "no server given: nats://HOST:4222[,nats://HOST2:4222...]",
+            ));
+        }
+        if self.nats.stream.is_empty()
+            || self
+                .nats
+                .stream
+                .contains(|c: char| c.is_whitespace() || ".*>/\\".contains(c))
+        {
+            return Err(ConfigError::invalid(
+                "relay.nats.stream",
+                "a JetStream stream name: no spaces, '.', '*', '>', '/' or '\\'",
+            ));
+        }
+        if self.nats.subject_prefix.is_empty()
+            || self
+                .nats
+                .subject_prefix
+                .split('.')
+                .any(|t| t.is_empty() || t.contains(['*', '>', ' ']))
+        {
+            return Err(ConfigError::invalid(
+                "relay.nats.subject_prefix",
+                "dot-separated NATS subject tokens without wildcards",
             ));
         }
         Ok(())

@@ -18,8 +18,9 @@ use super::Settings;
 use super::auth::{Access, Tokens, TokensError};
 use super::calls::{Activity, Calls};
 use super::hub::{Hub, Topic};
+use super::log::Log;
 use super::metrics::{Metrics, Rejection};
-use super::store::{self, Store, StoreError};
+use super::store::{self, StoreError};
 use crate::event::{Envelope, EnvelopeError, MAX_EVENT_BYTES, is_valid_call_id, now_unix_ms};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +52,7 @@ impl crate::lifecycle::ExitStatus for RelayError {
 }
 
 pub(super) struct State {
-    pub store: Store,
+    pub store: Log,
     pub hub: Arc<Hub>,
     pub calls: Arc<Calls>,
     pub metrics: Arc<Metrics>,
@@ -86,16 +87,36 @@ pub async fn serve(
     let metrics = Arc::new(Metrics::default());
     let hub = Arc::new(Hub::new(r.subscriber_queue, metrics.clone()));
     let calls = Arc::new(Calls::default());
-    let opened = store::open(
-        state_dir,
-        r.sync,
-        r.retention_days,
-        hub.clone(),
-        calls.clone(),
-        metrics.clone(),
-    )?;
+    let (log, writer, where_) = if r.nats.url.is_some() {
+        let log = super::jetstream::open(
+            &r.nats,
+            r.retention_days,
+            hub.clone(),
+            calls.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+        let where_ = format!(
+            "NATS JetStream stream {} at {}",
+            r.nats.stream,
+            r.nats.url.as_deref().unwrap_or_default()
+        );
+        (Log::JetStream(log), None, where_)
+    } else {
+        let opened = store::open(
+            state_dir,
+            r.sync,
+            r.retention_days,
+            hub.clone(),
+            calls.clone(),
+            metrics.clone(),
+        )?;
+        let where_ = store::db_path(state_dir).display().to_string();
+        (Log::Sqlite(opened.store), Some(opened.writer), where_)
+    };
     let state = Arc::new(State {
-        store: opened.store,
+        store: log,
         hub,
         calls,
         metrics,
@@ -110,7 +131,7 @@ pub async fn serve(
     let url = format!("http://{local}");
     tracing::info!(
         %url,
-        store = %store::db_path(state_dir).display(),
+        store = %where_,
         auth = state.tokens.is_some(),
         "relay listening"
     );
@@ -125,13 +146,14 @@ pub async fn serve(
     })
     .await;
     tracing::info!("relay stopped accepting; finishing requests in flight");
-    // The writer thread ends once every Store handle is gone: the last
-    // in-flight handler drops its clone of `state` when it finishes.
-    let writer = opened.writer;
+    // The SQLite writer thread ends once every Store handle is gone: the
+    // last in-flight handler drops its clone of `state` when it finishes.
     drop(state);
-    tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .ok();
+    if let Some(writer) = writer {
+        tokio::task::spawn_blocking(move || writer.join())
+            .await
+            .ok();
+    }
     tracing::info!("relay stopped");
     Ok(())
 }
@@ -148,7 +170,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infal
         return Ok(asset);
     }
     let resp = match (path.as_str(), &method) {
-        ("/healthz", &Method::GET | &Method::HEAD) => Ok(text(StatusCode::OK, "ok\n")),
+        ("/healthz", &Method::GET | &Method::HEAD) => Ok(match state.store.unavailable() {
+            // A load balancer sends publishers and subscribers elsewhere.
+            Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
+            None => text(StatusCode::OK, "ok\n"),
+        }),
         ("/event", &Method::POST) => post_event(&state, req).await,
         ("/ws", &Method::GET) => subscribe(&state, req),
         ("/calls", &Method::GET) => list_calls(&state, &req),
@@ -269,6 +295,7 @@ async fn post_event(state: &State, req: Request<Incoming>) -> Result<Resp, Refus
             format!("event body is larger than {MAX_EVENT_BYTES} bytes"),
         )
     };
+    let key = idempotency_key(&req)?;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -298,22 +325,59 @@ async fn post_event(state: &State, req: Request<Incoming>) -> Result<Resp, Refus
         };
         Refusal::new(why, StatusCode::BAD_REQUEST, e.to_string())
     })?;
-    match state.store.append(event).await {
+    match state.store.append(event, key.as_deref()).await {
+        Ok(a) if a.duplicate => Ok(json_response(
+            StatusCode::ACCEPTED,
+            &json!({ "seq": a.seq, "pos": a.pos, "duplicate": true }),
+        )),
         Ok(a) => Ok(json_response(
             StatusCode::ACCEPTED,
             &json!({ "seq": a.seq, "pos": a.pos }),
         )),
         Err(e) => {
             let status = match *e {
-                StoreError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+                StoreError::Closed | StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
-            Ok(json_response(
+            let mut resp = json_response(
                 status,
                 &json!({ "error": format!("event not stored: {e}") }),
-            ))
+            );
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Ok(resp)
         }
     }
+}
+
+/// Longest `Idempotency-Key` accepted.
+const MAX_KEY_LEN: usize = 128;
+
+/// The publisher's `Idempotency-Key`: a retried POST with the same key is
+/// stored once (docs/contract.md "Publishing").
+fn idempotency_key<B>(req: &Request<B>) -> Result<Option<String>, Refusal> {
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = || {
+        Refusal::new(
+            Rejection::BadRequest,
+            StatusCode::BAD_REQUEST,
+            format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} characters of A-Z a-z 0-9 . _ : -"),
+        )
+    };
+    let key = value.to_str().map_err(|_| bad())?;
+    if key.is_empty()
+        || key.len() > MAX_KEY_LEN
+        || !key
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"._:-".contains(&c))
+    {
+        return Err(bad());
+    }
+    Ok(Some(key.to_owned()))
 }
 
 fn subscribe(state: &Arc<State>, req: Request<Incoming>) -> Result<Resp, Refusal> {

@@ -32,6 +32,42 @@ const MAX_BATCH: usize = 4_096;
 const PURGE_CHUNK: i64 = 5_000;
 /// How often retention runs.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
+/// A retried publish (same `Idempotency-Key`) within this long is stored
+/// once (the JetStream mode's default duplicate window).
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// Keys remembered at most; the oldest go first.
+const MAX_KEYS: usize = 200_000;
+
+/// Idempotency keys of recent publishes and what they were answered.
+#[derive(Default)]
+struct RecentKeys {
+    by_key: HashMap<String, Appended>,
+    order: std::collections::VecDeque<(Instant, String)>,
+}
+
+impl RecentKeys {
+    fn get(&mut self, key: &str) -> Option<Appended> {
+        let now = Instant::now();
+        while let Some((at, _)) = self.order.front() {
+            if now.duration_since(*at) < DUPLICATE_WINDOW && self.order.len() <= MAX_KEYS {
+                break;
+            }
+            if let Some((_, k)) = self.order.pop_front() {
+                self.by_key.remove(&k);
+            }
+        }
+        self.by_key.get(key).map(|a| Appended {
+            duplicate: true,
+            ..*a
+        })
+    }
+
+    fn insert(&mut self, key: String, a: Appended) {
+        if self.by_key.insert(key.clone(), a).is_none() {
+            self.order.push_back((Instant::now(), key));
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -46,6 +82,12 @@ pub enum StoreError {
     Closed,
     #[error("event store: {0}")]
     Internal(String),
+    /// NATS JetStream refused or failed (the message says what).
+    #[error("event store (NATS): {0}")]
+    Nats(String),
+    /// Not stored for now; the publisher should retry (answered 503).
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// One stored event, as delivered to subscribers.
@@ -65,11 +107,23 @@ pub struct StoredEvent {
 pub struct Appended {
     pub seq: i64,
     pub pos: i64,
+    /// A retry of an event stored before (same `Idempotency-Key`): these
+    /// are the first copy's numbers, and nothing new was stored.
+    pub duplicate: bool,
 }
 
 struct Append {
     event: Envelope,
+    /// The publisher's `Idempotency-Key`, if it sent one.
+    key: Option<String>,
     reply: oneshot::Sender<Result<Appended, Arc<StoreError>>>,
+}
+
+impl Append {
+    /// The reply channel, leaving one nobody listens to.
+    fn take_reply(&mut self) -> oneshot::Sender<Result<Appended, Arc<StoreError>>> {
+        std::mem::replace(&mut self.reply, oneshot::channel().0)
+    }
 }
 
 /// Durability of a commit. `Full` fsyncs the WAL on every commit (survives
@@ -174,6 +228,7 @@ pub fn open(
         metrics,
         retention: (retention_days > 0)
             .then(|| Duration::from_secs(u64::from(retention_days) * 86_400)),
+        recent: RecentKeys::default(),
     };
     let runtime = tokio::runtime::Handle::current();
     let writer = std::thread::Builder::new()
@@ -226,11 +281,18 @@ impl Store {
         self.tx.is_closed()
     }
 
-    /// Stores one event; resolves once it is committed.
-    pub async fn append(&self, event: Envelope) -> Result<Appended, Arc<StoreError>> {
+    /// Stores one event; resolves once it is committed. An event whose
+    /// `key` was stored in the last [`DUPLICATE_WINDOW`] is not stored
+    /// again: the answer is the first copy's numbers.
+    pub async fn append(
+        &self,
+        event: Envelope,
+        key: Option<&str>,
+    ) -> Result<Appended, Arc<StoreError>> {
         let (reply, rx) = oneshot::channel();
+        let key = key.map(str::to_owned);
         self.tx
-            .send(Append { event, reply })
+            .send(Append { event, key, reply })
             .await
             .map_err(|_| Arc::new(StoreError::Closed))?;
         rx.await.map_err(|_| Arc::new(StoreError::Closed))?
@@ -315,6 +377,7 @@ struct Writer {
     calls: Arc<Calls>,
     metrics: Arc<Metrics>,
     retention: Option<Duration>,
+    recent: RecentKeys,
 }
 
 impl Writer {
@@ -381,6 +444,51 @@ impl Writer {
     /// answers them. On failure every publisher in the group gets the error
     /// and no numbers are used up.
     fn commit(&mut self, batch: &mut Vec<Append>) {
+        // Retries of stored events are answered at once; a key twice in
+        // this group is stored once, the later copy answered after commit.
+        let mut again: Vec<Append> = Vec::new();
+        let mut keys_here = std::collections::HashSet::new();
+        batch.retain_mut(|a| {
+            let Some(key) = a.key.clone() else {
+                return true;
+            };
+            if let Some(first) = self.recent.get(&key) {
+                self.metrics.duplicates.inc();
+                let _ = a.take_reply().send(Ok(first));
+                return false;
+            }
+            if keys_here.insert(key) {
+                return true;
+            }
+            again.push(Append {
+                event: a.event.clone(),
+                key: a.key.clone(),
+                reply: a.take_reply(),
+            });
+            false
+        });
+        self.commit_group(batch);
+        for a in again {
+            let answer = a
+                .key
+                .as_deref()
+                .and_then(|k| self.recent.get(k))
+                .ok_or_else(|| {
+                    Arc::new(StoreError::Unavailable(
+                        "first copy not stored; retry".into(),
+                    ))
+                });
+            if answer.is_ok() {
+                self.metrics.duplicates.inc();
+            }
+            let _ = a.reply.send(answer);
+        }
+    }
+
+    fn commit_group(&mut self, batch: &mut Vec<Append>) {
+        if batch.is_empty() {
+            return;
+        }
         let started = Instant::now();
         let now_ms = now_unix_ms();
         let ts = rfc3339_millis(now_ms);
@@ -461,10 +569,15 @@ impl Writer {
                 self.calls.update(updates.into_values());
                 self.hub.publish(&stored);
                 for (a, ev) in batch.drain(..).zip(&stored) {
-                    let _ = a.reply.send(Ok(Appended {
+                    let appended = Appended {
                         seq: ev.seq,
                         pos: ev.pos,
-                    }));
+                        duplicate: false,
+                    };
+                    if let Some(key) = a.key {
+                        self.recent.insert(key, appended);
+                    }
+                    let _ = a.reply.send(Ok(appended));
                 }
             }
             Err(e) => {
@@ -559,10 +672,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (opened, _) = open_in(dir.path(), 30);
         for _ in 0..7 {
-            opened.store.append(event("old")).await.unwrap();
+            opened.store.append(event("old"), None).await.unwrap();
         }
         for _ in 0..3 {
-            opened.store.append(event("mixed")).await.unwrap();
+            opened.store.append(event("mixed"), None).await.unwrap();
         }
         close(opened).await;
 
@@ -598,7 +711,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Numbering of a call with recent events carries on.
-        assert_eq!(opened.store.append(event("mixed")).await.unwrap().seq, 4);
+        assert_eq!(
+            opened.store.append(event("mixed"), None).await.unwrap().seq,
+            4
+        );
         close(opened).await;
     }
 
@@ -606,7 +722,7 @@ mod tests {
     async fn zero_retention_keeps_everything() {
         let dir = tempfile::tempdir().unwrap();
         let (opened, _) = open_in(dir.path(), 0);
-        opened.store.append(event("a")).await.unwrap();
+        opened.store.append(event("a"), None).await.unwrap();
         close(opened).await;
         let conn = Connection::open(db_path(dir.path())).unwrap();
         conn.execute("UPDATE events SET received_ms = 0", [])

@@ -48,6 +48,9 @@ enum End {
 struct Cursor {
     topic: Topic,
     last: i64,
+    /// `pos` of the last event sent (0 before the first): where a call's
+    /// replay may start reading.
+    pos: i64,
 }
 
 impl Cursor {
@@ -79,6 +82,7 @@ where
     let mut cursor = Cursor {
         topic,
         last: since.unwrap_or(0),
+        pos: 0,
     };
     let live_only = since.is_none() && cursor.topic == Topic::All;
     let end = run(ws, &state, &mut cursor, live_only).await;
@@ -178,7 +182,7 @@ where
     loop {
         let page = state
             .store
-            .read_after(call.clone(), cursor.last, REPLAY_PAGE)
+            .read_after(call.clone(), cursor.last, cursor.pos, REPLAY_PAGE)
             .await
             .map_err(|e| End::Store(e.to_string()))?;
         let n = page.len();
@@ -214,6 +218,7 @@ where
                 .await
                 .map_err(|_| End::Client)?;
             cursor.last = key;
+            cursor.pos = ev.pos;
             sent += 1;
         }
         tx.flush().await.map_err(|_| End::Client)?;

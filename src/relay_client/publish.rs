@@ -33,12 +33,18 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 struct Buffer {
-    events: VecDeque<Event>,
+    /// Each event with the `Idempotency-Key` all its attempts send, so a
+    /// retry after a lost answer is stored once.
+    events: VecDeque<(String, Event)>,
     closed: bool,
+    /// Events queued so far (the keys' counter).
+    queued: u64,
 }
 
 pub struct Publisher {
     buffer: Mutex<Buffer>,
+    /// Unique to this publisher: process id and start time.
+    key_prefix: String,
     ready: Condvar,
     capacity: usize,
     metrics: Arc<PublishStats>,
@@ -52,8 +58,13 @@ impl Publisher {
         capacity: usize,
         metrics: Arc<PublishStats>,
     ) -> (Arc<Self>, std::thread::JoinHandle<()>) {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
         let publisher = Arc::new(Self {
             buffer: Mutex::default(),
+            key_prefix: format!("{:x}-{started:x}", std::process::id()),
             ready: Condvar::new(),
             capacity: capacity.max(1),
             metrics,
@@ -74,7 +85,11 @@ impl Publisher {
     pub fn send(&self, event: Event) {
         let mut b = self.lock();
         if b.events.len() >= self.capacity {
-            let victim = b.events.iter().position(Event::is_partial).unwrap_or(0);
+            let victim = b
+                .events
+                .iter()
+                .position(|(_, e)| e.is_partial())
+                .unwrap_or(0);
             b.events.remove(victim);
             self.metrics.dropped.inc();
             tracing::warn!(
@@ -82,7 +97,9 @@ impl Publisher {
                 if victim == 0 { "event" } else { "partial" }
             );
         }
-        b.events.push_back(event);
+        b.queued += 1;
+        let key = format!("{}-{}", self.key_prefix, b.queued);
+        b.events.push_back((key, event));
         self.metrics
             .queue
             .store(b.events.len() as i64, Ordering::Relaxed);
@@ -107,7 +124,7 @@ impl Publisher {
         let mut backoff = BACKOFF_START;
         let mut closed_at: Option<Instant> = None;
         loop {
-            let event = {
+            let (key, event) = {
                 let mut b = self.lock();
                 loop {
                     // Taken out while in flight; put back if it fails.
@@ -133,7 +150,10 @@ impl Publisher {
                     return;
                 }
             }
-            let mut req = agent.post(url).header("content-type", "application/json");
+            let mut req = agent
+                .post(url)
+                .header("content-type", "application/json")
+                .header("idempotency-key", &key);
             if let Some(t) = token {
                 req = req.header("authorization", &format!("Bearer {}", t.expose()));
             }
@@ -162,7 +182,7 @@ impl Publisher {
             if done {
                 backoff = BACKOFF_START;
             } else {
-                b.events.push_front(event);
+                b.events.push_front((key, event));
                 self.metrics.retries.inc();
             }
             self.metrics

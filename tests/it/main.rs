@@ -11,6 +11,7 @@ mod nix;
 mod orchestrator;
 mod relay;
 mod relay_auth;
+mod relay_nats;
 mod rtp2ws;
 mod stt;
 mod util;

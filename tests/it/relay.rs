@@ -590,3 +590,46 @@ async fn subscriber_ping_is_answered() {
         .unwrap();
     assert!(matches!(msg, Some(Ok(Message::Pong(p))) if &p[..] == b"hi"));
 }
+
+/// A publisher that did not get its answer retries with the same
+/// `Idempotency-Key`: the event is stored once, and the retry is answered
+/// with the first copy's numbers (the JetStream mode does the same,
+/// tests/it/relay_nats.rs).
+#[tokio::test]
+async fn a_retried_publish_with_the_same_key_is_stored_once() {
+    let relay = Relay::start(&[]);
+    let post = |key: &'static str, i: usize| {
+        let relay = &relay;
+        async move {
+            let (status, body) = relay
+                .request(
+                    "POST",
+                    "/event",
+                    &[
+                        ("content-type", "application/json"),
+                        ("idempotency-key", key),
+                    ],
+                    ev("keyed", i).to_string(),
+                )
+                .await;
+            assert_eq!(status, 202, "{body}");
+            serde_json::from_str::<Value>(&body).unwrap()
+        }
+    };
+    let first = post("k-1", 1).await;
+    let again = post("k-1", 1).await;
+    assert_eq!(
+        (&again["seq"], &again["pos"], &again["duplicate"]),
+        (&first["seq"], &first["pos"], &json!(true))
+    );
+    let next = post("k-2", 2).await;
+    assert_eq!(next["seq"], 2);
+    let mut ws = relay.ws("callId=keyed&since=0").await;
+    let events = read_until(&mut ws, "seq", 2).await;
+    assert_eq!(
+        events.iter().map(|e| e["text"].clone()).collect::<Vec<_>>(),
+        [json!("frase 1"), json!("frase 2")]
+    );
+    let (_, metrics) = relay.request("GET", "/metrics", &[], "").await;
+    assert!(metrics.contains("relay_duplicates_total 1"), "{metrics}");
+}

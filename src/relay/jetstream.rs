@@ -1,0 +1,684 @@
+//! The relay's event log on NATS JetStream, for running several relays
+//! (and hosts) side by side: `relay.nats.url` (`RELAY_NATS_URL`) set.
+//!
+//! - One replicated stream; one subject per call (`<prefix>.<callId>`,
+//!   `.` in the id written `_`, which call ids cannot hold).
+//! - `pos` is the stream sequence: gap-free across calls, the same on every
+//!   relay. It is not in the stored body; it is added on the way out.
+//! - `seq` is written into the body before publishing, and made gap-free per
+//!   call across relays by JetStream's expected-last-subject-sequence
+//!   check: a relay that lost the race learns the call's last message and
+//!   tries again with the next number.
+//! - A publisher's `Idempotency-Key` becomes the `Nats-Msg-Id`: a retried
+//!   POST within the stream's duplicate window is stored once and answered
+//!   with the first one's `seq` and `pos`.
+//! - Each relay follows the whole stream with one ordered consumer (the
+//!   "tail"): it feeds the local hub (live subscribers), the call index
+//!   behind `/calls`, and [`Store::head`]. Replay reads JetStream directly,
+//!   so a subscriber resumes with `since` on any relay.
+//!
+//! A `202` is sent only after JetStream acknowledged the write, that is once
+//! a majority of the stream's replicas stored it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, context, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::calls::{CallInfo, Calls};
+use super::hub::Hub;
+use super::metrics::Metrics;
+use super::store::{Appended, StoreError, StoredEvent};
+use crate::event::{Envelope, now_unix_ms, rfc3339_millis};
+use crate::setting::Secret;
+
+/// The header holding an event's per-call `seq` (also in its body).
+const SEQ_HEADER: &str = "Call-Coach-Seq";
+/// Publishing one event gives up after this many lost races for its call.
+const MAX_RACES: usize = 50;
+/// Stripes of the per-call publishing lock.
+const LOCK_STRIPES: usize = 256;
+/// Events the tail hands to the hub at once at most.
+const TAIL_BATCH: usize = 512;
+
+/// `[relay.nats]`: the JetStream mode. Without `url`, the relay keeps its
+/// events in SQLite on its own disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsSettings {
+    /// NATS servers, comma-separated (`nats://host:4222,nats://...`).
+    /// `RELAY_NATS_URL`.
+    pub url: Option<String>,
+    /// A NATS credentials file (`.creds`: JWT and nkey seed); also the
+    /// systemd credential `relay_nats_creds`.
+    pub credentials_file: Option<PathBuf>,
+    /// A token for servers that use token auth (or `token_file`, or the
+    /// systemd credential `nats.token`).
+    pub token: Option<Secret>,
+    pub token_file: Option<PathBuf>,
+    /// The JetStream stream holding the events.
+    pub stream: String,
+    /// Subject prefix; each call is `<prefix>.<callId>`.
+    pub subject_prefix: String,
+    /// Copies of every event; 0 chooses: 3 when the cluster has 3 or more
+    /// servers, else 1. Only used when the stream is created.
+    pub replicas: usize,
+    /// A publish not acknowledged within this many ms is answered 503.
+    pub timeout_ms: u64,
+    /// A retried POST with the same `Idempotency-Key` within this many
+    /// seconds is stored once.
+    pub duplicate_window_secs: u64,
+}
+
+impl Default for NatsSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            credentials_file: None,
+            token: None,
+            token_file: None,
+            stream: "CALLCOACH_EVENTS".into(),
+            subject_prefix: "callcoach.events".into(),
+            replicas: 0,
+            timeout_ms: 5_000,
+            duplicate_window_secs: 120,
+        }
+    }
+}
+
+/// Name of the systemd credential holding the NATS credentials file.
+pub const CREDS_CREDENTIAL: &str = "relay_nats_creds";
+
+/// The subject of one call's events.
+pub fn subject(prefix: &str, call_id: &str) -> String {
+    format!("{prefix}.{}", call_id.replace('.', "_"))
+}
+
+/// The per-call numbers a relay last saw: `seq` and its stream sequence.
+#[derive(Debug, Clone, Copy, Default)]
+struct Last {
+    seq: i64,
+    pos: u64,
+}
+
+struct Inner {
+    js: jetstream::Context,
+    client: async_nats::Client,
+    stream: stream::Stream,
+    prefix: String,
+    last: Mutex<HashMap<String, Last>>,
+    locks: Vec<tokio::sync::Mutex<()>>,
+    head: AtomicI64,
+    closed: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+/// Handle to the JetStream log; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+/// Connects, makes sure the stream exists, and follows it up to its end
+/// before returning (so `/calls` and numbering know every stored call).
+pub async fn open(
+    s: &NatsSettings,
+    retention_days: u32,
+    hub: Arc<Hub>,
+    calls: Arc<Calls>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<Store, StoreError> {
+    let url = s.url.as_deref().unwrap_or_default();
+    let servers: Vec<&str> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    let bad =
+        |why: String| StoreError::Nats(format!("relay.nats.url (RELAY_NATS_URL) {url:?}: {why}"));
+    if servers.is_empty() {
+        return Err(bad("no server given".into()));
+    }
+    let mut options = async_nats::ConnectOptions::new()
+        .name("call-coach relay")
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(None);
+    if let Some(path) = &s.credentials_file {
+        options = options.credentials_file(path).await.map_err(|e| {
+            StoreError::Nats(format!(
+                "relay.nats.credentials_file {}: {e}",
+                path.display()
+            ))
+        })?;
+    }
+    if let Some(token) = &s.token {
+        options = options.token(token.expose().to_owned());
+    }
+    let client = options
+        .connect(servers.as_slice())
+        .await
+        .map_err(|e| bad(format!("cannot connect: {e}")))?;
+    let timeout = Duration::from_millis(s.timeout_ms.max(100));
+    let js = jetstream::ContextBuilder::new()
+        .timeout(timeout)
+        .build(client.clone());
+
+    let info = client.server_info();
+    let replicas = match s.replicas {
+        0 => {
+            // Our server and the others it told us about.
+            let mut peers: Vec<&String> = info.connect_urls.iter().collect();
+            peers.sort();
+            peers.dedup();
+            peers.len().clamp(1, 3)
+        }
+        n => n,
+    };
+    let config = stream::Config {
+        name: s.stream.clone(),
+        subjects: vec![format!("{}.>", s.subject_prefix)],
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        max_age: if retention_days == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(u64::from(retention_days) * 86_400)
+        },
+        duplicate_window: Duration::from_secs(s.duplicate_window_secs.max(1)),
+        allow_direct: true,
+        ..Default::default()
+    };
+    let mut stream = js
+        .get_or_create_stream(config)
+        .await
+        .map_err(|e| StoreError::Nats(format!("JetStream stream {}: {e}", s.stream)))?;
+    let state = stream
+        .info()
+        .await
+        .map_err(|e| StoreError::Nats(format!("JetStream stream {}: {e}", s.stream)))?;
+    let end = state.state.last_sequence;
+    tracing::info!(
+        stream = %s.stream,
+        replicas = state.config.num_replicas,
+        events = state.state.messages,
+        server = %info.server_name,
+        "relay events on JetStream"
+    );
+    let inner = Arc::new(Inner {
+        js,
+        client,
+        stream,
+        prefix: s.subject_prefix.clone(),
+        last: Mutex::default(),
+        locks: (0..LOCK_STRIPES)
+            .map(|_| tokio::sync::Mutex::new(()))
+            .collect(),
+        head: AtomicI64::new(0),
+        closed: AtomicBool::new(false),
+        metrics,
+    });
+    let (caught_up_tx, mut caught_up) = tokio::sync::watch::channel(false);
+    let tail = Tail {
+        inner: inner.clone(),
+        hub,
+        calls,
+        caught_up: caught_up_tx,
+    };
+    tokio::spawn(tail.run(shutdown.clone()));
+    // Follow the stream to its end, so the call index and the numbering
+    // know every stored call before anyone is served.
+    let started = Instant::now();
+    while !*caught_up.borrow_and_update() {
+        tokio::select! {
+            changed = caught_up.changed() => if changed.is_err() {
+                return Err(StoreError::Closed);
+            },
+            _ = tokio::time::sleep(Duration::from_secs(5)) => tracing::info!(
+                at = inner.head.load(Ordering::Acquire),
+                of = end,
+                "reading the stored events into the call index"
+            ),
+            _ = shutdown.cancelled() => return Err(StoreError::Closed),
+        }
+    }
+    if end > 0 {
+        tracing::info!(
+            events = end,
+            took_ms = started.elapsed().as_millis() as u64,
+            "call index read"
+        );
+    }
+    Ok(Store { inner })
+}
+
+fn nats_error(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Nats(format!("{what}: {e}"))
+}
+
+impl Store {
+    /// `pos` of the newest event handed to the hub.
+    pub fn head(&self) -> i64 {
+        self.inner.head.load(Ordering::Acquire)
+    }
+
+    /// True once the tail has stopped (shutdown).
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether the NATS connection is up now.
+    pub fn connected(&self) -> bool {
+        self.inner.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    fn subject(&self, call_id: &str) -> String {
+        subject(&self.inner.prefix, call_id)
+    }
+
+    fn remember(&self, call_id: &str, last: Last) {
+        let mut map = self.inner.last.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = map.entry(call_id.to_owned()).or_default();
+        if last.pos > entry.pos {
+            *entry = last;
+        }
+    }
+
+    fn known(&self, call_id: &str) -> Last {
+        let map = self.inner.last.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(call_id).copied().unwrap_or_default()
+    }
+
+    /// The call's last stored message, asked of JetStream.
+    async fn fetch_last(&self, subject: &str) -> Result<Last, StoreError> {
+        match self
+            .inner
+            .stream
+            .get_last_raw_message_by_subject(subject)
+            .await
+        {
+            Ok(m) => Ok(Last {
+                seq: seq_of(Some(&m.headers), &m.payload),
+                pos: m.sequence,
+            }),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
+                Ok(Last::default())
+            }
+            Err(e) => Err(nats_error("reading the call's last event", e)),
+        }
+    }
+
+    /// Stores one event: numbered after the call's last, acknowledged by
+    /// JetStream. `key` deduplicates a retried publish.
+    pub async fn append(
+        &self,
+        mut event: Envelope,
+        key: Option<&str>,
+    ) -> Result<Appended, Arc<StoreError>> {
+        self.append_inner(&mut event, key).await.map_err(|e| {
+            self.inner.metrics.store_errors.inc();
+            Arc::new(e)
+        })
+    }
+
+    async fn append_inner(
+        &self,
+        event: &mut Envelope,
+        key: Option<&str>,
+    ) -> Result<Appended, StoreError> {
+        if !self.connected() {
+            return Err(StoreError::Unavailable(
+                "not connected to NATS; retry later".into(),
+            ));
+        }
+        let started = Instant::now();
+        let call_id = event.call_id().to_owned();
+        let subject = self.subject(&call_id);
+        // One publish per call at a time from this relay; other relays are
+        // ordered by JetStream's check.
+        let stripe = stripe_of(&call_id);
+        let _turn = self.inner.locks[stripe].lock().await;
+        let mut last = self.known(&call_id);
+        let ts = rfc3339_millis(now_unix_ms());
+        // `pos` is the stream's; it is added on the way out.
+        event.fields.shift_remove("pos");
+        for _ in 0..MAX_RACES {
+            let seq = last.seq + 1;
+            event.fields.insert("seq".into(), Value::from(seq));
+            if !event.fields.contains_key("ts") {
+                event.fields.insert("ts".into(), Value::from(ts.clone()));
+            }
+            let body = serde_json::to_vec(&event.fields)
+                .map_err(|e| StoreError::Internal(e.to_string()))?;
+            let mut publish = jetstream::message::PublishMessage::build()
+                .payload(Bytes::from(body))
+                .header(SEQ_HEADER, seq.to_string().as_str())
+                .expected_last_subject_sequence(last.pos);
+            if let Some(key) = key {
+                publish = publish.message_id(key);
+            }
+            let ack = async {
+                self.inner
+                    .js
+                    .send_publish(subject.clone(), publish)
+                    .await?
+                    .await
+            }
+            .await;
+            match ack {
+                Ok(ack) if ack.duplicate => {
+                    // Stored before (a retried POST): answer with its numbers.
+                    let first = self
+                        .inner
+                        .stream
+                        .get_raw_message(ack.sequence)
+                        .await
+                        .map_err(|e| nats_error("reading the first copy of a retried event", e))?;
+                    let seq = seq_of(Some(&first.headers), &first.payload);
+                    self.inner.metrics.duplicates.inc();
+                    return Ok(Appended {
+                        seq,
+                        pos: ack.sequence as i64,
+                        duplicate: true,
+                    });
+                }
+                Ok(ack) => {
+                    self.remember(
+                        &call_id,
+                        Last {
+                            seq,
+                            pos: ack.sequence,
+                        },
+                    );
+                    self.inner.metrics.observe_commit(started.elapsed(), 1);
+                    return Ok(Appended {
+                        seq,
+                        pos: ack.sequence as i64,
+                        duplicate: false,
+                    });
+                }
+                Err(e) if lost_race(&e) => {
+                    // Another relay stored an event of this call meanwhile.
+                    self.inner.metrics.publish_races.inc();
+                    last = self.fetch_last(&subject).await?;
+                    self.remember(&call_id, last);
+                }
+                Err(e) => {
+                    return Err(match e.kind() {
+                        context::PublishErrorKind::TimedOut
+                        | context::PublishErrorKind::BrokenPipe
+                        | context::PublishErrorKind::StreamNotFound => StoreError::Unavailable(
+                            format!("JetStream did not acknowledge: {e}; retry later"),
+                        ),
+                        _ => nats_error("publishing to JetStream", e),
+                    });
+                }
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "call {call_id}: {MAX_RACES} publishes in a row lost the race for the next seq; retry later"
+        )))
+    }
+
+    /// Up to `limit` stored events after a cursor, in order: of one call
+    /// with `seq > after` (reading from stream position `from_pos + 1`, a
+    /// lower bound the caller may know), or of all calls with `pos > after`.
+    pub async fn read_after(
+        &self,
+        call_id: Option<String>,
+        after: i64,
+        from_pos: i64,
+        limit: usize,
+    ) -> Result<Vec<Arc<StoredEvent>>, StoreError> {
+        let (filter, start) = match &call_id {
+            Some(id) => (self.subject(id), from_pos.max(0) as u64 + 1),
+            None => (format!("{}.>", self.inner.prefix), after.max(0) as u64 + 1),
+        };
+        let consumer = self
+            .inner
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: filter,
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats_error("replay", e))?;
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(Vec::new());
+        }
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| nats_error("replay", e))?;
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
+                .await
+                .map_err(|_| {
+                    StoreError::Unavailable("replay: JetStream stopped answering".into())
+                })?;
+            let Some(message) = next else { break };
+            let message = message.map_err(|e| nats_error("replay", e))?;
+            let info = message.info().map_err(|e| nats_error("replay", e))?;
+            let pending = info.pending;
+            let pos = info.stream_sequence;
+            if let Some(ev) = stored_event(message.headers.as_ref(), &message.payload, pos)
+                && (call_id.is_none() || ev.seq > after)
+            {
+                out.push(Arc::new(ev));
+            }
+            if pending == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Whether JetStream refused a publish because the call's last message is
+/// not the one we expected: another relay stored one meanwhile. Servers
+/// answer with error 10071 or (2.12 and later, replicated) 10164, which
+/// the client only maps in part.
+fn lost_race(e: &context::PublishError) -> bool {
+    e.kind() == context::PublishErrorKind::WrongLastSequence
+        || e.to_string().contains("wrong last sequence")
+}
+
+fn stripe_of(call_id: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    call_id.hash(&mut h);
+    (h.finish() as usize) % LOCK_STRIPES
+}
+
+/// An event's `seq`: its header, else its body.
+fn seq_of(headers: Option<&async_nats::HeaderMap>, payload: &[u8]) -> i64 {
+    headers
+        .and_then(|h| h.get(SEQ_HEADER))
+        .and_then(|v| v.as_str().parse().ok())
+        .or_else(|| {
+            serde_json::from_slice::<Value>(payload)
+                .ok()
+                .and_then(|v| v.get("seq").and_then(Value::as_i64))
+        })
+        .unwrap_or(0)
+}
+
+/// One stored message as delivered: its body with `pos` added at the end.
+fn stored_event(
+    headers: Option<&async_nats::HeaderMap>,
+    payload: &[u8],
+    pos: u64,
+) -> Option<StoredEvent> {
+    let text = std::str::from_utf8(payload).ok()?.trim_end();
+    let open = text.strip_suffix('}')?;
+    let call_id = serde_json::from_str::<Value>(text)
+        .ok()?
+        .get("callId")?
+        .as_str()?
+        .to_owned();
+    let sep = if open.trim_end().ends_with('{') {
+        ""
+    } else {
+        ","
+    };
+    let json = format!("{open}{sep}\"pos\":{pos}}}");
+    Some(StoredEvent {
+        pos: pos as i64,
+        seq: seq_of(headers, payload),
+        call_id,
+        json: Utf8Bytes::from(json),
+    })
+}
+
+/// Follows the whole stream: the local hub, the call index, the head.
+struct Tail {
+    inner: Arc<Inner>,
+    hub: Arc<Hub>,
+    calls: Arc<Calls>,
+    caught_up: tokio::sync::watch::Sender<bool>,
+}
+
+impl Tail {
+    async fn run(self, shutdown: CancellationToken) {
+        let mut next = 1u64;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let result = tokio::select! {
+                r = self.follow(&mut next) => r,
+                _ = shutdown.cancelled() => break,
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "following the JetStream stream; resuming");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {},
+                _ = shutdown.cancelled() => break,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        self.inner.closed.store(true, Ordering::Release);
+    }
+
+    /// Reads from stream position `next` on until the consumer fails.
+    async fn follow(&self, next: &mut u64) -> Result<(), StoreError> {
+        let consumer = self
+            .inner
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: format!("{}.>", self.inner.prefix),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: *next,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats_error("tail", e))?;
+        if consumer.cached_info().num_pending == 0 {
+            // Nothing stored after `next - 1`: caught up already.
+            self.caught_up.send_replace(true);
+        }
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| nats_error("tail", e))?
+            .ready_chunks(TAIL_BATCH);
+        while let Some(chunk) = messages.next().await {
+            let mut batch = Vec::with_capacity(chunk.len());
+            let mut updates: HashMap<String, CallInfo> = HashMap::new();
+            let mut failed = None;
+            let mut caught_up = false;
+            for m in chunk {
+                let m = match m {
+                    Ok(m) => m,
+                    Err(e) => {
+                        failed = Some(nats_error("tail", e));
+                        break;
+                    }
+                };
+                let Ok(info) = m.info() else { continue };
+                let pos = info.stream_sequence;
+                let published_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as i64;
+                caught_up |= info.pending == 0;
+                *next = pos + 1;
+                let Some(ev) = stored_event(m.headers.as_ref(), &m.payload, pos) else {
+                    continue;
+                };
+                if let Ok(envelope) = Envelope::parse(&m.payload) {
+                    let info = match updates.get_mut(&ev.call_id) {
+                        Some(info) => info,
+                        None => {
+                            let base = self
+                                .calls
+                                .get(&ev.call_id)
+                                .unwrap_or_else(|| CallInfo::new(&ev.call_id));
+                            updates.entry(ev.call_id.clone()).or_insert(base)
+                        }
+                    };
+                    info.last_seq = info.last_seq.max(ev.seq);
+                    info.last_ms = published_ms;
+                    info.observe(&envelope, published_ms);
+                }
+                batch.push(Arc::new(ev));
+            }
+            for ev in &batch {
+                let last = Last {
+                    seq: ev.seq,
+                    pos: ev.pos as u64,
+                };
+                let mut map = self.inner.last.lock().unwrap_or_else(|e| e.into_inner());
+                let entry = map.entry(ev.call_id.clone()).or_default();
+                if last.pos > entry.pos {
+                    *entry = last;
+                }
+            }
+            self.calls.update(updates.into_values());
+            if let Some(last) = batch.last() {
+                self.inner.head.store(last.pos, Ordering::Release);
+                self.hub.publish(&batch);
+            }
+            if caught_up {
+                self.caught_up.send_replace(true);
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
+        Err(StoreError::Nats("tail: the consumer ended".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_keep_call_ids_apart() {
+        assert_eq!(subject("cc.ev", "a.b:c-1"), "cc.ev.a_b:c-1");
+        // `_` cannot be in a call id, so the mapping is one-to-one.
+        assert!(!crate::event::is_valid_call_id("a_b"));
+    }
+
+    #[test]
+    fn pos_is_added_to_the_body() {
+        let ev = stored_event(None, br#"{"type":"t","callId":"c","seq":3}"#, 17).unwrap();
+        assert_eq!(
+            ev.json.as_str(),
+            r#"{"type":"t","callId":"c","seq":3,"pos":17}"#
+        );
+        assert_eq!((ev.pos, ev.seq, ev.call_id.as_str()), (17, 3, "c"));
+        assert!(stored_event(None, b"not json", 1).is_none());
+    }
+}

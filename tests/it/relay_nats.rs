@@ -1,0 +1,391 @@
+//! Relays on NATS JetStream: a real 3-node cluster of `nats-server`
+//! processes on loopback, real relays in front of it. Several relays serve
+//! the same calls with one gap-free numbering; a NATS node or a relay may
+//! die without losing what was acknowledged.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use call_coach::tools::nats_cluster::Cluster;
+use serde_json::{Value, json};
+
+use crate::util::{Relay, next_json, numbers, read_until};
+
+const READY: Duration = Duration::from_secs(60);
+
+/// Attempts refused or unanswered in [`post_retrying`], for the log.
+static REFUSED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn cluster(dir: &std::path::Path) -> Cluster {
+    Cluster::start(dir, 3, READY).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn relay_on(urls: &str) -> Relay {
+    Relay::start(&[("RELAY_NATS_URL", urls)])
+}
+
+fn ev(call: &str, i: usize) -> Value {
+    json!({"type": "transcript", "callId": call, "speaker": "agent", "text": format!("frase {i}"), "final": true})
+}
+
+/// Posts with an `Idempotency-Key`, retrying (same key) on the other relay
+/// while refused or unreachable, as the services' publisher does. Returns
+/// the answer, or None when `give_up` passed.
+async fn post_retrying(
+    relays: &[&Relay],
+    event: &Value,
+    key: &str,
+    give_up: Duration,
+) -> Option<Value> {
+    let deadline = Instant::now() + give_up;
+    let mut i = 0;
+    loop {
+        let relay = relays[i % relays.len()];
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            relay.request(
+                "POST",
+                "/event",
+                &[
+                    ("content-type", "application/json"),
+                    ("idempotency-key", key),
+                ],
+                event.to_string(),
+            ),
+        )
+        .await;
+        if let Ok((202, body)) = answer {
+            return Some(serde_json::from_str(&body).expect("json answer"));
+        }
+        REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if Instant::now() > deadline {
+            return None;
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Publishes `n` events of call "shared"; returns their seqs.
+async fn publish_many(relay: &Relay, from: usize, n: usize) -> Vec<i64> {
+    let mut seqs = Vec::new();
+    for i in from..from + n {
+        seqs.push(relay.publish(ev("shared", i)).await);
+    }
+    seqs
+}
+
+/// Every event of a call, read from `relay` from the start.
+async fn replay_call(relay: &Relay, call: &str, last: i64) -> Vec<Value> {
+    let mut ws = relay.ws(&format!("callId={call}&since=0")).await;
+    read_until(&mut ws, "seq", last).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_number_one_call_without_gaps_and_serve_each_others_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = cluster(dir.path());
+    let a = relay_on(&nats.urls());
+    let b = relay_on(&nats.urls());
+    // A subscriber on each relay before anything is published.
+    let mut on_a = a.ws("callId=shared").await;
+    let mut on_b = b.ws("callId=shared").await;
+    let mut all_b = b.ws("callId=*").await;
+
+    // Both relays take events of the same call at once.
+    const EACH: usize = 60;
+    let (sa, sb) = tokio::join!(publish_many(&a, 0, EACH), publish_many(&b, 1000, EACH));
+    let mut all: Vec<i64> = sa.iter().chain(&sb).copied().collect();
+    all.sort();
+    assert_eq!(
+        all,
+        (1..=2 * EACH as i64).collect::<Vec<_>>(),
+        "one gap-free seq across both relays"
+    );
+    // Each relay's answers rise (its own publishes are in order).
+    assert!(sa.windows(2).all(|w| w[0] < w[1]) && sb.windows(2).all(|w| w[0] < w[1]));
+
+    // Both subscribers see the same events in the same order.
+    let last = 2 * EACH as i64;
+    let got_a = read_until(&mut on_a, "seq", last).await;
+    let got_b = read_until(&mut on_b, "seq", last).await;
+    assert_eq!(numbers(&got_a, "seq"), (1..=last).collect::<Vec<_>>());
+    assert_eq!(
+        got_a, got_b,
+        "the same events, byte for byte, from either relay"
+    );
+    let pos: Vec<i64> = numbers(&got_a, "pos");
+    assert!(pos.windows(2).all(|w| w[0] < w[1]), "pos rises with seq");
+    // The all-calls subscriber on b saw them too, by pos.
+    let got_all = read_until(&mut all_b, "pos", *pos.last().unwrap()).await;
+    assert_eq!(numbers(&got_all, "pos"), pos);
+
+    // Resume on the other relay: since=N from a relay that never served
+    // this subscriber.
+    let mut again = b.ws("callId=shared&since=77").await;
+    let rest = read_until(&mut again, "seq", last).await;
+    assert_eq!(numbers(&rest, "seq"), (78..=last).collect::<Vec<_>>());
+    let mut again = a.ws(&format!("callId=*&since={}", pos[99])).await;
+    let rest = read_until(&mut again, "pos", pos[last as usize - 1]).await;
+    assert_eq!(numbers(&rest, "pos"), pos[100..].to_vec());
+
+    // /calls on either relay knows the call.
+    for relay in [&a, &b] {
+        let (status, body) = relay.request("GET", "/calls", &[], "").await;
+        assert_eq!(status, 200);
+        let calls: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(calls["calls"][0]["callId"], "shared", "{body}");
+        assert_eq!(calls["calls"][0]["lastSeq"], last, "{body}");
+    }
+
+    // A relay started later reads the stored calls and numbers on.
+    let c = relay_on(&nats.urls());
+    assert_eq!(c.publish(ev("shared", 5000)).await, last + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_publish_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = cluster(dir.path());
+    let a = relay_on(&nats.urls());
+    let b = relay_on(&nats.urls());
+    let event = ev("retry", 1);
+    let first = post_retrying(&[&a], &event, "stt-1:u1:final", READY)
+        .await
+        .unwrap();
+    assert_eq!(first["seq"], 1);
+    assert!(first.get("duplicate").is_none(), "{first}");
+    // The same key again, through the other relay: the first copy's numbers.
+    let again = post_retrying(&[&b], &event, "stt-1:u1:final", READY)
+        .await
+        .unwrap();
+    assert_eq!(
+        (&again["seq"], &again["pos"], &again["duplicate"]),
+        (&first["seq"], &first["pos"], &json!(true))
+    );
+    assert_eq!(
+        a.publish(ev("retry", 2)).await,
+        2,
+        "the duplicate took no number"
+    );
+    let events = replay_call(&b, "retry", 2).await;
+    assert_eq!(numbers(&events, "seq"), [1, 2]);
+    // A malformed key is refused, not ignored.
+    let (status, body) = a
+        .request(
+            "POST",
+            "/event",
+            &[
+                ("content-type", "application/json"),
+                ("idempotency-key", "no spaces please"),
+            ],
+            event.to_string(),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("Idempotency-Key"), "{body}");
+}
+
+/// SIGKILL of one NATS node (the stream's leader) while two relays take
+/// events: publishing goes on, and every event answered 202 is there
+/// afterwards, once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_nats_node_loses_no_acknowledged_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = cluster(dir.path());
+    let a = relay_on(&nats.urls());
+    let b = relay_on(&nats.urls());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Four calls published by four publishers, alternating relays.
+    let publisher = |call: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>| {
+        let (a, b) = (&a, &b);
+        async move {
+            let mut acked: Vec<(String, i64)> = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("{call}-{i}");
+                let relays: [&Relay; 2] = if i % 2 == 0 { [a, b] } else { [b, a] };
+                let answer = post_retrying(&relays, &ev(&call, i), &key, Duration::from_secs(60))
+                    .await
+                    .unwrap_or_else(|| panic!("{call}: event {i} never accepted"));
+                acked.push((format!("frase {i}"), answer["seq"].as_i64().unwrap()));
+                i += 1;
+            }
+            (call, acked)
+        }
+    };
+    let killer = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The stream's leader is the node whose /jsz says so; kill it.
+        let leader = stream_leader(&nats).expect("the events stream has a leader");
+        nats.kill(leader);
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        leader
+    };
+    let (killed, r1, r2, r3, r4) = tokio::join!(
+        killer,
+        publisher("k1".into(), stop.clone()),
+        publisher("k2".into(), stop.clone()),
+        publisher("k3".into(), stop.clone()),
+        publisher("k4".into(), stop.clone()),
+    );
+    let mut total = 0;
+    for (call, acked) in [r1, r2, r3, r4] {
+        assert!(
+            acked.len() > 20,
+            "{call}: publishing stopped ({} events)",
+            acked.len()
+        );
+        let last = acked.last().unwrap().1;
+        // Each event once, numbered 1..=last without a gap, in the order
+        // it was acknowledged.
+        let stored = replay_call(&b, &call, last).await;
+        assert_eq!(
+            numbers(&stored, "seq"),
+            (1..=last).collect::<Vec<_>>(),
+            "{call}"
+        );
+        let texts: Vec<&str> = stored.iter().map(|e| e["text"].as_str().unwrap()).collect();
+        let unique: HashSet<&&str> = texts.iter().collect();
+        assert_eq!(unique.len(), texts.len(), "{call}: an event stored twice");
+        let by_seq: BTreeMap<i64, &str> = stored
+            .iter()
+            .map(|e| (e["seq"].as_i64().unwrap(), e["text"].as_str().unwrap()))
+            .collect();
+        for (text, seq) in &acked {
+            assert_eq!(
+                by_seq.get(seq),
+                Some(&text.as_str()),
+                "{call}: acknowledged {text} at {seq}"
+            );
+        }
+        total += acked.len();
+    }
+    eprintln!(
+        "{total} events acknowledged across the kill of node n{} (the stream's leader); {} attempts refused and retried",
+        killed + 1,
+        REFUSED.load(std::sync::atomic::Ordering::Relaxed)
+    );
+}
+
+/// Index of the node that leads the events stream, from `/jsz?streams=1`.
+fn stream_leader(nats: &Cluster) -> Option<usize> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .into();
+    for n in &nats.nodes {
+        let url = format!("http://127.0.0.1:{}/jsz?streams=1", n.monitor_port);
+        let Some(v) = call_coach::http::get_json(&agent, &url) else {
+            continue;
+        };
+        for acc in v["account_details"].as_array().into_iter().flatten() {
+            for s in acc["stream_detail"].as_array().into_iter().flatten() {
+                if s["name"] == "CALLCOACH_EVENTS" {
+                    let leader = s["cluster"]["leader"].as_str()?;
+                    return nats.nodes.iter().position(|n| n.name == leader);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// A relay SIGKILLed during a call: its subscriber and its publisher move
+/// to the other relay and resume; nothing lost, nothing doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_relay_loses_nothing_its_clients_resume_on_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = cluster(dir.path());
+    let mut a = relay_on(&nats.urls());
+    let b = relay_on(&nats.urls());
+    let mut ws = a.ws("callId=move").await;
+    for i in 0..30 {
+        post_retrying(&[&a], &ev("move", i), &format!("move-{i}"), READY)
+            .await
+            .unwrap();
+    }
+    let seen = read_until(&mut ws, "seq", 30).await;
+    let since = seen.last().unwrap()["seq"].as_i64().unwrap();
+    a.signal(libc::SIGKILL);
+    a.wait_exit(Duration::from_secs(10));
+    // The socket dies with it.
+    assert!(next_json(&mut ws, Duration::from_secs(10)).await.is_none());
+    // The publisher goes on through b (retrying its last event once more
+    // with the same key changes nothing).
+    post_retrying(&[&b], &ev("move", 29), "move-29", READY)
+        .await
+        .unwrap();
+    for i in 30..50 {
+        post_retrying(&[&b], &ev("move", i), &format!("move-{i}"), READY)
+            .await
+            .unwrap();
+    }
+    let mut ws = b.ws(&format!("callId=move&since={since}")).await;
+    let rest = read_until(&mut ws, "seq", 50).await;
+    assert_eq!(numbers(&rest, "seq"), (31..=50).collect::<Vec<_>>());
+    let texts: Vec<String> = seen
+        .iter()
+        .chain(&rest)
+        .map(|e| e["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        texts,
+        (0..50).map(|i| format!("frase {i}")).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_unreachable_at_start_or_lost_later_is_said_plainly() {
+    // At start: a clear error naming the key, and a non-zero exit.
+    let port = call_coach::tools::procs::port_or_free(0);
+    let bin_dir = tempfile::tempdir().unwrap();
+    let (code, _out, err) = crate::util::run_bin(
+        Some(&crate::util::service_link(bin_dir.path(), "relay")),
+        &[],
+        &[
+            ("RELAY_LISTEN", "127.0.0.1:0"),
+            ("RELAY_NATS_URL", &format!("nats://127.0.0.1:{port}")),
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("relay.nats.url") && err.contains("RELAY_NATS_URL"),
+        "{err}"
+    );
+
+    // At run time: 503 with a reason while NATS is gone, never a 202;
+    // back to 202 by itself once NATS is back.
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Cluster::start(dir.path(), 1, READY).unwrap_or_else(|e| panic!("{e:#}"));
+    let relay = relay_on(&nats.urls());
+    assert_eq!(relay.publish(ev("lost", 0)).await, 1);
+    nats.kill(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (status, body) = loop {
+        let (status, body) = relay.post(&ev("lost", 1)).await;
+        assert_ne!(status, 202, "accepted while NATS was down: {body}");
+        if status == 503 || Instant::now() > deadline {
+            break (status, body);
+        }
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("NATS"), "{body}");
+    let (status, health) = relay.request("GET", "/healthz", &[], "").await;
+    assert_eq!((status, health.as_str()), (503, "not connected to NATS\n"));
+    nats.restart(0, READY).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = relay.post(&ev("lost", 1)).await;
+        if status == 202 {
+            assert_eq!(body["seq"], 2, "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the relay did not recover: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
