@@ -6,9 +6,11 @@
 //! - [`metrics`]: live figures from transcripts alone.
 //! - [`rules`]: the rules coach and the compliance checklist (default
 //!   Spanish set in `rules.es.toml`).
+//! - [`group`]: several orchestrators sharing the calls (leases in NATS).
 //! - [`llm`]: the LLM coach (OpenRouter or any OpenAI-compatible API),
 //!   streamed tips, retries, circuit breaker, daily budget.
 
+pub mod group;
 pub mod llm;
 pub mod metrics;
 pub mod rules;
@@ -20,7 +22,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::setting::{ConfigError, Secret, SecretSlot, Section, Var};
+use crate::setting::{ConfigError, PathSlot, Secret, SecretSlot, Section, Var};
+
+pub use group::GroupSettings;
 
 /// Settings of the orchestrator service (`[orchestrator]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,6 +76,9 @@ pub struct Settings {
     pub llm_max_concurrent: usize,
     /// Tokens a day for the LLM at most (0: no limit).
     pub llm_daily_token_budget: u64,
+    /// `[orchestrator.group]`: several orchestrators share the calls, each
+    /// call coached by one of them (leases in NATS JetStream).
+    pub group: GroupSettings,
 }
 
 impl Section for Settings {
@@ -85,10 +92,20 @@ impl Section for Settings {
         Var::new("RELAY_EVENT", "relay_event"),
         Var::new("RELAY_TOKEN", "relay_token"),
         Var::new("RELAY_TOKEN_FILE", "relay_token_file"),
+        Var::new("ORCHESTRATOR_NATS_URL", "group.nats_url"),
     ];
+
+    fn credential_paths(&mut self) -> Vec<PathSlot<'_>> {
+        vec![PathSlot {
+            key: "group.credentials_file",
+            credential: group::CREDS_CREDENTIAL,
+            value: &mut self.group.credentials_file,
+        }]
+    }
 
     fn secrets(&mut self) -> Vec<SecretSlot<'_>> {
         vec![
+            SecretSlot::new("group.token", &mut self.group.token, &self.group.token_file),
             SecretSlot::new("relay_token", &mut self.relay_token, &self.relay_token_file),
             SecretSlot::new(
                 "openrouter_api_key",
@@ -117,6 +134,7 @@ impl Section for Settings {
             ("idle_call_secs", self.idle_call_secs),
             ("llm_timeout_secs", self.llm_timeout_secs),
             ("llm_max_concurrent", self.llm_max_concurrent as u64),
+            ("group.lease_secs", self.group.lease_secs),
         ] {
             if value == 0 {
                 return Err(ConfigError::invalid(
@@ -167,6 +185,7 @@ impl Default for Settings {
             llm_min_interval_secs: 20,
             llm_max_concurrent: 2,
             llm_daily_token_budget: 500_000,
+            group: GroupSettings::default(),
         }
     }
 }

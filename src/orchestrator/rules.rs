@@ -268,6 +268,18 @@ impl CallRules {
         ok
     }
 
+    /// Takes note of a rule tip another orchestrator published for this
+    /// call (seen as an event), so this one, should it take the call over,
+    /// does not publish it again: the rule's cooldown runs from `now_ms`,
+    /// and it never fires again for `utterance_id`.
+    pub fn note_published(&mut self, rule_id: &str, utterance_id: Option<&str>, now_ms: u64) {
+        let last = self.last_fired.entry(rule_id.to_owned()).or_insert(now_ms);
+        *last = (*last).max(now_ms);
+        if let Some(u) = utterance_id {
+            self.fired_on.insert((rule_id.to_owned(), u.to_owned()));
+        }
+    }
+
     /// Checks a transcript (partial or final). Returns the rules that
     /// fired and whether the checklist changed.
     pub fn transcript(

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::group::{self, Ask, Change, Group};
 use super::llm::{self, LlmCoach, LlmConfig};
 use super::metrics::CallMetrics;
 use super::rules::{self, CallRules, Fired, RuleSet, RulesError};
@@ -28,6 +29,8 @@ pub enum OrchestratorError {
     Rules(#[from] RulesError),
     #[error("orchestrator.relay_ws {0:?} is not a ws:// URL")]
     BadUrl(String),
+    #[error("orchestrator group: {0}")]
+    Group(String),
 }
 
 impl crate::lifecycle::ExitStatus for OrchestratorError {
@@ -55,7 +58,18 @@ struct Call {
     llm_last: Option<Instant>,
     /// `call.ended` came (when, and its reason): waiting for late finals.
     ending: Option<(Instant, String)>,
+    /// This instance coaches the call (always, without a group); else it
+    /// keeps the call's state in step, publishing nothing, in case it has
+    /// to take the call over.
+    owned: bool,
+    /// Unowned: the rule tips this instance would have published and has
+    /// not yet seen the coaching instance publish. Published on taking the
+    /// call over (its holder died before publishing them).
+    unconfirmed: std::collections::VecDeque<Tip>,
 }
+
+/// Unconfirmed tips kept per call at most.
+const UNCONFIRMED: usize = 32;
 
 /// Final utterances kept for the LLM prompt.
 const RECENT_UTTERANCES: usize = 12;
@@ -74,6 +88,8 @@ impl Call {
             llm_due: None,
             llm_last: None,
             ending: None,
+            owned: true,
+            unconfirmed: std::collections::VecDeque::new(),
         }
     }
 
@@ -130,9 +146,36 @@ struct Out {
     llm: Option<LlmCoach>,
     /// Language of the LLM prompts.
     language: String,
+    /// With a group: where calls are claimed and forgotten.
+    asks: Option<tokio::sync::mpsc::UnboundedSender<Ask>>,
 }
 
 impl Out {
+    /// The call's state, made on first sight: with a group, owned only once
+    /// its lease is ours.
+    fn open_call<'a>(
+        &self,
+        calls: &'a mut HashMap<String, Call>,
+        call_id: &str,
+        now: Instant,
+    ) -> &'a mut Call {
+        calls.entry(call_id.to_owned()).or_insert_with(|| {
+            let mut call = Call::new(now);
+            if let Some(asks) = &self.asks {
+                call.owned = false;
+                let _ = asks.send(Ask::Claim(call_id.to_owned()));
+            }
+            call
+        })
+    }
+
+    /// The call is finished or dropped here: no lease to renew or watch.
+    fn forget(&self, call_id: &str) {
+        if let Some(asks) = &self.asks {
+            let _ = asks.send(Ask::Forget(call_id.to_owned()));
+        }
+    }
+
     fn send(&self, event: Event) {
         self.urgent.send(event);
     }
@@ -153,6 +196,14 @@ pub async fn serve(
         None => RuleSet::default_set(),
     });
     let mut relay = subscription(&s)?;
+    let mut group: Option<Group> = match &s.group.nats_url {
+        Some(_) => Some(
+            group::join(&s.group, shutdown.clone())
+                .await
+                .map_err(OrchestratorError::Group)?,
+        ),
+        None => None,
+    };
     let stats = Arc::new(PublishStats::default());
     let (urgent, urgent_thread) = Publisher::start(
         s.relay_event.clone(),
@@ -184,11 +235,13 @@ pub async fn serve(
         bulk: bulk.clone(),
         llm,
         language: s.language.clone(),
+        asks: group.as_ref().map(|g| g.asks.clone()),
     };
     tracing::info!(
         rules = rules.rules.len(),
         checklist = rules.checklist.len(),
         llm = publisher.llm.is_some(),
+        group = group.as_ref().map(|g| g.instance.as_str()),
         "orchestrator started"
     );
     crate::lifecycle::ready("orchestrator following the relay", &shutdown, || true);
@@ -212,12 +265,30 @@ pub async fn serve(
                     handle(&mut calls, &mut ended, &rules, &publisher, event, &s);
                 }
             }
+            Some(change) = next_change(&mut group) => match change {
+                Change::Owned(id) => if let Some(call) = calls.get_mut(&id) {
+                    if !call.owned {
+                        tracing::info!(call = %id, "coaching the call");
+                    }
+                    call.owned = true;
+                    // What the last holder did not live to publish.
+                    for tip in call.unconfirmed.drain(..) {
+                        publisher.send(Event::Tip(tip));
+                    }
+                },
+                Change::Lost(id) => if let Some(call) = calls.get_mut(&id) {
+                    call.owned = false;
+                },
+            },
         }
     }
-    // Calls still open get their summary before we go.
+    // Calls still open get their summary before we go; in a group the
+    // others take them over instead (the leases are released).
     let open: Vec<String> = calls.keys().cloned().collect();
     for id in open {
-        if let Some(call) = calls.remove(&id) {
+        if let Some(call) = calls.remove(&id)
+            && group.is_none()
+        {
             finish(&id, call, "orchestrator stopping", &rules, &publisher);
         }
     }
@@ -246,6 +317,14 @@ pub async fn serve(
         "orchestrator stopped"
     );
     Ok(())
+}
+
+/// The next lease change, or never without a group.
+async fn next_change(group: &mut Option<Group>) -> Option<Change> {
+    match group {
+        Some(g) => g.changes.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Calls that ended lately: a final transcript that reaches the relay
@@ -291,9 +370,13 @@ fn handle(
     match event {
         Event::CallStarted(CallStarted { call_id, agent, .. }) => {
             ended.remove(call_id);
-            let mut call = Call::new(now);
+            // A call id started again: fresh state, the lease kept.
+            let owned = calls.remove(call_id).map(|c| c.owned);
+            let call = publisher.open_call(calls, call_id, now);
+            if let Some(owned) = owned {
+                call.owned = owned;
+            }
             call.agent = (!agent.is_empty()).then(|| agent.clone());
-            calls.insert(call_id.clone(), call);
         }
         Event::CallEnded(CallEnded {
             call_id, reason, ..
@@ -315,9 +398,7 @@ fn handle(
             start_ms,
             ..
         }) => {
-            let call = calls
-                .entry(call_id.clone())
-                .or_insert_with(|| Call::new(now));
+            let call = publisher.open_call(calls, call_id, now);
             call.last_event = now;
             let at = call.elapsed_ms(now);
             call.metrics.speech(utterance_id, *start_ms, at);
@@ -333,9 +414,7 @@ fn handle(
                 end_ms,
                 ..
             } = t;
-            let call = calls
-                .entry(call_id.clone())
-                .or_insert_with(|| Call::new(now));
+            let call = publisher.open_call(calls, call_id, now);
             call.last_event = now;
             let agent = *speaker == Speaker::Agent;
             let at = call.elapsed_ms(now);
@@ -361,6 +440,30 @@ fn handle(
                     call.llm_due = Some(now + Duration::from_millis(s.llm_debounce_ms));
                 }
             }
+        }
+        // What the orchestrator coaching a call published, seen by the
+        // others in the group: tips not to publish again on taking over,
+        // and the summary that ends the call for everyone.
+        Event::Tip(tip) => {
+            if let Some(call) = calls.get_mut(&tip.call_id)
+                && !call.owned
+            {
+                if let Some(n) = tip.tip_id.rsplit('-').next().and_then(|n| n.parse().ok()) {
+                    call.tips = call.tips.max(n);
+                }
+                if let Some(rule) = &tip.rule {
+                    let at = call.elapsed_ms(now);
+                    call.rules
+                        .note_published(rule, tip.utterance_id.as_deref(), at);
+                    call.unconfirmed
+                        .retain(|t| !(t.rule == tip.rule && t.utterance_id == tip.utterance_id));
+                }
+            }
+        }
+        Event::Summary(summary) if calls.get(&summary.call_id).is_some_and(|c| !c.owned) => {
+            calls.remove(&summary.call_id);
+            ended.insert(&summary.call_id);
+            publisher.forget(&summary.call_id);
         }
         _ => {}
     }
@@ -419,7 +522,9 @@ fn tick_all(calls: &mut HashMap<String, Call>, rules: &RuleSet, publisher: &Out,
     for (id, call) in calls.iter_mut().filter(|(_, c)| c.ending.is_none()) {
         let at = call.elapsed_ms(now);
         let snapshot = call.metrics.snapshot(at);
-        publisher.metrics(metrics_event(id, &snapshot, at));
+        if call.owned {
+            publisher.metrics(metrics_event(id, &snapshot, at));
+        }
         let (fired, changed) = call.rules.tick(rules, &snapshot, at);
         publish_tips(id, call, fired, None, publisher);
         if changed {
@@ -433,7 +538,7 @@ fn tick_all(calls: &mut HashMap<String, Call>, rules: &RuleSet, publisher: &Out,
 fn ask_llm(calls: &mut HashMap<String, Call>, coach: &LlmCoach, s: &Settings) {
     let now = Instant::now();
     let interval = Duration::from_secs(s.llm_min_interval_secs);
-    for (id, call) in calls.iter_mut() {
+    for (id, call) in calls.iter_mut().filter(|(_, c)| c.owned) {
         let due = call.llm_due.is_some_and(|d| d <= now);
         let rested = call
             .llm_last
@@ -478,7 +583,7 @@ fn publish_tips(
     for f in fired {
         call.tips += 1;
         *call.fired.entry(f.rule.clone()).or_default() += 1;
-        publisher.send(Event::Tip(Tip {
+        let tip = Tip {
             call_id: call_id.to_owned(),
             tip_id: format!("rules-{}-{}", f.rule, call.tips),
             text: f.tip,
@@ -494,11 +599,22 @@ fn publish_tips(
                 text: Some(text),
                 label: None,
             })),
-        }));
+        };
+        if call.owned {
+            publisher.send(Event::Tip(tip));
+        } else {
+            if call.unconfirmed.len() >= UNCONFIRMED {
+                call.unconfirmed.pop_front();
+            }
+            call.unconfirmed.push_back(tip);
+        }
     }
 }
 
 fn publish_checklist(call_id: &str, call: &Call, rules: &RuleSet, publisher: &Out) {
+    if !call.owned {
+        return;
+    }
     publisher.send(Event::Checklist(Checklist {
         call_id: call_id.to_owned(),
         items: call.rules.checklist(rules),
@@ -590,6 +706,11 @@ fn summary_texts(
 
 /// Publishes the last metrics and the summary of a call.
 fn finish(call_id: &str, call: Call, reason: &str, rules: &RuleSet, publisher: &Out) {
+    publisher.forget(call_id);
+    if !call.owned {
+        // The instance coaching it publishes the summary.
+        return;
+    }
     let now = Instant::now();
     let duration_ms = call.elapsed_ms(now);
     let m = call.metrics.snapshot(duration_ms);

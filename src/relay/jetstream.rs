@@ -138,36 +138,16 @@ pub async fn open(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<Store, StoreError> {
-    let url = s.url.as_deref().unwrap_or_default();
-    let servers: Vec<&str> = url
-        .split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .collect();
-    let bad =
-        |why: String| StoreError::Nats(format!("relay.nats.url (RELAY_NATS_URL) {url:?}: {why}"));
-    if servers.is_empty() {
-        return Err(bad("no server given".into()));
-    }
-    let mut options = async_nats::ConnectOptions::new()
-        .name("call-coach relay")
-        .connection_timeout(Duration::from_secs(5))
-        .max_reconnects(None);
-    if let Some(path) = &s.credentials_file {
-        options = options.credentials_file(path).await.map_err(|e| {
-            StoreError::Nats(format!(
-                "relay.nats.credentials_file {}: {e}",
-                path.display()
-            ))
-        })?;
-    }
-    if let Some(token) = &s.token {
-        options = options.token(token.expose().to_owned());
-    }
-    let client = options
-        .connect(servers.as_slice())
-        .await
-        .map_err(|e| bad(format!("cannot connect: {e}")))?;
+    let client = crate::nats::connect(&crate::nats::Target {
+        url: s.url.as_deref().unwrap_or_default(),
+        url_setting: "relay.nats.url (RELAY_NATS_URL)",
+        credentials_file: s.credentials_file.as_deref(),
+        credentials_setting: "relay.nats.credentials_file",
+        token: s.token.as_ref(),
+        name: "call-coach relay",
+    })
+    .await
+    .map_err(StoreError::Nats)?;
     let timeout = Duration::from_millis(s.timeout_ms.max(100));
     let js = jetstream::ContextBuilder::new()
         .timeout(timeout)
@@ -175,13 +155,7 @@ pub async fn open(
 
     let info = client.server_info();
     let replicas = match s.replicas {
-        0 => {
-            // Our server and the others it told us about.
-            let mut peers: Vec<&String> = info.connect_urls.iter().collect();
-            peers.sort();
-            peers.dedup();
-            peers.len().clamp(1, 3)
-        }
+        0 => crate::nats::replicas_for(&client),
         n => n,
     };
     let config = stream::Config {

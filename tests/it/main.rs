@@ -9,6 +9,7 @@ mod layout;
 mod model;
 mod nix;
 mod orchestrator;
+mod orchestrator_group;
 mod relay;
 mod relay_auth;
 mod relay_nats;
