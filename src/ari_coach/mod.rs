@@ -53,6 +53,10 @@ pub struct Settings {
     pub unavailable_sound: Option<String>,
     /// ExternalMedia format: `slin16` (16 kHz, best), `slin`, `ulaw`, `alaw`.
     pub format: String,
+    /// With several Asterisk hosts (one ari-coach each) on one relay: this
+    /// host's name, put before its call ids (`PREFIX:1732476767.12`), since
+    /// every Asterisk numbers its channels alike. Empty: none.
+    pub call_id_prefix: String,
     /// Where Asterisk sends the tapped RTP: the host rtp2ws's UDP ports
     /// listen on (its `rtp_bind`).
     pub rtp_host: String,
@@ -90,6 +94,7 @@ impl Default for Settings {
             agent_timeout_secs: 30,
             unavailable_sound: None,
             format: "slin16".into(),
+            call_id_prefix: String::new(),
             rtp_host: "127.0.0.1".into(),
             fixed_ports: false,
             base_port: 14000,
@@ -127,6 +132,19 @@ impl Section for Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        let p = self.call_id_prefix.as_bytes();
+        if !p.is_empty()
+            && (p.len() > 32
+                || !p[0].is_ascii_alphanumeric()
+                || !p
+                    .iter()
+                    .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c)))
+        {
+            return Err(ConfigError::invalid(
+                "ari_coach.call_id_prefix",
+                "1 to 32 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit (e.g. ast1)",
+            ));
+        }
         if !(self.ari_url.starts_with("http://") || self.ari_url.starts_with("https://")) {
             return Err(ConfigError::invalid(
                 "ari_coach.ari_url",

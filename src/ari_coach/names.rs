@@ -81,9 +81,22 @@ pub fn parse(id: &str) -> Option<(&str, Kind)> {
     None
 }
 
-/// A call id from a channel id: the channel id itself when it is a valid
-/// call id (Asterisk's `1732476767.12` is), else a cleaned copy.
-pub fn call_id_for(channel: &str) -> String {
+/// A call id from a channel id: `PREFIX:` (this Asterisk's
+/// `ari_coach.call_id_prefix`, when set) and the channel id when it is a
+/// valid call id (Asterisk's `1732476767.12` is), else a cleaned copy.
+/// Two Asterisk hosts number their channels alike; their prefixes keep
+/// their calls apart in the relay.
+pub fn call_id_for(prefix: &str, channel: &str) -> String {
+    let id = plain_call_id(channel);
+    if prefix.is_empty() || id.starts_with(&format!("{prefix}:")) {
+        return id;
+    }
+    let mut id = format!("{prefix}:{id}");
+    id.truncate(128);
+    id
+}
+
+fn plain_call_id(channel: &str) -> String {
     if crate::event::is_valid_call_id(channel) {
         return channel.to_owned();
     }
@@ -131,11 +144,20 @@ mod tests {
 
     #[test]
     fn call_ids_are_valid() {
-        assert_eq!(call_id_for("1732476767.12"), "1732476767.12");
-        let odd = call_id_for("/weird id");
+        assert_eq!(call_id_for("", "1732476767.12"), "1732476767.12");
+        let odd = call_id_for("", "/weird id");
         assert!(crate::event::is_valid_call_id(&odd), "{odd}");
         assert!(crate::event::is_valid_call_id(&call_id_for(
+            "",
             &"x".repeat(400)
         )));
+        // One prefix per Asterisk host; given once, kept once.
+        assert_eq!(call_id_for("ast1", "1732476767.12"), "ast1:1732476767.12");
+        assert_eq!(
+            call_id_for("ast1", "ast1:1732476767.12"),
+            "ast1:1732476767.12"
+        );
+        let long = call_id_for("ast2", &"x".repeat(400));
+        assert!(crate::event::is_valid_call_id(&long), "{long}");
     }
 }

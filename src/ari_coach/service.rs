@@ -274,7 +274,7 @@ async fn start_call(ctx: &Arc<Ctx>, channel: &str, ev: &AriEvent) {
             return;
         };
         Start {
-            id: names::call_id_for(customer),
+            id: names::call_id_for(&ctx.settings.call_id_prefix, customer),
             mode: Mode::Attach,
             customer: customer.clone(),
             agent: Some(agent.clone()),
@@ -290,7 +290,7 @@ async fn start_call(ctx: &Arc<Ctx>, channel: &str, ev: &AriEvent) {
             .unwrap_or(&ctx.settings.agent_dial)
             .to_owned();
         Start {
-            id: names::call_id_for(channel),
+            id: names::call_id_for(&ctx.settings.call_id_prefix, channel),
             mode: Mode::Inbound,
             customer: channel.to_owned(),
             agent: None,

@@ -671,3 +671,87 @@ async fn call_ended_does_not_wait_for_a_slow_stt() {
     assert_eq!(end["reason"], "customer-hangup", "{end}");
     assert!(rig.coach.wait_exit(Duration::from_secs(30)).is_some());
 }
+
+/// Two Asterisk hosts, one ari-coach each, one relay: both Asterisks number
+/// their channels alike (here the very same ids), so each ari-coach puts
+/// its own prefix before its call ids and the relay keeps the calls apart.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_asterisks_with_the_same_channel_ids_make_two_calls_in_one_relay() {
+    let relay = Service::start(&[]);
+    let stt = start_stt(&event_url(&relay), &[]);
+    let stt_url = format!("ws://{}/ws", stt.addr);
+    let rtp2ws = Service::start_named(
+        "rtp2ws",
+        &[
+            ("STT_URL", stt_url.as_str()),
+            ("RTP2WS_CONTROL", "127.0.0.1:0"),
+            ("BASE_PORT", "35000"),
+        ],
+    );
+    let relay_event = event_url(&relay);
+    let mut hosts = Vec::new();
+    for (prefix, recording) in [("ast1", "vm-intro"), ("ast2", "conf-onlyperson")] {
+        let sim = AriSim::start("coach", "coach", "s3cret").await;
+        let coach = Service::start_named(
+            "ari-coach",
+            &[
+                ("ARI_URL", sim.url.as_str()),
+                ("ARI_USER", "coach"),
+                ("ARI_PASS", "s3cret"),
+                ("RTP2WS_CONTROL", rtp2ws.addr.as_str()),
+                ("RELAY_EVENT", relay_event.as_str()),
+                ("AGENT_DIAL", "PJSIP/200"),
+                ("CALL_COACH_ARI_COACH__LISTEN", "127.0.0.1:0"),
+                ("CALL_COACH_ARI_COACH__CALL_ID_PREFIX", prefix),
+            ],
+        );
+        sim.wait_connected(Duration::from_secs(10)).await;
+        sim.endpoint("PJSIP/200", agent_says(300, 1.0, &[recording]));
+        hosts.push((prefix, recording, sim, coach));
+    }
+    let channels: Vec<String> = hosts
+        .iter()
+        .map(|(_, _, sim, _)| {
+            sim.inbound(
+                ("Cliente", "5551234"),
+                Voice::script(2.0, &[]),
+                &["inbound", "1000"],
+            )
+        })
+        .collect();
+    assert_eq!(channels[0], channels[1], "the simulated hosts number alike");
+    for (prefix, recording, _, _) in &hosts {
+        let call = format!("{prefix}:{}", channels[0]);
+        let mut sub = relay.ws(&format!("callId={call}")).await;
+        let word = if *recording == "vm-intro" {
+            "mensaje"
+        } else {
+            "conferencia"
+        };
+        let events = until(&mut sub, Duration::from_secs(60), |e| {
+            has_final(e, "agent", word)
+        })
+        .await;
+        assert_eq!(
+            of_type(&events, "call.started").len(),
+            1,
+            "{call}: {events:#?}"
+        );
+        let other = if word == "mensaje" {
+            "conferencia"
+        } else {
+            "mensaje"
+        };
+        assert!(
+            !finals_of(&events, "agent").contains(other),
+            "{call} got the other host's words: {events:#?}"
+        );
+    }
+    let (_, calls) = relay.request("GET", "/calls", &[], "").await;
+    for (prefix, _, _, _) in &hosts {
+        assert!(
+            calls.contains(&format!("\"{prefix}:{}\"", channels[0])),
+            "{calls}"
+        );
+    }
+}
