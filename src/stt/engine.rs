@@ -54,13 +54,15 @@ pub struct Decoded {
 }
 
 impl Engine {
-    pub fn load(path: &Path) -> Result<Self, EngineError> {
+    /// Loads the model; `gpu` puts it on the GPU (a build with `--features
+    /// cuda`, `DEVICE=cuda`), else it runs on the CPU whatever the build.
+    pub fn load(path: &Path, gpu: bool) -> Result<Self, EngineError> {
         silence_whisper_logs();
-        let ctx = WhisperContext::new_with_params(path, Default::default()).map_err(|e| {
-            EngineError::Load {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            }
+        let mut params = whisper_rs::WhisperContextParameters::default();
+        params.use_gpu(gpu);
+        let ctx = WhisperContext::new_with_params(path, params).map_err(|e| EngineError::Load {
+            path: path.display().to_string(),
+            message: e.to_string(),
         })?;
         Ok(Self { ctx: Arc::new(ctx) })
     }

@@ -34,7 +34,7 @@ pub fn transcribe_files(
     whole: bool,
 ) -> anyhow::Result<()> {
     let path = s.model_path(model_dir)?;
-    let engine = Engine::load(&path)?;
+    let engine = Engine::load(&path, s.device == "cuda")?;
     let mut worker = engine.worker()?;
     let options = DecodeOptions {
         language: s.forced_language(),

@@ -79,7 +79,8 @@ pub async fn serve(
     let started = std::time::Instant::now();
     let engine = {
         let path = path.clone();
-        tokio::task::spawn_blocking(move || Engine::load(&path))
+        let gpu = s.device == "cuda";
+        tokio::task::spawn_blocking(move || Engine::load(&path, gpu))
             .await
             .map_err(|e| EngineError::Whisper(e.to_string()))??
     };
@@ -88,6 +89,7 @@ pub async fn serve(
         load_ms = started.elapsed().as_millis() as u64,
         workers = s.workers,
         threads = s.threads(),
+        device = %s.device,
         language = %s.language,
         "model loaded"
     );
