@@ -128,6 +128,14 @@ impl Cluster {
             .join(",")
     }
 
+    /// Process ids of the running nodes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.child.as_ref().map(|c| c.id()))
+            .collect()
+    }
+
     /// SIGKILLs node `i`.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.nodes[i].child.take() {

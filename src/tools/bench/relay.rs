@@ -5,6 +5,12 @@
 //! and delivered and the publish-to-delivery latency (p50/p99/max), measured
 //! from a send timestamp carried in each event. `--idle N` instead measures
 //! the relay's memory per 1,000 idle subscribers.
+//!
+//! Several `--url`s (comma-separated) share the load: publishers and
+//! subscribers are spread over them, and their CPU is summed. `--spawn`
+//! starts what it measures itself, on loopback: `sqlite` one relay on a
+//! temporary SQLite store, `nats` a 3-node NATS JetStream cluster and two
+//! relays on it; the CPU column then counts the NATS servers too.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,9 +28,14 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Options {
-    /// Base URL of the relay.
-    #[arg(long, default_value = "http://127.0.0.1:7070")]
-    pub url: String,
+    /// Base URL of the relay; several, comma-separated, share the load.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:7070")]
+    pub url: Vec<String>,
+    /// Start the relays measured instead of using `--url`: `sqlite` (one
+    /// relay) or `nats` (a 3-node JetStream cluster and two relays; needs
+    /// nats-server, see `NATS_SERVER`).
+    #[arg(long, value_parser = ["sqlite", "nats"])]
+    pub spawn: Option<String>,
     /// Concurrent calls the events are spread over.
     #[arg(long, default_value_t = 100)]
     pub calls: usize,
@@ -55,10 +66,10 @@ pub struct Options {
     /// relay's memory per 1,000 of them.
     #[arg(long, value_name = "N")]
     pub idle: Option<usize>,
-    /// Relay process id, to read its memory and CPU from /proc when its
-    /// /metrics has no process figures.
-    #[arg(long)]
-    pub pid: Option<u32>,
+    /// Process ids whose CPU counts too (e.g. the NATS servers), and the
+    /// relay's when its /metrics has no process figures (one relay).
+    #[arg(long, value_delimiter = ',')]
+    pub pid: Vec<u32>,
 }
 
 struct Target {
@@ -69,9 +80,8 @@ struct Target {
 }
 
 impl Target {
-    fn parse(opts: &Options) -> anyhow::Result<Self> {
-        let rest = opts
-            .url
+    fn parse(url: &str, opts: &Options) -> anyhow::Result<Self> {
+        let rest = url
             .strip_prefix("http://")
             .context("--url must start with http://")?;
         let authority = rest.split('/').next().unwrap_or(rest);
@@ -83,11 +93,13 @@ impl Target {
             .token
             .clone()
             .or_else(|| std::env::var("CALL_COACH_BENCH_TOKEN").ok());
+        // A pid stands in for the relay's own figures only with one relay.
+        let pid = (opts.url.len() == 1 && opts.pid.len() == 1).then(|| opts.pid[0]);
         Ok(Self {
             host,
             port,
             token,
-            pid: opts.pid,
+            pid,
         })
     }
 
@@ -182,20 +194,102 @@ fn unix_micros() -> u64 {
         .unwrap_or(0)
 }
 
-pub async fn run(opts: Options) -> anyhow::Result<()> {
-    let target = Arc::new(Target::parse(&opts)?);
+/// What `--spawn` started; stopped when dropped.
+struct Spawned {
+    _relays: Vec<crate::tools::procs::Service>,
+    _cluster: Option<crate::tools::nats_cluster::Cluster>,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts the relays `--spawn` names; points `opts` at them.
+fn spawn(kind: &str, opts: &mut Options) -> anyhow::Result<Spawned> {
+    use crate::tools::procs::Service;
+    let dir = tempfile::tempdir()?;
+    let ready = Duration::from_secs(120);
+    let start_relay = |i: usize, extra: &[(&str, String)]| -> anyhow::Result<Service> {
+        let mut env = vec![
+            ("RELAY_LISTEN", "127.0.0.1:0".to_owned()),
+            (
+                "STATE_DIR",
+                dir.path().join(format!("relay{i}")).display().to_string(),
+            ),
+            ("RUST_LOG", "warn".to_owned()),
+        ];
+        env.extend(extra.iter().cloned());
+        Service::start("relay", &env, dir.path(), ready)
+    };
+    let (relays, cluster) = match kind {
+        "nats" => {
+            eprintln!("starting a 3-node NATS JetStream cluster and two relays on it...");
+            let cluster = crate::tools::nats_cluster::Cluster::start(dir.path(), 3, ready)?;
+            let url = cluster.urls();
+            let relays = (0..2)
+                .map(|i| start_relay(i, &[("RELAY_NATS_URL", url.clone())]))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            opts.pid.extend(cluster.pids());
+            (relays, Some(cluster))
+        }
+        _ => {
+            eprintln!("starting one relay on SQLite...");
+            (vec![start_relay(0, &[])?], None)
+        }
+    };
+    opts.url = relays
+        .iter()
+        .map(|r| format!("http://{}", r.addr))
+        .collect();
+    Ok(Spawned {
+        _relays: relays,
+        _cluster: cluster,
+        _dir: dir,
+    })
+}
+
+/// CPU seconds used so far by every relay and every extra process.
+async fn cpu_seconds(targets: &[Arc<Target>], extra: &[u32]) -> Option<f64> {
+    let mut total = 0.0;
+    for t in targets {
+        total += t.process_stats().await?.1;
+    }
+    for pid in extra {
+        total += crate::telemetry::process_stats(Some(*pid))?.1;
+    }
+    Some(total)
+}
+
+pub async fn run(mut opts: Options) -> anyhow::Result<()> {
+    let _spawned = match opts.spawn.clone() {
+        Some(kind) => Some(spawn(&kind, &mut opts)?),
+        None => None,
+    };
+    let targets: Vec<Arc<Target>> = opts
+        .url
+        .iter()
+        .map(|u| Target::parse(u, &opts).map(Arc::new))
+        .collect::<anyhow::Result<_>>()?;
+    // Extra pids: all of them unless one stands in for a single relay.
+    let extra: Vec<u32> = if targets.len() == 1 && targets[0].pid.is_some() {
+        Vec::new()
+    } else {
+        opts.pid.clone()
+    };
     if let Some(n) = opts.idle {
-        return idle(&target, n).await;
+        return idle(&targets[0], n).await;
     }
     if opts.calls == 0 {
         bail!("--calls must be at least 1");
     }
     println!(
         "relay {} | {} calls x {} subscribers + {} supervisors | {} publishers | {} s per rate",
-        opts.url, opts.calls, opts.subscribers, opts.supervisors, opts.concurrency, opts.duration
+        opts.url.join(","),
+        opts.calls,
+        opts.subscribers,
+        opts.supervisors,
+        opts.concurrency,
+        opts.duration
     );
     println!(
-        "{:>10} {:>12} {:>13} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10}",
+        "{:>10} {:>12} {:>13} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10} {:>14}",
         "target/s",
         "accepted/s",
         "delivered/s",
@@ -204,17 +298,18 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         "max ms",
         "lost",
         "errors",
-        "relay CPU"
+        "CPU",
+        "CPU ms/1k ev"
     );
     for (round, rate) in opts.rate.iter().enumerate() {
-        let r = one_rate(&target, &opts, *rate, round).await?;
+        let r = one_rate(&targets, &extra, &opts, *rate, round).await?;
         let target_label = if *rate > 0.0 {
             format!("{rate:.0}")
         } else {
             "max".into()
         };
         println!(
-            "{:>10} {:>12.0} {:>13.0} {:>9.2} {:>9.2} {:>9.2} {:>9} {:>8} {:>10}",
+            "{:>10} {:>12.0} {:>13.0} {:>9.2} {:>9.2} {:>9.2} {:>9} {:>8} {:>10} {:>14}",
             target_label,
             r.accepted as f64 / r.secs,
             r.delivered as f64 / r.secs,
@@ -225,6 +320,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             r.errors,
             r.cpu
                 .map(|c| format!("{:.0}%", c * 100.0))
+                .unwrap_or_else(|| "-".into()),
+            r.cpu
+                .filter(|_| r.accepted > 0)
+                .map(|c| format!("{:.0}", c * r.secs / r.accepted as f64 * 1e6))
                 .unwrap_or_else(|| "-".into()),
         );
     }
@@ -245,7 +344,8 @@ struct RoundResult {
 }
 
 async fn one_rate(
-    target: &Arc<Target>,
+    targets: &[Arc<Target>],
+    extra: &[u32],
     opts: &Options,
     rate: f64,
     round: usize,
@@ -262,13 +362,16 @@ async fn one_rate(
     let delivered = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();
     let mut subs = Vec::new();
+    let mut n = 0;
     for call in calls.iter() {
         for _ in 0..opts.subscribers {
-            subs.push(target.subscribe(call).await?);
+            subs.push(targets[n % targets.len()].subscribe(call).await?);
+            n += 1;
         }
     }
     for _ in 0..opts.supervisors {
-        subs.push(target.subscribe("*").await?);
+        subs.push(targets[n % targets.len()].subscribe("*").await?);
+        n += 1;
     }
     let done = Arc::new(AtomicBool::new(false));
     for ws in subs {
@@ -278,7 +381,7 @@ async fn one_rate(
         readers.push(tokio::spawn(read_latencies(ws, prefix, delivered, done)));
     }
 
-    let before = target.process_stats().await;
+    let before = cpu_seconds(targets, extra).await;
     let accepted = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let next = Arc::new(AtomicU64::new(0));
@@ -286,8 +389,8 @@ async fn one_rate(
     let until = start + Duration::from_secs_f64(opts.duration);
     let filler = "x".repeat(opts.payload);
     let mut publishers = Vec::new();
-    for _ in 0..opts.concurrency.max(1) {
-        let target = target.clone();
+    for k in 0..opts.concurrency.max(1) {
+        let target = targets[k % targets.len()].clone();
         let calls = calls.clone();
         let (accepted, errors, next) = (accepted.clone(), errors.clone(), next.clone());
         let filler = filler.clone();
@@ -340,7 +443,7 @@ async fn one_rate(
         let _ = p.await;
     }
     let secs = start.elapsed().as_secs_f64();
-    let after = target.process_stats().await;
+    let after = cpu_seconds(targets, extra).await;
     let accepted = accepted.load(Ordering::Relaxed);
     let expected = accepted * (opts.subscribers + opts.supervisors) as u64;
     let settle = Instant::now() + Duration::from_secs(10);
@@ -357,7 +460,7 @@ async fn one_rate(
     let delivered_n = delivered.load(Ordering::Relaxed);
     let collected = collected_latencies(lat);
     let cpu = match (before, after) {
-        (Some((_, c0)), Some((_, c1))) => Some((c1 - c0) / secs),
+        (Some(c0), Some(c1)) => Some((c1 - c0) / secs),
         _ => None,
     };
     Ok(RoundResult {
