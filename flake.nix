@@ -42,6 +42,7 @@
         {
           vm-module = vmTest ./nix/tests/module.nix;
           vm-asterisk = vmTest ./nix/tests/asterisk.nix;
+          vm-scale-out = vmTest ./nix/tests/scale-out.nix;
           tests = package;
           clippy = package.overrideAttrs (old: {
             pname = "call-coach-clippy";

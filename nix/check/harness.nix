@@ -32,6 +32,14 @@ in
     system.activationScripts = mkOption { type = types.attrsOf types.anything; default = { }; };
     system.path = mkOption { type = types.anything; default = { ignoreCollisions = false; postBuild = ""; }; };
     security.googleOsLogin.enable = mkOption { type = types.bool; default = false; };
+    # nixpkgs' services.nats, as the scale-out VM test's nodes set it.
+    services.nats = {
+      enable = mkOption { type = types.bool; default = false; };
+      serverName = mkOption { type = types.str; default = "$HOSTNAME"; };
+      port = mkOption { type = types.port; default = 4222; };
+      jetstream = mkOption { type = types.bool; default = false; };
+      settings = mkOption { type = types.attrsOf types.anything; default = { }; };
+    };
     # nixpkgs' services.asterisk, as far as call-coach uses it (same types).
     services.asterisk = {
       enable = mkOption { type = types.bool; default = false; };

@@ -70,7 +70,7 @@ evaluate() { # case -> JSON on stdout, errors in $work/err
   nix-instantiate --read-write-mode --eval --strict --json nix/check/eval.nix \
     --arg snapshot "$snap" --arg configuration "./nix/check/cases/$1.nix" --argstr package "$work/pkg" 2>"$work/err"
 }
-for case in typical one-off firewall asterisk; do
+for case in typical one-off firewall asterisk scale-out; do
   if ! evaluate "$case" >"$work/$case.json"; then bad "case $case: $(cat "$work/err")"; continue; fi
   mkdir -p "$work/units-$case"
   python3 - "$work/$case.json" "$work/units-$case" <<'PY'
@@ -121,6 +121,15 @@ a = load("asterisk")
 need("call-coach-asterisk-ari.service" in a["units"], "asterisk: the ARI user unit")
 need(sorted(a["asteriskFiles"]) == ["ari.conf", "call-coach-extensions.conf", "extensions.conf", "http.conf"], "asterisk: ari.conf, http.conf, the dialplan")
 need("After=network.target asterisk.service" in a["units"]["call-coach-ari-coach.service"], "asterisk: Asterisk before ari-coach")
+s = load("scale-out"); su = s["units"]
+need("LoadCredential=relay_nats_creds:/run/keys/nats.creds" in su["call-coach-relay.service"], "scale-out: NATS credentials for the relay by LoadCredential")
+need("LoadCredential=orchestrator_nats_creds:/run/keys/nats.creds" in su["call-coach-orchestrator.service"], "scale-out: NATS credentials for the orchestrator by LoadCredential")
+toml = open(s["configFile"]).read()
+for want in ['url = "nats://10.0.0.1:4222,nats://10.0.0.2:4222,nats://10.0.0.3:4222"',
+             'nats_url = "nats://10.0.0.1:4222,nats://10.0.0.2:4222,nats://10.0.0.3:4222"',
+             'stt_url = "ws://10.0.0.11:8080/ws,ws://10.0.0.12:8080/ws"',
+             'call_id_prefix = "ast1"', 'lease_secs = 4']:
+    need(want in toml, f"scale-out: call-coach.toml has {want}")
 PY
 # Secrets stay paths: with real secret files holding a sentinel, neither the
 # units nor the generated TOML may contain it.

@@ -26,6 +26,8 @@ let
   hostPort = addr: port: if lib.hasInfix ":" addr then "[${addr}]:${toString port}" else "${addr}:${toString port}";
   relayHost = if cfg.relay.listenAddress == "0.0.0.0" || cfg.relay.listenAddress == "::" then "127.0.0.1" else cfg.relay.listenAddress;
   relayBase = "http://${hostPort relayHost cfg.relay.port}";
+  # nixpkgs' services.nats runs on this host too.
+  natsHere = lib.attrByPath [ "services" "nats" "enable" ] false config;
   sttHost = if cfg.stt.listenAddress == "0.0.0.0" || cfg.stt.listenAddress == "::" then "127.0.0.1" else cfg.stt.listenAddress;
 
   # The hardening every unit gets (systemd-analyze security: 1.2 each).
@@ -149,6 +151,14 @@ in
       };
       retentionDays = option types.ints.unsigned 30
         "Days events are kept (0: forever).";
+      nats = {
+        servers = option (types.listOf types.str) [ ]
+          "NATS servers (nats://host:4222) of a JetStream cluster: the relay keeps its events there instead of SQLite, and any number of hosts run relays on the same calls (README \"Scaling out\"). Empty: SQLite on this host.";
+        credentialsFile = option (types.nullOr types.path) null
+          "A NATS credentials file (.creds), passed as the credential `relay_nats_creds`.";
+        replicas = option types.ints.unsigned 0
+          "Copies of each event in the cluster; 0: 3 with three or more servers.";
+      };
     };
 
     publisherTokenFile = option (types.nullOr types.path) null
@@ -186,6 +196,8 @@ in
         "Address the RTP ports listen on: where Asterisk sends the tapped audio.";
       openFirewall = option types.bool false
         "Open the RTP port range (UDP), for an Asterisk on another host.";
+      sttUrls = option (types.listOf types.str) [ ]
+        "stt hosts (ws://host:8080/ws) the legs are spread over, by headroom; a leg moves on when its stt fails. Empty: this host's stt.";
     };
 
     orchestrator = {
@@ -197,6 +209,14 @@ in
         "Any OpenAI-compatible API (LLM_BASE_URL), e.g. a local server.";
       apiKeyFile = option (types.nullOr types.path) null
         "File with the LLM API key (credential `openrouter_api_key`). Null: rules coach only.";
+      group = {
+        servers = option (types.listOf types.str) [ ]
+          "NATS servers of a JetStream cluster: the orchestrators of every host that names them share the calls, each call coached by one, taken over when its host dies. Empty: this orchestrator coaches every call it sees.";
+        credentialsFile = option (types.nullOr types.path) null
+          "A NATS credentials file, passed as the credential `orchestrator_nats_creds`.";
+        leaseSecs = option types.ints.positive 5
+          "A dead orchestrator's calls are taken over after this many seconds (plus up to one).";
+      };
     };
 
     ariCoach = {
@@ -214,6 +234,8 @@ in
         "Dial string of the agent (per call: Stasis(coach,agent=PJSIP/201)).";
       statusPort = option types.port 7072
         "Loopback port of ari-coach's /healthz (200 while connected to ARI) and /metrics.";
+      callIdPrefix = option (types.strMatching "([A-Za-z0-9][A-Za-z0-9._-]{0,31})?") ""
+        "With several Asterisk hosts on one relay: this host's name before its call ids (ast1:1732476767.12), since every Asterisk numbers its channels alike.";
     };
 
     asterisk = {
@@ -252,6 +274,10 @@ in
           message = "services.callCoach.asterisk.enable needs services.asterisk.enable.";
         }
         {
+          assertion = cfg.relay.nats.credentialsFile == null || cfg.relay.nats.servers != [ ];
+          message = "services.callCoach.relay.nats.credentialsFile is set but relay.nats.servers is empty: name the NATS servers.";
+        }
+        {
           assertion = cfg.rtp2ws.basePort + cfg.rtp2ws.portRange <= 65536;
           message = "services.callCoach.rtp2ws: basePort + portRange must stay within 65535.";
         }
@@ -262,6 +288,11 @@ in
         relay = {
           listen = mkDefault (hostPort cfg.relay.listenAddress cfg.relay.port);
           retention_days = mkDefault cfg.relay.retentionDays;
+        } // optionalAttrs (cfg.relay.nats.servers != [ ]) {
+          nats = {
+            url = mkDefault (concatStringsSep "," cfg.relay.nats.servers);
+            replicas = mkDefault cfg.relay.nats.replicas;
+          };
         };
         stt = {
           listen = mkDefault (hostPort cfg.stt.listenAddress cfg.stt.port);
@@ -275,7 +306,9 @@ in
           base_port = mkDefault cfg.rtp2ws.basePort;
           port_range = mkDefault cfg.rtp2ws.portRange;
           rtp_bind = mkDefault cfg.rtp2ws.rtpAddress;
-          stt_url = mkDefault "ws://${hostPort sttHost cfg.stt.port}/ws";
+          stt_url = mkDefault (if cfg.rtp2ws.sttUrls != [ ]
+            then concatStringsSep "," cfg.rtp2ws.sttUrls
+            else "ws://${hostPort sttHost cfg.stt.port}/ws");
         };
         orchestrator = {
           openrouter_model = mkDefault cfg.orchestrator.llmModel;
@@ -284,6 +317,11 @@ in
           # on, its publisher token needs the roles publish,supervisor.
           relay_ws = mkDefault "ws://${hostPort relayHost cfg.relay.port}/ws";
           relay_event = mkDefault "${relayBase}/event";
+        } // optionalAttrs (cfg.orchestrator.group.servers != [ ]) {
+          group = {
+            nats_url = mkDefault (concatStringsSep "," cfg.orchestrator.group.servers);
+            lease_secs = mkDefault cfg.orchestrator.group.leaseSecs;
+          };
         };
         ari_coach = {
           ari_url = mkDefault cfg.ariCoach.ariUrl;
@@ -294,6 +332,8 @@ in
           rtp2ws_control = mkDefault "127.0.0.1:${toString cfg.rtp2ws.controlPort}";
           rtp_host = mkDefault (if cfg.rtp2ws.rtpAddress == "0.0.0.0" then "127.0.0.1" else cfg.rtp2ws.rtpAddress);
           relay_event = mkDefault "${relayBase}/event";
+        } // optionalAttrs (cfg.ariCoach.callIdPrefix != "") {
+          call_id_prefix = mkDefault cfg.ariCoach.callIdPrefix;
         };
       } // optionalAttrs (cfg.stt.modelPackage != null) {
         model_dir = mkDefault "${cfg.stt.modelPackage}";
@@ -324,7 +364,11 @@ in
     (mkIf cfg.relay.enable {
       systemd.services.call-coach-relay = mkUnit "relay" {
         description = "event hub and web UI";
-        credentials = optionalAttrs (cfg.relay.tokensFile != null) { relay_tokens = cfg.relay.tokensFile; };
+        # A NATS server on this host (one node of the cluster) first.
+        after = optional natsHere "nats.service";
+        wants = optional natsHere "nats.service";
+        credentials = optionalAttrs (cfg.relay.tokensFile != null) { relay_tokens = cfg.relay.tokensFile; }
+          // optionalAttrs (cfg.relay.nats.credentialsFile != null) { relay_nats_creds = cfg.relay.nats.credentialsFile; };
         extra = stateful;
       };
     })
@@ -354,7 +398,8 @@ in
         after = optional cfg.relay.enable "call-coach-relay.service";
         wants = optional cfg.relay.enable "call-coach-relay.service";
         credentials = publisherCredentials
-          // optionalAttrs (cfg.orchestrator.apiKeyFile != null) { openrouter_api_key = cfg.orchestrator.apiKeyFile; };
+          // optionalAttrs (cfg.orchestrator.apiKeyFile != null) { openrouter_api_key = cfg.orchestrator.apiKeyFile; }
+          // optionalAttrs (cfg.orchestrator.group.credentialsFile != null) { orchestrator_nats_creds = cfg.orchestrator.group.credentialsFile; };
         extra.DynamicUser = true;
       };
     })
