@@ -75,9 +75,9 @@ impl Default for GroupSettings {
 pub const CREDS_CREDENTIAL: &str = "orchestrator_nats_creds";
 
 /// A call's key in the bucket: key-value keys take no `:` and may not end
-/// in `.`; call ids hold neither `=` nor `_`, so this is one-to-one.
+/// in `.`; call ids hold neither `=` nor `/`, so this is one-to-one.
 pub fn lease_key(call_id: &str) -> String {
-    call_id.replace(':', "=").replace('.', "_")
+    call_id.replace(':', "=").replace('.', "/")
 }
 
 /// What the main loop tells the group.
@@ -282,9 +282,10 @@ mod tests {
 
     #[test]
     fn lease_keys_are_valid_and_one_to_one() {
-        assert_eq!(lease_key("a:b.c-1"), "a=b_c-1");
-        assert_eq!(lease_key("x."), "x_");
+        assert_eq!(lease_key("a:b.c_1"), "a=b/c_1");
+        assert_eq!(lease_key("x."), "x/");
+        assert_ne!(lease_key("a.b"), lease_key("a_b"));
         assert!(!crate::event::is_valid_call_id("a=b"));
-        assert!(!crate::event::is_valid_call_id("a_b"));
+        assert!(!crate::event::is_valid_call_id("a/b"));
     }
 }

@@ -2,7 +2,7 @@
 //! (and hosts) side by side: `relay.nats.url` (`RELAY_NATS_URL`) set.
 //!
 //! - One replicated stream; one subject per call (`<prefix>.<callId>`,
-//!   `.` in the id written `_`, which call ids cannot hold).
+//!   `.` in the id written `=`, which call ids cannot hold).
 //! - `pos` is the stream sequence: gap-free across calls, the same on every
 //!   relay. It is not in the stored body; it is added on the way out.
 //! - `seq` is written into the body before publishing, and made gap-free per
@@ -100,7 +100,7 @@ pub const CREDS_CREDENTIAL: &str = "relay_nats_creds";
 
 /// The subject of one call's events.
 pub fn subject(prefix: &str, call_id: &str) -> String {
-    format!("{prefix}.{}", call_id.replace('.', "_"))
+    format!("{prefix}.{}", call_id.replace('.', "="))
 }
 
 /// The per-call numbers a relay last saw: `seq` and its stream sequence.
@@ -640,9 +640,10 @@ mod tests {
 
     #[test]
     fn subjects_keep_call_ids_apart() {
-        assert_eq!(subject("cc.ev", "a.b:c-1"), "cc.ev.a_b:c-1");
-        // `_` cannot be in a call id, so the mapping is one-to-one.
-        assert!(!crate::event::is_valid_call_id("a_b"));
+        assert_eq!(subject("cc.ev", "a.b:c_1"), "cc.ev.a=b:c_1");
+        assert_ne!(subject("p", "a.b"), subject("p", "a_b"));
+        // `=` cannot be in a call id, so the mapping is one-to-one.
+        assert!(!crate::event::is_valid_call_id("a=b"));
     }
 
     #[test]

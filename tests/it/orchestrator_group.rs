@@ -76,7 +76,8 @@ async fn a_killed_orchestrators_calls_are_taken_over_without_repeated_tips() {
     wait_for_subscriber(&b).await;
     let mut all = a.ws("callId=*").await;
 
-    let calls: Vec<String> = (0..CALLS).map(|i| format!("g-{i}")).collect();
+    // Ids as ari-coach makes them (a prefix, Asterisk's `epoch.n`).
+    let calls: Vec<String> = (0..CALLS).map(|i| format!("ast1:1764000000.{i}")).collect();
     for call in &calls {
         a.publish(json!({"type":"call.started","callId":call,"agent":"PJSIP/200"}))
             .await;

@@ -149,7 +149,8 @@ async fn a_retried_publish_is_stored_once() {
     let nats = cluster(dir.path());
     let a = relay_on(&nats.urls());
     let b = relay_on(&nats.urls());
-    let event = ev("retry", 1);
+    // A call id with `:` and `.` (one subject of its own, not "ast1:1764_5"'s).
+    let event = ev("ast1:1764.5", 1);
     let first = post_retrying(&[&a], &event, "stt-1:u1:final", READY)
         .await
         .unwrap();
@@ -164,11 +165,16 @@ async fn a_retried_publish_is_stored_once() {
         (&first["seq"], &first["pos"], &json!(true))
     );
     assert_eq!(
-        a.publish(ev("retry", 2)).await,
+        a.publish(ev("ast1:1764.5", 2)).await,
         2,
         "the duplicate took no number"
     );
-    let events = replay_call(&b, "retry", 2).await;
+    assert_eq!(
+        a.publish(ev("ast1:1764_5", 1)).await,
+        1,
+        "a call of its own"
+    );
+    let events = replay_call(&b, "ast1:1764.5", 2).await;
     assert_eq!(numbers(&events, "seq"), [1, 2]);
     // A malformed key is refused, not ignored.
     let (status, body) = a
