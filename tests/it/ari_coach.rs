@@ -40,16 +40,8 @@ async fn rig_with_stt(base_port: u16, extra: &[(&str, &str)], stt_extra: &[(&str
     );
     let sim = AriSim::start("coach", "coach", "s3cret").await;
     let relay_event = event_url(&relay);
-    let mut env = vec![
-        ("ARI_URL", sim.url.as_str()),
-        ("ARI_USER", "coach"),
-        ("ARI_PASS", "s3cret"),
-        ("RTP2WS_CONTROL", rtp2ws.addr.as_str()),
-        ("RELAY_EVENT", relay_event.as_str()),
-        ("AGENT_DIAL", "PJSIP/200"),
-        ("CALL_COACH_ARI_COACH__AGENT_TIMEOUT_SECS", "2"),
-        ("CALL_COACH_ARI_COACH__LISTEN", "127.0.0.1:0"),
-    ];
+    let mut env = coach_env(&sim, &rtp2ws, &relay_event);
+    env.push(("CALL_COACH_ARI_COACH__AGENT_TIMEOUT_SECS", "2"));
     env.extend_from_slice(extra);
     let coach = Service::start_named("ari-coach", &env);
     sim.wait_connected(Duration::from_secs(10)).await;
@@ -60,6 +52,23 @@ async fn rig_with_stt(base_port: u16, extra: &[(&str, &str)], stt_extra: &[(&str
         sim,
         coach,
     }
+}
+
+/// ari-coach's environment for the simulator `sim`, rtp2ws and a relay.
+fn coach_env<'a>(
+    sim: &'a AriSim,
+    rtp2ws: &'a Service,
+    relay_event: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("ARI_URL", sim.url.as_str()),
+        ("ARI_USER", "coach"),
+        ("ARI_PASS", "s3cret"),
+        ("RTP2WS_CONTROL", rtp2ws.addr.as_str()),
+        ("RELAY_EVENT", relay_event),
+        ("AGENT_DIAL", "PJSIP/200"),
+        ("CALL_COACH_ARI_COACH__LISTEN", "127.0.0.1:0"),
+    ]
 }
 
 /// Reads a call's events until `done` says so; returns all of them.
@@ -692,19 +701,9 @@ async fn two_asterisks_with_the_same_channel_ids_make_two_calls_in_one_relay() {
     let mut hosts = Vec::new();
     for (prefix, recording) in [("ast1", "vm-intro"), ("ast2", "conf-onlyperson")] {
         let sim = AriSim::start("coach", "coach", "s3cret").await;
-        let coach = Service::start_named(
-            "ari-coach",
-            &[
-                ("ARI_URL", sim.url.as_str()),
-                ("ARI_USER", "coach"),
-                ("ARI_PASS", "s3cret"),
-                ("RTP2WS_CONTROL", rtp2ws.addr.as_str()),
-                ("RELAY_EVENT", relay_event.as_str()),
-                ("AGENT_DIAL", "PJSIP/200"),
-                ("CALL_COACH_ARI_COACH__LISTEN", "127.0.0.1:0"),
-                ("CALL_COACH_ARI_COACH__CALL_ID_PREFIX", prefix),
-            ],
-        );
+        let mut env = coach_env(&sim, &rtp2ws, &relay_event);
+        env.push(("CALL_COACH_ARI_COACH__CALL_ID_PREFIX", prefix));
+        let coach = Service::start_named("ari-coach", &env);
         sim.wait_connected(Duration::from_secs(10)).await;
         sim.endpoint("PJSIP/200", agent_says(300, 1.0, &[recording]));
         hosts.push((prefix, recording, sim, coach));
