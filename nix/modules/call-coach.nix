@@ -103,6 +103,14 @@ let
   # An option with its type, default and description.
   option = type: default: description: mkOption { inherit type default description; };
 
+  # A NATS JetStream cluster a service uses (README "Scaling out").
+  natsOptions = { what, credential }: {
+    servers = option (types.listOf types.str) [ ]
+      "NATS servers (nats://host:4222) of a JetStream cluster: ${what}.";
+    credentialsFile = option (types.nullOr types.path) null
+      "A NATS credentials file (.creds), passed as the credential `${credential}`.";
+  };
+
   listenOptions = name: defaultPort: {
     enable = option types.bool true
       "Whether to run ${name} (on with services.callCoach.enable).";
@@ -151,11 +159,10 @@ in
       };
       retentionDays = option types.ints.unsigned 30
         "Days events are kept (0: forever).";
-      nats = {
-        servers = option (types.listOf types.str) [ ]
-          "NATS servers (nats://host:4222) of a JetStream cluster: the relay keeps its events there instead of SQLite, and any number of hosts run relays on the same calls (README \"Scaling out\"). Empty: SQLite on this host.";
-        credentialsFile = option (types.nullOr types.path) null
-          "A NATS credentials file (.creds), passed as the credential `relay_nats_creds`.";
+      nats = natsOptions {
+        what = "the relay keeps its events there instead of SQLite, and any number of hosts run relays on the same calls (README \"Scaling out\"). Empty: SQLite on this host";
+        credential = "relay_nats_creds";
+      } // {
         replicas = option types.ints.unsigned 0
           "Copies of each event in the cluster; 0: 3 with three or more servers.";
       };
@@ -209,11 +216,10 @@ in
         "Any OpenAI-compatible API (LLM_BASE_URL), e.g. a local server.";
       apiKeyFile = option (types.nullOr types.path) null
         "File with the LLM API key (credential `openrouter_api_key`). Null: rules coach only.";
-      group = {
-        servers = option (types.listOf types.str) [ ]
-          "NATS servers of a JetStream cluster: the orchestrators of every host that names them share the calls, each call coached by one, taken over when its host dies. Empty: this orchestrator coaches every call it sees.";
-        credentialsFile = option (types.nullOr types.path) null
-          "A NATS credentials file, passed as the credential `orchestrator_nats_creds`.";
+      group = natsOptions {
+        what = "the orchestrators of every host that names them share the calls, each call coached by one, taken over when its host dies. Empty: this orchestrator coaches every call it sees";
+        credential = "orchestrator_nats_creds";
+      } // {
         leaseSecs = option types.ints.positive 5
           "A dead orchestrator's calls are taken over after this many seconds (plus up to one).";
       };
