@@ -122,19 +122,34 @@ pub async fn join(s: &GroupSettings, shutdown: CancellationToken) -> Result<Grou
     };
     let js = jetstream::new(client);
     let lease = Duration::from_secs(s.lease_secs.max(1));
-    let store = match js.get_key_value(&s.bucket).await {
-        Ok(store) => store,
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: s.bucket.clone(),
-                history: 1,
-                max_age: lease,
-                num_replicas: replicas,
-                storage: jetstream::stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("orchestrator.group.bucket {}: {e}", s.bucket))?,
+    // A cluster that is just forming (or busy) may not answer yet: keep
+    // asking for a while before giving up.
+    let started = std::time::Instant::now();
+    let store = loop {
+        let attempt = async {
+            match js.get_key_value(&s.bucket).await {
+                Ok(store) => Ok(store),
+                Err(_) => js
+                    .create_key_value(kv::Config {
+                        bucket: s.bucket.clone(),
+                        history: 1,
+                        max_age: lease,
+                        num_replicas: replicas,
+                        storage: jetstream::stream::StorageType::File,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| format!("orchestrator.group.bucket {}: {e}", s.bucket)),
+            }
+        };
+        match attempt.await {
+            Ok(store) => break store,
+            Err(e) if started.elapsed() < Duration::from_secs(60) && !shutdown.is_cancelled() => {
+                tracing::warn!(error = %e, "JetStream not answering yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
     };
     let instance = if s.instance.is_empty() {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();

@@ -47,6 +47,8 @@ const SEQ_HEADER: &str = "Call-Coach-Seq";
 const MAX_RACES: usize = 50;
 /// Stripes of the per-call publishing lock.
 const LOCK_STRIPES: usize = 256;
+/// How long a starting relay waits for JetStream to answer.
+const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
 /// Events the tail hands to the hub at once at most.
 const TAIL_BATCH: usize = 512;
 
@@ -172,14 +174,32 @@ pub async fn open(
         allow_direct: true,
         ..Default::default()
     };
-    let mut stream = js
-        .get_or_create_stream(config)
-        .await
-        .map_err(|e| StoreError::Nats(format!("JetStream stream {}: {e}", s.stream)))?;
-    let state = stream
-        .info()
-        .await
-        .map_err(|e| StoreError::Nats(format!("JetStream stream {}: {e}", s.stream)))?;
+    // A cluster that is just forming (or busy) may not answer JetStream
+    // requests yet: keep asking for a while before giving up.
+    let started = Instant::now();
+    let (stream, state) = loop {
+        let attempt = async {
+            let mut stream = js
+                .get_or_create_stream(config.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let state = stream.info().await.map_err(|e| e.to_string())?.clone();
+            Ok::<_, String>((stream, state))
+        };
+        match attempt.await {
+            Ok(found) => break found,
+            Err(e) if started.elapsed() < STARTUP_PATIENCE && !shutdown.is_cancelled() => {
+                tracing::warn!(error = %e, stream = %s.stream, "JetStream not answering yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                return Err(StoreError::Nats(format!(
+                    "JetStream stream {}: {e}",
+                    s.stream
+                )));
+            }
+        }
+    };
     let end = state.state.last_sequence;
     tracing::info!(
         stream = %s.stream,
@@ -448,7 +468,8 @@ impl Store {
             let info = message.info().map_err(|e| nats_error("replay", e))?;
             let pending = info.pending;
             let pos = info.stream_sequence;
-            if let Some(ev) = stored_event(message.headers.as_ref(), &message.payload, pos)
+            if let Some(ev) = call_of_subject(&self.inner.prefix, &message.subject)
+                .and_then(|id| stored_event(message.headers.as_ref(), &message.payload, pos, id))
                 && (call_id.is_none() || ev.seq > after)
             {
                 out.push(Arc::new(ev));
@@ -490,19 +511,22 @@ fn seq_of(headers: Option<&async_nats::HeaderMap>, payload: &[u8]) -> i64 {
         .unwrap_or(0)
 }
 
+/// The call id of a subject written by [`subject`].
+fn call_of_subject(prefix: &str, subject: &str) -> Option<String> {
+    let id = subject.strip_prefix(prefix)?.strip_prefix('.')?;
+    Some(id.replace('=', "."))
+}
+
 /// One stored message as delivered: its body with `pos` added at the end.
+/// No JSON parsing: the call comes from the subject, `seq` from a header.
 fn stored_event(
     headers: Option<&async_nats::HeaderMap>,
     payload: &[u8],
     pos: u64,
+    call_id: String,
 ) -> Option<StoredEvent> {
     let text = std::str::from_utf8(payload).ok()?.trim_end();
     let open = text.strip_suffix('}')?;
-    let call_id = serde_json::from_str::<Value>(text)
-        .ok()?
-        .get("callId")?
-        .as_str()?
-        .to_owned();
     let sep = if open.trim_end().ends_with('{') {
         ""
     } else {
@@ -515,6 +539,13 @@ fn stored_event(
         call_id,
         json: Utf8Bytes::from(json),
     })
+}
+
+/// Whether an event may change the call index (`CallInfo::observe` looks
+/// at `call.started` and `call.ended` only): the others are not parsed.
+fn is_lifecycle(payload: &[u8]) -> bool {
+    let has = |needle: &[u8]| payload.windows(needle.len()).any(|w| w == needle);
+    has(b"call.started") || has(b"call.ended")
 }
 
 /// Follows the whole stream: the local hub, the call index, the head.
@@ -587,22 +618,26 @@ impl Tail {
                 let published_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as i64;
                 caught_up |= info.pending == 0;
                 *next = pos + 1;
-                let Some(ev) = stored_event(m.headers.as_ref(), &m.payload, pos) else {
+                let Some(ev) = call_of_subject(&self.inner.prefix, &m.subject)
+                    .and_then(|id| stored_event(m.headers.as_ref(), &m.payload, pos, id))
+                else {
                     continue;
                 };
-                if let Ok(envelope) = Envelope::parse(&m.payload) {
-                    let info = match updates.get_mut(&ev.call_id) {
-                        Some(info) => info,
-                        None => {
-                            let base = self
-                                .calls
-                                .get(&ev.call_id)
-                                .unwrap_or_else(|| CallInfo::new(&ev.call_id));
-                            updates.entry(ev.call_id.clone()).or_insert(base)
-                        }
-                    };
-                    info.last_seq = info.last_seq.max(ev.seq);
-                    info.last_ms = published_ms;
+                let info = match updates.get_mut(&ev.call_id) {
+                    Some(info) => info,
+                    None => {
+                        let base = self
+                            .calls
+                            .get(&ev.call_id)
+                            .unwrap_or_else(|| CallInfo::new(&ev.call_id));
+                        updates.entry(ev.call_id.clone()).or_insert(base)
+                    }
+                };
+                info.last_seq = info.last_seq.max(ev.seq);
+                info.last_ms = published_ms;
+                if is_lifecycle(&m.payload)
+                    && let Ok(envelope) = Envelope::parse(&m.payload)
+                {
                     info.observe(&envelope, published_ms);
                 }
                 batch.push(Arc::new(ev));
@@ -648,12 +683,24 @@ mod tests {
 
     #[test]
     fn pos_is_added_to_the_body() {
-        let ev = stored_event(None, br#"{"type":"t","callId":"c","seq":3}"#, 17).unwrap();
+        let ev = stored_event(
+            None,
+            br#"{"type":"t","callId":"c","seq":3}"#,
+            17,
+            "c".into(),
+        )
+        .unwrap();
         assert_eq!(
             ev.json.as_str(),
             r#"{"type":"t","callId":"c","seq":3,"pos":17}"#
         );
         assert_eq!((ev.pos, ev.seq, ev.call_id.as_str()), (17, 3, "c"));
-        assert!(stored_event(None, b"not json", 1).is_none());
+        assert!(stored_event(None, b"not json", 1, "c".into()).is_none());
+        assert_eq!(
+            call_of_subject("cc.ev", &subject("cc.ev", "ast1:17.3")).as_deref(),
+            Some("ast1:17.3")
+        );
+        assert!(is_lifecycle(br#"{"type":"call.ended","callId":"c"}"#));
+        assert!(!is_lifecycle(br#"{"type":"transcript","callId":"c"}"#));
     }
 }

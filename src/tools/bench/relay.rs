@@ -174,6 +174,16 @@ impl Target {
         Some((rss as f64, cpu))
     }
 
+    /// A counter from the relay's /metrics (0 when unreadable).
+    async fn counter(&self, name: &str) -> u64 {
+        let Ok(text) = self.get_text("/metrics").await else {
+            return 0;
+        };
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    }
+
     async fn get_text(&self, path: &str) -> anyhow::Result<String> {
         let mut conn = self.connect().await?;
         let resp = conn
@@ -245,6 +255,15 @@ fn spawn(kind: &str, opts: &mut Options) -> anyhow::Result<Spawned> {
     })
 }
 
+/// Subscribers dropped so far by every relay.
+async fn kicked(targets: &[Arc<Target>]) -> u64 {
+    let mut n = 0;
+    for t in targets {
+        n += t.counter("relay_subscriber_drops_total ").await;
+    }
+    n
+}
+
 /// CPU seconds used so far by every relay and every extra process.
 async fn cpu_seconds(targets: &[Arc<Target>], extra: &[u32]) -> Option<f64> {
     let mut total = 0.0;
@@ -289,7 +308,7 @@ pub async fn run(mut opts: Options) -> anyhow::Result<()> {
         opts.duration
     );
     println!(
-        "{:>10} {:>12} {:>13} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10} {:>14}",
+        "{:>10} {:>12} {:>13} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10} {:>14} {:>7}",
         "target/s",
         "accepted/s",
         "delivered/s",
@@ -299,7 +318,8 @@ pub async fn run(mut opts: Options) -> anyhow::Result<()> {
         "lost",
         "errors",
         "CPU",
-        "CPU ms/1k ev"
+        "CPU ms/1k ev",
+        "kicked"
     );
     for (round, rate) in opts.rate.iter().enumerate() {
         let r = one_rate(&targets, &extra, &opts, *rate, round).await?;
@@ -309,7 +329,7 @@ pub async fn run(mut opts: Options) -> anyhow::Result<()> {
             "max".into()
         };
         println!(
-            "{:>10} {:>12.0} {:>13.0} {:>9.2} {:>9.2} {:>9.2} {:>9} {:>8} {:>10} {:>14}",
+            "{:>10} {:>12.0} {:>13.0} {:>9.2} {:>9.2} {:>9.2} {:>9} {:>8} {:>10} {:>14} {:>7}",
             target_label,
             r.accepted as f64 / r.secs,
             r.delivered as f64 / r.secs,
@@ -325,6 +345,7 @@ pub async fn run(mut opts: Options) -> anyhow::Result<()> {
                 .filter(|_| r.accepted > 0)
                 .map(|c| format!("{:.0}", c * r.secs / r.accepted as f64 * 1e6))
                 .unwrap_or_else(|| "-".into()),
+            r.kicked,
         );
     }
     Ok(())
@@ -341,6 +362,9 @@ struct RoundResult {
     max_ms: f64,
     /// Relay CPU use during the round, in cores.
     cpu: Option<f64>,
+    /// Subscribers the relays dropped for falling behind (their queue
+    /// filled up), during the round.
+    kicked: u64,
 }
 
 async fn one_rate(
@@ -382,6 +406,7 @@ async fn one_rate(
     }
 
     let before = cpu_seconds(targets, extra).await;
+    let kicked_before = kicked(targets).await;
     let accepted = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let next = Arc::new(AtomicU64::new(0));
@@ -458,6 +483,7 @@ async fn one_rate(
         }
     }
     let delivered_n = delivered.load(Ordering::Relaxed);
+    let kicked_n = kicked(targets).await.saturating_sub(kicked_before);
     let collected = collected_latencies(lat);
     let cpu = match (before, after) {
         (Some(c0), Some(c1)) => Some((c1 - c0) / secs),
@@ -473,6 +499,7 @@ async fn one_rate(
         p99_ms: collected.1,
         max_ms: collected.2,
         cpu,
+        kicked: kicked_n,
     })
 }
 
