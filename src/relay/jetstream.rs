@@ -433,6 +433,17 @@ impl Store {
         from_pos: i64,
         limit: usize,
     ) -> Result<Vec<Arc<StoredEvent>>, StoreError> {
+        // Nothing after the cursor that the tail has seen: nothing to read.
+        // What the tail has not seen yet reaches the hub after this
+        // subscriber joined it (see `ws`), so it is not lost. This spares
+        // JetStream a consumer for every live subscriber that connects.
+        let seen = match &call_id {
+            Some(id) => self.known(id).seq,
+            None => self.head(),
+        };
+        if seen <= after {
+            return Ok(Vec::new());
+        }
         let (filter, start) = match &call_id {
             Some(id) => (self.subject(id), from_pos.max(0) as u64 + 1),
             None => (format!("{}.>", self.inner.prefix), after.max(0) as u64 + 1),

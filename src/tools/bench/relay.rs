@@ -204,7 +204,8 @@ fn unix_micros() -> u64 {
         .unwrap_or(0)
 }
 
-/// What `--spawn` started; stopped when dropped.
+/// What `--spawn` started; stopped when dropped, its directory (logs)
+/// kept with `BENCH_KEEP_LOGS=1`.
 struct Spawned {
     _relays: Vec<crate::tools::procs::Service>,
     _cluster: Option<crate::tools::nats_cluster::Cluster>,
@@ -214,7 +215,11 @@ struct Spawned {
 /// Starts the relays `--spawn` names; points `opts` at them.
 fn spawn(kind: &str, opts: &mut Options) -> anyhow::Result<Spawned> {
     use crate::tools::procs::Service;
-    let dir = tempfile::tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("bench-relay-")
+        .disable_cleanup(std::env::var_os("BENCH_KEEP_LOGS").is_some())
+        .tempdir()?;
+    eprintln!("the relays' and servers' logs: {}", dir.path().display());
     let ready = Duration::from_secs(120);
     let start_relay = |i: usize, extra: &[(&str, String)]| -> anyhow::Result<Service> {
         let mut env = vec![
