@@ -200,6 +200,25 @@ pub async fn open(
             }
         }
     };
+    // A stream made before keeps its replicas; its retention and duplicate
+    // window follow the settings (they may change between starts).
+    if state.config.max_age != config.max_age
+        || state.config.duplicate_window != config.duplicate_window
+    {
+        let mut changed = state.config.clone();
+        changed.max_age = config.max_age;
+        changed.duplicate_window = config.duplicate_window;
+        match js.update_stream(&changed).await {
+            Ok(_) => tracing::info!(
+                stream = %s.stream,
+                retention_days,
+                "retention of the stream updated"
+            ),
+            Err(e) => {
+                tracing::warn!(stream = %s.stream, error = %e, "could not update the stream's retention")
+            }
+        }
+    }
     let end = state.state.last_sequence;
     tracing::info!(
         stream = %s.stream,

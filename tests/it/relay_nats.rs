@@ -395,3 +395,39 @@ async fn nats_unreachable_at_start_or_lost_later_is_said_plainly() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `relay.retention_days` becomes the stream's age limit, also for a stream
+/// made by an earlier start with another value; what was stored stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_follows_the_setting_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Cluster::start(dir.path(), 1, READY).unwrap_or_else(|e| panic!("{e:#}"));
+    let max_age_days = || -> f64 {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(2)))
+            .build()
+            .into();
+        let url = format!(
+            "http://127.0.0.1:{}/jsz?streams=1&config=1",
+            nats.nodes[0].monitor_port
+        );
+        let v = call_coach::http::get_json(&agent, &url).expect("/jsz");
+        let stream = &v["account_details"][0]["stream_detail"][0];
+        assert_eq!(stream["name"], "CALLCOACH_EVENTS", "{v}");
+        stream["config"]["max_age"].as_f64().expect("max_age") / 86_400e9
+    };
+    let relay = Relay::start(&[("RELAY_NATS_URL", &nats.urls())]);
+    assert_eq!(relay.publish(ev("kept", 0)).await, 1);
+    assert_eq!(max_age_days(), 30.0, "the default, 30 days");
+    drop(relay);
+    let relay = Relay::start(&[
+        ("RELAY_NATS_URL", &nats.urls()),
+        ("CALL_COACH_RELAY__RETENTION_DAYS", "7"),
+    ]);
+    assert_eq!(max_age_days(), 7.0);
+    assert_eq!(
+        relay.publish(ev("kept", 1)).await,
+        2,
+        "the stored event stayed"
+    );
+}
