@@ -197,7 +197,7 @@ impl Leases {
                 ask = asks.recv() => match ask {
                     None => break,
                     Some(Ask::Claim(call)) => {
-                        if !self.owned.contains_key(&call) && !self.claim(&call).await {
+                        if !self.owned.contains_key(&call) && !self.claim(&call, true).await {
                             self.candidates.insert(call);
                         }
                     }
@@ -210,7 +210,7 @@ impl Leases {
                 _ = poll.tick() => {
                     let calls: Vec<String> = self.candidates.iter().cloned().collect();
                     for call in calls {
-                        if self.claim(&call).await {
+                        if self.claim(&call, true).await {
                             self.candidates.remove(&call);
                         }
                     }
@@ -225,12 +225,15 @@ impl Leases {
     }
 
     /// Creates the call's key: true if it was free and is ours now.
-    async fn claim(&mut self, call: &str) -> bool {
+    /// `announce`: tell the main loop (not for a call it believes ours).
+    async fn claim(&mut self, call: &str, announce: bool) -> bool {
         let value = Bytes::from(self.instance.clone());
         match self.store.create(lease_key(call), value).await {
             Ok(revision) => {
                 self.owned.insert(call.to_owned(), revision);
-                let _ = self.changes.send(Change::Owned(call.to_owned()));
+                if announce {
+                    let _ = self.changes.send(Change::Owned(call.to_owned()));
+                }
                 true
             }
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => false,
@@ -266,7 +269,7 @@ impl Leases {
                         // Lapsed and free: take it again at once.
                         Ok(None) => {
                             self.owned.remove(&call);
-                            if !self.claim_quietly(&call).await {
+                            if !self.claim(&call, false).await {
                                 self.candidates.insert(call.clone());
                                 let _ = self.changes.send(Change::Lost(call));
                             }
@@ -275,18 +278,6 @@ impl Leases {
                     }
                 }
             }
-        }
-    }
-
-    /// Like [`Self::claim`], for a call the main loop believes ours already.
-    async fn claim_quietly(&mut self, call: &str) -> bool {
-        let value = Bytes::from(self.instance.clone());
-        match self.store.create(lease_key(call), value).await {
-            Ok(revision) => {
-                self.owned.insert(call.to_owned(), revision);
-                true
-            }
-            Err(_) => false,
         }
     }
 }

@@ -124,6 +124,18 @@ struct Inner {
     metrics: Arc<Metrics>,
 }
 
+impl Inner {
+    /// Keeps a call's newest numbers (from an ack or the tail, whichever is
+    /// further along).
+    fn remember(&self, call_id: &str, last: Last) {
+        let mut map = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = map.entry(call_id.to_owned()).or_default();
+        if last.pos > entry.pos {
+            *entry = last;
+        }
+    }
+}
+
 /// Handle to the JetStream log; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -299,11 +311,7 @@ impl Store {
     }
 
     fn remember(&self, call_id: &str, last: Last) {
-        let mut map = self.inner.last.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = map.entry(call_id.to_owned()).or_default();
-        if last.pos > entry.pos {
-            *entry = last;
-        }
+        self.inner.remember(call_id, last);
     }
 
     fn known(&self, call_id: &str) -> Last {
@@ -677,11 +685,7 @@ impl Tail {
                     seq: ev.seq,
                     pos: ev.pos as u64,
                 };
-                let mut map = self.inner.last.lock().unwrap_or_else(|e| e.into_inner());
-                let entry = map.entry(ev.call_id.clone()).or_default();
-                if last.pos > entry.pos {
-                    *entry = last;
-                }
+                self.inner.remember(&ev.call_id, last);
             }
             self.calls.update(updates.into_values());
             if let Some(last) = batch.last() {
