@@ -131,6 +131,9 @@ enum Command {
         #[arg(long)]
         whole: bool,
     },
+    /// Score transcripts against reference texts: word error rate, and
+    /// with --digits how many digits of spoken numbers came out right.
+    Wer(crate::tools::wer::Options),
     /// Load generator for the orchestrator: scripted calls through a relay.
     #[command(name = "bench-orchestrator")]
     BenchOrchestrator(crate::tools::bench::orchestrator::Options),
@@ -219,6 +222,13 @@ pub fn main() -> ExitCode {
             files,
             whole,
         } => transcribe(&common, &files, whole),
+        Command::Wer(opts) => match crate::tools::wer::run(opts) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("call-coach wer: {e:#}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
         Command::BenchOrchestrator(opts) => run_tool(
             "bench-orchestrator",
             crate::tools::bench::orchestrator::run(opts),

@@ -2,7 +2,9 @@
 //! per worker, and the filters that keep Whisper's inventions ("[Música]",
 //! "Gracias por ver el video") out of the transcript.
 
+use std::ffi::c_void;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 
 use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperState};
@@ -37,6 +39,51 @@ pub struct DecodeOptions {
     /// Fit the encoder window to the audio instead of 30 s, but never
     /// below this many encoder frames (50 per second; 1500 = always 30 s).
     pub min_audio_ctx: i32,
+    /// Spoken numbers written as digits (Spanish: `text::numbers`).
+    pub digits: bool,
+    /// Decode again at a higher temperature when the greedy result looks
+    /// like a failure (Whisper's own test: low average log-probability or
+    /// high entropy, as in a repetition loop). For finals only: it costs a
+    /// second decode where it triggers.
+    pub fallback: bool,
+}
+
+/// Longest context carried from one utterance to the next, in bytes
+/// (Whisper's prompt holds at most 224 tokens, shared with `prompt`).
+const CONTEXT_BYTES: usize = 200;
+
+impl DecodeOptions {
+    /// With the stream's previous final text after the domain prompt, as
+    /// Whisper's prompt: the words just said carry over a pause, as they
+    /// do when a whole file is decoded at once.
+    pub fn with_context(&self, context: &str) -> Self {
+        let mut start = context.len().saturating_sub(CONTEXT_BYTES);
+        while !context.is_char_boundary(start) {
+            start += 1;
+        }
+        // Start at a word.
+        let tail = match context[start..].find(' ') {
+            Some(i) if start > 0 => &context[start + i + 1..],
+            _ => &context[start..],
+        };
+        let prompt = match &self.prompt {
+            Some(p) => format!("{p} {tail}"),
+            None => tail.to_owned(),
+        };
+        Self {
+            prompt: Some(prompt),
+            ..self.clone()
+        }
+    }
+
+    /// The cheap form for partials: greedy, no fallback.
+    pub fn for_partials(&self) -> Self {
+        Self {
+            beam: 1,
+            fallback: false,
+            ..self.clone()
+        }
+    }
 }
 
 /// The loaded model, shared by every worker.
@@ -94,6 +141,17 @@ impl Worker {
         audio: &[f32],
         opts: &DecodeOptions,
     ) -> Result<Decoded, EngineError> {
+        self.transcribe_unless(audio, opts, None)
+    }
+
+    /// As [`Worker::transcribe`], stopping early (an error) once `abort`
+    /// is set: a partial gives way to a final this way.
+    pub fn transcribe_unless(
+        &mut self,
+        audio: &[f32],
+        opts: &DecodeOptions,
+        abort: Option<&AtomicBool>,
+    ) -> Result<Decoded, EngineError> {
         let strategy = if opts.beam > 1 {
             SamplingStrategy::BeamSearch {
                 beam_size: opts.beam as i32,
@@ -116,12 +174,28 @@ impl Worker {
         params.set_print_timestamps(false);
         params.set_suppress_blank(true);
         params.set_suppress_nst(true);
-        // No temperature fallback: a live partial must come back quickly,
-        // and a bad decode is caught by the filters instead.
         params.set_temperature(0.0);
-        params.set_temperature_inc(0.0);
+        if opts.fallback {
+            // whisper.cpp's defaults (those of OpenAI's reference decoder).
+            params.set_temperature_inc(0.2);
+            params.set_entropy_thold(2.4);
+            params.set_logprob_thold(-1.0);
+        } else {
+            // A partial must come back quickly; a bad one is caught by the
+            // filters, and its final replaces it.
+            params.set_temperature_inc(0.0);
+        }
         if let Some(prompt) = &opts.prompt {
             params.set_initial_prompt(prompt);
+        }
+        if let Some(flag) = abort {
+            // SAFETY: the callback only reads the flag, which outlives
+            // `full` below (it borrows it for this whole call); whisper.cpp
+            // calls it from this thread's decode, between graph steps.
+            unsafe {
+                params.set_abort_callback(Some(abort_when_set));
+                params.set_abort_callback_user_data(flag as *const AtomicBool as *mut c_void);
+            }
         }
         let secs = audio.len() as f64 / 16_000.0;
         let ctx = (secs * AUDIO_CTX_PER_SEC).ceil() as i32 + AUDIO_CTX_MARGIN;
@@ -152,11 +226,22 @@ impl Worker {
             }
             no_speech_prob = no_speech_prob.max(segment.no_speech_probability());
         }
+        let mut text = collapse_repeats(text.trim());
+        if opts.digits && opts.language.as_deref() == Some("es") {
+            text = crate::text::numbers::to_digits(&text, crate::text::numbers::Mode::Display);
+        }
         Ok(Decoded {
-            text: collapse_repeats(text.trim()),
+            text,
             no_speech_prob,
         })
     }
+}
+
+/// whisper.cpp's abort callback: stop when the flag is set.
+unsafe extern "C" fn abort_when_set(data: *mut c_void) -> bool {
+    // SAFETY: `data` is the `&AtomicBool` given in `transcribe_unless`,
+    // alive for the decode that calls this.
+    unsafe { (*(data as *const AtomicBool)).load(Ordering::Relaxed) }
 }
 
 /// Phrases Whisper produces on silence, noise and music (subtitle credits

@@ -34,6 +34,15 @@ pub struct Metrics {
     pub finals_hurried: Counter,
     /// Finals not decoded: they waited past `give_up_secs`.
     pub finals_given_up: Counter,
+    /// Finals served by their speculative decode (no decode after the end
+    /// of speech was confirmed).
+    pub finals_speculative: Counter,
+    /// Speculative decodes dropped: speech resumed.
+    pub speculative_wasted: Counter,
+    /// Decodes that ran alone on idle cores with more threads.
+    pub decodes_wide: Counter,
+    /// Partial decodes stopped midway to free their worker for a final.
+    pub partials_aborted: Counter,
 }
 
 /// The capacity figures of the moment, rendered with the rest.
@@ -115,6 +124,30 @@ impl Metrics {
             "counter",
             "Finals not decoded because they waited past stt.give_up_secs (each sent as a final with gap \"overload\").",
             self.finals_given_up.get().to_string(),
+        );
+        put(
+            "stt_finals_speculative_total",
+            "counter",
+            "Finals served by a decode started when the silence began (stt.speculative_finals), not after the end of speech was confirmed.",
+            self.finals_speculative.get().to_string(),
+        );
+        put(
+            "stt_speculative_wasted_total",
+            "counter",
+            "Speculative decodes dropped because speech resumed.",
+            self.speculative_wasted.get().to_string(),
+        );
+        put(
+            "stt_partials_aborted_total",
+            "counter",
+            "Partial decodes stopped midway so that a final (or a speculative one) could start at once.",
+            self.partials_aborted.get().to_string(),
+        );
+        put(
+            "stt_decodes_wide_total",
+            "counter",
+            "Decodes that ran alone while the other cores were idle, with up to stt.max_threads_when_idle threads.",
+            self.decodes_wide.get().to_string(),
         );
         put(
             "stt_audio_seconds_total",

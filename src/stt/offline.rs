@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use super::engine::{DecodeOptions, Decoded, Engine, reject_reason};
-use super::segmenter::{Request, Segmenter, SegmenterConfig};
+use super::engine::{Decoded, Engine, reject_reason};
+use super::segmenter::{Request, Segmenter};
 use crate::audio::resample::Upsampler2x;
 use crate::audio::wav::Wav;
 
@@ -36,13 +36,10 @@ pub fn transcribe_files(
     let path = s.model_path(model_dir)?;
     let engine = Engine::load(&path, s.device == "cuda")?;
     let mut worker = engine.worker()?;
-    let options = DecodeOptions {
-        language: s.forced_language(),
-        threads: s.threads(),
-        prompt: s.full_prompt(),
-        beam: s.beam,
-        min_audio_ctx: if whole { 1500 } else { s.min_audio_ctx },
-    };
+    let mut options = s.decode_options();
+    if whole {
+        options.min_audio_ctx = 1500;
+    }
     for file in files {
         let audio = load_16k(file).with_context(|| file.display().to_string())?;
         let started = Instant::now();
@@ -50,12 +47,8 @@ pub fn transcribe_files(
         let pieces: Vec<Vec<f32>> = if whole {
             vec![audio.clone()]
         } else {
-            let mut seg = Segmenter::new(SegmenterConfig {
-                end_silence_ms: s.end_silence_ms,
-                max_utterance_ms: s.max_utterance_ms,
-                min_speech_ms: s.min_speech_ms,
-                ..Default::default()
-            });
+            // The live path's segmenter, partials and tentatives ignored.
+            let mut seg = Segmenter::new(s.segmenter_config());
             let mut reqs = seg.push(&audio);
             reqs.extend(seg.finish());
             reqs.into_iter()
@@ -68,10 +61,17 @@ pub fn transcribe_files(
                 })
                 .collect()
         };
+        // As a live stream: each piece with the previous final as context.
+        let mut previous: Option<String> = None;
         for piece in pieces {
+            let options = match &previous {
+                Some(p) if s.context_from_previous => options.with_context(p),
+                _ => options.clone(),
+            };
             let decoded: Decoded = worker.transcribe(&piece, &options)?;
             tracing::debug!(text = %decoded.text, no_speech = decoded.no_speech_prob, "decoded");
             if reject_reason(&decoded, s.max_no_speech_prob).is_none() {
+                previous = Some(decoded.text.clone());
                 texts.push(decoded.text);
             }
         }

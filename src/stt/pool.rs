@@ -13,7 +13,7 @@
 //! the stream says so in its event (`gap`), so no final is lost silently.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,10 @@ use super::metrics::Metrics;
 pub enum Kind {
     Partial,
     Final,
+    /// A final decoded speculatively, when the silence that may end its
+    /// utterance began: it becomes the final if the utterance ends with
+    /// the same audio, and is dropped if speech resumes.
+    Tentative,
 }
 
 /// One transcription to do.
@@ -35,9 +39,18 @@ pub struct Job {
     pub utterance: u64,
     pub kind: Kind,
     pub audio: Vec<f32>,
+    /// The stream's previous final text, for Whisper's prompt.
+    pub context: Option<String>,
     /// When the request was made (for latency figures).
     pub queued: Instant,
     pub reply: mpsc::UnboundedSender<Done>,
+}
+
+impl Kind {
+    /// Decoded like a final: first in the queue, with the finals' settings.
+    fn is_final_like(self) -> bool {
+        matches!(self, Kind::Final | Kind::Tentative)
+    }
 }
 
 /// A finished transcription.
@@ -52,13 +65,19 @@ pub struct Done {
     pub total: Duration,
     /// A final that waited past the give-up bound: not decoded.
     pub gave_up: bool,
+    /// Samples of audio decoded (a tentative matches its final by this).
+    pub samples: usize,
 }
 
-/// How long a final may wait before the pool hurries, then gives up.
+/// How long a final may wait before the pool hurries, then gives up; and
+/// how wide a lone decode may go.
 #[derive(Debug, Clone, Copy)]
 pub struct Bounds {
     pub behind: Duration,
     pub give_up: Duration,
+    /// Threads a decode may use when it is the only one and the machine's
+    /// other cores are idle (`stt.max_threads_when_idle`).
+    pub wide_threads: usize,
 }
 
 #[derive(Default)]
@@ -66,6 +85,14 @@ struct Queue {
     finals: VecDeque<Job>,
     partials: VecDeque<Job>,
     closed: bool,
+    /// Workers decoding now.
+    busy: usize,
+    /// Worker slots a wide decode holds beyond its own: no other decode
+    /// starts on them (whisper.cpp's spinning threads stall when there are
+    /// more of them than cores).
+    lent: usize,
+    /// What each worker is decoding now.
+    running: Vec<Option<Kind>>,
 }
 
 pub struct Pool {
@@ -73,6 +100,10 @@ pub struct Pool {
     ready: Condvar,
     metrics: Arc<Metrics>,
     capacity: Arc<Capacity>,
+    workers: usize,
+    idle: Arc<super::idle::IdleCpu>,
+    /// Per worker: set to stop its decode (a partial, for a final).
+    aborts: Vec<AtomicBool>,
 }
 
 impl Pool {
@@ -90,26 +121,34 @@ impl Pool {
             ready: Condvar::new(),
             metrics,
             capacity,
+            workers: workers.max(1),
+            idle: super::idle::IdleCpu::start(),
+            aborts: (0..workers.max(1))
+                .map(|_| AtomicBool::new(false))
+                .collect(),
         });
+        pool.lock().running = vec![None; workers.max(1)];
         // Behind: greedy, and the window fitted to the audio alone.
         let hurried = DecodeOptions {
-            beam: 1,
             min_audio_ctx: 0,
-            ..options.clone()
+            ..options.for_partials()
         };
+        let partial = options.for_partials();
         let mut handles = Vec::new();
         for i in 0..workers.max(1) {
             let mut worker = engine.worker()?;
             let pool = pool.clone();
             let options = options.clone();
             let hurried = hurried.clone();
+            let partial = partial.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("stt-worker-{i}"))
                 .spawn(move || {
-                    while let Some(job) = pool.next() {
+                    while let Some(job) = pool.next(i) {
                         let waited = job.queued.elapsed();
                         let is_final = job.kind == Kind::Final;
                         if is_final && waited > bounds.give_up {
+                            pool.done(i, 0);
                             pool.metrics.finals_given_up.inc();
                             let _ = job.reply.send(Done {
                                 utterance: job.utterance,
@@ -118,15 +157,29 @@ impl Pool {
                                 decode: Duration::ZERO,
                                 total: waited,
                                 gave_up: true,
+                                samples: job.audio.len(),
                             });
                             continue;
                         }
-                        let options = if is_final && waited > bounds.behind {
+                        let options = if !job.kind.is_final_like() {
+                            &partial
+                        } else if waited > bounds.behind {
                             pool.metrics.finals_hurried.inc();
                             &hurried
                         } else {
                             &options
                         };
+                        let mut options = match &job.context {
+                            Some(c) => options.with_context(c),
+                            None => options.clone(),
+                        };
+                        let base = options.threads.max(1);
+                        let threads = pool.threads_for(base, bounds.wide_threads);
+                        if threads > base {
+                            pool.metrics.decodes_wide.inc();
+                            options.threads = threads;
+                        }
+                        let options = &options;
                         let started = Instant::now();
                         let result = if job.audio.is_empty() {
                             Ok(Decoded {
@@ -134,18 +187,28 @@ impl Pool {
                                 no_speech_prob: 1.0,
                             })
                         } else {
+                            // Only a partial gives way.
+                            let abort = (job.kind == Kind::Partial).then_some(&pool.aborts[i]);
                             worker
-                                .transcribe(&job.audio, options)
+                                .transcribe_unless(&job.audio, options, abort)
                                 .map_err(|e| e.to_string())
                         };
                         let decode = started.elapsed();
                         pool.metrics.decode_micros.add(decode.as_micros() as u64);
+                        if pool.aborts[i].swap(false, Ordering::Relaxed) && result.is_err() {
+                            pool.metrics.partials_aborted.inc();
+                        }
+                        pool.done(i, threads / base - 1);
                         match job.kind {
                             Kind::Partial => pool.metrics.partials_done.inc(),
-                            Kind::Final => {
+                            Kind::Final | Kind::Tentative => {
                                 pool.metrics.finals_done.inc();
+                                // A wide decode's cost in one worker's time
+                                // (its threads' CPU), so capacity is not
+                                // overestimated while stt is idle.
+                                let cost = decode * threads as u32 / base.max(1) as u32;
                                 pool.capacity
-                                    .final_decoded(decode, job.audio.len() as u64 / 16);
+                                    .final_decoded(cost, job.audio.len() as u64 / 16);
                             }
                         }
                         let _ = job.reply.send(Done {
@@ -155,6 +218,7 @@ impl Pool {
                             decode,
                             total: job.queued.elapsed(),
                             gave_up: false,
+                            samples: job.audio.len(),
                         });
                     }
                 })
@@ -173,13 +237,20 @@ impl Pool {
     pub fn submit(&self, job: Job) {
         let mut q = self.lock();
         match job.kind {
-            Kind::Final => {
+            Kind::Final | Kind::Tentative => {
                 self.capacity.final_requested(job.audio.len() as u64 / 16);
                 let before = q.partials.len();
                 q.partials.retain(|p| p.stream != job.stream);
                 let removed = (before - q.partials.len()) as u64;
                 self.metrics.partials_skipped.add(removed);
                 q.finals.push_back(job);
+                // No worker free: the first one decoding a partial stops,
+                // and takes this instead.
+                if q.busy + q.lent >= self.workers
+                    && let Some(w) = q.running.iter().position(|k| *k == Some(Kind::Partial))
+                {
+                    self.aborts[w].store(true, Ordering::Relaxed);
+                }
             }
             Kind::Partial => {
                 if let Some(slot) = q.partials.iter_mut().find(|p| p.stream == job.stream) {
@@ -202,6 +273,39 @@ impl Pool {
         self.publish_depth(&q);
     }
 
+    /// Whether speculative work may be queued: no final is waiting (it
+    /// then goes before partials only, which it makes stale anyway).
+    pub fn no_final_waiting(&self) -> bool {
+        self.lock().finals.is_empty()
+    }
+
+    /// Threads for a decode about to start: `base`, or up to `wide` when
+    /// it is the only decode running and the other cores are idle (no
+    /// neighbour would deschedule one of its spinning threads).
+    /// The slots of the other workers it spreads over are lent to it until
+    /// it is done, so no decode starts beside it.
+    fn threads_for(&self, base: usize, wide: usize) -> usize {
+        let mut q = self.lock();
+        if wide <= base || q.busy != 1 || q.lent != 0 {
+            return base;
+        }
+        let idle = self.idle.cores().round() as usize;
+        // Whole worker slots only, and no more than there are workers.
+        let slots = (idle.clamp(base, wide) / base).min(self.workers);
+        q.lent = slots - 1;
+        base * slots
+    }
+
+    /// Worker `i` finished a decode that held `lent` extra slots.
+    fn done(&self, i: usize, lent: usize) {
+        let mut q = self.lock();
+        q.busy -= 1;
+        q.running[i] = None;
+        q.lent -= lent.min(q.lent);
+        drop(q);
+        self.ready.notify_all();
+    }
+
     /// How long the oldest waiting final has waited: how far behind stt is.
     pub fn oldest_final_wait(&self) -> Duration {
         self.lock()
@@ -220,10 +324,14 @@ impl Pool {
     }
 
     /// The next job for a worker: finals first; `None` once closed.
-    fn next(&self) -> Option<Job> {
+    fn next(&self, i: usize) -> Option<Job> {
         let mut q = self.lock();
         loop {
-            if let Some(job) = q.finals.pop_front().or_else(|| q.partials.pop_front()) {
+            let free = q.busy + q.lent < self.workers;
+            if free && let Some(job) = q.finals.pop_front().or_else(|| q.partials.pop_front()) {
+                q.busy += 1;
+                q.running[i] = Some(job.kind);
+                self.aborts[i].store(false, Ordering::Relaxed);
                 self.publish_depth(&q);
                 return Some(job);
             }

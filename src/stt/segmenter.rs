@@ -3,7 +3,10 @@
 //! while it grows (every `partial_every` of new speech), a final one when it
 //! ends (after `end_silence` of silence, or forced at `max_utterance`).
 //! Every announced utterance gets a final, empty when it turned out to be
-//! noise. Pure: audio in, requests out.
+//! noise. With `speculate`, a tentative final goes out as soon as the
+//! silence reaches the tail a final keeps (`TAIL_MS`): the same audio the
+//! final will hold if no speech follows, so its decode can start while the
+//! end of speech is still being confirmed. Pure: audio in, requests out.
 
 use std::collections::VecDeque;
 
@@ -11,6 +14,10 @@ use crate::audio::vad::{FRAME, Vad, VadConfig};
 
 /// Samples per millisecond at 16 kHz.
 const PER_MS: usize = 16;
+/// Silence kept after the last speech frame of a final: Whisper ends
+/// words better with a little of it. A tentative final is asked for when
+/// the silence reaches it.
+pub const TAIL_MS: usize = 200;
 
 #[derive(Debug, Clone, Copy)]
 pub struct SegmenterConfig {
@@ -29,6 +36,8 @@ pub struct SegmenterConfig {
     /// An utterance whose speech frames vary less than this in level (dB,
     /// standard deviation) is steady noise or a tone, not a voice.
     pub min_level_spread_db: f32,
+    /// Ask for a tentative final when the silence reaches `TAIL_MS`.
+    pub speculate: bool,
     pub vad: VadConfig,
 }
 
@@ -42,6 +51,7 @@ impl Default for SegmenterConfig {
             preroll_ms: 300,
             start_frames: 3,
             min_level_spread_db: 2.5,
+            speculate: true,
             vad: VadConfig::default(),
         }
     }
@@ -53,6 +63,10 @@ pub enum Request {
     /// Speech began: (utterance index, its start in ms). No audio to decode.
     Started(u64, u64),
     Partial(Utterance),
+    /// The final this utterance will get if its silence lasts: same index,
+    /// same audio. Speech resuming makes it stale (a later tentative or
+    /// final of the same index has more audio).
+    Tentative(Utterance),
     Final(Utterance),
 }
 
@@ -166,6 +180,19 @@ impl Segmenter {
                 }
             } else {
                 open.silence_ms += 20;
+                if c.speculate
+                    && open.silence_ms == TAIL_MS
+                    && c.end_silence_ms > TAIL_MS
+                    && open.audio.len() / PER_MS < c.max_utterance_ms
+                    && is_voice(open, c)
+                {
+                    out.push(Request::Tentative(Utterance {
+                        index: open.index,
+                        start_ms: open.start / PER_MS as u64,
+                        end_ms: (open.start + open.speech_end as u64) / PER_MS as u64,
+                        audio: open.audio[..final_len(open)].to_vec(),
+                    }));
+                }
             }
             let length_ms = open.audio.len() / PER_MS;
             if open.silence_ms >= c.end_silence_ms {
@@ -252,14 +279,9 @@ impl Segmenter {
             return;
         };
         let c = self.config;
-        // Keep a little of the trailing silence: Whisper ends words better.
-        let keep = (open.speech_end + 200 * PER_MS).min(open.audio.len());
+        let keep = final_len(&open);
         open.audio.truncate(keep);
-        let speech_ms = open.speech_frames * 20;
-        if speech_ms < c.min_speech_ms
-            || level_spread(&open.speech_db) < c.min_level_spread_db
-            || is_tone(&open.speech_tone)
-        {
+        if !is_voice(&open, c) {
             self.dropped += 1;
             // Send a final anyway if it was announced (or partials were
             // requested), so the consumer can close the utterance; with no
@@ -281,6 +303,19 @@ impl Segmenter {
             audio: open.audio,
         }));
     }
+}
+
+/// Samples a final of `open` holds: its speech and `TAIL_MS` of silence.
+fn final_len(open: &Open) -> usize {
+    (open.speech_end + TAIL_MS * PER_MS).min(open.audio.len())
+}
+
+/// Whether the utterance as a whole sounds like a voice: long enough, a
+/// varying level, not a held tone.
+fn is_voice(open: &Open, c: SegmenterConfig) -> bool {
+    open.speech_frames * 20 >= c.min_speech_ms
+        && level_spread(&open.speech_db) >= c.min_level_spread_db
+        && !is_tone(&open.speech_tone)
 }
 
 /// DTMF row and column frequencies (Hz).
@@ -374,6 +409,44 @@ mod tests {
         assert!(seg.finish().is_empty());
     }
 
+    fn tentatives(reqs: &[Request]) -> Vec<&Utterance> {
+        reqs.iter()
+            .filter_map(|r| match r {
+                Request::Tentative(u) => Some(u),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_tentative_final_has_the_finals_audio_and_goes_stale_when_speech_resumes() {
+        let mut seg = Segmenter::new(SegmenterConfig::default());
+        // Speech, a 300 ms pause (past the tentative, short of the end),
+        // more speech, then silence.
+        let mut audio = vec![0.0; 16_000];
+        audio.extend(voice(1_500));
+        audio.extend(vec![0.0; 300 * PER_MS]);
+        audio.extend(voice(1_000));
+        audio.extend(vec![0.0; 16_000]);
+        let reqs = run(&mut seg, &audio);
+        let t = tentatives(&reqs);
+        let f = finals(&reqs);
+        assert_eq!(f.len(), 1, "{reqs:?}");
+        assert_eq!(t.len(), 2, "one per pause");
+        // The first (at the mid pause) is stale: less audio than the final.
+        assert!(t[0].audio.len() < f[0].audio.len());
+        // The last is the final, sample for sample, and came first.
+        assert_eq!(t[1], f[0]);
+        let pos = |want: &Request| reqs.iter().position(|r| r == want).unwrap();
+        assert!(pos(&Request::Tentative(t[1].clone())) < pos(&Request::Final(f[0].clone())));
+        // Off: none.
+        let mut seg = Segmenter::new(SegmenterConfig {
+            speculate: false,
+            ..Default::default()
+        });
+        assert!(tentatives(&run(&mut seg, &audio)).is_empty());
+    }
+
     #[test]
     fn long_speech_is_split_and_end_of_stream_finalises() {
         let config = SegmenterConfig {
@@ -437,6 +510,7 @@ mod tests {
                 .map(|r| match r {
                     Request::Started(i, at) => format!("S{i} {at}"),
                     Request::Partial(u) => format!("P{} {}-{}", u.index, u.start_ms, u.end_ms),
+                    Request::Tentative(u) => format!("T{} {}-{}", u.index, u.start_ms, u.end_ms),
                     Request::Final(u) =>
                         format!("F{} {}-{} {}", u.index, u.start_ms, u.end_ms, u.audio.len()),
                 })

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::capacity::{self, Capacity, Refusal};
-use super::engine::{DecodeOptions, Engine, EngineError};
+use super::engine::{Engine, EngineError};
 use super::metrics::{Load, Metrics};
 use super::model::ModelError;
 use super::pool::{Bounds, Pool};
@@ -94,13 +94,7 @@ pub async fn serve(
         "model loaded"
     );
     let metrics = Arc::new(Metrics::default());
-    let options = DecodeOptions {
-        language: s.forced_language(),
-        threads: s.threads(),
-        prompt: s.full_prompt(),
-        beam: s.beam,
-        min_audio_ctx: s.min_audio_ctx,
-    };
+    let options = s.decode_options();
     let probe_options = options.clone();
     let probe_engine = engine.clone();
     let startup_rtf =
@@ -123,6 +117,7 @@ pub async fn serve(
     let bounds = Bounds {
         behind: s.behind(),
         give_up: std::time::Duration::from_secs(s.give_up_secs),
+        wide_threads: s.max_threads_when_idle,
     };
     let (pool, workers) = Pool::start(
         &engine,

@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 
 use super::engine::reject_reason;
 use super::pool::{Done, Job, Kind};
-use super::segmenter::{Request, Segmenter, SegmenterConfig, Utterance};
+use super::segmenter::{Request, Segmenter, Utterance};
 use super::server::State;
 use crate::audio::Encoding;
 use crate::audio::resample::Upsampler2x;
@@ -100,9 +100,89 @@ struct Utterances {
     /// Finals decoded before an earlier one of the stream (workers run
     /// side by side), held so that finals go out in utterance order.
     held: BTreeMap<u64, Done>,
+    /// Speculative decodes: per utterance, the latest tentative's length
+    /// in samples and its result once back.
+    tentative: HashMap<u64, (usize, Option<Done>)>,
+    /// Finals whose tentative has the same audio: served by it, no second
+    /// decode. The time the final was asked for.
+    awaiting: HashMap<u64, Instant>,
+    /// The last final's text, Whisper's context for what follows.
+    context: Option<String>,
 }
 
 impl Utterances {
+    fn new(prefix: String) -> Self {
+        Self {
+            prefix,
+            spans: HashMap::new(),
+            finals_pending: HashSet::new(),
+            finalised: HashSet::new(),
+            announced: HashSet::new(),
+            last_partial: None,
+            held: BTreeMap::new(),
+            tentative: HashMap::new(),
+            awaiting: HashMap::new(),
+            context: None,
+        }
+    }
+
+    /// A decode came back: a tentative one becomes its utterance's final
+    /// if that final was asked for with the same audio, waits for it if
+    /// not yet, and is dropped if stale (`wasted` counts those).
+    fn arrived(&mut self, mut done: Done, wasted: &crate::telemetry::Counter) -> Option<Done> {
+        if done.kind != Kind::Tentative {
+            return Some(done);
+        }
+        let index = done.utterance;
+        match self.tentative.get_mut(&index) {
+            Some((samples, slot)) if *samples == done.samples => {
+                if let Some(asked) = self.awaiting.remove(&index) {
+                    self.tentative.remove(&index);
+                    done.kind = Kind::Final;
+                    done.total = asked.elapsed();
+                    Some(done)
+                } else {
+                    *slot = Some(done);
+                    None
+                }
+            }
+            _ => {
+                wasted.inc();
+                None
+            }
+        }
+    }
+
+    /// A final was asked for: `true` when a tentative with the same audio
+    /// serves it (its result handed back at once if already there).
+    fn final_from_tentative(
+        &mut self,
+        index: u64,
+        samples: usize,
+        wasted: &crate::telemetry::Counter,
+    ) -> (bool, Option<Done>) {
+        match self.tentative.get_mut(&index) {
+            Some((s, slot)) if *s == samples && samples > 0 => match slot.take() {
+                Some(mut done) => {
+                    self.tentative.remove(&index);
+                    done.kind = Kind::Final;
+                    done.total = Duration::ZERO;
+                    (true, Some(done))
+                }
+                None => {
+                    self.awaiting.insert(index, Instant::now());
+                    (true, None)
+                }
+            },
+            Some(_) => {
+                self.tentative.remove(&index);
+                wasted.inc();
+                (false, None)
+            }
+            None => (false, None),
+        }
+    }
+
     /// What may go out now that `done` came back, in order: a partial at
     /// once, a final once every earlier final of the stream has gone out.
     fn ready(&mut self, done: Done) -> Vec<Done> {
@@ -168,34 +248,23 @@ where
     let s = &state.settings;
     let (mut tx, mut rx) = ws.split();
     let (reply_tx, mut replies) = mpsc::unbounded_channel::<Done>();
-    let mut segmenter = Segmenter::new(SegmenterConfig {
-        end_silence_ms: s.end_silence_ms,
-        partial_every_ms: s.partial_every_ms,
-        max_utterance_ms: s.max_utterance_ms,
-        min_speech_ms: s.min_speech_ms,
-        ..Default::default()
-    });
+    let mut segmenter = Segmenter::new(s.segmenter_config());
     let mut upsampler = (params.sample_rate == 8_000).then(Upsampler2x::new);
     let mut leftover: Vec<u8> = Vec::new();
     let mut decoded: Vec<i16> = Vec::new();
-    let mut utts = Utterances {
-        prefix: format!("{}-{}", params.speaker, unique_tag(stream_id)),
-        spans: HashMap::new(),
-        finals_pending: HashSet::new(),
-        finalised: HashSet::new(),
-        announced: HashSet::new(),
-        last_partial: None,
-        held: BTreeMap::new(),
-    };
+    let mut utts = Utterances::new(format!("{}-{}", params.speaker, unique_tag(stream_id)));
     let idle = Duration::from_secs(s.idle_timeout_secs.max(1));
     let mut last_audio = Instant::now();
     let mut samples_in: u64 = 0;
     let mut reason: Option<(CloseCode, &'static str)> = None;
     let rate_per_ms = u64::from(params.sample_rate / 1000);
 
-    // Requests to the workers; a start of speech goes out as it is.
+    let metrics = &state.metrics;
+    // Requests to the workers; a start of speech goes out as it is, and a
+    // final its tentative already decoded comes back at once.
     let submit = |requests: Vec<Request>, utts: &mut Utterances, received_ms: u64| {
         let mut started = Vec::new();
+        let mut served = Vec::new();
         for r in requests {
             let (kind, u) = match r {
                 Request::Started(index, start_ms) => {
@@ -209,25 +278,49 @@ where
                     continue;
                 }
                 Request::Partial(u) => (Kind::Partial, u),
+                Request::Tentative(u) => {
+                    // Only while no final waits: never delays real work.
+                    if !state.pool.no_final_waiting() {
+                        continue;
+                    }
+                    if utts
+                        .tentative
+                        .insert(u.index, (u.audio.len(), None))
+                        .is_some()
+                    {
+                        metrics.speculative_wasted.inc();
+                    }
+                    (Kind::Tentative, u)
+                }
                 Request::Final(u) => (Kind::Final, u),
             };
+            if kind != Kind::Tentative {
+                utts.spans.insert(
+                    u.index,
+                    Span {
+                        start_ms: u.start_ms,
+                        end_ms: u.end_ms,
+                        behind_ms: received_ms.saturating_sub(u.end_ms),
+                    },
+                );
+            }
             if kind == Kind::Final {
                 utts.finals_pending.insert(u.index);
+                let (covered, done) =
+                    utts.final_from_tentative(u.index, u.audio.len(), &metrics.speculative_wasted);
+                if covered {
+                    metrics.finals_speculative.inc();
+                    served.extend(done);
+                    continue;
+                }
             }
-            utts.spans.insert(
-                u.index,
-                Span {
-                    start_ms: u.start_ms,
-                    end_ms: u.end_ms,
-                    behind_ms: received_ms.saturating_sub(u.end_ms),
-                },
-            );
             let Utterance { index, audio, .. } = u;
             state.pool.submit(Job {
                 stream: stream_id,
                 utterance: index,
                 kind,
                 audio,
+                context: utts.context.clone().filter(|_| s.context_from_previous),
                 queued: Instant::now(),
                 reply: reply_tx.clone(),
             });
@@ -235,7 +328,7 @@ where
         for event in &started {
             state.publisher.send(event.clone());
         }
-        started
+        (started, served)
     };
 
     // Receive audio until the stream ends.
@@ -250,6 +343,7 @@ where
                 break;
             }
             done = replies.recv() => {
+                let done = done.and_then(|d| utts.arrived(d, &metrics.speculative_wasted));
                 for done in done.map(|d| utts.ready(d)).unwrap_or_default() {
                     deliver(state, params, &mut utts, done, &mut tx).await;
                 }
@@ -273,8 +367,12 @@ where
                         None => pcm,
                     };
                     let received_ms = samples_in / rate_per_ms.max(1);
-                    for event in submit(segmenter.push(&pcm16), &mut utts, received_ms) {
+                    let (started, served) = submit(segmenter.push(&pcm16), &mut utts, received_ms);
+                    for event in started {
                         let _ = tx.send(Message::text(event.to_json())).await;
+                    }
+                    for done in served.into_iter().flat_map(|d| utts.ready(d)).collect::<Vec<_>>() {
+                        deliver(state, params, &mut utts, done, &mut tx).await;
                     }
                 }
                 Some(Ok(Message::Text(text))) => {
@@ -301,13 +399,23 @@ where
         .add(samples_in * 1000 / u64::from(params.sample_rate));
     state.metrics.segments_dropped.add(segmenter.dropped);
     let received_ms = samples_in / rate_per_ms.max(1);
-    drop(submit(segmenter.finish(), &mut utts, received_ms));
+    let (_, served) = submit(segmenter.finish(), &mut utts, received_ms);
+    for done in served
+        .into_iter()
+        .flat_map(|d| utts.ready(d))
+        .collect::<Vec<_>>()
+    {
+        deliver(state, params, &mut utts, done, &mut tx).await;
+    }
 
     // Deliver every outstanding final before closing.
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     while !utts.finals_pending.is_empty() {
         match tokio::time::timeout_at(deadline.into(), replies.recv()).await {
             Ok(Some(done)) => {
+                let Some(done) = utts.arrived(done, &metrics.speculative_wasted) else {
+                    continue;
+                };
                 for done in utts.ready(done) {
                     deliver(state, params, &mut utts, done, &mut tx).await;
                 }
@@ -385,6 +493,9 @@ async fn deliver<W>(
     }
     if is_final {
         utts.finalised.insert(index);
+        if !text.is_empty() {
+            utts.context = Some(text.clone());
+        }
         // An empty final is only needed to close an utterance announced
         // (a `speech` event or a partial went out), or to say it was
         // given up.
@@ -447,20 +558,14 @@ mod tests {
             decode: Duration::ZERO,
             total: Duration::ZERO,
             gave_up: false,
+            samples: 0,
         }
     }
 
     #[test]
     fn finals_go_out_in_utterance_order_partials_at_once() {
-        let mut u = Utterances {
-            prefix: String::new(),
-            spans: HashMap::new(),
-            finals_pending: [1, 2, 3].into_iter().collect(),
-            finalised: HashSet::new(),
-            announced: HashSet::new(),
-            last_partial: None,
-            held: BTreeMap::new(),
-        };
+        let mut u = Utterances::new(String::new());
+        u.finals_pending = [1, 2, 3].into_iter().collect();
         let order = |v: Vec<Done>| v.iter().map(|d| d.utterance).collect::<Vec<_>>();
         // Final 3 decoded first (another worker): held.
         assert!(u.ready(done(3, Kind::Final)).is_empty());
@@ -470,5 +575,37 @@ mod tests {
         assert!(u.ready(done(2, Kind::Final)).is_empty());
         assert_eq!(order(u.ready(done(1, Kind::Final))), [1, 2, 3]);
         assert!(u.held.is_empty());
+    }
+
+    #[test]
+    fn a_tentative_serves_its_final_only_with_the_same_audio() {
+        let wasted = crate::telemetry::Counter::default();
+        let tentative = |utterance, samples| Done {
+            samples,
+            ..done(utterance, Kind::Tentative)
+        };
+        let mut u = Utterances::new(String::new());
+        // Back before the final is asked for: kept, then handed over.
+        u.tentative.insert(1, (100, None));
+        assert!(u.arrived(tentative(1, 100), &wasted).is_none());
+        let (covered, d) = u.final_from_tentative(1, 100, &wasted);
+        assert!(covered);
+        assert_eq!(d.map(|d| d.kind), Some(Kind::Final));
+        // Asked for first: the tentative becomes the final when it lands.
+        u.tentative.insert(2, (200, None));
+        let (covered, d) = u.final_from_tentative(2, 200, &wasted);
+        assert!(covered && d.is_none());
+        assert_eq!(
+            u.arrived(tentative(2, 200), &wasted).map(|d| d.kind),
+            Some(Kind::Final)
+        );
+        // Speech resumed: the final has more audio; the tentative is
+        // dropped and the final decoded on its own.
+        u.tentative.insert(3, (300, None));
+        let (covered, d) = u.final_from_tentative(3, 400, &wasted);
+        assert!(!covered && d.is_none());
+        assert!(u.arrived(tentative(3, 300), &wasted).is_none());
+        assert_eq!(wasted.get(), 2);
+        assert!(u.tentative.is_empty() && u.awaiting.is_empty());
     }
 }

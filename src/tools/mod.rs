@@ -5,6 +5,7 @@
 //!   pipeline, printed live.
 //! - [`simulate`]: `simulate-call`, Asterisk's RTP side (ExternalMedia).
 //! - [`bench`]: the load generators (`bench-*`) that print figures.
+//! - [`wer`]: `call-coach wer`, transcripts scored against references.
 //! - [`nats_cluster`]: a NATS JetStream cluster of real `nats-server`
 //!   processes on loopback, for the tests and `bench-relay --nats`.
 //! - [`procs`]: the services as child processes (READY on our own notify
@@ -15,3 +16,4 @@ pub mod demo;
 pub mod nats_cluster;
 pub mod procs;
 pub mod simulate;
+pub mod wer;

@@ -157,17 +157,18 @@ async fn transcribes_spanish_in_every_encoding_and_publishes_to_the_relay() {
             assert_eq!(e["callId"], format!("enc-{encoding}"));
             assert_eq!(e["speaker"], "customer");
         }
-        // Timestamps: the first utterance starts near 0.5 s, the second
-        // after the 1.5 s pause that follows the first prompt (7.3 s).
+        // Timestamps: the first utterance starts near 0.5 s less the
+        // pre-roll (0.5 s), the second after the 1.5 s pause that follows
+        // the first prompt (7.3 s), pre-roll included.
         let (s0, e0) = (
             f[0]["startMs"].as_u64().unwrap(),
             f[0]["endMs"].as_u64().unwrap(),
         );
         let s1 = f[1]["startMs"].as_u64().unwrap();
-        assert!((150..=700).contains(&s0), "{encoding}: start {s0}");
+        assert!(s0 <= 700, "{encoding}: start {s0}");
         assert!((7_300..=8_200).contains(&e0), "{encoding}: end {e0}");
         assert!(
-            (9_000..=9_500).contains(&s1),
+            (8_700..=9_500).contains(&s1),
             "{encoding}: second start {s1}"
         );
         assert_ne!(f[0]["utteranceId"], f[1]["utteranceId"]);
@@ -453,7 +454,7 @@ fn spanish_word_error_rate_is_within_bounds() {
             .unwrap()
             .to_string_lossy()
             .into_owned();
-        let (e, n) = call_coach::text::word_errors(&spell_digits(&refs[&stem]), &spell_digits(hyp));
+        let (e, n) = call_coach::text::word_errors(&refs[&stem], hyp);
         errors += e;
         words += n;
         worst.push((e as f64 / n.max(1) as f64, stem, hyp.to_owned()));
@@ -469,30 +470,13 @@ fn spanish_word_error_rate_is_within_bounds() {
     for (w, stem, hyp) in worst.iter().take(5) {
         eprintln!("  {:.0}% {stem}: {hyp}", w * 100.0);
     }
-    // Measured 20.7% with base q8_0, greedy (the references are the
-    // prompts' scripts, not verbatim: "marque 1" is spoken "marque el
-    // número uno"). A broken resampler, VAD or converter lands far above
-    // 25%; so would cutting the start of utterances.
-    assert!(wer < 0.25, "WER {:.1}%", wer * 100.0);
-}
-
-/// Digits as Spanish words, so "marque 1" matches "marque uno".
-fn spell_digits(s: &str) -> String {
-    const WORDS: [&str; 10] = [
-        "cero", "uno", "dos", "tres", "cuatro", "cinco", "seis", "siete", "ocho", "nueve",
-    ];
-    let mut out = String::new();
-    for c in s.chars() {
-        match c.to_digit(10) {
-            Some(d) => {
-                out.push(' ');
-                out.push_str(WORDS[d as usize]);
-                out.push(' ');
-            }
-            None => out.push(c),
-        }
-    }
-    out
+    // Measured 20.8% with base q8_0, greedy, context from the previous
+    // utterance (faster-whisper greedy on the whole files: 19.9%; the
+    // references are the prompts' scripts, not verbatim: "marque 1" is
+    // spoken "marque el número uno"). A broken resampler, VAD, context or
+    // converter lands far above 23%; so would cutting the start of
+    // utterances.
+    assert!(wer < 0.23, "WER {:.1}%", wer * 100.0);
 }
 
 /// A process spinning on one core, killed when dropped.
@@ -649,4 +633,74 @@ async fn a_final_that_waits_too_long_is_given_up_and_says_so() {
         gaps.len() as u64,
         "{metrics}"
     );
+}
+
+/// A value of stt's `/metrics`.
+async fn metric(stt: &Service, name: &str) -> f64 {
+    let (_, body) = stt.request("GET", "/metrics", &[], "").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+/// Played at real time, an utterance's final is decoded when its silence
+/// begins and sent once the end of speech is confirmed: the finals are
+/// those of stt without speculation, word for word, and stt counts them as
+/// served speculatively (none when it is off). A pause shorter than the
+/// end of speech, mid-utterance, makes a tentative that is dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn speculative_finals_are_the_finals_sooner() {
+    let mut audio = silence(400);
+    audio.extend(samples("conf-enteringno"));
+    // 300 ms: past the tentative (200 ms), short of the end (500 ms).
+    audio.extend(silence(300));
+    audio.extend(samples("vm-intro"));
+    audio.extend(silence(1500));
+    audio.extend(samples("conf-enteringno"));
+    audio.extend(silence(1500));
+    let bytes = s16le(&audio);
+    let mut texts = Vec::new();
+    for on in ["true", "false"] {
+        // Narrow decodes only (a different thread count may round
+        // differently), and no partials to keep the workers busy: stt
+        // speculates only while no final waits.
+        let (_relay, stt) = start_pair(&[
+            ("CALL_COACH_STT__SPECULATIVE_FINALS", on),
+            ("CALL_COACH_STT__MAX_THREADS_WHEN_IDLE", "0"),
+            ("CALL_COACH_STT__WORKERS", "2"),
+            ("CALL_COACH_STT__PARTIAL_EVERY_MS", "60000"),
+        ]);
+        let mut ws = open(&stt, "callId=spec&speaker=agent&sampleRate=8000").await;
+        // 20 ms frames at real time: speculation needs the silence to pass.
+        let events = stream_paced(&mut ws, &bytes, 320, Some(Duration::from_millis(20))).await;
+        let served = metric(&stt, "stt_finals_speculative_total").await;
+        let wasted = metric(&stt, "stt_speculative_wasted_total").await;
+        if on == "true" {
+            assert!(served >= 1.0, "no final served speculatively");
+        } else {
+            assert_eq!((served, wasted), (0.0, 0.0));
+        }
+        assert!(finals(&events).len() >= 2, "{events:?}");
+        texts.push(text_of(&events));
+    }
+    assert!(texts[0].contains("conferencia"), "{}", texts[0]);
+    assert_eq!(texts[0], texts[1]);
+}
+
+/// Digits read out one by one (Asterisk's recorded Spanish digits, a human
+/// voice, as a caller reads an account number) come out of the live path
+/// as one digit string, not words.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spoken_digit_string_comes_out_as_digits() {
+    let (_relay, stt) = start_pair(&[]);
+    let mut ws = open(&stt, "callId=digits&speaker=customer&sampleRate=8000").await;
+    let mut audio = silence(500);
+    for d in ["6", "1", "2", "0", "8", "7", "3", "4", "5"] {
+        audio.extend(samples(&format!("digits/{d}")));
+        audio.extend(silence(150));
+    }
+    audio.extend(silence(1500));
+    let events = stream(&mut ws, &s16le(&audio), 640).await;
+    let text = text_of(&events);
+    assert!(text.contains("612087345"), "{text}");
 }

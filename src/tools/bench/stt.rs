@@ -42,6 +42,15 @@ pub struct Options {
     /// the whole run, as a backup job or another service would.
     #[arg(long, default_value_t = 0)]
     pub neighbour: usize,
+    /// Play every clip exactly once, dealt in turn to the streams, and end
+    /// the run when all are played (`--duration` is then ignored): a WER
+    /// over the whole clip set at a given load.
+    #[arg(long)]
+    pub once: bool,
+    /// Write each clip's final text here (`CLIP<TAB>text` per line, as
+    /// `call-coach transcribe` prints), for `call-coach wer`.
+    #[arg(long)]
+    pub hypotheses: Option<PathBuf>,
 }
 
 /// Processes spinning on one core each while it lives.
@@ -72,6 +81,7 @@ impl Drop for Neighbours {
     }
 }
 
+#[derive(Clone)]
 struct Clip {
     name: String,
     pcm: Vec<u8>,
@@ -179,8 +189,26 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 let offset = c * 2 + s;
                 let duration = Duration::from_secs_f64(opts.duration);
                 let ratio = opts.speech_ratio;
+                // With --once: this stream's share of the clips, each once.
+                let clips = if opts.once {
+                    Arc::new(
+                        clips
+                            .iter()
+                            .skip(offset)
+                            .step_by(calls * 2)
+                            .cloned()
+                            .collect::<Vec<_>>(),
+                    )
+                } else {
+                    clips
+                };
+                let plan = if opts.once {
+                    Plan::Once
+                } else {
+                    Plan::Loop(offset, duration)
+                };
                 tasks.push(tokio::spawn(async move {
-                    play(url, clips, offset, ratio, duration, rate, observed).await
+                    play(url, clips, plan, ratio, rate, observed).await
                 }));
             }
         }
@@ -241,6 +269,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             .map(|(name, texts)| (name.clone(), texts.join(" ")))
             .collect();
         let wer = word_error_rate(&hyps, &references);
+        if let Some(path) = &opts.hypotheses {
+            let mut lines: Vec<String> = hyps.iter().map(|(n, t)| format!("{n}\t{t}\n")).collect();
+            lines.sort();
+            std::fs::write(path, lines.concat()).with_context(|| path.display().to_string())?;
+        }
         let (refused, finals, gaps) = (o.refused, o.finals, o.gaps);
         println!(
             "{:>6} {:>8} {:>8} {:>8} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>9.0} ms {:>7.3} {:>8.0}% {:>6.0} MiB {:>7} {:>9}",
@@ -281,17 +314,32 @@ async fn reported_capacity(http: &str) -> String {
     .unwrap_or_else(|| "-".into())
 }
 
+/// Which clips a stream plays.
+#[derive(Clone, Copy)]
+enum Plan {
+    /// From this clip on, in turn, for this long.
+    Loop(usize, Duration),
+    /// Each clip once.
+    Once,
+}
+
 /// Streams clips with silence between them at real time, and records what
 /// comes back. `false`: stt refused the stream at the handshake (503).
 async fn play(
     url: String,
     clips: Arc<Vec<Clip>>,
-    offset: usize,
+    plan: Plan,
     ratio: f64,
-    duration: Duration,
     rate: u32,
     observed: Arc<Mutex<Observed>>,
 ) -> anyhow::Result<bool> {
+    let (offset, duration) = match plan {
+        Plan::Loop(offset, duration) => (offset, duration),
+        Plan::Once => (0, Duration::MAX / 4),
+    };
+    if clips.is_empty() {
+        return Ok(true);
+    }
     let ws = match tokio_tungstenite::connect_async(&url).await {
         Ok((ws, _)) => ws,
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) if resp.status() == 503 => {
@@ -354,6 +402,9 @@ async fn play(
     let mut sent_samples: u64 = 0;
     let mut i = offset;
     'outer: while start.elapsed() < duration {
+        if matches!(plan, Plan::Once) && i == clips.len() {
+            break;
+        }
         let clip = &clips[i % clips.len()];
         i += 1;
         let gap = (clip.samples as f64 * (1.0 / ratio.clamp(0.05, 1.0) - 1.0)) as usize;
@@ -368,7 +419,7 @@ async fn play(
             tokio::time::sleep_until(due.into()).await;
             tx.send(Message::binary(chunk.to_vec())).await?;
             sent_samples += (chunk.len() / 2) as u64;
-            if start.elapsed() >= duration + Duration::from_secs(30) {
+            if start.elapsed() >= duration.saturating_add(Duration::from_secs(30)) {
                 break 'outer;
             }
         }

@@ -1,5 +1,8 @@
 //! Text normalisation shared by the filters, the rules coach and WER:
-//! lower case, accents and punctuation removed, spaces collapsed.
+//! lower case, accents and punctuation removed, spaces collapsed; and
+//! spoken numbers written as digits ([`numbers`]).
+
+pub mod numbers;
 
 /// Lower case, accents and punctuation removed, spaces collapsed.
 pub fn normalise(text: &str) -> String {
@@ -22,11 +25,16 @@ pub fn normalise(text: &str) -> String {
     out.trim_end().to_owned()
 }
 
-/// Word errors of `hyp` against `reference` after [`normalise`]: the edit
+/// Word errors of `hyp` against `reference` after [`normalise`], numbers
+/// compared as digits one by one ([`numbers::canonical`]): the edit
 /// distance over words, and the reference's word count (WER is their ratio).
 pub fn word_errors(reference: &str, hyp: &str) -> (usize, usize) {
-    let words =
-        |s: &str| -> Vec<String> { normalise(s).split_whitespace().map(str::to_owned).collect() };
+    let words = |s: &str| -> Vec<String> {
+        normalise(&numbers::canonical(s))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
     let (r, h) = (words(reference), words(hyp));
     (edit_distance(&r, &h), r.len())
 }

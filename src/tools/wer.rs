@@ -1,0 +1,165 @@
+//! `call-coach wer`: scores transcripts (`FILE<TAB>text` lines, as
+//! `call-coach transcribe` and `bench-stt --hypotheses` print them, or any
+//! other engine's output in that form) against reference texts: word error
+//! rate with numbers compared digit by digit, and with `--digits` the
+//! share of a reference's digits the transcript got right, in order.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+use crate::text::{edit_distance, word_errors};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Options {
+    /// Reference texts: `FILE<TAB>text` per line; FILE may be a name or a
+    /// path ending (`dictate/both_help.wav`).
+    #[arg(long)]
+    pub reference: PathBuf,
+    /// The references are digit strings: print digit accuracy too.
+    #[arg(long)]
+    pub digits: bool,
+    /// Print the N worst files of each transcript file.
+    #[arg(long, default_value_t = 0)]
+    pub worst: usize,
+    /// Transcript files to score, each printed on its own line.
+    #[arg(required = true)]
+    pub transcripts: Vec<PathBuf>,
+}
+
+/// `FILE<TAB>text` lines; `#` comments and blank lines skipped.
+fn read_tsv(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l.split_once('\t').unwrap_or((l, ""));
+            (k.trim().to_owned(), v.trim().to_owned())
+        })
+        .collect())
+}
+
+/// The reference a transcript's FILE names: the longest key it ends with.
+fn find<'a>(refs: &'a HashMap<String, String>, file: &str) -> Option<(&'a str, &'a str)> {
+    refs.iter()
+        .filter(|(k, _)| file == k.as_str() || file.ends_with(&format!("/{k}")))
+        .max_by_key(|(k, _)| k.len())
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+}
+
+/// The digits of a text once its spoken numbers are written as digits.
+fn digits_of(text: &str) -> Vec<String> {
+    crate::text::numbers::to_digits(text, crate::text::numbers::Mode::Canonical)
+        .chars()
+        .filter(char::is_ascii_digit)
+        .map(String::from)
+        .collect()
+}
+
+/// Scores of one transcript file.
+#[derive(Debug, Default)]
+pub struct Score {
+    pub files: usize,
+    pub missing: usize,
+    pub word_errors: usize,
+    pub words: usize,
+    pub digit_errors: usize,
+    pub digits: usize,
+    /// (file, WER of the file, text), worst first.
+    pub worst: Vec<(String, f64, String)>,
+}
+
+pub fn score(refs: &HashMap<String, String>, hyps: &[(String, String)], digits: bool) -> Score {
+    let mut s = Score::default();
+    let mut seen = std::collections::HashSet::new();
+    for (file, hyp) in hyps {
+        let Some((key, reference)) = find(refs, file) else {
+            continue;
+        };
+        seen.insert(key);
+        s.files += 1;
+        if digits {
+            let (r, h) = (digits_of(reference), digits_of(hyp));
+            s.digit_errors += edit_distance(&r, &h);
+            s.digits += r.len();
+        }
+        let (e, n) = word_errors(reference, hyp);
+        s.word_errors += e;
+        s.words += n;
+        s.worst
+            .push((key.to_owned(), e as f64 / n.max(1) as f64, hyp.clone()));
+    }
+    s.missing = refs.len() - seen.len();
+    s.worst.sort_by(|a, b| b.1.total_cmp(&a.1));
+    s
+}
+
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    let refs: HashMap<String, String> = read_tsv(&opts.reference)?.into_iter().collect();
+    if refs.is_empty() {
+        bail!("{}: no references", opts.reference.display());
+    }
+    for path in &opts.transcripts {
+        let s = score(&refs, &read_tsv(path)?, opts.digits);
+        if s.files == 0 {
+            bail!(
+                "{}: no line names a file of {}",
+                path.display(),
+                opts.reference.display()
+            );
+        }
+        let mut line = format!(
+            "{}: WER {:.1}% ({} files, {} words",
+            path.display(),
+            100.0 * s.word_errors as f64 / s.words.max(1) as f64,
+            s.files,
+            s.words
+        );
+        if s.missing > 0 {
+            line.push_str(&format!(", {} references without a transcript", s.missing));
+        }
+        line.push(')');
+        if opts.digits {
+            line.push_str(&format!(
+                "; digits right {:.1}% ({} digits)",
+                100.0 * (1.0 - s.digit_errors as f64 / s.digits.max(1) as f64).max(0.0),
+                s.digits
+            ));
+        }
+        println!("{line}");
+        for (file, wer, text) in s.worst.iter().take(opts.worst) {
+            println!("  {:>4.0}% {file}: {text}", wer * 100.0);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_words_and_digits_by_path_ending() {
+        let refs: HashMap<String, String> = [
+            ("a.wav".to_owned(), "marque 1 para salir".to_owned()),
+            ("dictate/b.wav".to_owned(), "45678".to_owned()),
+        ]
+        .into_iter()
+        .collect();
+        let hyps = vec![
+            ("/x/a.wav".to_owned(), "Marque uno para salir.".to_owned()),
+            (
+                "/y/dictate/b.wav".to_owned(),
+                "cuatro, cinco, 6, 7".to_owned(),
+            ),
+            ("/z/other.wav".to_owned(), "ignored".to_owned()),
+        ];
+        let s = score(&refs, &hyps, true);
+        assert_eq!((s.files, s.missing), (2, 0));
+        // a: exact; b: one digit missing of five.
+        assert_eq!((s.word_errors, s.words), (1, 9));
+        assert_eq!((s.digit_errors, s.digits), (1, 6));
+    }
+}
