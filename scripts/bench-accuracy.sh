@@ -11,6 +11,7 @@
 #
 #   scripts/bench-accuracy.sh [--set held-out|suite|all] [--calls 1,4,8]
 #                             [--only live,segmented,before,whole,fw-greedy,fw-beam5]
+#                             [--limit N]   (the first N prompts: a quick check)
 #
 # "suite" is the prompts the test suite scores (vm-*, conf-*), "held-out"
 # every other prompt of five words or more. Needs: apt-get install
@@ -20,13 +21,14 @@
 # (e.g. CALL_COACH_STT__BEAM=5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-set_name=held-out calls=1 only=live,segmented,before,whole,fw-greedy,fw-beam5
+limit=0 set_name=held-out calls=1 only=live,segmented,before,whole,fw-greedy,fw-beam5
 while [ $# -gt 0 ]; do
   case "$1" in
     --set) set_name=$2; shift 2 ;;
     --calls) calls=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --limit) limit=$2; shift 2 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 64 ;;
   esac
 done
@@ -91,6 +93,7 @@ for line in gzip.open(texts, "rt", errors="replace"):
     if which == "all" or (which == "suite") == suite:
         print(f"{name}.wav\t{text}")
 PY
+if [ "$limit" -gt 0 ]; then head -n "$limit" "$run/refs.tsv" > "$run/r" && mv "$run/r" "$run/refs.tsv"; fi
 cut -f1 "$run/refs.tsv" | sed "s|^|$sounds/|" > "$run/files"
 bash scripts/make-number-recordings.sh "$run/numbers" >/dev/null
 ls "$run"/numbers/*.wav > "$run/numfiles"

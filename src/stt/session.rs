@@ -320,7 +320,12 @@ where
                 utterance: index,
                 kind,
                 audio,
-                context: utts.context.clone().filter(|_| s.context_from_previous),
+                // Finals only: a partial is replaced soon, and the context
+                // lengthens every decode.
+                context: utts
+                    .context
+                    .clone()
+                    .filter(|_| s.context_from_previous && kind != Kind::Partial),
                 queued: Instant::now(),
                 reply: reply_tx.clone(),
             });

@@ -722,10 +722,12 @@ async fn two_asterisks_with_the_same_channel_ids_make_two_calls_in_one_relay() {
     for (prefix, recording, _, _) in &hosts {
         let call = format!("{prefix}:{}", channels[0]);
         let mut sub = relay.ws(&format!("callId={call}")).await;
+        // Words Whisper gets right however loaded the machine ("la
+        // converencia" came once under load; "persona" is steadier).
         let word = if *recording == "vm-intro" {
             "mensaje"
         } else {
-            "conferencia"
+            "persona"
         };
         let events = until(&mut sub, Duration::from_secs(60), |e| {
             has_final(e, "agent", word)
@@ -737,7 +739,7 @@ async fn two_asterisks_with_the_same_channel_ids_make_two_calls_in_one_relay() {
             "{call}: {events:#?}"
         );
         let other = if word == "mensaje" {
-            "conferencia"
+            "persona"
         } else {
             "mensaje"
         };
