@@ -138,15 +138,14 @@ if [[ ,$only, == *,live,* ]]; then
   awk -F'\t' -v OFS='\t' '{ sub(/.*\//, "", $1); print }' "$run/refs.tsv" > "$run/refs-by-name.tsv"
   for n in ${calls//,/ }; do
     for what in prompts numbers; do
-      if [ $what = prompts ]; then list=$run/files ref=$run/refs-by-name.tsv out=$run/live$n.tsv
-      else list=$run/numfiles ref=$run/numbers/refs.tsv out=$run/live$n.num.tsv; fi
+      if [ $what = prompts ]; then list=$run/files ref=$run/refs-by-name.tsv out=$run/live-$n-calls.tsv
+      else list=$run/numfiles ref=$run/numbers/refs.tsv out=$run/live-$n-calls.num.tsv; fi
       "$bin" bench-stt --url "ws://127.0.0.1:$stt_port" --calls "$n" --once --speech-ratio 0.5 \
         --reference "$ref" --hypotheses "$out" --clips $(cat "$list") | tee -a "$run/live$n.bench"
     done
   done
   for n in ${calls//,/ }; do
     # bench-stt names clips by file name: score against the same keys.
-    cp "$run/live$n.tsv" "$run/live-$n-calls.tsv"; cp "$run/live$n.num.tsv" "$run/live-$n-calls.num.tsv"
     score "live-$n-calls" "real time" "$run/refs-by-name.tsv"
   done
   echo "(the live rows' latency and partial figures are bench-stt's lines above)"

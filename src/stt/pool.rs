@@ -276,15 +276,10 @@ impl Pool {
         self.publish_depth(&q);
     }
 
-    /// Whether finals wait for a worker.
-    fn finals_waiting(&self) -> bool {
+    /// Whether finals wait for a worker: a final then decodes without
+    /// the context, and nothing is speculated (it would delay them).
+    pub fn finals_waiting(&self) -> bool {
         !self.lock().finals.is_empty()
-    }
-
-    /// Whether speculative work may be queued: no final is waiting (it
-    /// then goes before partials only, which it makes stale anyway).
-    pub fn no_final_waiting(&self) -> bool {
-        self.lock().finals.is_empty()
     }
 
     /// Threads for a decode about to start: `base`, or up to `wide` when

@@ -374,13 +374,19 @@ mod tests {
             .collect()
     }
 
-    fn finals(reqs: &[Request]) -> Vec<&Utterance> {
+    /// The finals (or the tentative finals) among the requests.
+    fn utterances(reqs: &[Request], tentative: bool) -> Vec<&Utterance> {
         reqs.iter()
             .filter_map(|r| match r {
-                Request::Final(u) => Some(u),
+                Request::Final(u) if !tentative => Some(u),
+                Request::Tentative(u) if tentative => Some(u),
                 _ => None,
             })
             .collect()
+    }
+
+    fn finals(reqs: &[Request]) -> Vec<&Utterance> {
+        utterances(reqs, false)
     }
 
     fn run(seg: &mut Segmenter, audio: &[f32]) -> Vec<Request> {
@@ -410,12 +416,7 @@ mod tests {
     }
 
     fn tentatives(reqs: &[Request]) -> Vec<&Utterance> {
-        reqs.iter()
-            .filter_map(|r| match r {
-                Request::Tentative(u) => Some(u),
-                _ => None,
-            })
-            .collect()
+        utterances(reqs, true)
     }
 
     #[test]

@@ -280,7 +280,7 @@ where
                 Request::Partial(u) => (Kind::Partial, u),
                 Request::Tentative(u) => {
                     // Only while no final waits: never delays real work.
-                    if !state.pool.no_final_waiting() {
+                    if state.pool.finals_waiting() {
                         continue;
                     }
                     if utts
