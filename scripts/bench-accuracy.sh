@@ -120,8 +120,8 @@ timed() { # NAME CMD...: prompts then numbers, timing the prompts
 threads=$(nproc)
 printf '%-16s %7s %16s %16s %10s\n' engine WER "prompts' digits" "numbers' digits" "prompts s"
 [[ ,$only, == *,segmented,* ]] && timed segmented "$bin" transcribe
-# The live path's settings before speculative finals, context, pre-roll
-# 500 and numbers as digits (release 0.1's defaults), for comparison.
+# The live path's settings before speculative finals, context
+# and numbers as digits (release 0.1's defaults), for comparison.
 [[ ,$only, == *,before,* ]] && timed before env CALL_COACH_STT__CONTEXT_FROM_PREVIOUS=false \
   CALL_COACH_STT__PREROLL_MS=300 CALL_COACH_STT__NUMBERS_AS_DIGITS=false \
   CALL_COACH_STT__MIN_AUDIO_CTX=256 "$bin" transcribe

@@ -34,6 +34,8 @@ pub struct DecodeOptions {
     pub threads: usize,
     /// Domain prompt and hotwords, fed as Whisper's initial prompt.
     pub prompt: Option<String>,
+    /// The stream's previous final (its tail), after `prompt`.
+    pub context: Option<String>,
     /// Beam width; 1 is greedy.
     pub beam: usize,
     /// Fit the encoder window to the audio instead of 30 s, but never
@@ -66,13 +68,31 @@ impl DecodeOptions {
             Some(i) if start > 0 => &context[start + i + 1..],
             _ => &context[start..],
         };
-        let prompt = match &self.prompt {
-            Some(p) => format!("{p} {tail}"),
-            None => tail.to_owned(),
-        };
         Self {
-            prompt: Some(prompt),
+            context: Some(tail.to_owned()),
             ..self.clone()
+        }
+    }
+
+    pub fn has_context(&self) -> bool {
+        self.context.is_some()
+    }
+
+    pub fn without_context(&self) -> Self {
+        Self {
+            context: None,
+            ..self.clone()
+        }
+    }
+
+    /// What Whisper is given as its initial prompt: the domain prompt,
+    /// then the context.
+    fn initial_prompt(&self) -> Option<String> {
+        match (&self.prompt, &self.context) {
+            (Some(p), Some(c)) => Some(format!("{p} {c}")),
+            (Some(p), None) => Some(p.clone()),
+            (None, Some(c)) => Some(c.clone()),
+            (None, None) => None,
         }
     }
 
@@ -144,6 +164,25 @@ impl Worker {
         self.transcribe_unless(audio, opts, None)
     }
 
+    /// As [`Worker::transcribe_unless`], but a result of a decode with
+    /// context that says the same words twice ([`repeats_itself`]: the
+    /// echo a context prompt can cause) is decoded again without the
+    /// context; `true` when it was.
+    pub fn transcribe_checked(
+        &mut self,
+        audio: &[f32],
+        opts: &DecodeOptions,
+        abort: Option<&AtomicBool>,
+    ) -> (Result<Decoded, EngineError>, bool) {
+        match self.transcribe_unless(audio, opts, abort) {
+            Ok(d) if opts.has_context() && repeats_itself(&d.text) => (
+                self.transcribe_unless(audio, &opts.without_context(), abort),
+                true,
+            ),
+            other => (other, false),
+        }
+    }
+
     /// As [`Worker::transcribe`], stopping early (an error) once `abort`
     /// is set: a partial gives way to a final this way.
     pub fn transcribe_unless(
@@ -185,7 +224,8 @@ impl Worker {
             // filters, and its final replaces it.
             params.set_temperature_inc(0.0);
         }
-        if let Some(prompt) = &opts.prompt {
+        let prompt = opts.initial_prompt();
+        if let Some(prompt) = &prompt {
             params.set_initial_prompt(prompt);
         }
         if let Some(flag) = abort {
@@ -345,8 +385,36 @@ pub fn reject_reason(decoded: &Decoded, max_no_speech: f32) -> Option<&'static s
     None
 }
 
+/// Whether a decoded text says the same run of four or more words twice in
+/// a row ("para incrementar el volumen, para incrementar el volumen"), the
+/// echo a context prompt can cause. Case, accents and punctuation aside.
+pub fn repeats_itself(text: &str) -> bool {
+    let normal = crate::text::normalise(text);
+    let words: Vec<&str> = normal.split_whitespace().collect();
+    let n = words.len();
+    (4..=n / 2).any(|k| (0..=n - 2 * k).any(|at| words[at..at + k] == words[at + k..at + 2 * k]))
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_text_that_says_four_words_twice_repeats_itself() {
+        for t in [
+            "Para incrementar el volumen del audio, para incrementar el volumen del audio.",
+            "Hola. Su número de cliente, por favor. Su número de cliente, por favor.",
+        ] {
+            assert!(repeats_itself(t), "{t}");
+        }
+        for t in [
+            "Sí, sí, claro que sí.",
+            "uno dos tres uno dos cuatro",
+            "Para reducir el volumen del audio de otros participantes.",
+            "",
+        ] {
+            assert!(!repeats_itself(t), "{t}");
+        }
+    }
     use super::*;
 
     fn d(text: &str, p: f32) -> Decoded {

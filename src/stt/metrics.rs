@@ -39,6 +39,12 @@ pub struct Metrics {
     pub finals_speculative: Counter,
     /// Speculative decodes dropped: speech resumed.
     pub speculative_wasted: Counter,
+    /// Utterances ended after the shorter silence: their speculative final
+    /// read as a finished sentence.
+    pub finals_early: Counter,
+    /// Finals decoded again without the context: with it, Whisper said
+    /// the utterance twice.
+    pub context_dropped: Counter,
     /// Decodes that ran alone on idle cores with more threads.
     pub decodes_wide: Counter,
     /// Partial decodes stopped midway to free their worker for a final.
@@ -136,6 +142,18 @@ impl Metrics {
             "counter",
             "Speculative decodes dropped because speech resumed.",
             self.speculative_wasted.get().to_string(),
+        );
+        put(
+            "stt_finals_early_total",
+            "counter",
+            "Utterances ended after stt.end_silence_after_sentence_ms of silence, not stt.end_silence_ms, because their speculative final read as a finished sentence (counted when their stream ends).",
+            self.finals_early.get().to_string(),
+        );
+        put(
+            "stt_context_dropped_total",
+            "counter",
+            "Finals decoded again without the previous final as context, because with it the text repeated itself (a prompt echo).",
+            self.context_dropped.get().to_string(),
         );
         put(
             "stt_partials_aborted_total",

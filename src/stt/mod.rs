@@ -94,6 +94,12 @@ pub struct Settings {
     /// confirmed: the end-of-speech wait and the decode overlap. Dropped
     /// when speech resumes.
     pub speculative_finals: bool,
+    /// Silence that ends an utterance whose speculative final reads as a
+    /// finished sentence (Whisper ended it with `.`, `?` or `!`), in ms;
+    /// mid-sentence pauses keep `end_silence_ms`. 0: always
+    /// `end_silence_ms`. Needs `speculative_finals`; 200 to
+    /// `end_silence_ms`.
+    pub end_silence_after_sentence_ms: usize,
     /// New speech between two partial transcripts, in ms.
     pub partial_every_ms: usize,
     /// Longest utterance before it is split, in ms.
@@ -161,6 +167,7 @@ impl Default for Settings {
             min_audio_ctx: 256,
             end_silence_ms: 500,
             speculative_finals: true,
+            end_silence_after_sentence_ms: 300,
             partial_every_ms: 1000,
             max_utterance_ms: 15_000,
             min_speech_ms: 200,
@@ -242,6 +249,19 @@ impl Section for Settings {
                 "must be at least 100",
             ));
         }
+        let early = self.end_silence_after_sentence_ms;
+        if early != 0
+            && !(segmenter::TAIL_MS..=self.end_silence_ms.max(segmenter::TAIL_MS)).contains(&early)
+        {
+            return Err(ConfigError::invalid(
+                "stt.end_silence_after_sentence_ms",
+                format!(
+                    "must be 0 (off) or {} to stt.end_silence_ms ({})",
+                    segmenter::TAIL_MS,
+                    self.end_silence_ms
+                ),
+            ));
+        }
         if self.preroll_ms > 2_000 {
             return Err(ConfigError::invalid(
                 "stt.preroll_ms",
@@ -310,6 +330,7 @@ impl Settings {
             min_speech_ms: self.min_speech_ms,
             preroll_ms: self.preroll_ms,
             speculate: self.speculative_finals,
+            early_end_ms: self.end_silence_after_sentence_ms,
             ..Default::default()
         }
     }
@@ -320,6 +341,7 @@ impl Settings {
             language: self.forced_language(),
             threads: self.threads(),
             prompt: self.full_prompt(),
+            context: None,
             beam: self.beam,
             min_audio_ctx: self.min_audio_ctx,
             digits: self.numbers_as_digits,

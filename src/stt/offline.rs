@@ -68,7 +68,7 @@ pub fn transcribe_files(
                 Some(p) if s.context_from_previous => options.with_context(p),
                 _ => options.clone(),
             };
-            let decoded: Decoded = worker.transcribe(&piece, &options)?;
+            let decoded: Decoded = worker.transcribe_checked(&piece, &options, None).0?;
             tracing::debug!(text = %decoded.text, no_speech = decoded.no_speech_prob, "decoded");
             if reject_reason(&decoded, s.max_no_speech_prob).is_none() {
                 previous = Some(decoded.text.clone());

@@ -192,9 +192,12 @@ impl Pool {
                         } else {
                             // Only a partial gives way.
                             let abort = (job.kind == Kind::Partial).then_some(&pool.aborts[i]);
-                            worker
-                                .transcribe_unless(&job.audio, options, abort)
-                                .map_err(|e| e.to_string())
+                            let (result, again) =
+                                worker.transcribe_checked(&job.audio, options, abort);
+                            if again {
+                                pool.metrics.context_dropped.inc();
+                            }
+                            result.map_err(|e| e.to_string())
                         };
                         let decode = started.elapsed();
                         pool.metrics.decode_micros.add(decode.as_micros() as u64);

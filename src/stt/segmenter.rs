@@ -6,7 +6,11 @@
 //! noise. With `speculate`, a tentative final goes out as soon as the
 //! silence reaches the tail a final keeps (`TAIL_MS`): the same audio the
 //! final will hold if no speech follows, so its decode can start while the
-//! end of speech is still being confirmed. Pure: audio in, requests out.
+//! end of speech is still being confirmed. When that decode reads as a
+//! finished sentence, the consumer may call [`Segmenter::end_early`]: the
+//! utterance then ends after `early_end_ms` of silence instead of
+//! `end_silence_ms` (an adaptive end of speech). Pure: audio in, requests
+//! out.
 
 use std::collections::VecDeque;
 
@@ -38,6 +42,10 @@ pub struct SegmenterConfig {
     pub min_level_spread_db: f32,
     /// Ask for a tentative final when the silence reaches `TAIL_MS`.
     pub speculate: bool,
+    /// Silence that ends an utterance whose tentative final reads as a
+    /// finished sentence ([`Segmenter::end_early`]), in ms; 0: never
+    /// early. At least `TAIL_MS`, at most `end_silence_ms`.
+    pub early_end_ms: usize,
     pub vad: VadConfig,
 }
 
@@ -52,6 +60,7 @@ impl Default for SegmenterConfig {
             start_frames: 3,
             min_level_spread_db: 2.5,
             speculate: true,
+            early_end_ms: 0,
             vad: VadConfig::default(),
         }
     }
@@ -98,6 +107,9 @@ struct Open {
     speech_since_partial_ms: usize,
     /// A `Started` went out for it.
     announced: bool,
+    /// Its tentative final read as a finished sentence: it ends after
+    /// `early_end_ms` of silence (until speech resumes).
+    early: bool,
 }
 
 pub struct Segmenter {
@@ -115,6 +127,8 @@ pub struct Segmenter {
     next_index: u64,
     /// Utterances dropped by the utterance-level checks.
     pub dropped: u64,
+    /// Utterances ended after `early_end_ms` rather than `end_silence_ms`.
+    pub ended_early: u64,
 }
 
 impl Segmenter {
@@ -129,6 +143,7 @@ impl Segmenter {
             open: None,
             next_index: 1,
             dropped: 0,
+            ended_early: 0,
         }
     }
 
@@ -166,6 +181,7 @@ impl Segmenter {
                 open.speech_tone.push((info.tonality, info.peak_hz));
                 open.speech_end = open.audio.len();
                 open.silence_ms = 0;
+                open.early = false;
                 open.speech_since_partial_ms += 20;
                 // Announced once it sounds like a voice: long enough, a
                 // varying level, not a held tone (judged on its recent
@@ -196,6 +212,9 @@ impl Segmenter {
             }
             let length_ms = open.audio.len() / PER_MS;
             if open.silence_ms >= c.end_silence_ms {
+                self.close(out);
+            } else if open.early && open.silence_ms >= c.early_end_ms {
+                self.ended_early += 1;
                 self.close(out);
             } else if length_ms >= c.max_utterance_ms {
                 self.split(out);
@@ -233,10 +252,33 @@ impl Segmenter {
                 silence_ms: 0,
                 speech_since_partial_ms: self.run * 20,
                 announced: false,
+                early: false,
             });
             self.next_index += 1;
             self.run = 0;
         }
+    }
+
+    /// The tentative final of utterance `index` reads as a finished
+    /// sentence: if that utterance is still open and silent since its
+    /// tentative, it ends after `early_end_ms` of silence; at once (the
+    /// final returned) when the silence is already that long. Speech
+    /// resuming cancels it. Does nothing when `early_end_ms` is 0.
+    pub fn end_early(&mut self, index: u64) -> Vec<Request> {
+        let mut out = Vec::new();
+        let c = self.config;
+        let Some(open) = &mut self.open else {
+            return out;
+        };
+        if c.early_end_ms == 0 || open.index != index || open.silence_ms < TAIL_MS {
+            return out;
+        }
+        open.early = true;
+        if open.silence_ms >= c.early_end_ms && open.silence_ms < c.end_silence_ms {
+            self.ended_early += 1;
+            self.close(&mut out);
+        }
+        out
     }
 
     /// Speech too long without a pause: ends the utterance at the quietest
@@ -270,6 +312,7 @@ impl Segmenter {
             silence_ms: 0,
             speech_since_partial_ms: speech_frames * 20,
             announced: false,
+            early: false,
         });
         self.next_index += 1;
     }
@@ -446,6 +489,61 @@ mod tests {
             ..Default::default()
         });
         assert!(tentatives(&run(&mut seg, &audio)).is_empty());
+    }
+
+    #[test]
+    fn a_finished_sentence_ends_after_the_shorter_silence_and_speech_cancels_it() {
+        let config = SegmenterConfig {
+            early_end_ms: 300,
+            ..Default::default()
+        };
+        let speech = |seg: &mut Segmenter| {
+            let mut audio = vec![0.0; 16_000];
+            audio.extend(voice(1_500));
+            run(seg, &audio)
+        };
+        let silence = |seg: &mut Segmenter, ms: usize| run(seg, &vec![0.0; ms * PER_MS]);
+        // Asked once the tentative is out: the final follows at 300 ms.
+        let mut seg = Segmenter::new(config);
+        speech(&mut seg);
+        let reqs = silence(&mut seg, 240);
+        let t = tentatives(&reqs);
+        assert_eq!(t.len(), 1, "{reqs:?}");
+        assert!(seg.end_early(t[0].index).is_empty(), "not 300 ms yet");
+        // (Ended by 360 ms of silence, not the usual 500.)
+        let reqs = silence(&mut seg, 120);
+        assert_eq!(
+            finals(&reqs),
+            vec![t[0]],
+            "the tentative's audio, at 300 ms"
+        );
+        // Asked late (the decode took long): the final comes back at once.
+        let mut seg = Segmenter::new(config);
+        speech(&mut seg);
+        let t = silence(&mut seg, 400);
+        let reqs = seg.end_early(tentatives(&t)[0].index);
+        assert_eq!(finals(&reqs), tentatives(&t));
+        assert_eq!(seg.ended_early, 1);
+        // Speech resumed before it: the normal end applies.
+        let mut seg = Segmenter::new(config);
+        speech(&mut seg);
+        silence(&mut seg, 240);
+        let mut reqs = run(&mut seg, &voice(500));
+        assert!(seg.end_early(1).is_empty());
+        reqs.extend(silence(&mut seg, 400));
+        assert!(finals(&reqs).is_empty(), "400 ms < 500 ms: {reqs:?}");
+        assert_eq!(finals(&silence(&mut seg, 200)).len(), 1);
+        assert_eq!(seg.ended_early, 0);
+        // Off (0), or for another utterance: nothing.
+        let mut seg = Segmenter::new(SegmenterConfig::default());
+        speech(&mut seg);
+        silence(&mut seg, 400);
+        assert!(seg.end_early(1).is_empty());
+        assert!(finals(&silence(&mut seg, 100)).len() == 1);
+        let mut seg = Segmenter::new(config);
+        speech(&mut seg);
+        silence(&mut seg, 400);
+        assert!(seg.end_early(7).is_empty());
     }
 
     #[test]

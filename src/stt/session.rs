@@ -153,6 +153,20 @@ impl Utterances {
         }
     }
 
+    /// The utterance `done` (a tentative) belongs to, when it is that
+    /// utterance's latest tentative and reads as a finished sentence: its
+    /// end of speech may come sooner ([`Segmenter::end_early`]).
+    fn sentence_ended(&self, done: &Done) -> Option<u64> {
+        let latest = self
+            .tentative
+            .get(&done.utterance)
+            .map(|(samples, _)| *samples);
+        (done.kind == Kind::Tentative
+            && latest == Some(done.samples)
+            && done.result.as_ref().is_ok_and(|d| ends_sentence(&d.text)))
+        .then_some(done.utterance)
+    }
+
     /// A final was asked for: `true` when a tentative with the same audio
     /// serves it (its result handed back at once if already there).
     fn final_from_tentative(
@@ -348,8 +362,15 @@ where
                 break;
             }
             done = replies.recv() => {
+                let ended = done.as_ref().and_then(|d| utts.sentence_ended(d));
                 let done = done.and_then(|d| utts.arrived(d, &metrics.speculative_wasted));
-                for done in done.map(|d| utts.ready(d)).unwrap_or_default() {
+                let mut out = done.map(|d| utts.ready(d)).unwrap_or_default();
+                if let Some(index) = ended {
+                    let received_ms = samples_in / rate_per_ms.max(1);
+                    let (_, served) = submit(segmenter.end_early(index), &mut utts, received_ms);
+                    out.extend(served.into_iter().flat_map(|d| utts.ready(d)).collect::<Vec<_>>());
+                }
+                for done in out {
                     deliver(state, params, &mut utts, done, &mut tx).await;
                 }
             }
@@ -403,6 +424,7 @@ where
         .audio_ms
         .add(samples_in * 1000 / u64::from(params.sample_rate));
     state.metrics.segments_dropped.add(segmenter.dropped);
+    state.metrics.finals_early.add(segmenter.ended_early);
     let received_ms = samples_in / rate_per_ms.max(1);
     let (_, served) = submit(segmenter.finish(), &mut utts, received_ms);
     for done in served
@@ -444,6 +466,13 @@ where
     });
     let _ = tokio::time::timeout(Duration::from_secs(5), tx.send(Message::Close(frame))).await;
     Ok(())
+}
+
+/// Whether Whisper's text ends a sentence: `.`, `?` or `!` (a trailing
+/// `...` is speech trailing off, not an end).
+fn ends_sentence(text: &str) -> bool {
+    let t = text.trim_end_matches(|c: char| c.is_whitespace() || c == '"' || c == '»');
+    (t.ends_with(['?', '!']) || t.ends_with('.')) && !t.ends_with("..") && !t.ends_with('…')
 }
 
 /// Turns a finished transcription into a `transcript` event, if it is one.
@@ -580,6 +609,44 @@ mod tests {
         assert!(u.ready(done(2, Kind::Final)).is_empty());
         assert_eq!(order(u.ready(done(1, Kind::Final))), [1, 2, 3]);
         assert!(u.held.is_empty());
+    }
+
+    #[test]
+    fn a_sentence_ends_at_a_full_stop_a_question_or_an_exclamation() {
+        for t in [
+            "Buenos días.",
+            "¿Me oye?",
+            "¡Gracias!",
+            "Vale. ",
+            "Dijo «sí.»",
+        ] {
+            assert!(ends_sentence(t), "{t}");
+        }
+        for t in ["", "Pues...", "Pues…", "el número es", "uno, dos,", "y"] {
+            assert!(!ends_sentence(t), "{t}");
+        }
+    }
+
+    #[test]
+    fn only_the_latest_tentative_read_as_a_sentence_ends_its_utterance_early() {
+        let said = |samples, text: &str| Done {
+            result: Ok(crate::stt::engine::Decoded {
+                text: text.into(),
+                no_speech_prob: 0.0,
+            }),
+            samples,
+            ..done(1, Kind::Tentative)
+        };
+        let mut u = Utterances::new("agent-x".into());
+        u.tentative.insert(1, (200, None));
+        assert_eq!(u.sentence_ended(&said(200, "Hola.")), Some(1));
+        assert_eq!(u.sentence_ended(&said(100, "Hola.")), None, "stale");
+        assert_eq!(u.sentence_ended(&said(200, "Hola,")), None);
+        let partial = Done {
+            kind: Kind::Partial,
+            ..said(200, "Hola.")
+        };
+        assert_eq!(u.sentence_ended(&partial), None);
     }
 
     #[test]

@@ -666,6 +666,8 @@ async fn speculative_finals_are_the_finals_sooner() {
         // speculates only while no final waits.
         let (_relay, stt) = start_pair(&[
             ("CALL_COACH_STT__SPECULATIVE_FINALS", on),
+            // The pause must not end the utterance (the next test).
+            ("CALL_COACH_STT__END_SILENCE_AFTER_SENTENCE_MS", "0"),
             ("CALL_COACH_STT__MAX_THREADS_WHEN_IDLE", "0"),
             ("CALL_COACH_STT__WORKERS", "2"),
             ("CALL_COACH_STT__PARTIAL_EVERY_MS", "60000"),
@@ -685,6 +687,50 @@ async fn speculative_finals_are_the_finals_sooner() {
     }
     assert!(texts[0].contains("conferencia"), "{}", texts[0]);
     assert_eq!(texts[0], texts[1]);
+}
+
+/// A pause after a finished sentence ends the utterance sooner than one
+/// mid-sentence. With `end_silence_ms` longer than the pauses, the
+/// sentence "...en la conferencia." still gets its own final (its
+/// speculative final ended with a full stop), while "Entrando a la
+/// conferencia número" (no stop: a number should follow) joins the prompt
+/// after its pause; with the shorter end off, all of it is one final.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_finished_sentence_ends_its_utterance_after_a_shorter_silence() {
+    let mut audio = silence(400);
+    audio.extend(samples("conf-onlyperson"));
+    // Long enough for a loaded machine's speculative decode to come back
+    // (4.6 s of audio: 0.9 s on one idle core, twice that beside a busy
+    // neighbour).
+    audio.extend(silence(4_000));
+    audio.extend(samples("conf-enteringno"));
+    audio.extend(silence(4_000));
+    audio.extend(samples("vm-intro"));
+    // The end of the stream ends the last utterance.
+    audio.extend(silence(1_000));
+    let bytes = s16le(&audio);
+    for early in ["300", "0"] {
+        let (_relay, stt) = start_pair(&[
+            ("CALL_COACH_STT__END_SILENCE_MS", "6000"),
+            ("CALL_COACH_STT__MAX_UTTERANCE_MS", "30000"),
+            ("CALL_COACH_STT__END_SILENCE_AFTER_SENTENCE_MS", early),
+            ("CALL_COACH_STT__PARTIAL_EVERY_MS", "60000"),
+        ]);
+        let mut ws = open(&stt, "callId=early&speaker=agent&sampleRate=8000").await;
+        let events = stream_paced(&mut ws, &bytes, 320, Some(Duration::from_millis(20))).await;
+        let f = finals(&events);
+        let ended = metric(&stt, "stt_finals_early_total").await;
+        if early == "300" {
+            assert_eq!(f.len(), 2, "{events:?}");
+            assert!(text(f[0]).contains("persona"), "{events:?}");
+            assert!(text(f[1]).contains("número"), "{events:?}");
+            assert!(text(f[1]).contains("mensaje"), "{events:?}");
+            assert!(ended >= 1.0, "{ended}");
+        } else {
+            assert_eq!(f.len(), 1, "{events:?}");
+            assert_eq!(ended, 0.0);
+        }
+    }
 }
 
 /// Digits read out one by one (Asterisk's recorded Spanish digits, a human

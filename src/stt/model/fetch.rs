@@ -129,11 +129,12 @@ fn official(
 ) -> Result<PathBuf, String> {
     let url = format!("{OFFICIAL_BASE}/ggml-{size}.bin");
     progress(&format!("downloading {url}"));
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(Duration::from_secs(10)))
-        .timeout_recv_body(Some(Duration::from_secs(60)))
-        .build()
-        .into();
+    let agent: ureq::Agent = crate::net::agent(
+        ureq::Agent::config_builder()
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_recv_body(Some(Duration::from_secs(60)))
+            .build(),
+    );
     let mut resp = agent.get(&url).call().map_err(|e| e.to_string())?;
     let total = resp
         .headers()

@@ -203,7 +203,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     clips
                 };
                 let plan = if opts.once {
-                    Plan::Once
+                    Plan::Once(offset)
                 } else {
                     Plan::Loop(offset, duration)
                 };
@@ -319,8 +319,9 @@ async fn reported_capacity(http: &str) -> String {
 enum Plan {
     /// From this clip on, in turn, for this long.
     Loop(usize, Duration),
-    /// Each clip once.
-    Once,
+    /// Each clip once; the number tells this stream from the others (its
+    /// clips' results are kept apart by it).
+    Once(usize),
 }
 
 /// Streams clips with silence between them at real time, and records what
@@ -333,14 +334,15 @@ async fn play(
     rate: u32,
     observed: Arc<Mutex<Observed>>,
 ) -> anyhow::Result<bool> {
-    let (offset, duration) = match plan {
-        Plan::Loop(offset, duration) => (offset, duration),
-        Plan::Once => (0, Duration::MAX / 4),
+    // `stream` keys this stream's results; `first` is the clip it starts at.
+    let (stream, first, duration) = match plan {
+        Plan::Loop(offset, duration) => (offset, offset, duration),
+        Plan::Once(stream) => (stream, 0, Duration::MAX / 4),
     };
     if clips.is_empty() {
         return Ok(true);
     }
-    let ws = match tokio_tungstenite::connect_async(&url).await {
+    let ws = match crate::net::ws_connect(&url, None).await {
         Ok((ws, _)) => ws,
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) if resp.status() == 503 => {
             return Ok(false);
@@ -384,7 +386,7 @@ async fn play(
                     {
                         let hyp = t.text.clone();
                         o.hypotheses
-                            .entry((offset, *begin))
+                            .entry((stream, *begin))
                             .or_insert_with(|| (name.clone(), Vec::new()))
                             .1
                             .push(hyp);
@@ -400,9 +402,9 @@ async fn play(
     };
     let frame = (rate as usize / 50) * 2; // 20 ms of s16le
     let mut sent_samples: u64 = 0;
-    let mut i = offset;
+    let mut i = first;
     'outer: while start.elapsed() < duration {
-        if matches!(plan, Plan::Once) && i == clips.len() {
+        if matches!(plan, Plan::Once(_)) && i == clips.len() {
             break;
         }
         let clip = &clips[i % clips.len()];
