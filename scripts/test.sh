@@ -20,6 +20,8 @@ command -v npm >/dev/null || need_apt+=(nodejs npm)
 # The offline Nix checks (nix/check/run.sh) and systemd's unit analysis.
 command -v nix-instantiate >/dev/null || need_apt+=(nix-bin)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+# The static binary's checks (scripts/test-static.sh).
+command -v file >/dev/null || need_apt+=(file)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   $SUDO apt-get update -qq
@@ -73,5 +75,12 @@ status=${PIPESTATUS[0]}
 set -e
 passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
-echo "tests: $passed passed, $failed failed"
+
+# The static binary and the release tarball: a second (release, static)
+# build of its own, in target/static.
+echo "== the static binary and the release tarball (scripts/test-static.sh)"
+static=ok
+bash scripts/test-static.sh || static=FAILED
+echo "tests: $passed passed, $failed failed; static checks: $static"
+[ "$static" = ok ] || exit 1
 exit "$status"

@@ -111,6 +111,11 @@ enum Command {
         /// Show only the common keys and this service's section.
         #[arg(value_parser = clap::builder::PossibleValuesParser::new(["stt", "rtp2ws", "relay", "orchestrator", "ari-coach"]))]
         service: Option<String>,
+        /// Print a configuration file with every key at its default,
+        /// commented out (a starting point for
+        /// /etc/call-coach/call-coach.toml), instead of the effective one.
+        #[arg(long, conflicts_with = "service")]
+        example: bool,
     },
     /// Load generator for a running relay: prints accepted and delivered
     /// events/s and publish-to-delivery latency.
@@ -206,7 +211,13 @@ pub fn main() -> ExitCode {
                 crate::relay::serve(&settings.relay, &settings.state_dir, shutdown).await
             },
         ),
-        Command::CheckConfig { common, service } => check_config(&common, service.as_deref()),
+        Command::CheckConfig { example: true, .. } => {
+            print!("{}", crate::config::example_toml());
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig {
+            common, service, ..
+        } => check_config(&common, service.as_deref()),
         Command::BenchRelay(opts) => run_tool("bench-relay", crate::tools::bench::relay::run(opts)),
         Command::Stt(common) => serve(
             "stt",

@@ -22,6 +22,8 @@ use crate::setting::{ConfigError, Secret, Section, Var, describe_source};
 pub const ENV_CONFIG: &str = "CALL_COACH_CONFIG";
 /// Read when it exists and no other file was named.
 pub const SYSTEM_CONFIG: &str = "/etc/call-coach/call-coach.toml";
+/// The state directory of a system install (the units' StateDirectory).
+const SYSTEM_STATE_DIR: &str = "/var/lib/call-coach";
 /// Prefix of the namespaced variables; `__` separates the key path.
 pub const ENV_PREFIX: &str = "CALL_COACH_";
 /// systemd's state directory for the unit (`StateDirectory=`).
@@ -92,7 +94,7 @@ fn default_state_dir() -> PathBuf {
     {
         return PathBuf::from(first);
     }
-    let system = Path::new("/var/lib/call-coach");
+    let system = Path::new(SYSTEM_STATE_DIR);
     if is_writable_dir(system) {
         return system.to_owned();
     }
@@ -443,6 +445,53 @@ impl Loaded {
             _ => (key, value, source),
         }
     }
+}
+
+/// A configuration file with every key at its built-in default, commented
+/// out, one TOML table per section (`check-config --example`; the release
+/// tarball's `call-coach.toml.example`). Uncommenting a key changes
+/// nothing until its value is edited. Unset keys show an empty string.
+pub fn example_toml() -> String {
+    let settings = Settings {
+        // The path the units give (systemd's StateDirectory), not this user's.
+        state_dir: PathBuf::from(SYSTEM_STATE_DIR),
+        ..Settings::default()
+    };
+    let mut leaves = Vec::new();
+    flatten(
+        "",
+        &serde_json::to_value(&settings).unwrap_or_default(),
+        &mut leaves,
+    );
+    // One table each: a section's keys together, its subsections after it.
+    leaves.sort_by(|(a, _), (b, _)| {
+        let section = |k: &str| k.rsplit_once('.').map_or("", |(s, _)| s).to_owned();
+        section(a).cmp(&section(b))
+    });
+    let mut out = String::from(
+        "# call-coach configuration: /etc/call-coach/call-coach.toml (or --config,\n\
+         # or CALL_COACH_CONFIG). Every key is here at its built-in default,\n\
+         # commented out: uncomment and edit what you change; a key shown as\n\
+         # \"\" has no default. Environment variables override this file\n\
+         # (README \"Configuration\"); `call-coach check-config` prints the\n\
+         # result and where each value came from. Secrets go in files or\n\
+         # systemd credentials, never here.\n",
+    );
+    let mut table = String::new();
+    for (key, value) in leaves {
+        let (section, name) = key.rsplit_once('.').unwrap_or(("", key.as_str()));
+        if section != table {
+            out.push_str(&format!("\n[{section}]\n"));
+            table = section.to_owned();
+        }
+        let value = if value == "<unset>" {
+            "\"\"  # unset".to_owned()
+        } else {
+            value
+        };
+        out.push_str(&format!("# {name} = {value}\n"));
+    }
+    out
 }
 
 fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, String)>) {

@@ -20,6 +20,7 @@ pub(crate) mod event;
 pub mod http;
 pub(crate) mod lifecycle;
 pub(crate) mod nats;
+pub(crate) mod net;
 pub(crate) mod relay_client;
 pub(crate) mod setting;
 pub(crate) mod shutdown;

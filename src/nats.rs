@@ -25,11 +25,14 @@ pub struct Target<'a> {
 /// Connects once (a server that is down at start is an error here, with
 /// the setting named); afterwards the client reconnects by itself, forever.
 pub async fn connect(t: &Target<'_>) -> Result<async_nats::Client, String> {
-    let servers: Vec<&str> = t
+    // The client resolves names itself: `localhost` as the loopback
+    // literal, as every other client here (`net`).
+    let servers: Vec<String> = t
         .url
         .split(',')
         .map(str::trim)
         .filter(|u| !u.is_empty())
+        .map(crate::net::loopback_literal)
         .collect();
     let bad = |why: String| format!("{} {:?}: {why}", t.url_setting, t.url);
     if servers.is_empty() {

@@ -117,7 +117,7 @@ async fn connect(ari: &Ari) -> Result<Socket, String> {
         .max_frame_size(Some(4 << 20));
     match tokio::time::timeout(
         Duration::from_secs(10),
-        tokio_tungstenite::connect_async_with_config(request, Some(config), false),
+        crate::net::ws_connect(request, Some(config)),
     )
     .await
     {

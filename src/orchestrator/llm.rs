@@ -195,11 +195,12 @@ impl Shared {
     /// One streamed chat completion, publishing the tip as it grows.
     fn stream_once(&self, job: &Job) -> Result<(), Failure> {
         let c = &self.config;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(c.timeout))
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent: ureq::Agent = crate::net::agent(
+            ureq::Agent::config_builder()
+                .timeout_global(Some(c.timeout))
+                .http_status_as_error(false)
+                .build(),
+        );
         let url = format!("{}/chat/completions", c.base_url.trim_end_matches('/'));
         let body = json!({
             "model": c.model,

@@ -116,11 +116,12 @@ impl Publisher {
     }
 
     fn run(&self, url: &str, token: Option<&Secret>) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(5)))
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent: ureq::Agent = crate::net::agent(
+            ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(5)))
+                .http_status_as_error(false)
+                .build(),
+        );
         let mut backoff = BACKOFF_START;
         let mut closed_at: Option<Instant> = None;
         loop {
@@ -202,7 +203,8 @@ pub async fn post_once(event_url: &str, event: &Event) -> anyhow::Result<()> {
     let url = event_url.to_owned();
     let body = event.to_json();
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let resp = ureq::post(&url)
+        let resp = crate::net::agent(ureq::Agent::config_builder().build())
+            .post(&url)
             .header("content-type", "application/json")
             .send(body.as_bytes())
             .map_err(|e| anyhow::anyhow!("posting to the relay at {url}: {e}"))?;

@@ -119,9 +119,7 @@ impl Subscription {
                 req.headers_mut().insert("authorization", v);
             }
             self.connecting = Some(Box::pin(async move {
-                tokio_tungstenite::connect_async(req)
-                    .await
-                    .map(|(ws, _)| ws)
+                crate::net::ws_connect(req, None).await.map(|(ws, _)| ws)
             }));
         }
         let Some(attempt) = self.connecting.as_mut() else {

@@ -17,12 +17,13 @@ impl Rtp2ws {
     /// `base`: `http://HOST:PORT` of the control API.
     pub fn new(base: &str) -> Arc<Self> {
         Arc::new(Self {
-            agent: ureq::Agent::config_builder()
-                // DELETE waits for the leg's audio to reach stt.
-                .timeout_global(Some(Duration::from_secs(70)))
-                .http_status_as_error(false)
-                .build()
-                .into(),
+            agent: crate::net::agent(
+                ureq::Agent::config_builder()
+                    // DELETE waits for the leg's audio to reach stt.
+                    .timeout_global(Some(Duration::from_secs(70)))
+                    .http_status_as_error(false)
+                    .build(),
+            ),
             base: base.trim_end_matches('/').to_owned(),
         })
     }

@@ -278,7 +278,7 @@ async fn send_to_stt(
             }
         };
         let url = format!("{base}{query}");
-        let ws = match tokio_tungstenite::connect_async(&url).await {
+        let ws = match crate::net::ws_connect(&url, None).await {
             Ok((ws, _)) => ws,
             Err(e) => {
                 if outbox.closed.load(Ordering::Acquire) && outbox.lock().is_empty() {

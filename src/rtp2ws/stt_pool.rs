@@ -42,11 +42,12 @@ impl SttPool {
         Self {
             urls,
             cooling: Mutex::default(),
-            agent: ureq::Agent::config_builder()
-                .timeout_global(Some(ASK_TIMEOUT))
-                .http_status_as_error(false)
-                .build()
-                .into(),
+            agent: crate::net::agent(
+                ureq::Agent::config_builder()
+                    .timeout_global(Some(ASK_TIMEOUT))
+                    .http_status_as_error(false)
+                    .build(),
+            ),
         }
     }
 

@@ -237,10 +237,11 @@ fn spawn(program: &Path, n: &Node) -> anyhow::Result<Child> {
 }
 
 fn jsz(monitor_port: u16) -> anyhow::Result<serde_json::Value> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(2)))
-        .build()
-        .into();
+    let agent: ureq::Agent = crate::net::agent(
+        ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(2)))
+            .build(),
+    );
     crate::http::get_json(&agent, &format!("http://127.0.0.1:{monitor_port}/jsz"))
         .context("no answer from /jsz")
 }

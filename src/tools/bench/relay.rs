@@ -149,7 +149,7 @@ impl Target {
         // small so the load generator spends its CPU on the load.
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .read_buffer_size(16 * 1024);
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), true)
+        let (ws, _) = crate::net::ws_connect(req, Some(config))
             .await
             .with_context(|| format!("websocket to {}", self.ws_url(call)))?;
         Ok(ws)
