@@ -97,8 +97,8 @@ pub struct Settings {
     /// Silence that ends an utterance whose speculative final reads as a
     /// finished sentence (Whisper ended it with `.`, `?` or `!`), in ms;
     /// mid-sentence pauses keep `end_silence_ms`. 0: always
-    /// `end_silence_ms`. Needs `speculative_finals`; 200 to
-    /// `end_silence_ms`.
+    /// `end_silence_ms`. Needs `speculative_finals`; at least 200 (a value
+    /// past `end_silence_ms` never acts).
     pub end_silence_after_sentence_ms: usize,
     /// New speech between two partial transcripts, in ms.
     pub partial_every_ms: usize,
@@ -249,17 +249,12 @@ impl Section for Settings {
                 "must be at least 100",
             ));
         }
+        // Longer than end_silence_ms is allowed: the normal end comes first.
         let early = self.end_silence_after_sentence_ms;
-        if early != 0
-            && !(segmenter::TAIL_MS..=self.end_silence_ms.max(segmenter::TAIL_MS)).contains(&early)
-        {
+        if early != 0 && early < segmenter::TAIL_MS {
             return Err(ConfigError::invalid(
                 "stt.end_silence_after_sentence_ms",
-                format!(
-                    "must be 0 (off) or {} to stt.end_silence_ms ({})",
-                    segmenter::TAIL_MS,
-                    self.end_silence_ms
-                ),
+                format!("must be 0 (off) or at least {} ms", segmenter::TAIL_MS),
             ));
         }
         if self.preroll_ms > 2_000 {
@@ -402,4 +397,25 @@ pub fn language_from_lang(value: &str) -> Result<String, String> {
 pub fn whisper_knows(code: &str) -> bool {
     engine::silence_whisper_logs();
     whisper_rs::get_lang_id(code).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_end_after_a_sentence_is_at_least_the_tail_and_may_pass_the_normal_end() {
+        let with = |end, early| {
+            Settings {
+                end_silence_ms: end,
+                end_silence_after_sentence_ms: early,
+                ..Default::default()
+            }
+            .validate()
+        };
+        assert!(with(250, 300).is_ok(), "past the normal end: never acts");
+        assert!(with(500, 0).is_ok());
+        assert!(with(500, 200).is_ok());
+        assert!(with(500, 100).is_err());
+    }
 }

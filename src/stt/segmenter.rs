@@ -44,7 +44,7 @@ pub struct SegmenterConfig {
     pub speculate: bool,
     /// Silence that ends an utterance whose tentative final reads as a
     /// finished sentence ([`Segmenter::end_early`]), in ms; 0: never
-    /// early. At least `TAIL_MS`, at most `end_silence_ms`.
+    /// early. At least `TAIL_MS`; past `end_silence_ms` it never acts.
     pub early_end_ms: usize,
     pub vad: VadConfig,
 }
