@@ -464,10 +464,20 @@ pub fn example_toml() -> String {
         &mut leaves,
     );
     // One table each: a section's keys together, its subsections after it.
-    leaves.sort_by(|(a, _), (b, _)| {
-        let section = |k: &str| k.rsplit_once('.').map_or("", |(s, _)| s).to_owned();
-        section(a).cmp(&section(b))
-    });
+    let split = |key: &str| -> (String, String) {
+        match key.rsplit_once('.') {
+            Some((section, name)) => (section.to_owned(), name.to_owned()),
+            None => (String::new(), key.to_owned()),
+        }
+    };
+    let mut leaves: Vec<(String, String, String)> = leaves
+        .into_iter()
+        .map(|(key, value)| {
+            let (section, name) = split(&key);
+            (section, name, value)
+        })
+        .collect();
+    leaves.sort_by(|a, b| a.0.cmp(&b.0));
     let mut out = String::from(
         "# call-coach configuration: /etc/call-coach/call-coach.toml (or --config,\n\
          # or CALL_COACH_CONFIG). Every key is here at its built-in default,\n\
@@ -478,11 +488,10 @@ pub fn example_toml() -> String {
          # systemd credentials, never here.\n",
     );
     let mut table = String::new();
-    for (key, value) in leaves {
-        let (section, name) = key.rsplit_once('.').unwrap_or(("", key.as_str()));
+    for (section, name, value) in leaves {
         if section != table {
             out.push_str(&format!("\n[{section}]\n"));
-            table = section.to_owned();
+            table = section;
         }
         let value = if value == "<unset>" {
             "\"\"  # unset".to_owned()

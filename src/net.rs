@@ -27,11 +27,22 @@ pub fn is_localhost(host: &str) -> bool {
     h == "localhost" || h.ends_with(".localhost")
 }
 
+/// `host` without the brackets of an IPv6 literal (`[::1]` -> `::1`).
+fn unbracketed(host: &str) -> &str {
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Whether [`resolve`] answers `host` without the system: `localhost` or
+/// an IP literal.
+fn resolved_inside(host: &str) -> bool {
+    is_localhost(host) || unbracketed(host).parse::<IpAddr>().is_ok()
+}
+
 /// The addresses of `host` (a name, an IP literal, or `[v6]`) at `port`:
 /// loopback for `localhost` (IPv4 first), the literal itself, or the
 /// system resolver's answer.
 pub fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let bare = unbracketed(host);
     if let Ok(ip) = bare.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
@@ -65,12 +76,7 @@ impl ureq::unversioned::resolver::Resolver for Resolver {
         timeout: ureq::unversioned::transport::NextTimeout,
     ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
         let host = uri.host().unwrap_or_default();
-        let literal = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-            .is_ok();
-        if !is_localhost(host) && !literal {
+        if !resolved_inside(host) {
             return self.system.resolve(uri, config, timeout);
         }
         let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
@@ -118,7 +124,7 @@ pub async fn ws_connect(
         ))?
         .to_owned();
     let port = uri.port_u16().unwrap_or(80);
-    let addrs = if is_localhost(&host) || host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok() {
+    let addrs = if resolved_inside(&host) {
         resolve(&host, port)?
     } else {
         tokio::task::spawn_blocking(move || resolve(&host, port))

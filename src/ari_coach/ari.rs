@@ -205,7 +205,7 @@ impl Ari {
     pub fn new(base: &str, user: &str, pass: Option<&Secret>, app: &str) -> Arc<Self> {
         use base64::Engine;
         let credentials = format!("{user}:{}", pass.map(Secret::expose).unwrap_or_default());
-        let agent: ureq::Agent = crate::net::agent(
+        let agent = crate::net::agent(
             ureq::Agent::config_builder()
                 .timeout_global(Some(Duration::from_secs(10)))
                 .http_status_as_error(false)

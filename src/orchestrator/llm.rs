@@ -195,7 +195,7 @@ impl Shared {
     /// One streamed chat completion, publishing the tip as it grows.
     fn stream_once(&self, job: &Job) -> Result<(), Failure> {
         let c = &self.config;
-        let agent: ureq::Agent = crate::net::agent(
+        let agent = crate::net::agent(
             ureq::Agent::config_builder()
                 .timeout_global(Some(c.timeout))
                 .http_status_as_error(false)

@@ -116,7 +116,7 @@ impl Publisher {
     }
 
     fn run(&self, url: &str, token: Option<&Secret>) {
-        let agent: ureq::Agent = crate::net::agent(
+        let agent = crate::net::agent(
             ureq::Agent::config_builder()
                 .timeout_global(Some(Duration::from_secs(5)))
                 .http_status_as_error(false)

@@ -397,24 +397,6 @@ pub fn repeats_itself(text: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn a_text_that_says_four_words_twice_repeats_itself() {
-        for t in [
-            "Para incrementar el volumen del audio, para incrementar el volumen del audio.",
-            "Hola. Su número de cliente, por favor. Su número de cliente, por favor.",
-        ] {
-            assert!(repeats_itself(t), "{t}");
-        }
-        for t in [
-            "Sí, sí, claro que sí.",
-            "uno dos tres uno dos cuatro",
-            "Para reducir el volumen del audio de otros participantes.",
-            "",
-        ] {
-            assert!(!repeats_itself(t), "{t}");
-        }
-    }
     use super::*;
 
     fn d(text: &str, p: f32) -> Decoded {
@@ -477,5 +459,23 @@ mod tests {
             reject_reason(&d("Gracias.", 0.4), 0.6),
             Some("likely hallucination")
         );
+    }
+
+    #[test]
+    fn a_text_that_says_four_words_twice_repeats_itself() {
+        for t in [
+            "Para incrementar el volumen del audio, para incrementar el volumen del audio.",
+            "Hola. Su número de cliente, por favor. Su número de cliente, por favor.",
+        ] {
+            assert!(repeats_itself(t), "{t}");
+        }
+        for t in [
+            "Sí, sí, claro que sí.",
+            "uno dos tres uno dos cuatro",
+            "Para reducir el volumen del audio de otros participantes.",
+            "",
+        ] {
+            assert!(!repeats_itself(t), "{t}");
+        }
     }
 }

@@ -214,8 +214,7 @@ impl Segmenter {
             if open.silence_ms >= c.end_silence_ms {
                 self.close(out);
             } else if open.early && open.silence_ms >= c.early_end_ms {
-                self.ended_early += 1;
-                self.close(out);
+                self.close_early(out);
             } else if length_ms >= c.max_utterance_ms {
                 self.split(out);
             } else if open.speech_since_partial_ms >= c.partial_every_ms
@@ -274,11 +273,16 @@ impl Segmenter {
             return out;
         }
         open.early = true;
-        if open.silence_ms >= c.early_end_ms && open.silence_ms < c.end_silence_ms {
-            self.ended_early += 1;
-            self.close(&mut out);
+        // (An open utterance's silence is shorter than end_silence_ms.)
+        if open.silence_ms >= c.early_end_ms {
+            self.close_early(&mut out);
         }
         out
+    }
+
+    fn close_early(&mut self, out: &mut Vec<Request>) {
+        self.ended_early += 1;
+        self.close(out);
     }
 
     /// Speech too long without a pause: ends the utterance at the quietest

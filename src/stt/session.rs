@@ -274,9 +274,11 @@ where
     let rate_per_ms = u64::from(params.sample_rate / 1000);
 
     let metrics = &state.metrics;
-    // Requests to the workers; a start of speech goes out as it is, and a
-    // final its tentative already decoded comes back at once.
-    let submit = |requests: Vec<Request>, utts: &mut Utterances, received_ms: u64| {
+    // Requests to the workers, with `samples_in` of audio received so far;
+    // a start of speech goes out as it is, and a final its tentative
+    // already decoded comes back at once, ready to deliver (in order).
+    let submit = |requests: Vec<Request>, utts: &mut Utterances, samples_in: u64| {
+        let received_ms = samples_in / rate_per_ms.max(1);
         let mut started = Vec::new();
         let mut served = Vec::new();
         for r in requests {
@@ -347,7 +349,8 @@ where
         for event in &started {
             state.publisher.send(event.clone());
         }
-        (started, served)
+        let ready: Vec<Done> = served.into_iter().flat_map(|d| utts.ready(d)).collect();
+        (started, ready)
     };
 
     // Receive audio until the stream ends.
@@ -366,9 +369,7 @@ where
                 let done = done.and_then(|d| utts.arrived(d, &metrics.speculative_wasted));
                 let mut out = done.map(|d| utts.ready(d)).unwrap_or_default();
                 if let Some(index) = ended {
-                    let received_ms = samples_in / rate_per_ms.max(1);
-                    let (_, served) = submit(segmenter.end_early(index), &mut utts, received_ms);
-                    out.extend(served.into_iter().flat_map(|d| utts.ready(d)).collect::<Vec<_>>());
+                    out.extend(submit(segmenter.end_early(index), &mut utts, samples_in).1);
                 }
                 for done in out {
                     deliver(state, params, &mut utts, done, &mut tx).await;
@@ -392,12 +393,11 @@ where
                         }
                         None => pcm,
                     };
-                    let received_ms = samples_in / rate_per_ms.max(1);
-                    let (started, served) = submit(segmenter.push(&pcm16), &mut utts, received_ms);
+                    let (started, ready) = submit(segmenter.push(&pcm16), &mut utts, samples_in);
                     for event in started {
                         let _ = tx.send(Message::text(event.to_json())).await;
                     }
-                    for done in served.into_iter().flat_map(|d| utts.ready(d)).collect::<Vec<_>>() {
+                    for done in ready {
                         deliver(state, params, &mut utts, done, &mut tx).await;
                     }
                 }
@@ -425,13 +425,7 @@ where
         .add(samples_in * 1000 / u64::from(params.sample_rate));
     state.metrics.segments_dropped.add(segmenter.dropped);
     state.metrics.finals_early.add(segmenter.ended_early);
-    let received_ms = samples_in / rate_per_ms.max(1);
-    let (_, served) = submit(segmenter.finish(), &mut utts, received_ms);
-    for done in served
-        .into_iter()
-        .flat_map(|d| utts.ready(d))
-        .collect::<Vec<_>>()
-    {
+    for done in submit(segmenter.finish(), &mut utts, samples_in).1 {
         deliver(state, params, &mut utts, done, &mut tx).await;
     }
 

@@ -237,7 +237,7 @@ fn spawn(program: &Path, n: &Node) -> anyhow::Result<Child> {
 }
 
 fn jsz(monitor_port: u16) -> anyhow::Result<serde_json::Value> {
-    let agent: ureq::Agent = crate::net::agent(
+    let agent = crate::net::agent(
         ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(2)))
             .build(),

@@ -643,6 +643,32 @@ async fn metric(stt: &Service, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
+/// A recording script at 8 kHz: `lead_ms` of silence, then each prompt
+/// followed by its silence (ms).
+fn script(lead_ms: usize, parts: &[(&str, usize)]) -> Vec<u8> {
+    let mut audio = silence(lead_ms);
+    for (name, after_ms) in parts {
+        audio.extend(samples(name));
+        audio.extend(silence(*after_ms));
+    }
+    s16le(&audio)
+}
+
+/// `bytes` (8 kHz) played at real time, in 20 ms frames, into a fresh stt
+/// with `env` as speaker `agent` of call `call_id`: its events, and the
+/// pair (for stt's metrics; the relay kept alive).
+async fn played_live(
+    env: &[(&str, &str)],
+    call_id: &str,
+    bytes: &[u8],
+) -> (Vec<Value>, (Service, Service)) {
+    let pair = start_pair(env);
+    let query = format!("callId={call_id}&speaker=agent&sampleRate=8000");
+    let mut ws = open(&pair.1, &query).await;
+    let events = stream_paced(&mut ws, bytes, 320, Some(Duration::from_millis(20))).await;
+    (events, pair)
+}
+
 /// Played at real time, an utterance's final is decoded when its silence
 /// begins and sent once the end of speech is confirmed: the finals are
 /// those of stt without speculation, word for word, and stt counts them as
@@ -650,31 +676,35 @@ async fn metric(stt: &Service, name: &str) -> f64 {
 /// end of speech, mid-utterance, makes a tentative that is dropped.
 #[tokio::test(flavor = "multi_thread")]
 async fn speculative_finals_are_the_finals_sooner() {
-    let mut audio = silence(400);
-    audio.extend(samples("conf-enteringno"));
-    // 300 ms: past the tentative (200 ms), short of the end (500 ms).
-    audio.extend(silence(300));
-    audio.extend(samples("vm-intro"));
-    audio.extend(silence(1500));
-    audio.extend(samples("conf-enteringno"));
-    audio.extend(silence(1500));
-    let bytes = s16le(&audio);
+    // 300 ms after the first prompt: past the tentative (200 ms), short of
+    // the end (500 ms).
+    let bytes = script(
+        400,
+        &[
+            ("conf-enteringno", 300),
+            ("vm-intro", 1500),
+            ("conf-enteringno", 1500),
+        ],
+    );
     let mut texts = Vec::new();
     for on in ["true", "false"] {
         // Narrow decodes only (a different thread count may round
         // differently), and no partials to keep the workers busy: stt
-        // speculates only while no final waits.
-        let (_relay, stt) = start_pair(&[
-            ("CALL_COACH_STT__SPECULATIVE_FINALS", on),
-            // The pause must not end the utterance (the next test).
-            ("CALL_COACH_STT__END_SILENCE_AFTER_SENTENCE_MS", "0"),
-            ("CALL_COACH_STT__MAX_THREADS_WHEN_IDLE", "0"),
-            ("CALL_COACH_STT__WORKERS", "2"),
-            ("CALL_COACH_STT__PARTIAL_EVERY_MS", "60000"),
-        ]);
-        let mut ws = open(&stt, "callId=spec&speaker=agent&sampleRate=8000").await;
-        // 20 ms frames at real time: speculation needs the silence to pass.
-        let events = stream_paced(&mut ws, &bytes, 320, Some(Duration::from_millis(20))).await;
+        // speculates only while no final waits. 20 ms frames at real time:
+        // speculation needs the silence to pass.
+        let (events, (_relay, stt)) = played_live(
+            &[
+                ("CALL_COACH_STT__SPECULATIVE_FINALS", on),
+                // The pause must not end the utterance (the next test).
+                ("CALL_COACH_STT__END_SILENCE_AFTER_SENTENCE_MS", "0"),
+                ("CALL_COACH_STT__MAX_THREADS_WHEN_IDLE", "0"),
+                ("CALL_COACH_STT__WORKERS", "2"),
+                ("CALL_COACH_STT__PARTIAL_EVERY_MS", "60000"),
+            ],
+            "spec",
+            &bytes,
+        )
+        .await;
         let served = metric(&stt, "stt_finals_speculative_total").await;
         let wasted = metric(&stt, "stt_speculative_wasted_total").await;
         if on == "true" {
@@ -697,27 +727,29 @@ async fn speculative_finals_are_the_finals_sooner() {
 /// after its pause; with the shorter end off, all of it is one final.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_finished_sentence_ends_its_utterance_after_a_shorter_silence() {
-    let mut audio = silence(400);
-    audio.extend(samples("conf-onlyperson"));
-    // Long enough for a loaded machine's speculative decode to come back
-    // (4.6 s of audio: 0.9 s on one idle core, twice that beside a busy
-    // neighbour).
-    audio.extend(silence(4_000));
-    audio.extend(samples("conf-enteringno"));
-    audio.extend(silence(4_000));
-    audio.extend(samples("vm-intro"));
-    // The end of the stream ends the last utterance.
-    audio.extend(silence(1_000));
-    let bytes = s16le(&audio);
+    // Pauses long enough for a loaded machine's speculative decode to come
+    // back (4.6 s of audio: 0.9 s on one idle core, twice that beside a
+    // busy neighbour); the end of the stream ends the last utterance.
+    let bytes = script(
+        400,
+        &[
+            ("conf-onlyperson", 4_000),
+            ("conf-enteringno", 4_000),
+            ("vm-intro", 1_000),
+        ],
+    );
     for early in ["300", "0"] {
-        let (_relay, stt) = start_pair(&[
-            ("CALL_COACH_STT__END_SILENCE_MS", "6000"),
-            ("CALL_COACH_STT__MAX_UTTERANCE_MS", "30000"),
-            ("CALL_COACH_STT__END_SILENCE_AFTER_SENTENCE_MS", early),
-            ("CALL_COACH_STT__PARTIAL_EVERY_MS", "60000"),
-        ]);
-        let mut ws = open(&stt, "callId=early&speaker=agent&sampleRate=8000").await;
-        let events = stream_paced(&mut ws, &bytes, 320, Some(Duration::from_millis(20))).await;
+        let (events, (_relay, stt)) = played_live(
+            &[
+                ("CALL_COACH_STT__END_SILENCE_MS", "6000"),
+                ("CALL_COACH_STT__MAX_UTTERANCE_MS", "30000"),
+                ("CALL_COACH_STT__END_SILENCE_AFTER_SENTENCE_MS", early),
+                ("CALL_COACH_STT__PARTIAL_EVERY_MS", "60000"),
+            ],
+            "early",
+            &bytes,
+        )
+        .await;
         let f = finals(&events);
         let ended = metric(&stt, "stt_finals_early_total").await;
         if early == "300" {

@@ -129,7 +129,7 @@ fn official(
 ) -> Result<PathBuf, String> {
     let url = format!("{OFFICIAL_BASE}/ggml-{size}.bin");
     progress(&format!("downloading {url}"));
-    let agent: ureq::Agent = crate::net::agent(
+    let agent = crate::net::agent(
         ureq::Agent::config_builder()
             .timeout_connect(Some(Duration::from_secs(10)))
             .timeout_recv_body(Some(Duration::from_secs(60)))

@@ -177,7 +177,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             .and_then(|p| crate::telemetry::process_stats(Some(p)));
         let start = Instant::now();
         let until = start + Duration::from_secs_f64(opts.duration);
-        let agent: ureq::Agent = crate::net::agent(ureq::Agent::config_builder().build());
+        let agent = crate::net::agent(ureq::Agent::config_builder().build());
         let event_url = format!("http://{host}/event");
         // Calls spread over each 2 s; each says its script in order.
         let mut step = 0usize;
