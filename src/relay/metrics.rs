@@ -50,6 +50,8 @@ pub struct Metrics {
     /// another relay, and were numbered again.
     pub publish_races: Counter,
     rejected: [Counter; 9],
+    /// Stretches redacted at ingest, by category (`redact::Category`).
+    pub redacted: [Counter; 6],
     commits: Counter,
     commit_events: Counter,
     commit_micros: Counter,
@@ -131,6 +133,18 @@ impl Metrics {
         );
         for (label, c) in REJECTION_LABELS.iter().zip(&self.rejected) {
             let _ = writeln!(o, "relay_rejected_total{{reason=\"{label}\"}} {}", c.get());
+        }
+        let _ = writeln!(
+            o,
+            "# HELP relay_redactions_total Stretches of speech replaced by a placeholder at ingest, by category.\n# TYPE relay_redactions_total counter"
+        );
+        for (category, c) in super::redact::Category::ALL.iter().zip(&self.redacted) {
+            let _ = writeln!(
+                o,
+                "relay_redactions_total{{category=\"{}\"}} {}",
+                category.name(),
+                c.get()
+            );
         }
         let _ = writeln!(
             o,

@@ -9,6 +9,7 @@
 //! - [`hub`]: live fan-out with a bounded queue per subscriber.
 //! - [`calls`]: the call index behind `GET /calls` and agent tokens.
 //! - [`auth`]: the token file and what each token may do.
+//! - [`redact`]: PII redaction of every event at ingest, before all else.
 //! - [`metrics`]: Prometheus counters.
 
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod hub;
 pub mod jetstream;
 pub mod log;
 pub mod metrics;
+pub mod redact;
 pub mod server;
 pub mod store;
 pub mod ui;
@@ -66,6 +68,10 @@ pub struct Settings {
     /// `[relay.nats]`: keep events in NATS JetStream instead of SQLite, so
     /// several relays serve the same calls.
     pub nats: NatsSettings,
+    /// `[relay.redact]`: card numbers, security codes, identity documents,
+    /// IBANs (and, when turned on, e-mail addresses and phone numbers) are
+    /// replaced by placeholders before any event is stored or sent on.
+    pub redact: redact::Settings,
 }
 
 impl Default for Settings {
@@ -81,6 +87,7 @@ impl Default for Settings {
             call_recent_secs: 300,
             call_stale_secs: 4 * 3600,
             nats: NatsSettings::default(),
+            redact: redact::Settings::default(),
         }
     }
 }
@@ -124,6 +131,12 @@ impl Section for Settings {
             return Err(ConfigError::invalid(
                 "relay.max_connections",
                 "must be at least 1",
+            ));
+        }
+        if self.redact.context_secs > 3600 {
+            return Err(ConfigError::invalid(
+                "relay.redact.context_secs",
+                "at most 3600 (an hour)",
             ));
         }
         if let Some(url) = &self.nats.url

@@ -56,6 +56,7 @@ pub(super) struct State {
     pub hub: Arc<Hub>,
     pub calls: Arc<Calls>,
     pub metrics: Arc<Metrics>,
+    redactor: super::redact::Redactor,
     tokens: Option<Tokens>,
     activity: Activity,
     pub shutdown: CancellationToken,
@@ -120,6 +121,7 @@ pub async fn serve(
         hub,
         calls,
         metrics,
+        redactor: super::redact::Redactor::new(&r.redact),
         tokens,
         activity: Activity {
             recent_ms: (r.call_recent_secs as i64).saturating_mul(1000),
@@ -318,13 +320,18 @@ async fn post_event(state: &State, req: Request<Incoming>) -> Result<Resp, Refus
             ));
         }
     };
-    let event = Envelope::parse(&body).map_err(|e| {
+    let mut event = Envelope::parse(&body).map_err(|e| {
         let why = match e {
             EnvelopeError::Json(_) => Rejection::BadJson,
             _ => Rejection::BadEnvelope,
         };
         Refusal::new(why, StatusCode::BAD_REQUEST, e.to_string())
     })?;
+    // The one door: nothing below (store, fan-out, replay, exports, the
+    // orchestrator and its LLM prompts) ever sees what this replaces.
+    for (category, n) in state.redactor.redact(&mut event) {
+        state.metrics.redacted[category as usize].add(n);
+    }
     match state.store.append(event, key.as_deref()).await {
         Ok(a) if a.duplicate => Ok(json_response(
             StatusCode::ACCEPTED,

@@ -73,6 +73,17 @@ fn value(word: &str) -> Option<(u64, Class)> {
     }
     Some(match word {
         "un" | "una" => (1, Unit),
+        // English digits, as a customer may read out a card in English.
+        "zero" => (0, Unit),
+        "one" => (1, Unit),
+        "two" => (2, Unit),
+        "three" => (3, Unit),
+        "four" => (4, Unit),
+        "five" => (5, Unit),
+        "six" => (6, Unit),
+        "seven" => (7, Unit),
+        "eight" => (8, Unit),
+        "nine" => (9, Unit),
         "veintiun" | "veintiuna" => (21, Teen),
         "treinta" => (30, Tens),
         "cuarenta" => (40, Tens),
@@ -102,13 +113,15 @@ const CURRENCY: &[&str] = &[
 ];
 
 /// A word of the text: where it is and its folded form.
-struct Word {
-    start: usize,
-    end: usize,
-    folded: String,
+pub struct Word {
+    pub start: usize,
+    pub end: usize,
+    /// Lower case, accents removed ([`super::normalise`]).
+    pub folded: String,
 }
 
-fn words(text: &str) -> Vec<Word> {
+/// The text's words (runs of letters and digits), in order.
+pub fn words(text: &str) -> Vec<Word> {
     let mut out = Vec::new();
     let mut start = None;
     for (i, c) in text
@@ -141,7 +154,7 @@ fn is_digits(w: &str) -> bool {
 
 /// One number starting at word `i`: its digits, the words it took, and
 /// whether it was one small word (0-9).
-fn group(ws: &[Word], text: &str, i: usize) -> Option<(String, usize, bool)> {
+fn group(ws: &[Word], text: &str, i: usize) -> Option<Group> {
     if is_digits(&ws[i].folded) {
         let d = ws[i].folded.clone();
         let single = d.len() == 1;
@@ -223,6 +236,61 @@ fn group(ws: &[Word], text: &str, i: usize) -> Option<(String, usize, bool)> {
     Some(((total + cur).to_string(), taken, single))
 }
 
+/// One number run of a text: spoken or written numbers joined by spaces,
+/// commas or dashes ("cuatro, cinco, seis", "4111 1111", "treinta y dos").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    /// Byte range in the text, from the first number's first character to
+    /// the last number's last.
+    pub start: usize,
+    pub end: usize,
+    /// Its digits, every group's written one after the other.
+    pub digits: String,
+}
+
+/// Every number run of the text, in order.
+pub fn runs(text: &str) -> Vec<Run> {
+    let ws = words(text);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < ws.len() {
+        match run_at(&ws, text, i) {
+            Some((groups, j)) => {
+                out.push(Run {
+                    start: ws[i].start,
+                    end: ws[j - 1].end,
+                    digits: groups.iter().map(|g| g.0.as_str()).collect(),
+                });
+                i = j;
+            }
+            None => i += 1,
+        }
+    }
+    out
+}
+
+/// One number of a run: its digits, the words it took, and whether it was
+/// one small word (see [`group`]).
+type Group = (String, usize, bool);
+
+/// The run starting at word `i`: its groups and the index of the first
+/// word after it.
+fn run_at(ws: &[Word], text: &str, i: usize) -> Option<(Vec<Group>, usize)> {
+    let first = group(ws, text, i)?;
+    let mut j = i + first.1;
+    let mut groups = vec![first];
+    while j < ws.len() && joins(&text[ws[j - 1].end..ws[j].start]) {
+        match group(ws, text, j) {
+            Some(g) => {
+                j += g.1;
+                groups.push(g);
+            }
+            None => break,
+        }
+    }
+    Some((groups, j))
+}
+
 /// The text with its spoken numbers as digits.
 pub fn to_digits(text: &str, mode: Mode) -> String {
     let ws = words(text);
@@ -230,22 +298,10 @@ pub fn to_digits(text: &str, mode: Mode) -> String {
     let mut copied = 0;
     let mut i = 0;
     while i < ws.len() {
-        let Some(first) = group(&ws, text, i) else {
+        let Some((groups, mut j)) = run_at(&ws, text, i) else {
             i += 1;
             continue;
         };
-        // The run: numbers joined by spaces, commas or dashes.
-        let mut groups = vec![first];
-        let mut j = i + groups[0].1;
-        while j < ws.len() && joins(&text[ws[j - 1].end..ws[j].start]) {
-            match group(&ws, text, j) {
-                Some(g) => {
-                    j += g.1;
-                    groups.push(g);
-                }
-                None => break,
-            }
-        }
         let next = |k: usize| ws.get(j + k).map(|w| w.folded.as_str());
         let percent =
             next(0) == Some("por") && next(1) == Some("ciento") || next(0) == Some("porciento");

@@ -10,6 +10,7 @@ mod model;
 mod nix;
 mod orchestrator;
 mod orchestrator_group;
+mod redaction;
 mod relay;
 mod relay_auth;
 mod relay_nats;

@@ -27,7 +27,11 @@ async fn wait_for_subscriber(relay: &Service) {
 }
 
 /// Collects events until one satisfies `done`.
-async fn until(ws: &mut crate::util::Ws, seen: &mut Vec<Value>, done: impl Fn(&Value) -> bool) {
+pub(crate) async fn until(
+    ws: &mut crate::util::Ws,
+    seen: &mut Vec<Value>,
+    done: impl Fn(&Value) -> bool,
+) {
     loop {
         let ev = next_json(ws, Duration::from_secs(20))
             .await
@@ -178,7 +182,7 @@ async fn coaches_a_call_from_its_transcripts() {
 
 /// What the stand-in LLM server answers, request by request.
 #[derive(Clone)]
-enum Answer {
+pub(crate) enum Answer {
     /// SSE chunks of `delta.content`, with a pause before each.
     Stream(Vec<&'static str>),
     /// An error status, with `Retry-After` seconds if given.
@@ -191,7 +195,7 @@ enum Answer {
 /// /v1/chat/completions` with `stream: true` answered as server-sent events
 /// (`data: {chunk}` lines, then `data: [DONE]`), or an error status. Returns
 /// its base URL and the requests it received.
-async fn fake_llm(
+pub(crate) async fn fake_llm(
     script: Vec<Answer>,
 ) -> (
     String,
@@ -309,7 +313,7 @@ async fn customer_says(relay: &Service, call: &str, text: &str) {
 
 /// A relay and an orchestrator whose LLM is `llm_base`; waits until the
 /// orchestrator follows the relay.
-async fn start_with_llm(llm_base: &str) -> (Service, Service) {
+pub(crate) async fn start_with_llm(llm_base: &str) -> (Service, Service) {
     start_with_llm_and(llm_base, &[]).await
 }
 

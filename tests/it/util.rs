@@ -96,6 +96,11 @@ impl Service {
         }
     }
 
+    /// Its state directory (`STATE_DIR`).
+    pub fn state_dir(&self) -> PathBuf {
+        self._dir.path().join("state")
+    }
+
     /// SIGKILLs the service and starts it again on the same state directory.
     pub fn kill_and_restart(mut self) -> Service {
         self.proc.restart().unwrap_or_else(|e| panic!("{e:#}"));
