@@ -154,6 +154,78 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// Howard Hinnant's civil-to-days, the inverse of [`civil_from_days`].
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Parses a day (`2026-11-26`, its first millisecond, UTC) or an RFC 3339
+/// UTC time (`2026-11-26T09:30:00Z`, `...:00.250Z`) as Unix milliseconds.
+/// `None` for anything else, a date that does not exist included.
+pub fn parse_utc(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = s.get(r)?;
+        (!part.is_empty() && part.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| part.parse().ok())
+            .flatten()
+    };
+    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1..=12).contains(&m) || d < 1 || d > month_days[(m - 1) as usize] {
+        return None;
+    }
+    let day_ms = days_from_civil(y, m as u32, d as u32) * 86_400_000;
+    if b.len() == 10 {
+        return Some(day_ms);
+    }
+    if !matches!(b[10], b'T' | b't') || b.len() < 20 || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if h > 23 || mi > 59 || sec > 59 {
+        return None;
+    }
+    let mut ms = 0;
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 9 {
+            return None;
+        }
+        let padded = format!("{:0<3}", &frac[..digits.min(3)]);
+        ms = padded.parse::<i64>().ok()?;
+        rest = &frac[digits..];
+    }
+    if !matches!(rest, "Z" | "z") {
+        return None;
+    }
+    Some(day_ms + ((h * 60 + mi) * 60 + sec) * 1000 + ms)
+}
+
 /// Milliseconds since the Unix epoch, from the system clock.
 pub fn now_unix_ms() -> i64 {
     std::time::SystemTime::now()
@@ -165,6 +237,41 @@ pub fn now_unix_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parse_utc_days_and_times() {
+        assert_eq!(parse_utc("1970-01-01"), Some(0));
+        assert_eq!(
+            parse_utc("2026-11-24T20:01:10.123Z"),
+            Some(1_795_550_470_123)
+        );
+        assert_eq!(
+            rfc3339_millis(parse_utc("2024-02-29T23:59:59Z").unwrap()),
+            "2024-02-29T23:59:59.000Z"
+        );
+        assert_eq!(
+            parse_utc("2026-11-26T09:00:00.5Z"),
+            parse_utc("2026-11-26T09:00:00.500Z")
+        );
+        for bad in [
+            "",
+            "2026",
+            "2026-13-01",
+            "2025-02-29",
+            "2026-11-31",
+            "26-11-2026",
+            "2026/11/26",
+            "2026-11-26T25:00:00Z",
+            "2026-11-26T09:00:00",
+            "2026-11-26T09:00:00+01:00",
+            "2026-11-26 09:00:00Z",
+            "yesterday",
+            "2026-1-01",
+            "2026-11-26T09:00:00.Z",
+        ] {
+            assert_eq!(parse_utc(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn type_pattern() {

@@ -189,6 +189,22 @@ impl Access<'_> {
         }
     }
 
+    /// Which past calls this request may find, export and score: a
+    /// supervisor (or an open relay) every call, a subscribe token those of
+    /// its scopes, a publish-only token none (`None`).
+    pub fn history_scope(&self) -> Option<super::history::query::Scope> {
+        use super::history::query::Scope;
+        match self {
+            Access::Open => Some(Scope::All),
+            Access::Token(g) if g.supervisor => Some(Scope::All),
+            Access::Token(g) if !g.agents.is_empty() || !g.calls.is_empty() => Some(Scope::Some {
+                agents: g.agents.clone(),
+                calls: g.calls.clone(),
+            }),
+            Access::Token(_) => None,
+        }
+    }
+
     /// Any valid token may read metrics and the calls it can see.
     pub fn can_read(&self) -> bool {
         match self {

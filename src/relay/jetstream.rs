@@ -310,6 +310,24 @@ impl Store {
         subject(&self.inner.prefix, call_id)
     }
 
+    /// Deletes a call: purges its subject from the stream (every replica).
+    /// Returns how many messages went.
+    pub async fn erase(&self, call_id: &str) -> Result<u64, StoreError> {
+        let purged = self
+            .inner
+            .stream
+            .purge()
+            .filter(self.subject(call_id))
+            .await
+            .map_err(|e| StoreError::Nats(format!("purge of call {call_id}: {e}")))?;
+        self.inner
+            .last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(call_id);
+        Ok(purged.purged)
+    }
+
     fn remember(&self, call_id: &str, last: Last) {
         self.inner.remember(call_id, last);
     }

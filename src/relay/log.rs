@@ -54,6 +54,23 @@ impl Log {
         }
     }
 
+    /// Deletes a call whole; resolves once done, with how many events went.
+    pub async fn erase(&self, call_id: &str) -> Result<u64, Arc<StoreError>> {
+        match self {
+            Log::Sqlite(s) => s.erase(call_id).await,
+            Log::JetStream(s) => s.erase(call_id).await.map_err(Arc::new),
+        }
+    }
+
+    /// The SQLite store, which keeps the call history (`None` in
+    /// JetStream mode).
+    pub fn history(&self) -> Option<&store::Store> {
+        match self {
+            Log::Sqlite(s) => Some(s),
+            Log::JetStream(_) => None,
+        }
+    }
+
     /// Up to `limit` stored events after a cursor: of one call with
     /// `seq > after`, or of all calls with `pos > after`. `from_pos` is a
     /// `pos` the call's events after the cursor are known to follow (0 when

@@ -14,6 +14,7 @@
 
 pub mod auth;
 pub mod calls;
+pub mod history;
 pub mod hub;
 pub mod jetstream;
 pub mod log;

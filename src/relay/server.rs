@@ -17,6 +17,10 @@ use tokio_util::sync::CancellationToken;
 use super::Settings;
 use super::auth::{Access, Tokens, TokensError};
 use super::calls::{Activity, Calls};
+use super::history::{
+    self,
+    query::{Filter, ScorecardQuery},
+};
 use super::hub::{Hub, Topic};
 use super::log::Log;
 use super::metrics::{Metrics, Rejection};
@@ -181,11 +185,16 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infal
         ("/ws", &Method::GET) => subscribe(&state, req),
         ("/calls", &Method::GET) => list_calls(&state, &req),
         ("/metrics", &Method::GET) => metrics(&state, &req),
-        ("/healthz" | "/ws" | "/calls" | "/metrics", _) => Err(Refusal::new(
-            Rejection::Method,
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{method} is not allowed on {path}"),
-        )),
+        ("/history", &Method::GET) => history(&state, &req).await,
+        ("/scorecards", &Method::GET) => scorecards(&state, &req).await,
+        (p, _) if p.starts_with("/calls/") => one_call(&state, &req).await,
+        ("/healthz" | "/ws" | "/calls" | "/metrics" | "/history" | "/scorecards", _) => {
+            Err(Refusal::new(
+                Rejection::Method,
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on {path}"),
+            ))
+        }
         ("/event", _) => Err(Refusal::new(
             Rejection::Method,
             StatusCode::METHOD_NOT_ALLOWED,
@@ -203,6 +212,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infal
         if r.status == StatusCode::METHOD_NOT_ALLOWED {
             let allow = match path.as_str() {
                 "/event" => "POST",
+                p if p.starts_with("/calls/") && !p.ends_with("/export") => "DELETE",
                 _ => "GET",
             };
             resp.headers_mut()
@@ -468,4 +478,170 @@ fn metrics(state: &State, req: &Request<Incoming>) -> Result<Resp, Refusal> {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     Ok(resp)
+}
+
+fn bad_request(message: String) -> Refusal {
+    Refusal::new(Rejection::BadRequest, StatusCode::BAD_REQUEST, message)
+}
+
+/// A store failure while answering: 503 when it is closed, else 500.
+fn store_failed(e: &StoreError) -> Refusal {
+    let status = match e {
+        StoreError::Closed | StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    tracing::error!(error = %e, "history query failed");
+    Refusal::new(Rejection::BadRequest, status, format!("{e}"))
+}
+
+/// The store that keeps the call history; JetStream mode has none.
+fn history_store(state: &State) -> Result<&store::Store, Refusal> {
+    state.store.history().ok_or_else(|| {
+        Refusal::new(
+            Rejection::NotFound,
+            StatusCode::NOT_IMPLEMENTED,
+            "call history and scorecards are kept by a relay with the SQLite store; \
+             this relay keeps events in NATS JetStream (README \"Scaling out\")",
+        )
+    })
+}
+
+/// `GET /history`: past calls, newest first, filtered and searched.
+async fn history(state: &State, req: &Request<Incoming>) -> Result<Resp, Refusal> {
+    let scope = state
+        .access(req)?
+        .history_scope()
+        .ok_or_else(|| forbidden("this token may not read call history"))?;
+    let filter = Filter::parse(req.uri().query()).map_err(bad_request)?;
+    let store = history_store(state)?;
+    let page = store
+        .read(move |c| history::query::list(c, &filter, &scope))
+        .await
+        .map_err(|e| store_failed(&e))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::to_value(page).unwrap_or_default(),
+    ))
+}
+
+/// `GET /scorecards`: per agent over a period, JSON or CSV.
+async fn scorecards(state: &State, req: &Request<Incoming>) -> Result<Resp, Refusal> {
+    let scope = state
+        .access(req)?
+        .history_scope()
+        .ok_or_else(|| forbidden("this token may not read scorecards"))?;
+    let q = ScorecardQuery::parse(req.uri().query()).map_err(bad_request)?;
+    let store = history_store(state)?;
+    let (period, csv) = (q.period, q.csv);
+    let cards = store
+        .read(move |c| history::query::scorecards(c, &q, &scope))
+        .await
+        .map_err(|e| store_failed(&e))?;
+    if csv {
+        return Ok(download(
+            history::query::scorecards_csv(&cards),
+            "text/csv; charset=utf-8",
+            "scorecards.csv",
+        ));
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "from": crate::event::rfc3339_millis(period.from_ms),
+            "to": crate::event::rfc3339_millis(period.to_ms),
+            "agents": cards,
+        }),
+    ))
+}
+
+/// A body to save as a file.
+fn download(body: String, content_type: &'static str, file_name: &str) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{file_name}\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Events exported from one call at most.
+const MAX_EXPORT_EVENTS: usize = 200_000;
+
+/// `GET /calls/ID/export?format=txt|json|vtt` and `DELETE /calls/ID`.
+async fn one_call(state: &State, req: &Request<Incoming>) -> Result<Resp, Refusal> {
+    let rest = req.uri().path().trim_start_matches("/calls/");
+    let (id, export) = match rest.strip_suffix("/export") {
+        Some(id) => (id, true),
+        None => (rest, false),
+    };
+    let method = req.method();
+    let allowed = if export { Method::GET } else { Method::DELETE };
+    if *method != allowed {
+        return Err(Refusal::new(
+            Rejection::Method,
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "{method} is not allowed on {}; use {allowed}",
+                req.uri().path()
+            ),
+        ));
+    }
+    if !is_valid_call_id(id) {
+        return Err(Refusal::new(
+            Rejection::NotFound,
+            StatusCode::NOT_FOUND,
+            "no such call: a call id matches ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+        ));
+    }
+    let access = state.access(req)?;
+    let no_such = || {
+        Refusal::new(
+            Rejection::NotFound,
+            StatusCode::NOT_FOUND,
+            format!("no such call: {id}"),
+        )
+    };
+    if !export {
+        if !access.can_subscribe_all() {
+            return Err(forbidden("only a supervisor token may delete a call"));
+        }
+        let known = state.calls.get(id).is_some();
+        let deleted = state.store.erase(id).await.map_err(|e| store_failed(&e))?;
+        state.calls.forget(&[id.to_owned()]);
+        if deleted == 0 && !known {
+            return Err(no_such());
+        }
+        // Who and what, never what was said.
+        tracing::info!(call = id, events = deleted, "call erased on request");
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({ "callId": id, "deleted": deleted }),
+        ));
+    }
+    let format =
+        history::export::Format::parse(query_param(req.uri().query(), "format").as_deref())
+            .map_err(bad_request)?;
+    let info = state.calls.get(id).ok_or_else(no_such)?;
+    if !access.can_subscribe(id, info.agent.as_deref()) {
+        return Err(forbidden(format!("this token may not read call {id}")));
+    }
+    let stored = state
+        .store
+        .read_after(Some(id.to_owned()), 0, 0, MAX_EXPORT_EVENTS)
+        .await
+        .map_err(|e| store_failed(&e))?;
+    if stored.is_empty() {
+        return Err(no_such());
+    }
+    let events: Vec<serde_json::Value> = stored
+        .iter()
+        .filter_map(|e| serde_json::from_str(e.json.as_str()).ok())
+        .collect();
+    Ok(download(
+        history::export::render(id, &events, format),
+        format.content_type(),
+        &history::export::file_name(id, format),
+    ))
 }

@@ -112,6 +112,14 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
+/// What the writer thread is asked to do.
+enum Job {
+    Append(Append),
+    /// Delete a call: its events, its row, its history. Answers how many
+    /// events went.
+    Erase(String, oneshot::Sender<Result<u64, Arc<StoreError>>>),
+}
+
 struct Append {
     event: Envelope,
     /// The publisher's `Idempotency-Key`, if it sent one.
@@ -138,7 +146,7 @@ pub enum Sync {
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    tx: mpsc::Sender<Append>,
+    tx: mpsc::Sender<Job>,
     readers: Arc<Readers>,
     /// `pos` of the newest committed event; set before it reaches the hub.
     head: Arc<AtomicI64>,
@@ -178,8 +186,11 @@ pub fn open(
         path: dir.to_owned(),
         source,
     })?;
-    let conn = Connection::open(&path)?;
+    let mut conn = Connection::open(&path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
+    // What is deleted (an erased call, expired events) is overwritten, not
+    // left in free pages of the file.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     conn.pragma_update(
         None,
         "synchronous",
@@ -210,6 +221,7 @@ pub fn open(
              end_reason TEXT
          ) WITHOUT ROWID;",
     )?;
+    super::history::index::create(&mut conn)?;
     let next_pos: i64 =
         conn.query_row("SELECT COALESCE(MAX(pos), 0) + 1 FROM events", [], |r| {
             r.get(0)
@@ -292,10 +304,33 @@ impl Store {
         let (reply, rx) = oneshot::channel();
         let key = key.map(str::to_owned);
         self.tx
-            .send(Append { event, key, reply })
+            .send(Job::Append(Append { event, key, reply }))
             .await
             .map_err(|_| Arc::new(StoreError::Closed))?;
         rx.await.map_err(|_| Arc::new(StoreError::Closed))?
+    }
+
+    /// Deletes a call: every event, its row in the call index, its history.
+    /// Resolves once committed, with the number of events deleted (0: no
+    /// such call).
+    pub async fn erase(&self, call_id: &str) -> Result<u64, Arc<StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Erase(call_id.to_owned(), reply))
+            .await
+            .map_err(|_| Arc::new(StoreError::Closed))?;
+        rx.await.map_err(|_| Arc::new(StoreError::Closed))?
+    }
+
+    /// Runs `f` on a read connection, off the runtime.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.with(|c| Ok(f(c)?)))
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))?
     }
 
     /// Up to `limit` stored events after a cursor, in order: of one call
@@ -314,12 +349,11 @@ impl Store {
 }
 
 impl Readers {
-    fn read_after(
+    /// Runs `f` on an idle read connection (or a new one), then keeps it.
+    fn with<T>(
         &self,
-        call_id: Option<&str>,
-        after: i64,
-        limit: usize,
-    ) -> Result<Vec<Arc<StoredEvent>>, StoreError> {
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let conn = match self.idle.lock().ok().and_then(|mut v| v.pop()) {
             Some(c) => c,
             None => {
@@ -331,8 +365,23 @@ impl Readers {
                 c
             }
         };
+        let result = f(&conn);
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < 8
+        {
+            idle.push(conn);
+        }
+        result
+    }
+
+    fn read_after(
+        &self,
+        call_id: Option<&str>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<Arc<StoredEvent>>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let result = (|| {
+        self.with(|conn| {
             let row = |r: &rusqlite::Row<'_>| {
                 Ok(Arc::new(StoredEvent {
                     pos: r.get(0)?,
@@ -358,19 +407,13 @@ impl Readers {
                     .collect::<Result<Vec<_>, _>>()?,
             };
             Ok(events)
-        })();
-        if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < 8
-        {
-            idle.push(conn);
-        }
-        result
+        })
     }
 }
 
 struct Writer {
     conn: Connection,
-    rx: mpsc::Receiver<Append>,
+    rx: mpsc::Receiver<Job>,
     next_pos: i64,
     head: Arc<AtomicI64>,
     hub: Arc<Hub>,
@@ -426,15 +469,27 @@ impl Writer {
                         next_purge = Instant::now() + PURGE_EVERY;
                     }
                 }
-                Some(Some(a)) => {
+                Some(Some(Job::Erase(call_id, reply))) => {
+                    let _ = reply.send(self.erase(&call_id).map_err(Arc::new));
+                }
+                Some(Some(Job::Append(a))) => {
                     batch.push(a);
+                    // An erasure asked for meanwhile waits for this group.
+                    let mut erase = None;
                     while batch.len() < MAX_BATCH {
                         match self.rx.try_recv() {
-                            Ok(a) => batch.push(a),
+                            Ok(Job::Append(a)) => batch.push(a),
+                            Ok(Job::Erase(id, reply)) => {
+                                erase = Some((id, reply));
+                                break;
+                            }
                             Err(_) => break,
                         }
                     }
                     self.commit(&mut batch);
+                    if let Some((id, reply)) = erase {
+                        let _ = reply.send(self.erase(&id).map_err(Arc::new));
+                    }
                 }
             }
         }
@@ -527,6 +582,7 @@ impl Writer {
                     let body = serde_json::to_string(fields)
                         .map_err(|e| StoreError::Internal(e.to_string()))?;
                     insert.execute(params![pos, call_id, seq, now_ms, body])?;
+                    super::history::index::index(&tx, pos, &call_id, fields)?;
                     stored.push(Arc::new(StoredEvent {
                         pos,
                         seq,
@@ -599,6 +655,7 @@ impl Writer {
         // by a binary search over the primary key instead of a table scan.
         let first_kept = self.first_pos_at_or_after(cutoff)?;
         let tx = self.conn.transaction()?;
+        super::history::index::purge(&tx, first_kept, PURGE_CHUNK)?;
         let deleted = tx.execute(
             "DELETE FROM events WHERE pos IN (SELECT pos FROM events WHERE pos < ?1 ORDER BY pos LIMIT ?2)",
             params![first_kept, PURGE_CHUNK],
@@ -615,6 +672,7 @@ impl Writer {
             let mut del = tx.prepare_cached("DELETE FROM calls WHERE call_id = ?1")?;
             for id in &gone {
                 del.execute(params![id])?;
+                super::history::index::forget(&tx, id)?;
             }
         }
         tx.commit()?;
@@ -624,6 +682,30 @@ impl Writer {
         self.calls.forget(&gone);
         self.metrics.purged.add(deleted as u64);
         Ok(deleted as i64 == PURGE_CHUNK)
+    }
+
+    /// Deletes one call whole, then empties the WAL so the deleted pages
+    /// are not left in it either.
+    fn erase(&mut self, call_id: &str) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction()?;
+        super::history::index::erase(&tx, call_id)?;
+        let deleted = tx.execute("DELETE FROM events WHERE call_id = ?1", params![call_id])?;
+        let row = tx.execute("DELETE FROM calls WHERE call_id = ?1", params![call_id])?;
+        tx.commit()?;
+        self.calls.forget(&[call_id.to_owned()]);
+        if deleted > 0 || row > 0 {
+            // Best effort: a reader in the middle of a long read keeps the
+            // WAL until its next checkpoint.
+            if let Err(e) = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+            {
+                tracing::warn!(error = %e, "checkpoint after an erasure failed");
+            }
+        }
+        Ok(deleted as u64)
     }
 
     fn first_pos_at_or_after(&self, cutoff_ms: i64) -> Result<i64, StoreError> {

@@ -131,10 +131,18 @@ pub fn words(text: &str) -> Vec<Word> {
         if c.is_alphanumeric() {
             start.get_or_insert(i);
         } else if let Some(s) = start.take() {
+            // A word is letters and digits only: lower case (std's, fast
+            // on long texts), then accents folded where there are any.
+            let lower = text[s..i].to_lowercase();
+            let folded = if lower.is_ascii() {
+                lower
+            } else {
+                super::normalise(&lower)
+            };
             out.push(Word {
                 start: s,
                 end: i,
-                folded: super::normalise(&text[s..i]),
+                folded,
             });
         }
     }
@@ -250,11 +258,15 @@ pub struct Run {
 
 /// Every number run of the text, in order.
 pub fn runs(text: &str) -> Vec<Run> {
-    let ws = words(text);
+    runs_in(text, &words(text))
+}
+
+/// [`runs`] over the text's [`words`], already split.
+pub fn runs_in(text: &str, ws: &[Word]) -> Vec<Run> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < ws.len() {
-        match run_at(&ws, text, i) {
+        match run_at(ws, text, i) {
             Some((groups, j)) => {
                 out.push(Run {
                     start: ws[i].start,

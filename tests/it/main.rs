@@ -5,6 +5,7 @@ mod ari_coach;
 mod ari_sim;
 mod cli;
 mod demo;
+mod history;
 mod layout;
 mod model;
 mod nix;

@@ -144,7 +144,7 @@ pub fn find(text: &str, ctx: &Context, partial: bool, on: &Enabled) -> Found {
         }
     }
 
-    let runs = merged_runs(text);
+    let runs = merged_runs(text, &ws);
     let last = runs.len().saturating_sub(1);
     for (k, run) in runs.iter().enumerate() {
         let d = run.digits.as_str();
@@ -280,9 +280,9 @@ fn context_words(ws: &[Word]) -> Armed {
 
 /// Number runs with the runs between which stands only `.` (written
 /// groups "4111.1111", sentence stops Whisper put in a pause) merged.
-fn merged_runs(text: &str) -> Vec<numbers::Run> {
+fn merged_runs(text: &str, ws: &[Word]) -> Vec<numbers::Run> {
     let mut out: Vec<numbers::Run> = Vec::new();
-    for run in numbers::runs(text) {
+    for run in numbers::runs_in(text, ws) {
         if let Some(prev) = out.last_mut() {
             let gap = &text[prev.end..run.start];
             if gap
@@ -350,15 +350,17 @@ fn excluded(ws: &[Word], start: usize, end: usize) -> bool {
         "hours",
         "days",
     ];
-    let after: Vec<&str> = ws
+    // Words are in order: find the neighbours by binary search, so a long
+    // text with many numbers stays linear.
+    let first_after = ws.partition_point(|w| w.start < end);
+    let first_before = ws.partition_point(|w| w.end <= start);
+    let after: Vec<&str> = ws[first_after..]
         .iter()
-        .filter(|w| w.start >= end)
         .take(2)
         .map(|w| w.folded.as_str())
         .collect();
-    let before: Vec<&str> = ws
+    let before: Vec<&str> = ws[..first_before]
         .iter()
-        .filter(|w| w.end <= start)
         .rev()
         .take(2)
         .map(|w| w.folded.as_str())
@@ -386,7 +388,10 @@ fn letter_after(ws: &[Word], text: &str, end: usize) -> Option<usize> {
 }
 
 fn letter_word_after(ws: &[Word], text: &str, end: usize) -> Option<(char, usize)> {
-    let i = ws.iter().position(|w| w.start >= end)?;
+    let i = ws.partition_point(|w| w.start < end);
+    if i >= ws.len() {
+        return None;
+    }
     let gap = &text[end..ws[i].start];
     if !gap
         .chars()
@@ -415,7 +420,7 @@ fn letter_word_after(ws: &[Word], text: &str, end: usize) -> Option<(char, usize
 
 /// A NIE's X, Y or Z right before 7 digits: where it starts.
 fn nie_prefix(ws: &[Word], text: &str, start: usize) -> Option<usize> {
-    let w = ws.iter().rev().find(|w| w.end <= start)?;
+    let w = &ws[..ws.partition_point(|w| w.end <= start)].last()?;
     let gap = &text[w.end..start];
     (matches!(w.folded.as_str(), "x" | "y" | "z")
         && gap.chars().all(|c| c.is_whitespace() || c == '-')

@@ -1,0 +1,208 @@
+//! A call's record for download: plain text, JSON (its events as stored)
+//! and WebVTT (speaker-labelled cues). Built from the stored events, so it
+//! holds what the relay stored: redacted.
+
+use serde_json::Value;
+
+/// The export formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+    WebVtt,
+}
+
+impl Format {
+    pub fn parse(s: Option<&str>) -> Result<Format, String> {
+        match s {
+            None | Some("txt") | Some("text") => Ok(Format::Text),
+            Some("json") => Ok(Format::Json),
+            Some("vtt") | Some("webvtt") => Ok(Format::WebVtt),
+            Some(other) => Err(format!("format must be txt, json or vtt, got {other:?}")),
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => "text/plain; charset=utf-8",
+            Format::Json => "application/json",
+            Format::WebVtt => "text/vtt; charset=utf-8",
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Text => "txt",
+            Format::Json => "json",
+            Format::WebVtt => "vtt",
+        }
+    }
+}
+
+/// One final utterance of the call.
+struct Line<'a> {
+    speaker: &'a str,
+    start_ms: u64,
+    end_ms: u64,
+    text: &'a str,
+}
+
+fn finals(events: &[Value]) -> Vec<Line<'_>> {
+    let mut lines: Vec<Line<'_>> = events
+        .iter()
+        .filter(|e| e["type"] == "transcript" && e["final"] != false)
+        .filter_map(|e| {
+            let text = e["text"].as_str()?.trim();
+            (!text.is_empty()).then(|| Line {
+                speaker: e["speaker"].as_str().unwrap_or(""),
+                start_ms: e["startMs"].as_u64().unwrap_or(0),
+                end_ms: e["endMs"].as_u64().unwrap_or(0),
+                text,
+            })
+        })
+        .collect();
+    lines.sort_by_key(|l| l.start_ms);
+    lines
+}
+
+fn label(speaker: &str) -> &str {
+    match speaker {
+        "agent" => "Agente",
+        "customer" => "Cliente",
+        "mix" => "Mezcla",
+        other => other,
+    }
+}
+
+/// `h:mm:ss.mmm` (WebVTT) or `m:ss` (text).
+fn clock(ms: u64, vtt: bool) -> String {
+    let s = ms / 1000;
+    if vtt {
+        format!(
+            "{:02}:{:02}:{:02}.{:03}",
+            s / 3600,
+            (s / 60) % 60,
+            s % 60,
+            ms % 1000
+        )
+    } else {
+        format!("{}:{:02}", s / 60, s % 60)
+    }
+}
+
+/// The call's record in `format`; `events` in `seq` order, as stored.
+pub fn render(call_id: &str, events: &[Value], format: Format) -> String {
+    match format {
+        Format::Json => serde_json::json!({ "callId": call_id, "events": events }).to_string(),
+        Format::Text => {
+            let mut out = format!("Llamada {call_id}\n");
+            for e in events {
+                match e["type"].as_str() {
+                    Some("call.started") => {
+                        for (k, name) in [("agent", "Agente"), ("caller", "Cliente")] {
+                            if let Some(v) = e[k].as_str() {
+                                out += &format!("{name}: {v}\n");
+                            }
+                        }
+                        if let Some(ts) = e["ts"].as_str() {
+                            out += &format!("Inicio: {ts}\n");
+                        }
+                    }
+                    Some("call.ended") => {
+                        if let Some(ts) = e["ts"].as_str() {
+                            out += &format!("Fin: {ts}\n");
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            out.push('\n');
+            for l in finals(events) {
+                out += &format!(
+                    "[{}] {}: {}\n",
+                    clock(l.start_ms, false),
+                    label(l.speaker),
+                    l.text
+                );
+            }
+            if let Some(s) = events.iter().rev().find(|e| e["type"] == "summary") {
+                out += &format!("\nResumen: {}\n", s["text"].as_str().unwrap_or(""));
+            }
+            out
+        }
+        Format::WebVtt => {
+            let mut out = format!("WEBVTT - call {call_id}\n\n");
+            for (i, l) in finals(events).iter().enumerate() {
+                let end = l.end_ms.max(l.start_ms + 1);
+                out += &format!(
+                    "{}\n{} --> {}\n<v {}>{}\n\n",
+                    i + 1,
+                    clock(l.start_ms, true),
+                    clock(end, true),
+                    label(l.speaker),
+                    // A cue's text may not hold "-->" nor start a tag.
+                    l.text
+                        .replace("-->", "->")
+                        .replace('<', "‹")
+                        .replace('\n', " ")
+                );
+            }
+            out
+        }
+    }
+}
+
+/// The `Content-Disposition` file name of a call's export.
+pub fn file_name(call_id: &str, format: Format) -> String {
+    // Call ids are [A-Za-z0-9._:-]; ':' is not welcome in file names.
+    format!("call-{}.{}", call_id.replace(':', "_"), format.extension())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn call() -> Vec<Value> {
+        vec![
+            json!({"type":"call.started","callId":"x","agent":"PJSIP/200","caller":"600","ts":"2026-11-26T09:00:00.000Z","seq":1}),
+            json!({"type":"transcript","callId":"x","speaker":"customer","text":"Hola, <b>quiero</b> --> ayuda","final":true,"startMs":3500,"endMs":5250}),
+            json!({"type":"transcript","callId":"x","speaker":"agent","text":"Buenos días.","final":true,"startMs":1000,"endMs":2000}),
+            json!({"type":"transcript","callId":"x","speaker":"agent","text":"Buenos","final":false,"startMs":1000,"endMs":1500}),
+            json!({"type":"summary","callId":"x","text":"Pide ayuda.","source":"rules"}),
+        ]
+    }
+
+    #[test]
+    fn text_and_webvtt_hold_the_finals_in_order() {
+        let txt = render("x", &call(), Format::Text);
+        assert!(txt.contains("Agente: PJSIP/200\n"), "{txt}");
+        let body: Vec<&str> = txt.lines().filter(|l| l.starts_with('[')).collect();
+        assert_eq!(
+            body,
+            [
+                "[0:01] Agente: Buenos días.",
+                "[0:03] Cliente: Hola, <b>quiero</b> --> ayuda"
+            ]
+        );
+        assert!(txt.ends_with("Resumen: Pide ayuda.\n"));
+
+        let vtt = render("x", &call(), Format::WebVtt);
+        assert!(vtt.starts_with("WEBVTT"));
+        assert!(
+            vtt.contains("1\n00:00:01.000 --> 00:00:02.000\n<v Agente>Buenos días.\n"),
+            "{vtt}"
+        );
+        assert!(
+            vtt.contains(
+                "2\n00:00:03.500 --> 00:00:05.250\n<v Cliente>Hola, ‹b>quiero‹/b> -> ayuda\n"
+            ),
+            "{vtt}"
+        );
+
+        let j: Value = serde_json::from_str(&render("x", &call(), Format::Json)).unwrap();
+        assert_eq!(j["events"].as_array().unwrap().len(), 5);
+        assert_eq!(file_name("a:b", Format::WebVtt), "call-a_b.vtt");
+        assert!(Format::parse(Some("pdf")).is_err());
+    }
+}
