@@ -392,6 +392,116 @@ await check("with auth on: token from the address or the login form, kept for th
   }
 });
 
+await check("history: a past call found by a word said in it, opened as it was, exported, deleted; scorecards", async () => {
+  const call = (id, agent, lines, missed, durationMs) => [
+    { type: "call.started", callId: id, agent, caller: "600" + id.slice(-1), direction: "inbound" },
+    ...lines.map(([who, text], i) => tr(id, who, id + "-u" + i, text, true, 1000 + i * 3000)),
+    { type: "tip", callId: id, tipId: id + "-t", text: "Pregunte el motivo.", source: "rules", rule: "portabilidad", final: true, severity: "warn" },
+    { type: "summary", callId: id, text: "Resumen " + id, source: "rules", reason: "customer-hangup", agent, durationMs,
+      metrics: { agentTalkRatio: agent.endsWith("0") ? 0.3 : 0.6, agentTalkRatio2m: 0.5, agentWpm: 150, customerWpm: 140, silenceMs: 4000,
+        overtalkMs: 500, longestAgentMonologueMs: 1000, customerQuestions: 0, agentSpeechMs: 1, customerSpeechMs: 1 },
+      rulesFired: { portabilidad: 1 }, checklist: [{ id: "identificacion", label: "Identificación", done: !missed }] },
+    { type: "call.ended", callId: id, reason: "customer-hangup", durationMs },
+  ];
+  for (const ev of call("hist-a", "PJSIP/300", [["customer", "Quiero portar mi número a otra compañía."], ["agent", "Le ayudo con eso."]], false, 95000)) await relay.publish(ev);
+  for (const ev of call("hist-b", "PJSIP/301", [["customer", "La factura de este mes es muy alta."]], true, 30000)) await relay.publish(ev);
+
+  const page = await newPage("?view=history");
+  await page.locator('#hist-rows tr[data-call="hist-a"]').waitFor();
+  await page.locator('#nav-history[aria-current="page"]').waitFor();
+  // Past calls are not live: no connection badge.
+  assert.ok(!(await page.locator("#conn").isVisible()));
+  // A word said in the call, typed without its accent.
+  await page.locator("#hist-q").fill("compania");
+  await page.locator("#hist-form button[type=submit]").click();
+  await page.waitForFunction(() => [...document.querySelectorAll("#hist-rows tr")].map((r) => r.dataset.call).join() === "hist-a");
+  assert.ok(page.url().includes("q=compania"), page.url());
+  const row = page.locator('#hist-rows tr[data-call="hist-a"]');
+  assert.match(await row.textContent(), /1:35/);
+  assert.match(await row.locator(".snippet").textContent(), /\[compañía\]/);
+  // The search characters FTS would read as syntax get the relay's reason.
+  await page.locator("#hist-q").fill("compa*");
+  await page.locator("#hist-form button[type=submit]").click();
+  await page.locator("#hist-error", { hasText: "not searchable" }).waitFor();
+  await page.locator("#hist-q").fill("");
+  await page.locator("#hist-missed").fill("identificacion");
+  await page.locator("#hist-form button[type=submit]").click();
+  await page.waitForFunction(() => [...document.querySelectorAll("#hist-rows tr")].map((r) => r.dataset.call).join() === "hist-b");
+  await page.locator("#hist-missed").fill("");
+  await page.locator("#hist-form button[type=submit]").click();
+  await page.locator('#hist-rows tr[data-call="hist-a"]').click();
+
+  // Opened as it was: its transcript, summary and own length, not live.
+  await page.waitForURL(/call=hist-a/);
+  await page.locator('#transcript li', { hasText: "Quiero portar mi número" }).waitFor();
+  await page.locator("#summary-text", { hasText: "Resumen hist-a" }).waitFor();
+  await page.locator("#m-duration", { hasText: "1:35" }).waitFor();
+  await page.locator('#conn[data-state="ended"]').waitFor();
+  await page.screenshot({ path: path.join(OUT, "history-call.png") });
+  // Exports, downloaded through the page (the token never in an address).
+  for (const [format, want] of [["txt", "Cliente: Quiero portar mi número"], ["vtt", "<v Cliente>Quiero portar"], ["json", '"callId":"hist-a"']]) {
+    const [dl] = await Promise.all([page.waitForEvent("download"), page.locator(`#call-tools [data-export="${format}"]`).click()]);
+    assert.equal(dl.suggestedFilename(), "call-hist-a." + format);
+    const body = fs.readFileSync(await dl.path(), "utf8");
+    assert.ok(body.includes(want), format + ": " + body);
+  }
+  // Delete: asked first, then gone from the history and from search.
+  page.once("dialog", (d) => d.accept());
+  await page.locator("#call-delete").click();
+  await page.waitForURL(/view=history/);
+  await page.locator('#hist-rows tr[data-call="hist-b"]').waitFor();
+  assert.equal(await page.locator('#hist-rows tr[data-call="hist-a"]').count(), 0);
+  const gone = await (await fetch(relay.base + "/history?q=compania")).json();
+  assert.deepEqual(gone.calls, []);
+  await page.screenshot({ path: path.join(OUT, "history.png") });
+
+  // Scorecards: a chart per figure, a row per agent, a CSV.
+  await page.goto(relay.base + "/?view=scorecards");
+  await page.locator('#score-rows tr[data-agent="PJSIP/301"]').waitFor();
+  assert.equal(await page.locator("#score-charts figure.chart").count(), 5);
+  assert.ok(await page.locator('#score-charts rect.bar[data-agent="PJSIP/301"]').count() >= 5);
+  const ratio = page.locator("#score-charts figure").nth(2);
+  assert.match(await ratio.locator("svg").getAttribute("aria-label"), /PJSIP\/301 60%/);
+  assert.match(await page.locator('#score-rows tr[data-agent="PJSIP/301"]').textContent(), /Identificación 0%/);
+  const [csv] = await Promise.all([page.waitForEvent("download"), page.locator("#score-csv").click()]);
+  assert.equal(csv.suggestedFilename(), "scorecards.csv");
+  assert.match(fs.readFileSync(await csv.path(), "utf8"), /^agent,calls,/);
+  await page.locator("#score-from").fill("2031-01-02");
+  await page.locator("#score-to").fill("2031-01-01");
+  await page.locator("#score-form button[type=submit]").click();
+  await page.locator("#score-error", { hasText: "from must be before to" }).waitFor();
+  await page.screenshot({ path: path.join(OUT, "scorecards.png") });
+  await page.close();
+
+  // With tokens: an agent finds their own calls only and cannot open
+  // another agent's; only a supervisor deletes.
+  const tokens = path.join(tmp, "tokens3");
+  fs.writeFileSync(tokens, "pub-0123456789abcdef publish\nsup-0123456789abcdef supervisor\n" +
+    "agt-0123456789abcdef subscribe agent:PJSIP/501\n");
+  const secure = new Relay(await freePort(), path.join(tmp, "state3"), { RELAY_TOKENS_FILE: tokens });
+  await secure.start();
+  try {
+    for (const [id, agent] of [["m1", "PJSIP/501"], ["m2", "PJSIP/502"]]) {
+      for (const ev of call(id, agent, [["customer", "Quiero portar la línea " + id]], false, 10000)) await secure.publish(ev, "pub-0123456789abcdef");
+    }
+    const ctx = await browser.newContext({ acceptDownloads: true });
+    const agentPage = await ctx.newPage();
+    await agentPage.goto(secure.base + "/?view=history&q=portar&token=agt-0123456789abcdef");
+    await agentPage.locator('#hist-rows tr[data-call="m1"]').waitFor();
+    assert.equal(await agentPage.locator('#hist-rows tr[data-call="m2"]').count(), 0);
+    await agentPage.goto(secure.base + "/?call=m2");
+    await agentPage.locator('#call-tools [data-export="txt"]').click();
+    await agentPage.locator("#call-error", { hasText: "Este token no puede hacer eso." }).waitFor();
+    await agentPage.goto(secure.base + "/?call=m1");
+    agentPage.once("dialog", (d) => d.accept());
+    await agentPage.locator("#call-delete").click();
+    await agentPage.locator("#call-error", { hasText: "Este token no puede hacer eso." }).waitFor();
+    await ctx.close();
+  } finally {
+    await secure.kill();
+  }
+});
+
 await check("latency: POST /event to text visible, 200 events", async () => {
   const page = await newPage("?call=lat");
   await relay.publish({ type: "call.started", callId: "lat", agent: "PJSIP/601", caller: "0" });

@@ -3,6 +3,8 @@
 //   /?agent=PJSIP/200     follows that agent's calls, one after another
 //   /?call=ID             one call
 //   /?view=supervisor     every active call
+//   /?view=history        past calls: filters, search; each opens as ?call=ID
+//   /?view=scorecards     figures per agent over a period, charts, CSV
 // Add &lang=en for English, &token=T when the relay's auth is on (the
 // token is then kept in sessionStorage only and removed from the address).
 "use strict";
@@ -27,6 +29,17 @@ const I18N = {
     "sup.caller": "Cliente", "sup.duration": "Duración", "sup.ratio": "Habla agente",
     "sup.silence": "Silencio", "sup.tip": "Último aviso", "who.agent": "Agente", "who.call": "Llamada",
     "who.supervisor": "Supervisor",
+    "nav.live": "En vivo", "nav.history": "Historial", "nav.scores": "Indicadores",
+    "call.export": "Exportar", "call.delete": "Borrar llamada",
+    "call.confirmDelete": "¿Borrar esta llamada para siempre? No se puede deshacer.",
+    "call.deleted": "Llamada borrada.", "call.forbidden": "Este token no puede hacer eso.",
+    "hist.title": "Llamadas anteriores", "hist.q": "Palabras dichas", "hist.from": "Desde", "hist.to": "Hasta",
+    "hist.rule": "Regla disparada", "hist.missed": "Punto no cumplido", "hist.search": "Buscar",
+    "hist.empty": "Ninguna llamada encontrada.", "hist.when": "Inicio", "hist.summary": "Resumen",
+    "hist.flags": "Reglas / pendientes", "hist.more": "Más llamadas",
+    "score.title": "Indicadores por agente", "score.show": "Ver", "score.csv": "Descargar CSV",
+    "score.empty": "Sin llamadas en el periodo.", "score.calls": "Llamadas", "score.handle": "Duración media",
+    "score.overtalk": "Solapamiento", "score.tips": "Avisos por regla", "score.checklist": "Cumplimiento",
   },
   en: {
     "start.title": "Live coaching", "start.agent": "Agent (e.g. PJSIP/200)",
@@ -47,6 +60,17 @@ const I18N = {
     "sup.caller": "Caller", "sup.duration": "Duration", "sup.ratio": "Agent talk",
     "sup.silence": "Silence", "sup.tip": "Latest tip", "who.agent": "Agent", "who.call": "Call",
     "who.supervisor": "Supervisor",
+    "nav.live": "Live", "nav.history": "History", "nav.scores": "Scorecards",
+    "call.export": "Export", "call.delete": "Delete call",
+    "call.confirmDelete": "Delete this call for good? This cannot be undone.",
+    "call.deleted": "Call deleted.", "call.forbidden": "This token may not do that.",
+    "hist.title": "Past calls", "hist.q": "Words said", "hist.from": "From", "hist.to": "To",
+    "hist.rule": "Rule fired", "hist.missed": "Item missed", "hist.search": "Search",
+    "hist.empty": "No call found.", "hist.when": "Started", "hist.summary": "Summary",
+    "hist.flags": "Rules / missed", "hist.more": "More calls",
+    "score.title": "Agent scorecards", "score.show": "Show", "score.csv": "Download CSV",
+    "score.empty": "No calls in the period.", "score.calls": "Calls", "score.handle": "Mean handle time",
+    "score.overtalk": "Overtalk", "score.tips": "Tips by rule", "score.checklist": "Compliance",
   },
 };
 
@@ -106,6 +130,51 @@ async function api(path) {
   if (!r.ok) throw new Error(path + ": " + r.status);
   return r.json();
 }
+
+// A request whose refusal the page shows: {status, body, error}, where
+// error is the relay's own message for a 4xx.
+async function request(path, method = "GET") {
+  const headers = token ? { Authorization: "Bearer " + token } : {};
+  const r = await fetch(path, { method, headers, cache: "no-store" });
+  let error = null;
+  if (!r.ok) {
+    try { error = (await r.clone().json()).error; } catch { error = r.status + " " + r.statusText; }
+  }
+  return { status: r.status, r, error };
+}
+
+// Saves what `path` answers as a file (the token goes in a header, never
+// in an address).
+async function download(path, errorEl) {
+  const { r, error, status } = await request(path);
+  if (error) { errorEl.textContent = status === 403 ? t("call.forbidden") : error; return; }
+  const name = /filename="([^"]+)"/.exec(r.headers.get("content-disposition") || "");
+  const url = URL.createObjectURL(await r.blob());
+  const a = document.createElement("a");
+  a.href = url; a.download = name ? name[1] : "export";
+  document.body.append(a); a.click(); a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+// The address of a view, keeping the language.
+function viewUrl(query) {
+  const q = new URLSearchParams(query);
+  if (lang !== "es") q.set("lang", lang);
+  return "?" + q;
+}
+
+function showNav(current) {
+  $("nav").hidden = false;
+  for (const [id, v] of [["nav-live", "supervisor"], ["nav-history", "history"], ["nav-scores", "scorecards"]]) {
+    $(id).href = viewUrl({ view: v });
+    if (v === current) $(id).setAttribute("aria-current", "page");
+  }
+}
+
+const fmtWhen = (iso) => {
+  const d = new Date(iso);
+  return isNaN(d) ? "" : d.toLocaleString(lang === "es" ? "es-ES" : "en-GB", { dateStyle: "short", timeStyle: "short" });
+};
 
 // The relay's /ws address for `query`, with the session's token.
 function wsUrl(query) {
@@ -177,8 +246,25 @@ class AgentView {
     $("jump").addEventListener("click", () => { this.follow = true; this.scroll(); });
     setInterval(() => this.tick(), 250);
     this.relabel();
-    if (callId) this.openCall(callId);
+    if (callId) { this.openCall(callId); this.tools(callId); }
     else this.poll();
+  }
+  // A call opened by its id (from the history): export it, or delete it.
+  tools(id) {
+    $("call-tools").hidden = false;
+    showNav(null);
+    for (const b of document.querySelectorAll("#call-tools [data-export]")) {
+      b.addEventListener("click", () => download(
+        "/calls/" + encodeURIComponent(id) + "/export?format=" + b.dataset.export, $("call-error")));
+    }
+    $("call-delete").addEventListener("click", async () => {
+      if (!confirm(t("call.confirmDelete"))) return;
+      const { status, error } = await request("/calls/" + encodeURIComponent(id), "DELETE");
+      if (error) { $("call-error").textContent = status === 403 ? t("call.forbidden") : error; return; }
+      this.endCall();
+      announce(t("call.deleted"));
+      location.href = viewUrl({ view: "history" });
+    });
   }
   relabel() {
     $("who").textContent = this.agentId ? t("who.agent") + " " + this.agentId : t("who.call") + " " + (this.fixedCall || "");
@@ -560,10 +646,167 @@ class SupervisorView {
   tick() { for (const row of this.rows.values()) if (!row.ended) this.render(row); }
 }
 
+// ---- past calls: filters in the address, newest first, a page at a time ----
+class HistoryView {
+  constructor() {
+    $("history").hidden = false;
+    // Past calls: no live connection to show.
+    $("conn").hidden = true;
+    showNav("history");
+    this.relabel();
+    const form = $("hist-form");
+    for (const el of form.elements) if (el.name && params.get(el.name)) el.value = params.get(el.name);
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      const q = { view: "history" };
+      for (const el of form.elements) if (el.name && el.value.trim()) q[el.name] = el.value.trim();
+      history.replaceState(null, "", viewUrl(q));
+      this.search(null);
+    });
+    $("hist-more").addEventListener("click", () => this.search(this.next));
+    this.search(null);
+  }
+  relabel() { $("who").textContent = t("nav.history"); }
+  async search(before) {
+    const q = new URLSearchParams();
+    for (const el of $("hist-form").elements) if (el.name && el.value.trim()) q.set(el.name, el.value.trim());
+    if (before) q.set("before", before);
+    $("hist-error").textContent = "";
+    const { status, r, error } = await request("/history?" + q);
+    if (status === 401) { showLogin(); return; }
+    if (error) { $("hist-error").textContent = status === 403 ? t("call.forbidden") : error; return; }
+    const page = await r.json();
+    if (!before) $("hist-rows").replaceChildren();
+    for (const c of page.calls) $("hist-rows").append(this.row(c));
+    this.next = page.next || null;
+    $("hist-more").hidden = !this.next;
+    $("hist-empty").hidden = $("hist-rows").children.length > 0;
+  }
+  row(c) {
+    const tr = document.createElement("tr");
+    tr.dataset.call = c.callId;
+    const cell = (text) => { const td = document.createElement("td"); td.textContent = text || ""; tr.append(td); return td; };
+    cell(fmtWhen(c.startedAt));
+    cell(c.agent); cell(c.caller);
+    cell(typeof c.durationMs === "number" ? fmtSecs(c.durationMs) : "–");
+    const sum = cell(c.summary);
+    if (c.snippet) {
+      const sn = document.createElement("span");
+      sn.className = "snippet"; sn.textContent = c.snippet;
+      sum.append(sn);
+    }
+    const flags = cell("");
+    for (const [rule, n] of Object.entries(c.rulesFired || {})) {
+      const f = document.createElement("span"); f.className = "flag"; f.textContent = rule + (n > 1 ? " ×" + n : "");
+      flags.append(f);
+    }
+    for (const item of c.missed || []) {
+      const f = document.createElement("span"); f.className = "flag missed"; f.textContent = "✗ " + item;
+      flags.append(f);
+    }
+    tr.addEventListener("click", () => { location.href = viewUrl({ call: c.callId }); });
+    return tr;
+  }
+}
+
+// ---- scorecards: one chart per figure (bars per agent), a table, CSV ----
+const FIGURES = [
+  ["score.calls", (a) => a.calls, (v) => String(v)],
+  ["score.handle", (a) => a.avgHandleMs, (v) => fmtSecs(v)],
+  ["sup.ratio", (a) => a.talkRatio, (v) => Math.round(v * 100) + "%"],
+  ["sup.silence", (a) => a.avgSilenceMs, (v) => (v / 1000).toFixed(1) + " s"],
+  ["score.overtalk", (a) => a.avgOvertalkMs, (v) => (v / 1000).toFixed(1) + " s"],
+];
+
+class ScorecardsView {
+  constructor() {
+    $("scores").hidden = false;
+    $("conn").hidden = true;
+    showNav("scorecards");
+    this.relabel();
+    for (const k of ["from", "to"]) if (params.get(k)) $("score-" + k).value = params.get(k);
+    $("score-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const q = { view: "scorecards" };
+      for (const k of ["from", "to"]) if ($("score-" + k).value) q[k] = $("score-" + k).value;
+      history.replaceState(null, "", viewUrl(q));
+      this.load();
+    });
+    $("score-csv").addEventListener("click", () => download("/scorecards?" + this.query({ format: "csv" }), $("score-error")));
+    this.load();
+  }
+  relabel() { $("who").textContent = t("nav.scores"); if (this.agents) this.draw(); }
+  query(extra = {}) {
+    const q = new URLSearchParams(extra);
+    for (const k of ["from", "to"]) if ($("score-" + k).value) q.set(k, $("score-" + k).value);
+    return q;
+  }
+  async load() {
+    $("score-error").textContent = "";
+    const { status, r, error } = await request("/scorecards?" + this.query());
+    if (status === 401) { showLogin(); return; }
+    if (error) { $("score-error").textContent = status === 403 ? t("call.forbidden") : error; return; }
+    this.agents = (await r.json()).agents;
+    this.draw();
+  }
+  draw() {
+    const agents = this.agents;
+    $("score-empty").hidden = agents.length > 0;
+    const charts = $("score-charts");
+    charts.replaceChildren();
+    for (const [key, get, fmt] of FIGURES) charts.append(this.chart(t(key), agents, get, fmt));
+    const rows = $("score-rows");
+    rows.replaceChildren();
+    for (const a of agents) {
+      const tr = document.createElement("tr");
+      tr.dataset.agent = a.agent;
+      const cells = [a.agent, ...FIGURES.map(([, get, fmt]) => (typeof get(a) === "number" ? fmt(get(a)) : "–")),
+        Object.entries(a.rules).map(([r, n]) => r + " " + n).join(", "),
+        Object.entries(a.checklist).map(([i, c]) => (c.label || i) + " " + Math.round((100 * c.done) / Math.max(1, c.calls)) + "%").join(", ")];
+      for (const text of cells) { const td = document.createElement("td"); td.textContent = text; tr.append(td); }
+      rows.append(tr);
+    }
+  }
+  // A horizontal bar per agent, drawn here: no library, no network.
+  chart(title, agents, get, fmt) {
+    const NS = "http://www.w3.org/2000/svg";
+    const fig = document.createElement("figure");
+    fig.className = "chart";
+    const cap = document.createElement("figcaption");
+    cap.textContent = title;
+    fig.append(cap);
+    const rowH = 18, labelW = 80, barW = 120, W = labelW + barW + 50;
+    const svg = document.createElementNS(NS, "svg");
+    svg.setAttribute("viewBox", `0 0 ${W} ${Math.max(1, agents.length) * rowH}`);
+    svg.setAttribute("role", "img");
+    svg.setAttribute("aria-label", title + ": " + agents.map((a) => a.agent + " " + (typeof get(a) === "number" ? fmt(get(a)) : "–")).join(", "));
+    const max = Math.max(0, ...agents.map((a) => get(a) || 0));
+    agents.forEach((a, i) => {
+      const v = get(a) || 0;
+      const y = i * rowH;
+      const label = document.createElementNS(NS, "text");
+      label.setAttribute("x", "0"); label.setAttribute("y", String(y + 12));
+      label.textContent = a.agent.length > 14 ? a.agent.slice(0, 13) + "…" : a.agent;
+      const bar = document.createElementNS(NS, "rect");
+      bar.setAttribute("class", "bar");
+      bar.setAttribute("x", String(labelW)); bar.setAttribute("y", String(y + 3));
+      bar.setAttribute("height", String(rowH - 6));
+      bar.setAttribute("width", String(max > 0 ? Math.max(1, (v / max) * barW) : 1));
+      bar.dataset.agent = a.agent;
+      const value = document.createElementNS(NS, "text");
+      value.setAttribute("x", String(labelW + barW + 4)); value.setAttribute("y", String(y + 12));
+      value.textContent = typeof get(a) === "number" ? fmt(get(a)) : "–";
+      svg.append(label, bar, value);
+    });
+    fig.append(svg);
+    return fig;
+  }
+}
+
 let view = null;
 
 function showLogin() {
-  for (const id of ["agent", "supervisor", "start"]) $(id).hidden = true;
+  for (const id of ["agent", "supervisor", "start", "history", "scores", "nav"]) $(id).hidden = true;
   // Signing in is not a connection problem.
   $("conn").hidden = true;
   $("login").hidden = false;
@@ -589,9 +832,16 @@ function main() {
     const agent = $("start-agent").value.trim();
     if (agent) location.href = "?agent=" + encodeURIComponent(agent) + (lang !== "es" ? "&lang=" + lang : "");
   });
-  if (params.get("view") === "supervisor") view = new SupervisorView();
+  if (params.get("view") === "supervisor") { view = new SupervisorView(); showNav("supervisor"); }
+  else if (params.get("view") === "history") view = new HistoryView();
+  else if (params.get("view") === "scorecards") view = new ScorecardsView();
   else if (params.get("agent") || params.get("call")) view = new AgentView(params.get("agent"), params.get("call"));
-  else { $("start").hidden = false; $("start-supervisor").href = "?view=supervisor" + (lang !== "es" ? "&lang=" + lang : ""); }
+  else {
+    $("start").hidden = false;
+    $("start-supervisor").href = viewUrl({ view: "supervisor" });
+    $("start-history").href = viewUrl({ view: "history" });
+    $("start-scores").href = viewUrl({ view: "scorecards" });
+  }
   applyI18n();
 }
 
