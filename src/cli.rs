@@ -121,6 +121,10 @@ enum Command {
     /// events/s and publish-to-delivery latency.
     #[command(name = "bench-relay")]
     BenchRelay(crate::tools::bench::relay::Options),
+    /// Search latency over a large call history: fills a relay store with
+    /// past calls, starts a relay on it, times `GET /history` questions.
+    #[command(name = "bench-history")]
+    BenchHistory(crate::tools::bench::history::Options),
     /// Whisper models: list, import, fetch.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -219,6 +223,9 @@ pub fn main() -> ExitCode {
             common, service, ..
         } => check_config(&common, service.as_deref()),
         Command::BenchRelay(opts) => run_tool("bench-relay", crate::tools::bench::relay::run(opts)),
+        Command::BenchHistory(opts) => {
+            run_tool("bench-history", crate::tools::bench::history::run(opts))
+        }
         Command::Stt(common) => serve(
             "stt",
             &common,

@@ -111,6 +111,11 @@ impl Calls {
         }
     }
 
+    /// Calls known.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
     pub fn get(&self, call_id: &str) -> Option<CallInfo> {
         self.lock().get(call_id).cloned()
     }

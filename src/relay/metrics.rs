@@ -9,6 +9,12 @@ use std::time::Duration;
 /// Upper bounds of the commit-latency histogram, in seconds.
 const COMMIT_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0];
 
+/// Upper bounds of the redaction-time histogram, in seconds.
+pub const REDACT_BUCKETS: [f64; 12] = [
+    0.000_002, 0.000_005, 0.000_01, 0.000_02, 0.000_05, 0.000_1, 0.000_2, 0.000_5, 0.001, 0.002,
+    0.005, 0.01,
+];
+
 /// Why a request was refused, as a label.
 #[derive(Clone, Copy)]
 pub enum Rejection {
@@ -35,7 +41,6 @@ const REJECTION_LABELS: [&str; 9] = [
     "bad_request",
 ];
 
-#[derive(Default)]
 pub struct Metrics {
     pub events_in: Counter,
     pub events_out: Counter,
@@ -52,10 +57,73 @@ pub struct Metrics {
     rejected: [Counter; 9],
     /// Stretches redacted at ingest, by category (`redact::Category`).
     pub redacted: [Counter; 6],
-    commits: Counter,
+    redaction: Histogram,
+    commit: Histogram,
     commit_events: Counter,
-    commit_micros: Counter,
-    commit_buckets: [Counter; 10],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            events_in: Counter::default(),
+            events_out: Counter::default(),
+            events_replayed: Counter::default(),
+            subscribers: AtomicI64::default(),
+            subscriber_drops: Counter::default(),
+            store_errors: Counter::default(),
+            purged: Counter::default(),
+            duplicates: Counter::default(),
+            publish_races: Counter::default(),
+            rejected: Default::default(),
+            redacted: Default::default(),
+            redaction: Histogram::new(&REDACT_BUCKETS),
+            commit: Histogram::new(&COMMIT_BUCKETS),
+            commit_events: Counter::default(),
+        }
+    }
+}
+
+/// A Prometheus histogram of durations over fixed bounds (seconds).
+struct Histogram {
+    bounds: &'static [f64],
+    buckets: Vec<Counter>,
+    count: Counter,
+    micros: Counter,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            buckets: bounds.iter().map(|_| Counter::default()).collect(),
+            count: Counter::default(),
+            micros: Counter::default(),
+        }
+    }
+
+    fn observe(&self, took: Duration) {
+        self.count.inc();
+        self.micros.add(took.as_micros() as u64);
+        let secs = took.as_secs_f64();
+        for (bound, counter) in self.bounds.iter().zip(&self.buckets) {
+            if secs <= *bound {
+                counter.inc();
+            }
+        }
+    }
+
+    fn render(&self, o: &mut String, name: &str, help: &str) {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (bound, c) in self.bounds.iter().zip(&self.buckets) {
+            let _ = writeln!(o, "{name}_bucket{{le=\"{bound}\"}} {}", c.get());
+        }
+        let n = self.count.get();
+        let _ = writeln!(
+            o,
+            "{name}_bucket{{le=\"+Inf\"}} {n}\n{name}_sum {}\n{name}_count {n}",
+            self.micros.get() as f64 / 1e6
+        );
+    }
 }
 
 impl Metrics {
@@ -64,16 +132,14 @@ impl Metrics {
     }
 
     pub fn observe_commit(&self, took: Duration, events: usize) {
-        self.commits.inc();
         self.events_in.add(events as u64);
         self.commit_events.add(events as u64);
-        self.commit_micros.add(took.as_micros() as u64);
-        let secs = took.as_secs_f64();
-        for (bound, counter) in COMMIT_BUCKETS.iter().zip(&self.commit_buckets) {
-            if secs <= *bound {
-                counter.inc();
-            }
-        }
+        self.commit.observe(took);
+    }
+
+    /// One event's time in the redactor.
+    pub fn observe_redaction(&self, took: Duration) {
+        self.redaction.observe(took);
     }
 
     /// The Prometheus text exposition.
@@ -146,22 +212,15 @@ impl Metrics {
                 c.get()
             );
         }
-        let _ = writeln!(
-            o,
-            "# HELP relay_store_commit_seconds Latency of one group commit.\n# TYPE relay_store_commit_seconds histogram"
+        self.redaction.render(
+            &mut o,
+            "relay_redaction_seconds",
+            "Time one incoming event spent in the redactor.",
         );
-        for (bound, c) in COMMIT_BUCKETS.iter().zip(&self.commit_buckets) {
-            let _ = writeln!(
-                o,
-                "relay_store_commit_seconds_bucket{{le=\"{bound}\"}} {}",
-                c.get()
-            );
-        }
-        let commits = self.commits.get();
-        let _ = writeln!(
-            o,
-            "relay_store_commit_seconds_bucket{{le=\"+Inf\"}} {commits}\nrelay_store_commit_seconds_sum {}\nrelay_store_commit_seconds_count {commits}",
-            self.commit_micros.get() as f64 / 1e6
+        self.commit.render(
+            &mut o,
+            "relay_store_commit_seconds",
+            "Latency of one group commit.",
         );
         let _ = writeln!(
             o,

@@ -339,7 +339,10 @@ async fn post_event(state: &State, req: Request<Incoming>) -> Result<Resp, Refus
     })?;
     // The one door: nothing below (store, fan-out, replay, exports, the
     // orchestrator and its LLM prompts) ever sees what this replaces.
-    for (category, n) in state.redactor.redact(&mut event) {
+    let started = std::time::Instant::now();
+    let counts = state.redactor.redact(&mut event);
+    state.metrics.observe_redaction(started.elapsed());
+    for (category, n) in counts {
         state.metrics.redacted[category as usize].add(n);
     }
     match state.store.append(event, key.as_deref()).await {

@@ -801,6 +801,69 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn a_store_from_before_the_history_gets_one_and_retention_purges_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (opened, _) = open_in(dir.path(), 30);
+        let said = Envelope::parse(
+            r#"{"type":"transcript","callId":"old","speaker":"customer","text":"Quería la portabilidad","final":true}"#
+                .as_bytes(),
+        )
+        .unwrap();
+        opened.store.append(said, None).await.unwrap();
+        close(opened).await;
+        // As a store made before the history was: no index, version 0.
+        let conn = Connection::open(db_path(dir.path())).unwrap();
+        conn.execute_batch("DELETE FROM transcript_fts; PRAGMA user_version = 0;")
+            .unwrap();
+        drop(conn);
+
+        let search = |dir: &Path| {
+            let conn = Connection::open(db_path(dir)).unwrap();
+            let filter = crate::relay::history::query::Filter::parse(Some(
+                "q=portabilidad&from=2000-01-01&to=2000-12-31",
+            ))
+            .unwrap();
+            let filter = crate::relay::history::query::Filter {
+                period: crate::relay::history::query::Period {
+                    from_ms: 0,
+                    to_ms: i64::MAX,
+                },
+                ..filter
+            };
+            crate::relay::history::query::list(
+                &conn,
+                &filter,
+                &crate::relay::history::query::Scope::All,
+            )
+            .unwrap()
+            .calls
+            .len()
+        };
+        assert_eq!(search(dir.path()), 0);
+        let (opened, _) = open_in(dir.path(), 30);
+        close(opened).await;
+        assert_eq!(search(dir.path()), 1, "the history was not built");
+
+        // Retention takes the call's words out of the index with it.
+        let conn = Connection::open(db_path(dir.path())).unwrap();
+        conn.execute_batch("UPDATE events SET received_ms = 0; UPDATE calls SET last_ms = 0;")
+            .unwrap();
+        drop(conn);
+        let (opened, calls) = open_in(dir.path(), 30);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while calls.get("old").is_some() {
+            assert!(Instant::now() < deadline, "purge did not run");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        close(opened).await;
+        let conn = Connection::open(db_path(dir.path())).unwrap();
+        let left: i64 = conn
+            .query_row("SELECT COUNT(*) FROM transcript_fts", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn zero_retention_keeps_everything() {
         let dir = tempfile::tempdir().unwrap();
         let (opened, _) = open_in(dir.path(), 0);

@@ -318,3 +318,31 @@ async fn past_calls_are_found_exported_scored_and_erased() {
     assert_eq!(ids(&get(&relay, "/history?q=naranja").await.1), ["h-3"]);
     assert_eq!(ids(&get(&relay, "/history").await.1), ["h-3", "h-2"]);
 }
+
+#[test]
+fn bench_history_prints_search_latency() {
+    let (code, out, err) = crate::util::run_bin(
+        None,
+        &["bench-history", "--calls", "300", "--queries", "3"],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("history of 300 calls"), "{out}");
+    for question in [
+        "latest 50, no filter",
+        "a common word",
+        "two words",
+        "rule fired + item missed",
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(question))
+            .unwrap_or_else(|| panic!("no {question:?} line:\n{out}"));
+        let figures: Vec<f64> = line[question.len()..]
+            .split_whitespace()
+            .map(|f| f.parse().unwrap())
+            .collect();
+        assert_eq!(figures.len(), 4, "{line}");
+        assert!(figures[0] > 0.0 && figures[3] > 0.0, "{line}");
+    }
+}

@@ -15,6 +15,7 @@ CREATE VIRTUAL TABLE IF NOT EXISTS transcript_fts USING fts5(
     tokenize = 'unicode61 remove_diacritics 2'
 );
 INSERT INTO transcript_fts (transcript_fts, rank) VALUES ('secure-delete', 1);
+CREATE VIRTUAL TABLE IF NOT EXISTS transcript_vocab USING fts5vocab(transcript_fts, row);
 CREATE TABLE IF NOT EXISTS call_rules (
     call_id TEXT NOT NULL, rule TEXT NOT NULL, n INTEGER NOT NULL,
     PRIMARY KEY (call_id, rule)

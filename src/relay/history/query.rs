@@ -262,6 +262,43 @@ fn fts_query(words: &[String]) -> String {
         .join(" ")
 }
 
+/// Above this many calls with the rarest search word, a search walks the
+/// calls newest first instead of listing every match.
+const WALK_FROM_DOCS: i64 = 2_000;
+
+/// A word as FTS5's `unicode61 remove_diacritics 2` indexes it.
+fn indexed_form(word: &str) -> String {
+    word.chars()
+        .flat_map(char::to_lowercase)
+        .map(|c| match c {
+            'á' | 'à' | 'â' | 'ä' => 'a',
+            'é' | 'è' | 'ê' | 'ë' => 'e',
+            'í' | 'ì' | 'î' | 'ï' => 'i',
+            'ó' | 'ò' | 'ô' | 'ö' => 'o',
+            'ú' | 'ù' | 'û' | 'ü' => 'u',
+            'ñ' => 'n',
+            'ç' => 'c',
+            other => other,
+        })
+        .collect()
+}
+
+/// Calls (documents) holding the rarest of `words`; 0 when one is unknown.
+/// Only chooses how to search: the answer is the same either way.
+fn fewest_docs(conn: &Connection, words: &[String]) -> rusqlite::Result<i64> {
+    use rusqlite::OptionalExtension;
+    let mut stmt = conn.prepare_cached("SELECT doc FROM transcript_vocab WHERE term = ?1")?;
+    let mut fewest = i64::MAX;
+    for w in words {
+        let n: i64 = stmt
+            .query_row([indexed_form(w)], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        fewest = fewest.min(n);
+    }
+    Ok(fewest)
+}
+
 /// Past calls matching `f` that `scope` may see, newest first.
 pub fn list(conn: &Connection, f: &Filter, scope: &Scope) -> rusqlite::Result<Page> {
     let mut args: Vec<Box<dyn ToSql>> = vec![Box::new(f.period.from_ms), Box::new(f.period.to_ms)];
@@ -278,10 +315,22 @@ pub fn list(conn: &Connection, f: &Filter, scope: &Scope) -> rusqlite::Result<Pa
     }
     if !f.words.is_empty() {
         args.push(Box::new(fts_query(&f.words)));
-        sql += &format!(
-            " AND c.call_id IN (SELECT call_id FROM transcript_fts WHERE transcript_fts MATCH ?{})",
-            args.len()
-        );
+        let q = args.len();
+        // Words said in few calls: list those calls, then sort them. Words
+        // said in many: walk the calls newest first and look each up, which
+        // stops at a page (listing them all would read most of the index).
+        sql += &if fewest_docs(conn, &f.words)? <= WALK_FROM_DOCS {
+            format!(
+                " AND c.call_id IN (SELECT call_id FROM transcript_fts WHERE transcript_fts MATCH ?{q})"
+            )
+        } else {
+            format!(
+                " AND EXISTS (SELECT 1 FROM transcript_fts t WHERE transcript_fts MATCH ?{q}
+                   AND t.rowid BETWEEN (SELECT MIN(pos) FROM events e WHERE e.call_id = c.call_id)
+                                   AND (SELECT MAX(pos) FROM events e WHERE e.call_id = c.call_id)
+                   AND t.call_id = c.call_id)"
+            )
+        };
     }
     if let Some(rule) = &f.rule {
         args.push(Box::new(rule.clone()));
@@ -346,9 +395,13 @@ pub fn list(conn: &Connection, f: &Filter, scope: &Scope) -> rusqlite::Result<Pa
     let mut missed = conn.prepare_cached(
         "SELECT item FROM call_checklist WHERE call_id = ?1 AND done = 0 ORDER BY item",
     )?;
+    // The call's own stretch of the index only (its events' positions).
     let mut snippet = conn.prepare_cached(
         "SELECT snippet(transcript_fts, 0, '[', ']', '…', 12) FROM transcript_fts
-         WHERE transcript_fts MATCH ?1 AND call_id = ?2 LIMIT 1",
+         WHERE transcript_fts MATCH ?1
+           AND rowid BETWEEN (SELECT MIN(pos) FROM events WHERE call_id = ?2)
+                         AND (SELECT MAX(pos) FROM events WHERE call_id = ?2)
+           AND call_id = ?2 LIMIT 1",
     )?;
     let query = fts_query(&f.words);
     for c in &mut calls {

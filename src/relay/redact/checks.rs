@@ -34,6 +34,9 @@ pub fn dni_letter(digits: &str) -> Option<char> {
 /// A DNI ("12345678Z") or NIE ("X1234567L") with its right check letter;
 /// any case, no separators.
 pub fn dni_or_nie(word: &str) -> bool {
+    if word.len() != 9 {
+        return false;
+    }
     let w = word.to_ascii_uppercase();
     let b = w.as_bytes();
     if b.len() != 9 || !b[8].is_ascii_uppercase() {

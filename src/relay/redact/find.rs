@@ -443,7 +443,16 @@ fn phone_like(text: &str, start: usize, d: &str, armed: bool) -> bool {
 /// where it ends, if the longest candidate passes mod-97.
 fn iban_from(text: &str, ws: &[Word], i: usize) -> Option<usize> {
     let first = ws[i].folded.as_bytes();
-    if first.len() < 2 || !first[..2].iter().all(u8::is_ascii_alphabetic) {
+    // "ES91..." as one word, or "ES" then "91..."; nothing else starts one.
+    let starts = match first.len() {
+        2 => first.iter().all(u8::is_ascii_alphabetic),
+        n if n >= 4 => {
+            first[..2].iter().all(u8::is_ascii_alphabetic)
+                && first[2..4].iter().all(u8::is_ascii_digit)
+        }
+        _ => false,
+    };
+    if !starts {
         return None;
     }
     let mut candidate = String::new();

@@ -55,9 +55,15 @@ pub struct Options {
     /// Publishing HTTP connections (requests in flight at most).
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
-    /// Bytes of filler text in each event (a transcript is ~200).
+    /// Bytes of text in each event (a transcript is ~200): Spanish speech
+    /// from a fixed set of sentences, one in ten with digits the relay
+    /// redacts (a card, a DNI, a phone number).
     #[arg(long, default_value_t = 200)]
     pub payload: usize,
+    /// With `--spawn`: `off` starts the relays with every redaction
+    /// category turned off, for a side-by-side run.
+    #[arg(long, value_parser = ["on", "off"], default_value = "on")]
+    pub redact: String,
     /// Bearer token (else $CALL_COACH_BENCH_TOKEN); needs publish and
     /// supervisor roles.
     #[arg(long)]
@@ -221,6 +227,7 @@ fn spawn(kind: &str, opts: &mut Options) -> anyhow::Result<Spawned> {
         .tempdir()?;
     eprintln!("the relays' and servers' logs: {}", dir.path().display());
     let ready = Duration::from_secs(120);
+    let redact_off = opts.redact == "off";
     let start_relay = |i: usize, extra: &[(&str, String)]| -> anyhow::Result<Service> {
         let mut env = vec![
             ("RELAY_LISTEN", "127.0.0.1:0".to_owned()),
@@ -231,6 +238,21 @@ fn spawn(kind: &str, opts: &mut Options) -> anyhow::Result<Spawned> {
             ("RUST_LOG", "warn".to_owned()),
         ];
         env.extend(extra.iter().cloned());
+        if redact_off {
+            for key in [
+                "CARDS",
+                "SECURITY_CODES",
+                "ID_DOCUMENTS",
+                "IBAN",
+                "EMAIL",
+                "PHONE",
+            ] {
+                env.push((
+                    leak(format!("CALL_COACH_RELAY__REDACT__{key}")),
+                    "false".to_owned(),
+                ));
+            }
+        }
         Service::start("relay", &env, dir.path(), ready)
     };
     let (relays, cluster) = match kind {
@@ -258,6 +280,95 @@ fn spawn(kind: &str, opts: &mut Options) -> anyhow::Result<Spawned> {
         _cluster: cluster,
         _dir: dir,
     })
+}
+
+/// A variable name for the environment list (a handful, once per run).
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// Sentences of a call, a tenth of them with what the relay redacts.
+const SPEECH: [&str; 10] = [
+    "Buenos días, le atiende Laura, ¿en qué puedo ayudarle?",
+    "Quería consultar por qué me han cobrado dos veces la factura de este mes.",
+    "Vale, ahora mismo lo reviso, deme un momento por favor.",
+    "Sí, el cargo es de cuarenta y nueve euros con noventa céntimos.",
+    "Mi tarjeta es la 4539 1488 0343 6467 y caduca en mayo.",
+    "Le confirmo que la devolución llegará en un plazo de cinco días.",
+    "¿Puedo ayudarle en algo más? Tiene un veinte por ciento de descuento.",
+    "No, eso es todo, muchas gracias por su ayuda.",
+    "Perfecto, que tenga un buen día y gracias por llamar.",
+    "Le llamo en cinco minutos para confirmarle el cambio de tarifa.",
+];
+
+/// About `bytes` of speech for event `i`: the sentences in turn.
+fn speech(i: u64, bytes: usize) -> String {
+    let mut out = String::with_capacity(bytes + 80);
+    let mut k = i as usize;
+    while out.len() < bytes {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(SPEECH[k % SPEECH.len()]);
+        k += 1;
+    }
+    let mut end = bytes.min(out.len());
+    while !out.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.truncate(end);
+    out
+}
+
+/// The redaction-time histogram of every relay: (bound s, cumulative count).
+async fn redaction_buckets(targets: &[Arc<Target>]) -> Vec<(f64, u64)> {
+    let mut sum: Vec<(f64, u64)> = Vec::new();
+    for t in targets {
+        let Ok(text) = t.get_text("/metrics").await else {
+            continue;
+        };
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("relay_redaction_seconds_bucket{le=\"") else {
+                continue;
+            };
+            let Some((bound, count)) = rest.split_once("\"} ") else {
+                continue;
+            };
+            let bound = if bound == "+Inf" {
+                f64::INFINITY
+            } else {
+                bound.parse().unwrap_or(f64::NAN)
+            };
+            let count: u64 = count.trim().parse().unwrap_or(0);
+            match sum.iter_mut().find(|(b, _)| *b == bound) {
+                Some(e) => e.1 += count,
+                None => sum.push((bound, count)),
+            }
+        }
+    }
+    sum
+}
+
+/// The bucket bound (µs) under which a `q` share of the round's
+/// redactions finished: `after - before` of [`redaction_buckets`].
+fn redaction_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> Option<f64> {
+    let delta: Vec<(f64, u64)> = after
+        .iter()
+        .map(|(b, n)| {
+            let was = before.iter().find(|(x, _)| x == b).map_or(0, |e| e.1);
+            (*b, n.saturating_sub(was))
+        })
+        .collect();
+    let total = delta.iter().find(|(b, _)| b.is_infinite())?.1;
+    if total == 0 {
+        return None;
+    }
+    let want = (q * total as f64).ceil() as u64;
+    delta
+        .iter()
+        .filter(|(b, _)| b.is_finite())
+        .find(|(_, n)| *n >= want)
+        .map(|(b, _)| b * 1e6)
 }
 
 /// Subscribers dropped so far by every relay.
@@ -313,7 +424,7 @@ pub async fn run(mut opts: Options) -> anyhow::Result<()> {
         opts.duration
     );
     println!(
-        "{:>10} {:>12} {:>13} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10} {:>14} {:>7}",
+        "{:>10} {:>12} {:>13} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10} {:>14} {:>7} {:>17}",
         "target/s",
         "accepted/s",
         "delivered/s",
@@ -324,7 +435,8 @@ pub async fn run(mut opts: Options) -> anyhow::Result<()> {
         "errors",
         "CPU",
         "CPU ms/1k ev",
-        "kicked"
+        "kicked",
+        "redact p50/p99 µs"
     );
     for (round, rate) in opts.rate.iter().enumerate() {
         let r = one_rate(&targets, &extra, &opts, *rate, round).await?;
@@ -334,7 +446,7 @@ pub async fn run(mut opts: Options) -> anyhow::Result<()> {
             "max".into()
         };
         println!(
-            "{:>10} {:>12.0} {:>13.0} {:>9.2} {:>9.2} {:>9.2} {:>9} {:>8} {:>10} {:>14} {:>7}",
+            "{:>10} {:>12.0} {:>13.0} {:>9.2} {:>9.2} {:>9.2} {:>9} {:>8} {:>10} {:>14} {:>7} {:>17}",
             target_label,
             r.accepted as f64 / r.secs,
             r.delivered as f64 / r.secs,
@@ -351,6 +463,10 @@ pub async fn run(mut opts: Options) -> anyhow::Result<()> {
                 .map(|c| format!("{:.0}", c * r.secs / r.accepted as f64 * 1e6))
                 .unwrap_or_else(|| "-".into()),
             r.kicked,
+            match (r.redact_p50_us, r.redact_p99_us) {
+                (Some(a), Some(b)) => format!("≤{a:.0} / ≤{b:.0}"),
+                _ => "-".into(),
+            },
         );
     }
     Ok(())
@@ -370,6 +486,9 @@ struct RoundResult {
     /// Subscribers the relays dropped for falling behind (their queue
     /// filled up), during the round.
     kicked: u64,
+    /// Time in the redactor per event (upper bucket bounds, µs).
+    redact_p50_us: Option<f64>,
+    redact_p99_us: Option<f64>,
 }
 
 async fn one_rate(
@@ -417,13 +536,13 @@ async fn one_rate(
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let until = start + Duration::from_secs_f64(opts.duration);
-    let filler = "x".repeat(opts.payload);
+    let redact_before = redaction_buckets(targets).await;
+    let payload = opts.payload;
     let mut publishers = Vec::new();
     for k in 0..opts.concurrency.max(1) {
         let target = targets[k % targets.len()].clone();
         let calls = calls.clone();
         let (accepted, errors, next) = (accepted.clone(), errors.clone(), next.clone());
-        let filler = filler.clone();
         publishers.push(tokio::spawn(async move {
             let mut conn: Option<SendRequest<Full<Bytes>>> = None;
             loop {
@@ -438,10 +557,13 @@ async fn one_rate(
                     return;
                 }
                 let call = &calls[i as usize % calls.len()];
-                let body = format!(
-                    r#"{{"type":"bench.tick","callId":"{call}","benchSentUs":{},"text":"{filler}"}}"#,
-                    unix_micros()
-                );
+                let body = serde_json::json!({
+                    "type": "bench.tick",
+                    "callId": call,
+                    "benchSentUs": unix_micros(),
+                    "text": speech(i, payload),
+                })
+                .to_string();
                 if conn.as_ref().is_none_or(|c| c.is_closed()) {
                     conn = target.connect().await.ok();
                 }
@@ -489,6 +611,7 @@ async fn one_rate(
     }
     let delivered_n = delivered.load(Ordering::Relaxed);
     let kicked_n = kicked(targets).await.saturating_sub(kicked_before);
+    let redact_after = redaction_buckets(targets).await;
     let collected = collected_latencies(lat);
     let cpu = match (before, after) {
         (Some(c0), Some(c1)) => Some((c1 - c0) / secs),
@@ -505,6 +628,8 @@ async fn one_rate(
         max_ms: collected.2,
         cpu,
         kicked: kicked_n,
+        redact_p50_us: redaction_quantile(&redact_before, &redact_after, 0.5),
+        redact_p99_us: redaction_quantile(&redact_before, &redact_after, 0.99),
     })
 }
 
