@@ -35,6 +35,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::calls::{CallInfo, Calls};
+use super::history::archive::Archive;
 use super::hub::Hub;
 use super::metrics::Metrics;
 use super::store::{Appended, StoreError, StoredEvent};
@@ -79,6 +80,10 @@ pub struct NatsSettings {
     /// A retried POST with the same `Idempotency-Key` within this many
     /// seconds is stored once.
     pub duplicate_window_secs: u64,
+    /// Keep the call history (`/history`, `/scorecards`, search) on this
+    /// relay: a local SQLite copy of the stream in `state_dir`, filled by
+    /// the relay's tail. One or two relays of a cluster are enough.
+    pub archive: bool,
 }
 
 impl Default for NatsSettings {
@@ -93,12 +98,19 @@ impl Default for NatsSettings {
             replicas: 0,
             timeout_ms: 5_000,
             duplicate_window_secs: 120,
+            archive: false,
         }
     }
 }
 
 /// Name of the systemd credential holding the NATS credentials file.
 pub const CREDS_CREDENTIAL: &str = "relay_nats_creds";
+
+/// The subject of erasure tombstones (payload: the call id). Call ids
+/// start with a letter or digit, so it is no call's subject.
+pub fn erased_subject(prefix: &str) -> String {
+    format!("{prefix}._erased")
+}
 
 /// The subject of one call's events.
 pub fn subject(prefix: &str, call_id: &str) -> String {
@@ -122,6 +134,8 @@ struct Inner {
     head: AtomicI64,
     closed: AtomicBool,
     metrics: Arc<Metrics>,
+    /// The local history, when this relay keeps one.
+    archive: Option<Archive>,
 }
 
 impl Inner {
@@ -150,6 +164,7 @@ pub async fn open(
     hub: Arc<Hub>,
     calls: Arc<Calls>,
     metrics: Arc<Metrics>,
+    archive: Option<Archive>,
     shutdown: CancellationToken,
 ) -> Result<Store, StoreError> {
     let client = crate::nats::connect(&crate::nats::Target {
@@ -251,6 +266,7 @@ pub async fn open(
         head: AtomicI64::new(0),
         closed: AtomicBool::new(false),
         metrics,
+        archive,
     });
     let (caught_up_tx, mut caught_up) = tokio::sync::watch::channel(false);
     let tail = Tail {
@@ -310,7 +326,13 @@ impl Store {
         subject(&self.inner.prefix, call_id)
     }
 
-    /// Deletes a call: purges its subject from the stream (every replica).
+    /// The local history, when this relay keeps one.
+    pub fn archive(&self) -> Option<&Archive> {
+        self.inner.archive.as_ref()
+    }
+
+    /// Deletes a call: purges its subject from the stream (every replica),
+    /// then publishes a tombstone so every relay's archive erases it too.
     /// Returns how many messages went.
     pub async fn erase(&self, call_id: &str) -> Result<u64, StoreError> {
         let purged = self
@@ -320,6 +342,16 @@ impl Store {
             .filter(self.subject(call_id))
             .await
             .map_err(|e| StoreError::Nats(format!("purge of call {call_id}: {e}")))?;
+        self.inner
+            .js
+            .publish(
+                erased_subject(&self.inner.prefix),
+                call_id.to_owned().into(),
+            )
+            .await
+            .map_err(|e| StoreError::Nats(format!("tombstone of call {call_id}: {e}")))?
+            .await
+            .map_err(|e| StoreError::Nats(format!("tombstone of call {call_id}: {e}")))?;
         self.inner
             .last
             .lock()
@@ -570,7 +602,9 @@ fn seq_of(headers: Option<&async_nats::HeaderMap>, payload: &[u8]) -> i64 {
 /// The call id of a subject written by [`subject`].
 fn call_of_subject(prefix: &str, subject: &str) -> Option<String> {
     let id = subject.strip_prefix(prefix)?.strip_prefix('.')?;
-    Some(id.replace('=', "."))
+    // Not a call's: the erasure tombstones' subject.
+    let id = id.replace('=', ".");
+    crate::event::is_valid_call_id(&id).then_some(id)
 }
 
 /// One stored message as delivered: its body with `pos` added at the end.
@@ -656,8 +690,11 @@ impl Tail {
             .await
             .map_err(|e| nats_error("tail", e))?
             .ready_chunks(TAIL_BATCH);
+        let erased_subject = erased_subject(&self.inner.prefix);
         while let Some(chunk) = messages.next().await {
             let mut batch = Vec::with_capacity(chunk.len());
+            let mut stored_at = Vec::with_capacity(chunk.len());
+            let mut erased: Vec<String> = Vec::new();
             let mut updates: HashMap<String, CallInfo> = HashMap::new();
             let mut failed = None;
             let mut caught_up = false;
@@ -674,6 +711,14 @@ impl Tail {
                 let published_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as i64;
                 caught_up |= info.pending == 0;
                 *next = pos + 1;
+                if m.subject.as_str() == erased_subject {
+                    if let Ok(id) = std::str::from_utf8(&m.payload)
+                        && crate::event::is_valid_call_id(id)
+                    {
+                        erased.push(id.to_owned());
+                    }
+                    continue;
+                }
                 let Some(ev) = call_of_subject(&self.inner.prefix, &m.subject)
                     .and_then(|id| stored_event(m.headers.as_ref(), &m.payload, pos, id))
                 else {
@@ -696,6 +741,7 @@ impl Tail {
                 {
                     info.observe(&envelope, published_ms);
                 }
+                stored_at.push(published_ms);
                 batch.push(Arc::new(ev));
             }
             for ev in &batch {
@@ -705,7 +751,24 @@ impl Tail {
                 };
                 self.inner.remember(&ev.call_id, last);
             }
-            self.calls.update(updates.into_values());
+            let infos: Vec<CallInfo> = updates.into_values().collect();
+            if let Some(archive) = &self.inner.archive {
+                let copied = batch.iter().cloned().zip(stored_at).collect();
+                archive.copy(copied, infos.clone()).await;
+            }
+            self.calls.update(infos);
+            // Erasures (on any relay): forget the call here too.
+            for id in &erased {
+                self.calls.forget(std::slice::from_ref(id));
+                self.inner
+                    .last
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(id);
+                if let Some(archive) = &self.inner.archive {
+                    archive.erase(id).await;
+                }
+            }
             if let Some(last) = batch.last() {
                 self.inner.head.store(last.pos, Ordering::Release);
                 self.hub.publish(&batch);

@@ -62,12 +62,12 @@ impl Log {
         }
     }
 
-    /// The SQLite store, which keeps the call history (`None` in
-    /// JetStream mode).
-    pub fn history(&self) -> Option<&store::Store> {
+    /// Where the call history is read: the SQLite store, or a JetStream
+    /// relay's archive (`None` on a JetStream relay without one).
+    pub fn history(&self) -> Option<&Arc<store::Readers>> {
         match self {
-            Log::Sqlite(s) => Some(s),
-            Log::JetStream(_) => None,
+            Log::Sqlite(s) => Some(s.readers()),
+            Log::JetStream(s) => s.archive().map(|a| a.readers()),
         }
     }
 

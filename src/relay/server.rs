@@ -93,12 +93,21 @@ pub async fn serve(
     let hub = Arc::new(Hub::new(r.subscriber_queue, metrics.clone()));
     let calls = Arc::new(Calls::default());
     let (log, writer, where_) = if r.nats.url.is_some() {
+        let archive = if r.nats.archive {
+            Some(super::history::archive::Archive::open(
+                state_dir,
+                r.retention_days,
+            )?)
+        } else {
+            None
+        };
         let log = super::jetstream::open(
             &r.nats,
             r.retention_days,
             hub.clone(),
             calls.clone(),
             metrics.clone(),
+            archive,
             shutdown.clone(),
         )
         .await?;
@@ -497,14 +506,15 @@ fn store_failed(e: &StoreError) -> Refusal {
     Refusal::new(Rejection::BadRequest, status, format!("{e}"))
 }
 
-/// The store that keeps the call history; JetStream mode has none.
-fn history_store(state: &State) -> Result<&store::Store, Refusal> {
+/// Where the call history is read; a JetStream relay without an archive
+/// has none.
+fn history_store(state: &State) -> Result<&Arc<store::Readers>, Refusal> {
     state.store.history().ok_or_else(|| {
         Refusal::new(
             Rejection::NotFound,
             StatusCode::NOT_IMPLEMENTED,
-            "call history and scorecards are kept by a relay with the SQLite store; \
-             this relay keeps events in NATS JetStream (README \"Scaling out\")",
+            "this relay keeps no call history: it keeps events in NATS JetStream without \
+             relay.nats.archive = true; ask a relay that has it (README \"Scaling out\")",
         )
     })
 }

@@ -152,8 +152,8 @@ pub struct Store {
     head: Arc<AtomicI64>,
 }
 
-/// Read connections for replay, reused across requests.
-struct Readers {
+/// Read connections (replay, history), reused across requests.
+pub struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
 }
@@ -163,30 +163,16 @@ pub fn db_path(state_dir: &Path) -> PathBuf {
     state_dir.join("relay").join("events.sqlite3")
 }
 
-/// Opened store plus the writer thread to join on shutdown.
-pub struct Opened {
-    pub store: Store,
-    pub writer: std::thread::JoinHandle<()>,
-}
-
-/// Opens (or creates) the store and starts its writer thread. Seq counters
-/// and the call index are rebuilt from disk, so numbering carries on after a
-/// restart.
-pub fn open(
-    state_dir: &Path,
-    sync: Sync,
-    retention_days: u32,
-    hub: Arc<Hub>,
-    calls: Arc<Calls>,
-    metrics: Arc<Metrics>,
-) -> Result<Opened, StoreError> {
-    let path = db_path(state_dir);
-    let dir = path.parent().unwrap_or(state_dir);
-    std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
-        path: dir.to_owned(),
-        source,
-    })?;
-    let mut conn = Connection::open(&path)?;
+/// Opens (or creates) the database at `path` for writing: WAL, deleted
+/// data overwritten, the events, calls and history tables.
+pub fn connect(path: &Path, sync: Sync) -> Result<Connection, StoreError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    let mut conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // What is deleted (an erased call, expired events) is overwritten, not
     // left in free pages of the file.
@@ -222,6 +208,79 @@ pub fn open(
          ) WITHOUT ROWID;",
     )?;
     super::history::index::create(&mut conn)?;
+    Ok(conn)
+}
+
+/// Writes or updates the `calls` rows of `infos` (in a transaction).
+pub fn upsert_calls<'a>(
+    tx: &rusqlite::Transaction<'_>,
+    infos: impl IntoIterator<Item = &'a CallInfo>,
+) -> rusqlite::Result<()> {
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO calls (call_id, last_seq, last_ms, started_ms, ended_ms, agent, caller, direction, end_reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (call_id) DO UPDATE SET
+           last_seq = excluded.last_seq, last_ms = excluded.last_ms,
+           started_ms = excluded.started_ms, ended_ms = excluded.ended_ms,
+           agent = excluded.agent, caller = excluded.caller,
+           direction = excluded.direction, end_reason = excluded.end_reason",
+    )?;
+    for c in infos {
+        upsert.execute(params![
+            c.call_id,
+            c.last_seq,
+            c.last_ms,
+            c.started_ms,
+            c.ended_ms,
+            c.agent,
+            c.caller,
+            c.direction,
+            c.end_reason
+        ])?;
+    }
+    Ok(())
+}
+
+/// Deletes one call whole (events, row, history) in a transaction of its
+/// own, then empties the WAL so the deleted pages are not left in it.
+/// Returns how many events went.
+pub fn erase_call(conn: &mut Connection, call_id: &str) -> Result<u64, StoreError> {
+    let tx = conn.transaction()?;
+    super::history::index::erase(&tx, call_id)?;
+    let deleted = tx.execute("DELETE FROM events WHERE call_id = ?1", params![call_id])?;
+    let row = tx.execute("DELETE FROM calls WHERE call_id = ?1", params![call_id])?;
+    tx.commit()?;
+    if deleted > 0 || row > 0 {
+        // Best effort: a reader in the middle of a long read keeps the
+        // WAL until its next checkpoint.
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        }) {
+            tracing::warn!(error = %e, "checkpoint after an erasure failed");
+        }
+    }
+    Ok(deleted as u64)
+}
+
+/// Opened store plus the writer thread to join on shutdown.
+pub struct Opened {
+    pub store: Store,
+    pub writer: std::thread::JoinHandle<()>,
+}
+
+/// Opens (or creates) the store and starts its writer thread. Seq counters
+/// and the call index are rebuilt from disk, so numbering carries on after a
+/// restart.
+pub fn open(
+    state_dir: &Path,
+    sync: Sync,
+    retention_days: u32,
+    hub: Arc<Hub>,
+    calls: Arc<Calls>,
+    metrics: Arc<Metrics>,
+) -> Result<Opened, StoreError> {
+    let path = db_path(state_dir);
+    let conn = connect(&path, sync)?;
     let next_pos: i64 =
         conn.query_row("SELECT COALESCE(MAX(pos), 0) + 1 FROM events", [], |r| {
             r.get(0)
@@ -250,10 +309,7 @@ pub fn open(
     Ok(Opened {
         store: Store {
             tx,
-            readers: Arc::new(Readers {
-                path,
-                idle: Mutex::new(Vec::new()),
-            }),
+            readers: Arc::new(Readers::new(path)),
             head,
         },
         writer,
@@ -322,15 +378,9 @@ impl Store {
         rx.await.map_err(|_| Arc::new(StoreError::Closed))?
     }
 
-    /// Runs `f` on a read connection, off the runtime.
-    pub async fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let readers = self.readers.clone();
-        tokio::task::spawn_blocking(move || readers.with(|c| Ok(f(c)?)))
-            .await
-            .map_err(|e| StoreError::Internal(e.to_string()))?
+    /// The read connections (for the history's questions).
+    pub fn readers(&self) -> &Arc<Readers> {
+        &self.readers
     }
 
     /// Up to `limit` stored events after a cursor, in order: of one call
@@ -349,6 +399,25 @@ impl Store {
 }
 
 impl Readers {
+    /// Read connections to the database at `path`.
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `f` on a read connection, off the runtime.
+    pub async fn read<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = self.clone();
+        tokio::task::spawn_blocking(move || readers.with(|c| Ok(f(c)?)))
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))?
+    }
+
     /// Runs `f` on an idle read connection (or a new one), then keeps it.
     fn with<T>(
         &self,
@@ -590,28 +659,7 @@ impl Writer {
                         json: Utf8Bytes::from(body),
                     }));
                 }
-                let mut upsert = tx.prepare_cached(
-                    "INSERT INTO calls (call_id, last_seq, last_ms, started_ms, ended_ms, agent, caller, direction, end_reason)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                     ON CONFLICT (call_id) DO UPDATE SET
-                       last_seq = excluded.last_seq, last_ms = excluded.last_ms,
-                       started_ms = excluded.started_ms, ended_ms = excluded.ended_ms,
-                       agent = excluded.agent, caller = excluded.caller,
-                       direction = excluded.direction, end_reason = excluded.end_reason",
-                )?;
-                for c in updates.values() {
-                    upsert.execute(params![
-                        c.call_id,
-                        c.last_seq,
-                        c.last_ms,
-                        c.started_ms,
-                        c.ended_ms,
-                        c.agent,
-                        c.caller,
-                        c.direction,
-                        c.end_reason
-                    ])?;
-                }
+                upsert_calls(&tx, updates.values())?;
             }
             tx.commit()?;
             Ok(())
@@ -650,80 +698,79 @@ impl Writer {
     /// Deletes up to one chunk of events older than the retention period,
     /// and forgets calls with nothing left. Returns whether more remain.
     fn purge_step(&mut self, retention: Duration) -> Result<bool, StoreError> {
-        let cutoff = now_unix_ms() - retention.as_millis() as i64;
-        // `pos` grows with `received_ms`, so the first event to keep is found
-        // by a binary search over the primary key instead of a table scan.
-        let first_kept = self.first_pos_at_or_after(cutoff)?;
-        let tx = self.conn.transaction()?;
-        super::history::index::purge(&tx, first_kept, PURGE_CHUNK)?;
-        let deleted = tx.execute(
-            "DELETE FROM events WHERE pos IN (SELECT pos FROM events WHERE pos < ?1 ORDER BY pos LIMIT ?2)",
-            params![first_kept, PURGE_CHUNK],
-        )?;
-        let mut gone = Vec::new();
-        {
-            let mut stmt = tx.prepare_cached(
-                "SELECT call_id FROM calls WHERE last_ms < ?1
-                 AND NOT EXISTS (SELECT 1 FROM events e WHERE e.call_id = calls.call_id)",
-            )?;
-            for id in stmt.query_map(params![cutoff], |r| r.get::<_, String>(0))? {
-                gone.push(id?);
-            }
-            let mut del = tx.prepare_cached("DELETE FROM calls WHERE call_id = ?1")?;
-            for id in &gone {
-                del.execute(params![id])?;
-                super::history::index::forget(&tx, id)?;
-            }
-        }
-        tx.commit()?;
-        if deleted > 0 || !gone.is_empty() {
-            tracing::info!(events = deleted, calls = gone.len(), "retention purge");
-        }
+        let (deleted, gone) = purge_step(&mut self.conn, self.next_pos, retention)?;
         self.calls.forget(&gone);
-        self.metrics.purged.add(deleted as u64);
+        self.metrics.purged.add(deleted);
         Ok(deleted as i64 == PURGE_CHUNK)
     }
 
-    /// Deletes one call whole, then empties the WAL so the deleted pages
-    /// are not left in it either.
+    /// Deletes one call whole.
     fn erase(&mut self, call_id: &str) -> Result<u64, StoreError> {
-        let tx = self.conn.transaction()?;
-        super::history::index::erase(&tx, call_id)?;
-        let deleted = tx.execute("DELETE FROM events WHERE call_id = ?1", params![call_id])?;
-        let row = tx.execute("DELETE FROM calls WHERE call_id = ?1", params![call_id])?;
-        tx.commit()?;
+        let deleted = erase_call(&mut self.conn, call_id)?;
         self.calls.forget(&[call_id.to_owned()]);
-        if deleted > 0 || row > 0 {
-            // Best effort: a reader in the middle of a long read keeps the
-            // WAL until its next checkpoint.
-            if let Err(e) = self
-                .conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                    r.get::<_, i64>(0)
-                })
-            {
-                tracing::warn!(error = %e, "checkpoint after an erasure failed");
-            }
-        }
-        Ok(deleted as u64)
+        Ok(deleted)
     }
+}
 
-    fn first_pos_at_or_after(&self, cutoff_ms: i64) -> Result<i64, StoreError> {
-        let mut lo: i64 = 0;
-        let mut hi: i64 = self.next_pos;
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT received_ms FROM events WHERE pos >= ?1 ORDER BY pos LIMIT 1",
+/// Deletes up to one chunk of events older than `retention` (positions
+/// below `next_pos`), their index entries, and the calls with nothing
+/// left. Returns the events deleted and the calls gone.
+pub fn purge_step(
+    conn: &mut Connection,
+    next_pos: i64,
+    retention: Duration,
+) -> Result<(u64, Vec<String>), StoreError> {
+    let cutoff = now_unix_ms() - retention.as_millis() as i64;
+    // `pos` grows with `received_ms`, so the first event to keep is found
+    // by a binary search over the primary key instead of a table scan.
+    let first_kept = first_pos_at_or_after(conn, next_pos, cutoff)?;
+    let tx = conn.transaction()?;
+    super::history::index::purge(&tx, first_kept, PURGE_CHUNK)?;
+    let deleted = tx.execute(
+        "DELETE FROM events WHERE pos IN (SELECT pos FROM events WHERE pos < ?1 ORDER BY pos LIMIT ?2)",
+        params![first_kept, PURGE_CHUNK],
+    )?;
+    let mut gone = Vec::new();
+    {
+        let mut stmt = tx.prepare_cached(
+            "SELECT call_id FROM calls WHERE last_ms < ?1
+             AND NOT EXISTS (SELECT 1 FROM events e WHERE e.call_id = calls.call_id)",
         )?;
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            let ms: Option<i64> = stmt.query_row(params![mid], |r| r.get(0)).optional()?;
-            match ms {
-                Some(ms) if ms < cutoff_ms => lo = mid + 1,
-                _ => hi = mid,
-            }
+        for id in stmt.query_map(params![cutoff], |r| r.get::<_, String>(0))? {
+            gone.push(id?);
         }
-        Ok(lo)
+        let mut del = tx.prepare_cached("DELETE FROM calls WHERE call_id = ?1")?;
+        for id in &gone {
+            del.execute(params![id])?;
+            super::history::index::forget(&tx, id)?;
+        }
     }
+    tx.commit()?;
+    if deleted > 0 || !gone.is_empty() {
+        tracing::info!(events = deleted, calls = gone.len(), "retention purge");
+    }
+    Ok((deleted as u64, gone))
+}
+
+/// The first `pos` (below `next_pos`) received at or after `cutoff_ms`.
+fn first_pos_at_or_after(
+    conn: &Connection,
+    next_pos: i64,
+    cutoff_ms: i64,
+) -> Result<i64, StoreError> {
+    let mut lo: i64 = 0;
+    let mut hi: i64 = next_pos;
+    let mut stmt =
+        conn.prepare_cached("SELECT received_ms FROM events WHERE pos >= ?1 ORDER BY pos LIMIT 1")?;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let ms: Option<i64> = stmt.query_row(params![mid], |r| r.get(0)).optional()?;
+        match ms {
+            Some(ms) if ms < cutoff_ms => lo = mid + 1,
+            _ => hi = mid,
+        }
+    }
+    Ok(lo)
 }
 
 #[cfg(test)]

@@ -515,7 +515,13 @@ async fn deliver<W>(
     if let Some(why) = reject_reason(&decoded, state.settings.max_no_speech_prob) {
         if !decoded.text.is_empty() {
             state.metrics.filtered.inc();
-            tracing::debug!(reason = why, text = %decoded.text, "dropped a transcription");
+            // What was said is not logged: it may hold a card number (the
+            // relay redacts; the journal would not).
+            tracing::debug!(
+                reason = why,
+                chars = decoded.text.chars().count(),
+                "dropped a transcription"
+            );
         }
         text.clear();
     }
@@ -552,7 +558,12 @@ async fn deliver<W>(
         lag_ms: Some(span.behind_ms + done.total.as_millis() as u64),
         gap,
     });
-    tracing::debug!(final_ = is_final, decode_ms = done.decode.as_millis() as u64, text = %text, "transcript");
+    tracing::debug!(
+        final_ = is_final,
+        decode_ms = done.decode.as_millis() as u64,
+        chars = text.chars().count(),
+        "transcript"
+    );
     state.publisher.send(event.clone());
     let _ = tx.send(Message::text(event.to_json())).await;
 }

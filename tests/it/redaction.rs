@@ -165,6 +165,21 @@ async fn nothing_read_out_reaches_the_store_subscribers_or_the_llm() {
         assert_clean("a replayed event", &e.to_string());
     }
 
+    // Every export.
+    for format in ["txt", "json", "vtt"] {
+        let (status, body) = relay
+            .request(
+                "GET",
+                &format!("/calls/r-1/export?format={format}"),
+                &[],
+                "",
+            )
+            .await;
+        assert_eq!(status, 200, "{format}: {body}");
+        assert!(body.contains("[TARJETA]"), "{format}: {body}");
+        assert_clean(&format!("the {format} export"), &body);
+    }
+
     // The database files on disk, WAL included.
     let dir = relay.state_dir().join("relay");
     let mut files = 0;

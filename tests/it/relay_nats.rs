@@ -434,3 +434,117 @@ async fn retention_follows_the_setting_across_restarts() {
         "the stored event stayed"
     );
 }
+
+/// `GET path` on `relay` as JSON (status, body).
+async fn get_json(relay: &Relay, path: &str) -> (u16, Value) {
+    let (status, body) = relay.request("GET", path, &[], "").await;
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
+}
+
+/// The call ids `/history?query` lists on `relay`, once they are `want`
+/// (the archive follows the stream a moment behind).
+async fn history_becomes(relay: &Relay, query: &str, want: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, page) = get_json(relay, &format!("/history?{query}")).await;
+        assert_eq!(status, 200, "{page}");
+        let ids: Vec<&str> = page["calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["callId"].as_str().unwrap())
+            .collect();
+        if ids == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/history?{query} lists {ids:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_archiving_relay_keeps_the_stream_history_and_erasures_reach_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Cluster::start(dir.path(), 1, READY).unwrap_or_else(|e| panic!("{e:#}"));
+    let urls = nats.urls();
+    let archive = Relay::start(&[
+        ("RELAY_NATS_URL", &urls),
+        ("CALL_COACH_RELAY__NATS__ARCHIVE", "true"),
+    ]);
+    let plain = relay_on(&urls);
+    for (call, agent, said) in [
+        ("a-1", "PJSIP/200", "Quiero la portabilidad de mi línea."),
+        ("a-2", "PJSIP/201", "La factura de marzo viene mal."),
+    ] {
+        for e in [
+            json!({"type":"call.started","callId":call,"agent":agent,"caller":"600"}),
+            json!({"type":"transcript","callId":call,"speaker":"customer","text":said,"final":true,"utteranceId":"u1","startMs":0,"endMs":1500}),
+            json!({"type":"summary","callId":call,"text":"Resumen.","source":"rules","reason":"hangup","agent":agent,"durationMs":30000,
+                   "metrics":{"agentTalkRatio":0.5,"silenceMs":1000,"overtalkMs":0},"rulesFired":{"queja":1},
+                   "checklist":[{"id":"identificacion","label":"Identificación","done":false}]}),
+            json!({"type":"call.ended","callId":call,"reason":"hangup"}),
+        ] {
+            plain.publish(e).await;
+        }
+    }
+    // Published through the other relay, found on the archiving one.
+    history_becomes(&archive, "q=linea", &["a-1"]).await;
+    history_becomes(&archive, "", &["a-2", "a-1"]).await;
+    history_becomes(
+        &archive,
+        "missed=identificacion&rule=queja",
+        &["a-2", "a-1"],
+    )
+    .await;
+    let (status, cards) = get_json(&archive, "/scorecards").await;
+    assert_eq!(status, 200, "{cards}");
+    assert_eq!(cards["agents"].as_array().unwrap().len(), 2);
+    // A relay without the archive says where the history is.
+    let (status, body) = get_json(&plain, "/history").await;
+    assert_eq!(status, 501);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("relay.nats.archive"),
+        "{body}"
+    );
+    // Export reads the stream on any relay.
+    let (status, txt) = plain
+        .request("GET", "/calls/a-1/export?format=txt", &[], "")
+        .await;
+    assert_eq!(status, 200);
+    assert!(txt.contains("Cliente: Quiero la portabilidad"), "{txt}");
+
+    // Erased through one relay: gone from the stream and from the archive.
+    let (status, body) = plain.request("DELETE", "/calls/a-1", &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["deleted"], 4);
+    assert_eq!(
+        plain.request("GET", "/calls/a-1/export", &[], "").await.0,
+        404
+    );
+    history_becomes(&archive, "q=linea", &[]).await;
+    history_becomes(&archive, "", &["a-2"]).await;
+    let relay_dir = archive.state_dir().join("relay");
+    for f in std::fs::read_dir(&relay_dir).unwrap() {
+        let path = f.unwrap().path();
+        let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+        assert!(
+            !text.contains("portabilidad"),
+            "{} still holds the call",
+            path.display()
+        );
+    }
+    // Restarted, the archive is brought up to date from the stream: the
+    // erased call stays erased.
+    let archive = archive.kill_and_restart();
+    history_becomes(&archive, "", &["a-2"]).await;
+    history_becomes(&archive, "q=factura", &["a-2"]).await;
+}

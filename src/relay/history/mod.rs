@@ -7,10 +7,13 @@
 //! - [`query`]: `GET /history` (filters, search, cursor) and
 //!   `GET /scorecards` (per agent), their query strings checked.
 //! - [`export`]: a call as text, JSON or WebVTT.
+//! - [`archive`]: the same tables for a JetStream relay, copied from the
+//!   stream by its tail (`relay.nats.archive`).
 //!
 //! Every event was redacted before it was stored ([`super::redact`]), so
 //! everything here is too.
 
+pub mod archive;
 pub mod export;
 pub mod index;
 pub mod query;
