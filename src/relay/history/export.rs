@@ -14,7 +14,7 @@ pub enum Format {
 
 impl Format {
     pub fn parse(s: Option<&str>) -> Result<Format, String> {
-        match s {
+        match s.map(str::to_ascii_lowercase).as_deref() {
             None | Some("txt") | Some("text") => Ok(Format::Text),
             Some("json") => Ok(Format::Json),
             Some("vtt") | Some("webvtt") => Ok(Format::WebVtt),

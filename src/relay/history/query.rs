@@ -96,7 +96,11 @@ fn period(p: &BTreeMap<String, String>, now_ms: i64) -> Result<Period, String> {
     let to_ms = when("to", true)?.unwrap_or(now_ms + 1);
     let from_ms = when("from", false)?.unwrap_or(to_ms - 30 * DAY_MS);
     if from_ms >= to_ms {
-        return Err("from must be before to".into());
+        return Err(format!(
+            "from must be before to: from is {}, to is {} (now when not given)",
+            rfc3339_millis(from_ms),
+            rfc3339_millis(to_ms)
+        ));
     }
     if to_ms - from_ms > MAX_RANGE_DAYS * DAY_MS {
         return Err(format!(
@@ -458,7 +462,7 @@ pub struct ScorecardQuery {
 impl ScorecardQuery {
     pub fn parse(query: Option<&str>) -> Result<Self, String> {
         let p = params(query, &["format"])?;
-        let csv = match p.get("format").map(String::as_str) {
+        let csv = match p.get("format").map(|f| f.to_ascii_lowercase()).as_deref() {
             None | Some("json") => false,
             Some("csv") => true,
             Some(other) => return Err(format!("format must be json or csv, got {other:?}")),

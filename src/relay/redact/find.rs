@@ -156,66 +156,55 @@ pub fn find(text: &str, ctx: &Context, partial: bool, on: &Enabled) -> Found {
         };
         let not_a_code = excluded(&ws, run.start, run.end);
         let card_like = |n: &str| (13..=MAX_CARD).contains(&n.len()) && checks::luhn(n);
-        let mut end = run.end;
-        let category = if on.cards && (card_like(d) || continued.as_deref().is_some_and(card_like))
-        {
-            Some(Category::Card)
-        } else if on.id_documents
-            && d.len() == 8
-            && dni_letter_after(&ws, text, run.end, d).is_some()
-        {
-            end = dni_letter_after(&ws, text, run.end, d).unwrap_or(run.end);
-            Some(Category::IdDocument)
+        let whole = |category| Some(span(run.start, run.end, category));
+        let dni_end = (on.id_documents && d.len() == 8)
+            .then(|| dni_letter_after(&ws, text, run.end, d))
+            .flatten();
+        let nie_start = (on.id_documents && d.len() == 7)
+            .then(|| nie_prefix(&ws, text, run.start))
+            .flatten();
+        let hit = if on.cards && (card_like(d) || continued.as_deref().is_some_and(card_like)) {
+            whole(Category::Card)
+        } else if let Some(end) = dni_end {
+            Some(span(run.start, end, Category::IdDocument))
         } else if on.id_documents && armed.id_document && d.len() == 8 {
-            end = letter_after(&ws, text, run.end).unwrap_or(run.end);
-            Some(Category::IdDocument)
-        } else if on.id_documents && d.len() == 7 && nie_prefix(&ws, text, run.start).is_some() {
-            let start = nie_prefix(&ws, text, run.start).unwrap_or(run.start);
-            add(
-                &mut spans,
-                span(
-                    start,
-                    letter_after(&ws, text, run.end).unwrap_or(run.end),
-                    Category::IdDocument,
-                ),
-            );
-            None
+            let end = letter_after(&ws, text, run.end).unwrap_or(run.end);
+            Some(span(run.start, end, Category::IdDocument))
+        } else if let Some(start) = nie_start {
+            let end = letter_after(&ws, text, run.end).unwrap_or(run.end);
+            Some(span(start, end, Category::IdDocument))
         } else if on.id_documents && armed.passport && d.len() >= 6 {
-            add(
-                &mut spans,
-                Span {
-                    passport: true,
-                    ..span(run.start, run.end, Category::IdDocument)
-                },
-            );
-            None
+            Some(Span {
+                passport: true,
+                ..span(run.start, run.end, Category::IdDocument)
+            })
         } else if on.iban && armed.iban && d.len() >= 10 {
-            Some(Category::Iban)
+            whole(Category::Iban)
         } else if on.security_codes
             && armed.security_code
             && (3..=4).contains(&d.len())
             && !not_a_code
         {
-            Some(Category::SecurityCode)
+            whole(Category::SecurityCode)
         } else if on.cards && armed.card && d.len() >= 4 && !not_a_code {
-            Some(Category::Card)
+            whole(Category::Card)
         } else if on.phone && phone_like(text, run.start, d, armed.phone) {
-            if text[..run.start].ends_with('+') {
-                add(&mut spans, span(run.start - 1, run.end, Category::Phone));
-                None
-            } else {
-                Some(Category::Phone)
-            }
-        } else if on.cards && partial && d.len() >= 7 && !not_a_code {
+            // "+34 ...": the plus goes too.
+            let start = run.start - usize::from(text[..run.start].ends_with('+'));
+            Some(span(start, run.end, Category::Phone))
+        } else if on.cards
+            && partial
+            && !not_a_code
+            && (d.len() >= 7 || continued.as_ref().is_some_and(|c| c.len() >= 7))
+        {
             // A card number still being read out: no check digit yet.
-            Some(Category::Card)
-        } else if on.cards && partial && continued.as_ref().is_some_and(|c| c.len() >= 7) {
-            Some(Category::Card)
+            whole(Category::Card)
         } else {
             None
         };
-        if let Some(c) = category {
-            add(&mut spans, span(run.start, end, c));
+        let category = hit.map(|h| h.category);
+        if let Some(h) = hit {
+            add(&mut spans, h);
         }
         // Digits ending a final may go on in the speaker's next one; a
         // card already complete does not.
