@@ -47,6 +47,35 @@ pub fn is_valid_call_id(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b"._:-".contains(c))
 }
 
+/// Fields of the catalogue's events that hold ids, names, enums and
+/// times, never words someone said: what the relay's redaction leaves as
+/// it is. Every other string field is speech or may quote it.
+pub const NOT_SPEECH: &[&str] = &[
+    "type",
+    "callId",
+    "ts",
+    "seq",
+    "pos",
+    "speaker",
+    "utteranceId",
+    "tipId",
+    "rule",
+    "source",
+    "severity",
+    "id",
+    "agent",
+    "caller",
+    "direction",
+    "mode",
+    "gap",
+    "reason",
+    "channels",
+    REDACTED,
+];
+
+/// The relay's own field on a redacted event: `{category: count}`.
+pub const REDACTED: &str = "redacted";
+
 /// An event whose envelope has been checked: a JSON object with a valid
 /// `type` and `callId`. The other fields pass through untouched.
 #[derive(Debug, Clone)]
@@ -91,6 +120,29 @@ impl Envelope {
 
     pub fn call_id(&self) -> &str {
         self.fields["callId"].as_str().unwrap_or_default()
+    }
+
+    /// Who spoke, for an event that names a speaker (a transcript).
+    pub fn speaker(&self) -> Option<&str> {
+        self.fields.get("speaker").and_then(Value::as_str)
+    }
+
+    /// A partial transcript or a tip still streaming (`"final": false`):
+    /// a later event of the same utterance or tip replaces it.
+    pub fn is_partial(&self) -> bool {
+        self.fields.get("final") == Some(&Value::Bool(false))
+    }
+
+    /// Sets (or, with `None`, removes) the relay's `redacted` counts.
+    pub fn set_redacted(&mut self, counts: Option<Map<String, Value>>) {
+        match counts {
+            Some(c) => {
+                self.fields.insert(REDACTED.into(), Value::Object(c));
+            }
+            None => {
+                self.fields.remove(REDACTED);
+            }
+        }
     }
 
     /// The event as its catalogue type; `None` for a type the catalogue

@@ -651,7 +651,11 @@ impl Writer {
                     let body = serde_json::to_string(fields)
                         .map_err(|e| StoreError::Internal(e.to_string()))?;
                     insert.execute(params![pos, call_id, seq, now_ms, body])?;
-                    super::history::index::index(&tx, pos, &call_id, fields)?;
+                    if super::history::index::indexed(a.event.event_type())
+                        && let Some(event) = a.event.decode()
+                    {
+                        super::history::index::index(&tx, pos, &call_id, &event)?;
+                    }
                     stored.push(Arc::new(StoredEvent {
                         pos,
                         seq,

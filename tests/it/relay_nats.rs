@@ -486,7 +486,8 @@ async fn an_archiving_relay_keeps_the_stream_history_and_erasures_reach_it() {
             json!({"type":"call.started","callId":call,"agent":agent,"caller":"600"}),
             json!({"type":"transcript","callId":call,"speaker":"customer","text":said,"final":true,"utteranceId":"u1","startMs":0,"endMs":1500}),
             json!({"type":"summary","callId":call,"text":"Resumen.","source":"rules","reason":"hangup","agent":agent,"durationMs":30000,
-                   "metrics":{"agentTalkRatio":0.5,"silenceMs":1000,"overtalkMs":0},"rulesFired":{"queja":1},
+                   "metrics":{"agentTalkRatio":0.5,"agentTalkRatio2m":0.5,"agentWpm":150.0,"customerWpm":140.0,"silenceMs":1000,"overtalkMs":0,
+                              "longestAgentMonologueMs":0,"customerQuestions":0,"agentSpeechMs":0,"customerSpeechMs":0},"rulesFired":{"queja":1},
                    "checklist":[{"id":"identificacion","label":"Identificación","done":false}]}),
             json!({"type":"call.ended","callId":call,"reason":"hangup"}),
         ] {

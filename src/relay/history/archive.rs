@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rusqlite::{Connection, params};
-use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::relay::calls::CallInfo;
@@ -140,9 +139,7 @@ fn copy(
             if insert.execute(params![ev.pos, ev.call_id, ev.seq, stored_ms, body])? == 0 {
                 continue; // copied before this start
             }
-            if let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(body) {
-                super::index::index(&tx, ev.pos, &ev.call_id, &fields)?;
-            }
+            super::index::index_body(&tx, ev.pos, &ev.call_id, body)?;
         }
         store::upsert_calls(&tx, calls)?;
     }

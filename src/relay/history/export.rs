@@ -4,6 +4,8 @@
 
 use serde_json::Value;
 
+use crate::event::{Event, Received};
+
 /// The export formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -47,18 +49,18 @@ struct Line<'a> {
     text: &'a str,
 }
 
-fn finals(events: &[Value]) -> Vec<Line<'_>> {
+/// The finals with words, in the order they were said.
+fn finals(events: &[Received]) -> Vec<Line<'_>> {
     let mut lines: Vec<Line<'_>> = events
         .iter()
-        .filter(|e| e["type"] == "transcript" && e["final"] != false)
-        .filter_map(|e| {
-            let text = e["text"].as_str()?.trim();
-            (!text.is_empty()).then(|| Line {
-                speaker: e["speaker"].as_str().unwrap_or(""),
-                start_ms: e["startMs"].as_u64().unwrap_or(0),
-                end_ms: e["endMs"].as_u64().unwrap_or(0),
-                text,
-            })
+        .filter_map(|r| match &r.event {
+            Some(Event::Transcript(t)) if t.is_final && !t.text.trim().is_empty() => Some(Line {
+                speaker: t.speaker.as_str(),
+                start_ms: t.start_ms,
+                end_ms: t.end_ms,
+                text: t.text.trim(),
+            }),
+            _ => None,
         })
         .collect();
     lines.sort_by_key(|l| l.start_ms);
@@ -92,64 +94,71 @@ fn clock(ms: u64, vtt: bool) -> String {
 
 /// The call's record in `format`; `events` in `seq` order, as stored.
 pub fn render(call_id: &str, events: &[Value], format: Format) -> String {
-    match format {
-        Format::Json => serde_json::json!({ "callId": call_id, "events": events }).to_string(),
-        Format::Text => {
-            let mut out = format!("Llamada {call_id}\n");
-            for e in events {
-                match e["type"].as_str() {
-                    Some("call.started") => {
-                        for (k, name) in [("agent", "Agente"), ("caller", "Cliente")] {
-                            if let Some(v) = e[k].as_str() {
-                                out += &format!("{name}: {v}\n");
-                            }
-                        }
-                        if let Some(ts) = e["ts"].as_str() {
-                            out += &format!("Inicio: {ts}\n");
-                        }
+    if format == Format::Json {
+        return serde_json::json!({ "callId": call_id, "events": events }).to_string();
+    }
+    let received: Vec<Received> = events
+        .iter()
+        .filter_map(|v| Received::from_value(v.clone()))
+        .collect();
+    let lines = finals(&received);
+    if format == Format::WebVtt {
+        let mut out = format!("WEBVTT - call {call_id}\n\n");
+        for (i, l) in lines.iter().enumerate() {
+            let end = l.end_ms.max(l.start_ms + 1);
+            out += &format!(
+                "{}\n{} --> {}\n<v {}>{}\n\n",
+                i + 1,
+                clock(l.start_ms, true),
+                clock(end, true),
+                label(l.speaker),
+                // A cue's text may not hold "-->" nor start a tag.
+                l.text
+                    .replace("-->", "->")
+                    .replace('<', "‹")
+                    .replace('\n', " ")
+            );
+        }
+        return out;
+    }
+    let mut out = format!("Llamada {call_id}\n");
+    for r in &received {
+        match &r.event {
+            Some(Event::CallStarted(c)) => {
+                for (name, v) in [("Agente", &c.agent), ("Cliente", &c.caller)] {
+                    if !v.is_empty() {
+                        out += &format!("{name}: {v}\n");
                     }
-                    Some("call.ended") => {
-                        if let Some(ts) = e["ts"].as_str() {
-                            out += &format!("Fin: {ts}\n");
-                        }
-                    }
-                    _ => {}
+                }
+                if let Some(ts) = &r.ts {
+                    out += &format!("Inicio: {ts}\n");
                 }
             }
-            out.push('\n');
-            for l in finals(events) {
-                out += &format!(
-                    "[{}] {}: {}\n",
-                    clock(l.start_ms, false),
-                    label(l.speaker),
-                    l.text
-                );
+            Some(Event::CallEnded(_)) => {
+                if let Some(ts) = &r.ts {
+                    out += &format!("Fin: {ts}\n");
+                }
             }
-            if let Some(s) = events.iter().rev().find(|e| e["type"] == "summary") {
-                out += &format!("\nResumen: {}\n", s["text"].as_str().unwrap_or(""));
-            }
-            out
-        }
-        Format::WebVtt => {
-            let mut out = format!("WEBVTT - call {call_id}\n\n");
-            for (i, l) in finals(events).iter().enumerate() {
-                let end = l.end_ms.max(l.start_ms + 1);
-                out += &format!(
-                    "{}\n{} --> {}\n<v {}>{}\n\n",
-                    i + 1,
-                    clock(l.start_ms, true),
-                    clock(end, true),
-                    label(l.speaker),
-                    // A cue's text may not hold "-->" nor start a tag.
-                    l.text
-                        .replace("-->", "->")
-                        .replace('<', "‹")
-                        .replace('\n', " ")
-                );
-            }
-            out
+            _ => {}
         }
     }
+    out.push('\n');
+    for l in &lines {
+        out += &format!(
+            "[{}] {}: {}\n",
+            clock(l.start_ms, false),
+            label(l.speaker),
+            l.text
+        );
+    }
+    let summary = received.iter().rev().find_map(|r| match &r.event {
+        Some(Event::Summary(s)) => Some(s.text.as_str()),
+        _ => None,
+    });
+    if let Some(text) = summary {
+        out += &format!("\nResumen: {text}\n");
+    }
+    out
 }
 
 /// The `Content-Disposition` file name of a call's export.
@@ -169,7 +178,8 @@ mod tests {
             json!({"type":"transcript","callId":"x","speaker":"customer","text":"Hola, <b>quiero</b> --> ayuda","final":true,"startMs":3500,"endMs":5250}),
             json!({"type":"transcript","callId":"x","speaker":"agent","text":"Buenos días.","final":true,"startMs":1000,"endMs":2000}),
             json!({"type":"transcript","callId":"x","speaker":"agent","text":"Buenos","final":false,"startMs":1000,"endMs":1500}),
-            json!({"type":"summary","callId":"x","text":"Pide ayuda.","source":"rules"}),
+            json!({"type":"summary","callId":"x","text":"Pide ayuda.","source":"rules","reason":"hangup",
+                "durationMs":5000,"metrics":crate::event::Figures::default(),"rulesFired":{},"checklist":[]}),
         ]
     }
 

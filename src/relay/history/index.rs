@@ -4,7 +4,8 @@
 //! same transaction as the events; erased and purged with them.
 
 use rusqlite::{Connection, Transaction, params};
-use serde_json::{Map, Value};
+
+use crate::event::{ChecklistItem, Envelope, Event};
 
 /// Tables and indexes of the history, created with the event store.
 /// `secure-delete` makes FTS5 remove a deleted row's words from its index
@@ -25,8 +26,8 @@ CREATE TABLE IF NOT EXISTS call_checklist (
     PRIMARY KEY (call_id, item)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS call_summary (
-    call_id TEXT PRIMARY KEY, text TEXT NOT NULL, source TEXT NOT NULL,
-    duration_ms INTEGER, metrics TEXT
+    call_id TEXT PRIMARY KEY, text TEXT NOT NULL, llm INTEGER NOT NULL,
+    duration_ms INTEGER, talk_ratio REAL, silence_ms INTEGER, overtalk_ms INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS calls_by_when ON calls (COALESCE(started_ms, last_ms));
 CREATE INDEX IF NOT EXISTS calls_by_agent ON calls (agent, COALESCE(started_ms, last_ms));
@@ -50,17 +51,12 @@ pub fn create(conn: &mut Connection) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     let mut indexed = 0u64;
     {
-        let mut stmt = tx.prepare(
-            "SELECT pos, call_id, body FROM events
-             WHERE json_extract(body, '$.type') IN ('transcript', 'tip', 'checklist', 'summary')
-             ORDER BY pos",
-        )?;
+        let mut stmt = tx.prepare("SELECT pos, call_id, body FROM events ORDER BY pos")?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
             let (pos, call_id, body): (i64, String, String) =
                 (row.get(0)?, row.get(1)?, row.get(2)?);
-            if let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(&body) {
-                index(&tx, pos, &call_id, &fields)?;
+            if index_body(&tx, pos, &call_id, &body)? {
                 indexed += 1;
             }
         }
@@ -76,62 +72,90 @@ pub fn create(conn: &mut Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Takes note of one event being stored at `pos`.
-pub fn index(
+/// Whether events of this type feed the history (the others are never
+/// decoded for it).
+pub fn indexed(event_type: &str) -> bool {
+    matches!(event_type, "transcript" | "tip" | "checklist" | "summary")
+}
+
+/// Takes note of one stored event given as its JSON text (an older store
+/// being indexed, the archive copying the stream). Returns whether it
+/// added to the history.
+pub fn index_body(
     tx: &Transaction<'_>,
     pos: i64,
     call_id: &str,
-    event: &Map<String, Value>,
-) -> rusqlite::Result<()> {
-    let str_of = |k: &str| event.get(k).and_then(Value::as_str).unwrap_or("");
-    let is_final = event.get("final").and_then(Value::as_bool).unwrap_or(true);
-    match str_of("type") {
-        "transcript" if is_final && !str_of("text").trim().is_empty() => {
+    body: &str,
+) -> rusqlite::Result<bool> {
+    let Ok(envelope) = Envelope::parse(body.as_bytes()) else {
+        return Ok(false);
+    };
+    if !indexed(envelope.event_type()) {
+        return Ok(false);
+    }
+    match envelope.decode() {
+        Some(event) => index(tx, pos, call_id, &event).map(|()| true),
+        None => Ok(false),
+    }
+}
+
+/// Takes note of one event being stored at `pos`.
+pub fn index(tx: &Transaction<'_>, pos: i64, call_id: &str, event: &Event) -> rusqlite::Result<()> {
+    match event {
+        Event::Transcript(t) if t.is_final && !t.text.trim().is_empty() => {
             tx.prepare_cached(
                 "INSERT INTO transcript_fts (rowid, text, call_id, speaker) VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(params![
                 pos,
-                clip(str_of("text"), MAX_INDEXED_CHARS),
+                clip(&t.text, MAX_INDEXED_CHARS),
                 call_id,
-                str_of("speaker")
+                t.speaker.as_str()
             ])?;
         }
-        "tip" if is_final && !str_of("rule").is_empty() => {
-            tx.prepare_cached(
-                "INSERT INTO call_rules (call_id, rule, n) VALUES (?1, ?2, 1)
-                 ON CONFLICT (call_id, rule) DO UPDATE SET n = n + 1",
-            )?
-            .execute(params![call_id, str_of("rule")])?;
-        }
-        "checklist" => checklist(tx, call_id, event.get("items"))?,
-        "summary" => {
-            if let Some(Value::Object(fired)) = event.get("rulesFired") {
-                // The summary counts every rule of the call: it replaces
-                // what the tips added up.
-                tx.prepare_cached("DELETE FROM call_rules WHERE call_id = ?1")?
-                    .execute(params![call_id])?;
-                let mut insert = tx.prepare_cached(
-                    "INSERT INTO call_rules (call_id, rule, n) VALUES (?1, ?2, ?3)",
-                )?;
-                for (rule, n) in fired {
-                    insert.execute(params![call_id, rule, n.as_i64().unwrap_or(0)])?;
-                }
+        Event::Tip(t) if t.is_final => {
+            if let Some(rule) = t.rule.as_deref().filter(|r| !r.is_empty()) {
+                tx.prepare_cached(
+                    "INSERT INTO call_rules (call_id, rule, n) VALUES (?1, ?2, 1)
+                     ON CONFLICT (call_id, rule) DO UPDATE SET n = n + 1",
+                )?
+                .execute(params![call_id, rule])?;
             }
-            checklist(tx, call_id, event.get("checklist"))?;
+        }
+        Event::Checklist(c) => checklist(tx, call_id, &c.items)?,
+        Event::Summary(s) => {
+            // The summary counts every rule of the call: it replaces what
+            // the tips added up.
+            tx.prepare_cached("DELETE FROM call_rules WHERE call_id = ?1")?
+                .execute(params![call_id])?;
+            let mut insert =
+                tx.prepare_cached("INSERT INTO call_rules (call_id, rule, n) VALUES (?1, ?2, ?3)")?;
+            for (rule, n) in &s.rules_fired {
+                insert.execute(params![
+                    call_id,
+                    rule,
+                    i64::try_from(*n).unwrap_or(i64::MAX)
+                ])?;
+            }
+            checklist(tx, call_id, &s.checklist)?;
+            let m = &s.metrics;
             tx.prepare_cached(
-                "INSERT INTO call_summary (call_id, text, source, duration_ms, metrics)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO call_summary
+                   (call_id, text, llm, duration_ms, talk_ratio, silence_ms, overtalk_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (call_id) DO UPDATE SET text = excluded.text,
-                   source = excluded.source, duration_ms = excluded.duration_ms,
-                   metrics = excluded.metrics",
+                   llm = excluded.llm, duration_ms = excluded.duration_ms,
+                   talk_ratio = excluded.talk_ratio, silence_ms = excluded.silence_ms,
+                   overtalk_ms = excluded.overtalk_ms",
             )?
             .execute(params![
                 call_id,
-                str_of("text"),
-                str_of("source"),
-                event.get("durationMs").and_then(Value::as_i64),
-                event.get("metrics").map(Value::to_string),
+                s.text,
+                s.source == crate::event::Source::Llm,
+                i64::try_from(s.duration_ms).ok(),
+                m.agent_talk_ratio,
+                i64::try_from(m.silence_ms).ok(),
+                i64::try_from(m.overtalk_ms).ok(),
             ])?;
         }
         _ => {}
@@ -144,21 +168,13 @@ fn clip(s: &str, max: usize) -> &str {
     s.char_indices().nth(max).map_or(s, |(i, _)| &s[..i])
 }
 
-fn checklist(tx: &Transaction<'_>, call_id: &str, items: Option<&Value>) -> rusqlite::Result<()> {
-    let Some(Value::Array(items)) = items else {
-        return Ok(());
-    };
+fn checklist(tx: &Transaction<'_>, call_id: &str, items: &[ChecklistItem]) -> rusqlite::Result<()> {
     let mut upsert = tx.prepare_cached(
         "INSERT INTO call_checklist (call_id, item, label, done) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (call_id, item) DO UPDATE SET label = excluded.label, done = excluded.done",
     )?;
     for item in items {
-        let Some(id) = item.get("id").and_then(Value::as_str) else {
-            continue;
-        };
-        let label = item.get("label").and_then(Value::as_str).unwrap_or(id);
-        let done = item.get("done").and_then(Value::as_bool).unwrap_or(false);
-        upsert.execute(params![call_id, id, label, done])?;
+        upsert.execute(params![call_id, item.id, item.label, item.done])?;
     }
     Ok(())
 }

@@ -494,9 +494,7 @@ pub fn scorecards(
         "SELECT c.agent, COUNT(*),
                 AVG(COALESCE(s.duration_ms, c.ended_ms - c.started_ms)),
                 SUM(COALESCE(s.duration_ms, c.ended_ms - c.started_ms)),
-                AVG(json_extract(s.metrics, '$.agentTalkRatio')),
-                AVG(json_extract(s.metrics, '$.silenceMs')),
-                AVG(json_extract(s.metrics, '$.overtalkMs'))
+                AVG(s.talk_ratio), AVG(s.silence_ms), AVG(s.overtalk_ms)
          FROM calls c LEFT JOIN call_summary s ON s.call_id = c.call_id
          WHERE {filter} GROUP BY c.agent"
     );

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::event::Envelope;
+use crate::event::{Envelope, NOT_SPEECH};
 use find::{Armed, Context};
 
 /// What is redacted, as named in `redacted` counts and metrics.
@@ -156,30 +156,6 @@ impl Enabled {
     }
 }
 
-/// Fields that hold names, ids and enums, never speech: left as they are.
-const STRUCTURAL: &[&str] = &[
-    "type",
-    "callId",
-    "ts",
-    "seq",
-    "pos",
-    "speaker",
-    "utteranceId",
-    "tipId",
-    "rule",
-    "source",
-    "severity",
-    "id",
-    "agent",
-    "caller",
-    "direction",
-    "mode",
-    "gap",
-    "reason",
-    "channels",
-    "redacted",
-];
-
 /// Calls remembered at most; the least recently heard go first.
 const MAX_CALLS: usize = 20_000;
 
@@ -269,19 +245,14 @@ impl Redactor {
     /// sets its `redacted` field to the counts (removed when nothing was).
     pub fn redact(&self, event: &mut Envelope) -> Counts {
         let mut counts = Counts::new();
-        event.fields.remove("redacted");
+        event.set_redacted(None);
         if !self.on.any() {
             return counts;
         }
         let now = Instant::now();
         let call_id = event.call_id().to_owned();
-        let speaker = event
-            .fields
-            .get("speaker")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        let partial = event.fields.get("final") == Some(&Value::Bool(false));
+        let speaker = event.speaker().unwrap_or("").to_owned();
+        let partial = event.is_partial();
         let ended = event.event_type() == "call.ended";
         let Ok(mut calls) = self.calls.lock() else {
             return counts;
@@ -293,13 +264,14 @@ impl Redactor {
         let mut armed = Armed::default();
         let mut tail = None;
         for (key, value) in event.fields.iter_mut() {
-            if STRUCTURAL.contains(&key.as_str()) {
+            if NOT_SPEECH.contains(&key.as_str()) {
                 continue;
             }
-            let is_text = key == "text";
+            // A transcript's one speech field is its text: the digits it
+            // ends with are the speaker's tail.
             self.walk(value, &ctx, partial, &mut counts, &mut |found| {
                 armed = armed.or(found.armed);
-                if is_text {
+                if found.tail.is_some() {
                     tail = found.tail.clone();
                 }
             });
@@ -322,11 +294,12 @@ impl Redactor {
         }
         drop(calls);
         if !counts.is_empty() {
-            let map: serde_json::Map<String, Value> = counts
-                .iter()
-                .map(|(c, n)| (c.name().to_owned(), Value::from(*n)))
-                .collect();
-            event.fields.insert("redacted".into(), Value::Object(map));
+            event.set_redacted(Some(
+                counts
+                    .iter()
+                    .map(|(c, n)| (c.name().to_owned(), Value::from(*n)))
+                    .collect(),
+            ));
         }
         counts
     }
@@ -357,7 +330,7 @@ impl Redactor {
             }
             Value::Object(map) => {
                 for (k, v) in map.iter_mut() {
-                    if !STRUCTURAL.contains(&k.as_str()) {
+                    if !NOT_SPEECH.contains(&k.as_str()) {
                         self.walk(v, ctx, partial, counts, seen);
                     }
                 }

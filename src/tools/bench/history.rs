@@ -143,11 +143,18 @@ async fn fill(dir: &std::path::Path, opts: &Options) -> anyhow::Result<()> {
             }
             let rule = RULES[rng.below(RULES.len())];
             let done = rng.below(3) > 0;
-            events.push(event(json!({"type":"summary","callId":id,"text":"Resumen.","source":"rules",
+            events.push(event(
+                json!({"type":"summary","callId":id,"text":"Resumen.","source":"rules",
                 "reason":"customer-hangup","agent":agent,"durationMs":60_000 + rng.below(600_000),
-                "metrics":{"agentTalkRatio":0.3 + rng.below(40) as f64 / 100.0,"silenceMs":rng.below(30_000),"overtalkMs":rng.below(5_000)},
+                "metrics":crate::event::Figures {
+                    agent_talk_ratio: 0.3 + rng.below(40) as f64 / 100.0,
+                    silence_ms: rng.below(30_000) as u64,
+                    overtalk_ms: rng.below(5_000) as u64,
+                    ..Default::default()
+                },
                 "rulesFired":{rule:1},
-                "checklist":[{"id":"identificacion","label":"Identificación","done":done}]})));
+                "checklist":[{"id":"identificacion","label":"Identificación","done":done}]}),
+            ));
             events.push(event(
                 json!({"type":"call.ended","callId":id,"reason":"customer-hangup"}),
             ));
