@@ -27,9 +27,11 @@ pub enum Rejection {
     NotFound,
     Method,
     BadRequest,
+    /// A question this relay has no data for (history without an archive).
+    NotImplemented,
 }
 
-const REJECTION_LABELS: [&str; 9] = [
+const REJECTION_LABELS: [&str; 10] = [
     "bad_json",
     "bad_envelope",
     "too_large",
@@ -39,6 +41,7 @@ const REJECTION_LABELS: [&str; 9] = [
     "not_found",
     "method",
     "bad_request",
+    "not_implemented",
 ];
 
 pub struct Metrics {
@@ -54,7 +57,7 @@ pub struct Metrics {
     /// JetStream publishes that lost the race for a call's next `seq` to
     /// another relay, and were numbered again.
     pub publish_races: Counter,
-    rejected: [Counter; 9],
+    rejected: [Counter; 10],
     /// Stretches redacted at ingest, by category (`redact::Category`).
     pub redacted: [Counter; 6],
     redaction: Histogram,

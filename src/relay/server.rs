@@ -511,7 +511,7 @@ fn store_failed(e: &StoreError) -> Refusal {
 fn history_store(state: &State) -> Result<&Arc<store::Readers>, Refusal> {
     state.store.history().ok_or_else(|| {
         Refusal::new(
-            Rejection::NotFound,
+            Rejection::NotImplemented,
             StatusCode::NOT_IMPLEMENTED,
             "this relay keeps no call history: it keeps events in NATS JetStream without \
              relay.nats.archive = true; ask a relay that has it (README \"Scaling out\")",

@@ -53,9 +53,10 @@ impl Archive {
         let (tx, rx) = mpsc::channel(QUEUE);
         let retention = (retention_days > 0)
             .then(|| std::time::Duration::from_secs(u64::from(retention_days) * 86_400));
+        let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("relay-archive".into())
-            .spawn(move || write(conn, rx, retention))
+            .spawn(move || write(conn, rx, retention, &runtime))
             .map_err(|e| StoreError::Internal(format!("cannot start the archive's writer: {e}")))?;
         Ok(Archive {
             tx,
@@ -84,12 +85,27 @@ fn write(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Job>,
     retention: Option<std::time::Duration>,
+    runtime: &tokio::runtime::Handle,
 ) {
     let mut next_purge = std::time::Instant::now();
-    while let Some(job) = rx.blocking_recv() {
+    loop {
+        // Waits for work, but not past the next purge: an idle archive
+        // still lets old calls go.
+        let job = runtime.block_on(async {
+            match retention {
+                None => Ok(rx.recv().await),
+                Some(_) => {
+                    let wait = next_purge.saturating_duration_since(std::time::Instant::now());
+                    tokio::time::timeout(wait.max(std::time::Duration::from_millis(1)), rx.recv())
+                        .await
+                }
+            }
+        });
         let result = match job {
-            Job::Copy(events, calls) => copy(&mut conn, &events, &calls),
-            Job::Erase(id) => store::erase_call(&mut conn, &id).map(|_| ()),
+            Ok(None) => return, // every handle is gone: shutdown
+            Err(_) => Ok(()),   // idle until the purge is due
+            Ok(Some(Job::Copy(events, calls))) => copy(&mut conn, &events, &calls),
+            Ok(Some(Job::Erase(id))) => store::erase_call(&mut conn, &id).map(|_| ()),
         };
         if let Err(e) = result {
             tracing::error!(error = %e, "archive write failed");
