@@ -519,12 +519,21 @@ fn history_store(state: &State) -> Result<&Arc<store::Readers>, Refusal> {
     })
 }
 
-/// `GET /history`: past calls, newest first, filtered and searched.
-async fn history(state: &State, req: &Request<Incoming>) -> Result<Resp, Refusal> {
-    let scope = state
+/// The past calls this request may read (`what` names them in a 403).
+fn history_scope<B>(
+    state: &State,
+    req: &Request<B>,
+    what: &str,
+) -> Result<history::query::Scope, Refusal> {
+    state
         .access(req)?
         .history_scope()
-        .ok_or_else(|| forbidden("this token may not read call history"))?;
+        .ok_or_else(|| forbidden(format!("this token may not read {what}")))
+}
+
+/// `GET /history`: past calls, newest first, filtered and searched.
+async fn history(state: &State, req: &Request<Incoming>) -> Result<Resp, Refusal> {
+    let scope = history_scope(state, req, "call history")?;
     let filter = Filter::parse(req.uri().query()).map_err(bad_request)?;
     let store = history_store(state)?;
     let page = store
@@ -539,10 +548,7 @@ async fn history(state: &State, req: &Request<Incoming>) -> Result<Resp, Refusal
 
 /// `GET /scorecards`: per agent over a period, JSON or CSV.
 async fn scorecards(state: &State, req: &Request<Incoming>) -> Result<Resp, Refusal> {
-    let scope = state
-        .access(req)?
-        .history_scope()
-        .ok_or_else(|| forbidden("this token may not read scorecards"))?;
+    let scope = history_scope(state, req, "scorecards")?;
     let q = ScorecardQuery::parse(req.uri().query()).map_err(bad_request)?;
     let store = history_store(state)?;
     let (period, csv) = (q.period, q.csv);

@@ -4,23 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::util::{Relay, Service};
-
-const PUBLISH: &str = "pub-0123456789abcdef";
-const SUPERVISOR: &str = "sup-0123456789abcdef";
-const AGENT200: &str = "agt-0123456789abcdef";
-
-fn tokens_file(dir: &std::path::Path) -> std::path::PathBuf {
-    let path = dir.join("tokens");
-    std::fs::write(
-        &path,
-        format!(
-            "{PUBLISH} publish\n{SUPERVISOR} supervisor\n{AGENT200} subscribe agent:PJSIP/200\n"
-        ),
-    )
-    .unwrap();
-    path
-}
+use crate::util::{AGENT200, PUBLISH, Relay, SUPERVISOR, Service, tokens_file};
 
 fn said(call: &str, speaker: &str, utt: &str, text: &str, start: u64) -> Value {
     json!({"type":"transcript","callId":call,"speaker":speaker,"text":text,

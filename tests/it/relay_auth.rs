@@ -2,23 +2,7 @@
 
 use serde_json::json;
 
-use crate::util::{Relay, run_bin};
-
-const PUBLISH: &str = "pub-0123456789abcdef";
-const SUPERVISOR: &str = "sup-0123456789abcdef";
-const AGENT200: &str = "agt-0123456789abcdef";
-
-fn tokens_file(dir: &std::path::Path) -> std::path::PathBuf {
-    let path = dir.join("tokens");
-    std::fs::write(
-        &path,
-        format!(
-            "# test tokens\n{PUBLISH} publish\n{SUPERVISOR} supervisor\n{AGENT200} subscribe agent:PJSIP/200 call:extra\n"
-        ),
-    )
-    .unwrap();
-    path
-}
+use crate::util::{AGENT200, PUBLISH, Relay, SUPERVISOR, run_bin, tokens_file};
 
 #[tokio::test]
 async fn tokens_gate_every_request_by_role() {

@@ -334,3 +334,22 @@ pub async fn next_final(ws: &mut Ws, timeout: Duration) -> Value {
 pub fn text(ev: &Value) -> String {
     ev["text"].as_str().unwrap_or_default().to_lowercase()
 }
+
+/// Relay tokens for the auth tests: a publisher, a supervisor, and the
+/// agent at PJSIP/200 (who may also follow call `extra`).
+pub const PUBLISH: &str = "pub-0123456789abcdef";
+pub const SUPERVISOR: &str = "sup-0123456789abcdef";
+pub const AGENT200: &str = "agt-0123456789abcdef";
+
+/// A tokens file in `dir` holding those three tokens.
+pub fn tokens_file(dir: &Path) -> PathBuf {
+    let path = dir.join("tokens");
+    std::fs::write(
+        &path,
+        format!(
+            "# test tokens\n{PUBLISH} publish\n{SUPERVISOR} supervisor\n{AGENT200} subscribe agent:PJSIP/200 call:extra\n"
+        ),
+    )
+    .unwrap();
+    path
+}

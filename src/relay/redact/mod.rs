@@ -254,10 +254,10 @@ impl Redactor {
         let speaker = event.speaker().unwrap_or("").to_owned();
         let partial = event.is_partial();
         let ended = event.event_type() == "call.ended";
-        let Ok(mut calls) = self.calls.lock() else {
-            return counts;
-        };
-        let ctx = calls
+        // The lock is held to read the call's context and to write it back,
+        // never while texts are searched: every publisher goes through here.
+        let ctx = self
+            .memory()
             .get(&call_id)
             .map(|m| m.context(&speaker, now, self.window))
             .unwrap_or_default();
@@ -276,6 +276,7 @@ impl Redactor {
                 }
             });
         }
+        let mut calls = self.memory();
         if ended {
             calls.remove(&call_id);
         } else if armed.any() || tail.is_some() || calls.contains_key(&call_id) {
@@ -302,6 +303,12 @@ impl Redactor {
             ));
         }
         counts
+    }
+
+    /// The calls' memory. A panic elsewhere while it was held leaves it
+    /// usable: redaction must never be skipped for it.
+    fn memory(&self) -> std::sync::MutexGuard<'_, HashMap<String, CallMemory>> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn walk(
@@ -342,7 +349,7 @@ impl Redactor {
     /// Calls remembered now.
     #[cfg(test)]
     pub fn remembered(&self) -> usize {
-        self.calls.lock().map(|c| c.len()).unwrap_or(0)
+        self.memory().len()
     }
 }
 

@@ -57,32 +57,30 @@ fn the_answer_to_a_card_question_is_redacted_without_a_check_digit() {
     assert!(other.fields.get("redacted").is_none());
 }
 
+/// The agent asks for the security code; what the customer's "Es 123."
+/// becomes.
+fn answer_to_a_code_question(r: &Redactor) -> String {
+    r.redact(&mut transcript(
+        "c1",
+        "agent",
+        "¿Y el código de seguridad?",
+        true,
+    ));
+    let mut answer = transcript("c1", "customer", "Es 123.", true);
+    r.redact(&mut answer);
+    text_of(&answer).to_owned()
+}
+
 #[test]
 fn context_lapses_and_ends_with_the_call() {
     let r = Redactor::new(&Settings {
         context_secs: 0,
         ..Settings::default()
     });
-    r.redact(&mut transcript(
-        "c1",
-        "agent",
-        "¿Y el código de seguridad?",
-        true,
-    ));
-    let mut answer = transcript("c1", "customer", "Es 123.", true);
-    r.redact(&mut answer);
-    assert_eq!(text_of(&answer), "Es 123.");
+    assert_eq!(answer_to_a_code_question(&r), "Es 123.");
 
     let r = Redactor::new(&Settings::default());
-    r.redact(&mut transcript(
-        "c1",
-        "agent",
-        "¿Y el código de seguridad?",
-        true,
-    ));
-    let mut answer = transcript("c1", "customer", "Es 123.", true);
-    r.redact(&mut answer);
-    assert_eq!(text_of(&answer), "Es [CVV].");
+    assert_eq!(answer_to_a_code_question(&r), "Es [CVV].");
     assert_eq!(r.remembered(), 1);
     let mut end =
         Envelope::from_value(json!({"type":"call.ended","callId":"c1","reason":"hangup"})).unwrap();

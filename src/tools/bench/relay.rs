@@ -239,18 +239,8 @@ fn spawn(kind: &str, opts: &mut Options) -> anyhow::Result<Spawned> {
         ];
         env.extend(extra.iter().cloned());
         if redact_off {
-            for key in [
-                "CARDS",
-                "SECURITY_CODES",
-                "ID_DOCUMENTS",
-                "IBAN",
-                "EMAIL",
-                "PHONE",
-            ] {
-                env.push((
-                    leak(format!("CALL_COACH_RELAY__REDACT__{key}")),
-                    "false".to_owned(),
-                ));
+            for key in REDACT_SWITCHES {
+                env.push((key, "false".to_owned()));
             }
         }
         Service::start("relay", &env, dir.path(), ready)
@@ -282,10 +272,15 @@ fn spawn(kind: &str, opts: &mut Options) -> anyhow::Result<Spawned> {
     })
 }
 
-/// A variable name for the environment list (a handful, once per run).
-fn leak(s: String) -> &'static str {
-    Box::leak(s.into_boxed_str())
-}
+/// The relay's redaction categories, as variables (`--redact off`).
+const REDACT_SWITCHES: [&str; 6] = [
+    "CALL_COACH_RELAY__REDACT__CARDS",
+    "CALL_COACH_RELAY__REDACT__SECURITY_CODES",
+    "CALL_COACH_RELAY__REDACT__ID_DOCUMENTS",
+    "CALL_COACH_RELAY__REDACT__IBAN",
+    "CALL_COACH_RELAY__REDACT__EMAIL",
+    "CALL_COACH_RELAY__REDACT__PHONE",
+];
 
 /// Sentences of a call, a tenth of them with what the relay redacts.
 const SPEECH: [&str; 10] = [
