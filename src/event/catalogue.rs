@@ -262,6 +262,12 @@ pub struct Transcript {
     /// someone spoke (`overload`: stt gave up on it, too far behind).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gap: Option<String>,
+    /// Extension, finals only: what ended the utterance: `pause` (the
+    /// end-of-speech wait, `stt.end_silence_ms`), `sentence` (the shorter
+    /// wait after a finished sentence), `split` (`stt.max_utterance_ms`)
+    /// or `stream` (the audio stream ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_by: Option<String>,
 }
 
 /// Extension: a party started speaking. stt sends it as soon as its voice

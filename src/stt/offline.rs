@@ -44,8 +44,10 @@ pub fn transcribe_files(
         let audio = load_16k(file).with_context(|| file.display().to_string())?;
         let started = Instant::now();
         let mut texts = Vec::new();
-        let pieces: Vec<Vec<f32>> = if whole {
-            vec![audio.clone()]
+        // Each piece with its start and end (ms).
+        let pieces: Vec<(Vec<f32>, u64, u64)> = if whole {
+            let end = audio.len() as u64 / 16;
+            vec![(audio.clone(), 0, end)]
         } else {
             // The live path's segmenter, partials and tentatives ignored.
             let mut seg = Segmenter::new(s.segmenter_config());
@@ -53,25 +55,29 @@ pub fn transcribe_files(
             reqs.extend(seg.finish());
             reqs.into_iter()
                 .filter_map(|r| match r {
-                    Request::Final(u) if !u.audio.is_empty() => {
+                    Request::Final(u, _) if !u.audio.is_empty() => {
                         tracing::debug!(start_ms = u.start_ms, end_ms = u.end_ms, "utterance");
-                        Some(u.audio)
+                        Some((u.audio, u.start_ms, u.end_ms))
                     }
                     _ => None,
                 })
                 .collect()
         };
         // As a live stream: each piece with the previous final as context.
-        let mut previous: Option<String> = None;
-        for piece in pieces {
-            let options = match &previous {
-                Some(p) if s.context_from_previous => options.with_context(p),
-                _ => options.clone(),
+        let mut previous: Option<(String, u64)> = None;
+        for (piece, start_ms, end_ms) in pieces {
+            let context = previous
+                .as_ref()
+                .filter(|_| s.context_from_previous)
+                .and_then(|(text, end)| s.context_for(text, *end, start_ms));
+            let options = match context {
+                Some(p) => options.with_context(p),
+                None => options.clone(),
             };
             let decoded: Decoded = worker.transcribe_checked(&piece, &options, None).0?;
             tracing::debug!(text = %decoded.text, no_speech = decoded.no_speech_prob, "decoded");
             if reject_reason(&decoded, s.max_no_speech_prob).is_none() {
-                previous = Some(decoded.text.clone());
+                previous = Some((decoded.text.clone(), end_ms));
                 texts.push(decoded.text);
             }
         }

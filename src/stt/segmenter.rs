@@ -76,7 +76,32 @@ pub enum Request {
     /// same audio. Speech resuming makes it stale (a later tentative or
     /// final of the same index has more audio).
     Tentative(Utterance),
-    Final(Utterance),
+    Final(Utterance, Ended),
+}
+
+/// What ended an utterance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// `end_silence_ms` of silence.
+    Pause,
+    /// `early_end_ms` of silence after a finished sentence.
+    Sentence,
+    /// `max_utterance_ms` reached: split at a quiet frame.
+    Split,
+    /// The stream ended.
+    Stream,
+}
+
+impl Ended {
+    /// As the `transcript` event's `endedBy` says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ended::Pause => "pause",
+            Ended::Sentence => "sentence",
+            Ended::Split => "split",
+            Ended::Stream => "stream",
+        }
+    }
 }
 
 /// A piece of audio with its place in the stream.
@@ -164,7 +189,7 @@ impl Segmenter {
     pub fn finish(&mut self) -> Vec<Request> {
         let mut out = Vec::new();
         if self.open.is_some() {
-            self.close(&mut out);
+            self.close(&mut out, Ended::Stream);
         }
         out
     }
@@ -212,7 +237,7 @@ impl Segmenter {
             }
             let length_ms = open.audio.len() / PER_MS;
             if open.silence_ms >= c.end_silence_ms {
-                self.close(out);
+                self.close(out, Ended::Pause);
             } else if open.early && open.silence_ms >= c.early_end_ms {
                 self.close_early(out);
             } else if length_ms >= c.max_utterance_ms {
@@ -282,7 +307,7 @@ impl Segmenter {
 
     fn close_early(&mut self, out: &mut Vec<Request>) {
         self.ended_early += 1;
-        self.close(out);
+        self.close(out, Ended::Sentence);
     }
 
     /// Speech too long without a pause: ends the utterance at the quietest
@@ -302,7 +327,7 @@ impl Segmenter {
         let rest_db = open.frame_db.split_off(cut.min(n));
         let rest_start = open.start + (cut * FRAME) as u64;
         open.speech_end = open.speech_end.min(open.audio.len());
-        self.close(out);
+        self.close(out, Ended::Split);
         let speech_frames = rest_db.len();
         self.open = Some(Open {
             index: self.next_index,
@@ -321,7 +346,7 @@ impl Segmenter {
         self.next_index += 1;
     }
 
-    fn close(&mut self, out: &mut Vec<Request>) {
+    fn close(&mut self, out: &mut Vec<Request>, why: Ended) {
         let Some(mut open) = self.open.take() else {
             return;
         };
@@ -334,21 +359,27 @@ impl Segmenter {
             // requested), so the consumer can close the utterance; with no
             // audio it is empty.
             if open.announced || open.speech_frames * 20 >= c.partial_every_ms {
-                out.push(Request::Final(Utterance {
-                    index: open.index,
-                    start_ms: open.start / PER_MS as u64,
-                    end_ms: (open.start + keep as u64) / PER_MS as u64,
-                    audio: Vec::new(),
-                }));
+                out.push(Request::Final(
+                    Utterance {
+                        index: open.index,
+                        start_ms: open.start / PER_MS as u64,
+                        end_ms: (open.start + keep as u64) / PER_MS as u64,
+                        audio: Vec::new(),
+                    },
+                    why,
+                ));
             }
             return;
         }
-        out.push(Request::Final(Utterance {
-            index: open.index,
-            start_ms: open.start / PER_MS as u64,
-            end_ms: (open.start + open.speech_end as u64) / PER_MS as u64,
-            audio: open.audio,
-        }));
+        out.push(Request::Final(
+            Utterance {
+                index: open.index,
+                start_ms: open.start / PER_MS as u64,
+                end_ms: (open.start + open.speech_end as u64) / PER_MS as u64,
+                audio: open.audio,
+            },
+            why,
+        ));
     }
 }
 
@@ -425,7 +456,7 @@ mod tests {
     fn utterances(reqs: &[Request], tentative: bool) -> Vec<&Utterance> {
         reqs.iter()
             .filter_map(|r| match r {
-                Request::Final(u) if !tentative => Some(u),
+                Request::Final(u, _) if !tentative => Some(u),
                 Request::Tentative(u) if tentative => Some(u),
                 _ => None,
             })
@@ -434,6 +465,16 @@ mod tests {
 
     fn finals(reqs: &[Request]) -> Vec<&Utterance> {
         utterances(reqs, false)
+    }
+
+    /// What ended each final.
+    fn ended(reqs: &[Request]) -> Vec<Ended> {
+        reqs.iter()
+            .filter_map(|r| match r {
+                Request::Final(_, why) => Some(*why),
+                _ => None,
+            })
+            .collect()
     }
 
     fn run(seg: &mut Segmenter, audio: &[f32]) -> Vec<Request> {
@@ -459,6 +500,7 @@ mod tests {
         assert!((650..=1000).contains(&u.start_ms), "start {}", u.start_ms);
         assert!((3400..=3600).contains(&u.end_ms), "end {}", u.end_ms);
         assert_eq!(reqs[0], Request::Started(1, u.start_ms));
+        assert_eq!(ended(&reqs), [Ended::Pause]);
         assert!(seg.finish().is_empty());
     }
 
@@ -486,7 +528,10 @@ mod tests {
         // The last is the final, sample for sample, and came first.
         assert_eq!(t[1], f[0]);
         let pos = |want: &Request| reqs.iter().position(|r| r == want).unwrap();
-        assert!(pos(&Request::Tentative(t[1].clone())) < pos(&Request::Final(f[0].clone())));
+        assert!(
+            pos(&Request::Tentative(t[1].clone()))
+                < pos(&Request::Final(f[0].clone(), Ended::Pause))
+        );
         // Off: none.
         let mut seg = Segmenter::new(SegmenterConfig {
             speculate: false,
@@ -521,6 +566,7 @@ mod tests {
             vec![t[0]],
             "the tentative's audio, at 300 ms"
         );
+        assert_eq!(ended(&reqs), [Ended::Sentence]);
         // Asked late (the decode took long): the final comes back at once.
         let mut seg = Segmenter::new(config);
         speech(&mut seg);
@@ -536,7 +582,7 @@ mod tests {
         assert!(seg.end_early(1).is_empty());
         reqs.extend(silence(&mut seg, 400));
         assert!(finals(&reqs).is_empty(), "400 ms < 500 ms: {reqs:?}");
-        assert_eq!(finals(&silence(&mut seg, 200)).len(), 1);
+        assert_eq!(ended(&silence(&mut seg, 200)), [Ended::Pause]);
         assert_eq!(seg.ended_early, 0);
         // Off (0), or for another utterance: nothing.
         let mut seg = Segmenter::new(SegmenterConfig::default());
@@ -564,6 +610,12 @@ mod tests {
         reqs.extend(seg.finish());
         let finals = finals(&reqs);
         assert!(finals.len() >= 3, "{} finals", finals.len());
+        let why = ended(&reqs);
+        assert_eq!(why.last(), Some(&Ended::Stream), "{why:?}");
+        assert!(
+            why[..why.len() - 1].iter().all(|w| *w == Ended::Split),
+            "{why:?}"
+        );
         for pair in finals.windows(2) {
             assert_eq!(pair[1].index, pair[0].index + 1);
             // Split pieces follow each other without losing audio.
@@ -606,7 +658,7 @@ mod tests {
             .collect();
         assert!(
             reqs.iter()
-                .all(|r| matches!(r, Request::Final(u) if u.audio.is_empty())
+                .all(|r| matches!(r, Request::Final(u, _) if u.audio.is_empty())
                     || matches!(r, Request::Partial(_) | Request::Started(..))),
             "{:?}",
             reqs.iter()
@@ -614,7 +666,7 @@ mod tests {
                     Request::Started(i, at) => format!("S{i} {at}"),
                     Request::Partial(u) => format!("P{} {}-{}", u.index, u.start_ms, u.end_ms),
                     Request::Tentative(u) => format!("T{} {}-{}", u.index, u.start_ms, u.end_ms),
-                    Request::Final(u) =>
+                    Request::Final(u, _) =>
                         format!("F{} {}-{} {}", u.index, u.start_ms, u.end_ms, u.audio.len()),
                 })
                 .collect::<Vec<_>>()

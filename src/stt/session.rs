@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 
 use super::engine::reject_reason;
 use super::pool::{Done, Job, Kind};
-use super::segmenter::{Request, Segmenter, Utterance};
+use super::segmenter::{Ended, Request, Segmenter, Utterance};
 use super::server::State;
 use crate::audio::Encoding;
 use crate::audio::resample::Upsampler2x;
@@ -78,6 +78,8 @@ struct Span {
     start_ms: u64,
     end_ms: u64,
     behind_ms: u64,
+    /// What ended it (finals only).
+    ended: Option<Ended>,
 }
 
 /// A stream's utterances: what was asked of the workers and what went out.
@@ -106,8 +108,9 @@ struct Utterances {
     /// Finals whose tentative has the same audio: served by it, no second
     /// decode. The time the final was asked for.
     awaiting: HashMap<u64, Instant>,
-    /// The last final's text, Whisper's context for what follows.
-    context: Option<String>,
+    /// The last final's text and where it ended (ms): Whisper's context
+    /// for what follows soon enough after it.
+    context: Option<(String, u64)>,
 }
 
 impl Utterances {
@@ -282,6 +285,7 @@ where
         let mut started = Vec::new();
         let mut served = Vec::new();
         for r in requests {
+            let mut ended = None;
             let (kind, u) = match r {
                 Request::Started(index, start_ms) => {
                     utts.announced.insert(index);
@@ -308,7 +312,10 @@ where
                     }
                     (Kind::Tentative, u)
                 }
-                Request::Final(u) => (Kind::Final, u),
+                Request::Final(u, why) => {
+                    ended = Some(why);
+                    (Kind::Final, u)
+                }
             };
             if kind != Kind::Tentative {
                 utts.spans.insert(
@@ -317,6 +324,7 @@ where
                         start_ms: u.start_ms,
                         end_ms: u.end_ms,
                         behind_ms: received_ms.saturating_sub(u.end_ms),
+                        ended,
                     },
                 );
             }
@@ -330,7 +338,12 @@ where
                     continue;
                 }
             }
-            let Utterance { index, audio, .. } = u;
+            let Utterance {
+                index,
+                audio,
+                start_ms,
+                ..
+            } = u;
             state.pool.submit(Job {
                 stream: stream_id,
                 utterance: index,
@@ -340,8 +353,10 @@ where
                 // lengthens every decode.
                 context: utts
                     .context
-                    .clone()
-                    .filter(|_| s.context_from_previous && kind != Kind::Partial),
+                    .as_ref()
+                    .filter(|_| s.context_from_previous && kind != Kind::Partial)
+                    .and_then(|(text, end_ms)| s.context_for(text, *end_ms, start_ms))
+                    .map(str::to_owned),
                 queued: Instant::now(),
                 reply: reply_tx.clone(),
             });
@@ -528,7 +543,7 @@ async fn deliver<W>(
     if is_final {
         utts.finalised.insert(index);
         if !text.is_empty() {
-            utts.context = Some(text.clone());
+            utts.context = Some((text.clone(), span.end_ms));
         }
         // An empty final is only needed to close an utterance announced
         // (a `speech` event or a partial went out), or to say it was
@@ -557,6 +572,10 @@ async fn deliver<W>(
         latency_ms: Some(done.total.as_millis() as u64),
         lag_ms: Some(span.behind_ms + done.total.as_millis() as u64),
         gap,
+        ended_by: span
+            .ended
+            .filter(|_| is_final)
+            .map(|e| e.as_str().to_owned()),
     });
     tracing::debug!(
         final_ = is_final,

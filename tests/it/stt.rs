@@ -558,7 +558,20 @@ async fn beside_a_busy_neighbour_finals_keep_coming_with_their_lag() {
             // generously (a loaded test machine), the figures are in the
             // benchmark.
             assert!(lag >= latency && lag < 30_000, "{fin}");
+            // Each prompt ends in 1.5 s of silence: the end-of-speech
+            // wait (or its shorter form after a sentence) ended it.
+            assert!(
+                matches!(fin["endedBy"].as_str(), Some("pause" | "sentence")),
+                "{fin}"
+            );
         }
+        assert!(
+            events
+                .iter()
+                .filter(|e| e["type"] == "transcript" && e["final"] == false)
+                .all(|e| e.get("endedBy").is_none()),
+            "a partial says what ended it: {events:#?}"
+        );
     }
     let (_, after) = stt.request("GET", "/capacity", &[], "").await;
     let after: Value = serde_json::from_str(&after).unwrap();

@@ -200,6 +200,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     latency_ms: None,
                     lag_ms: None,
                     gap: None,
+                    ended_by: None,
                 })
                 .to_json();
                 if let Some(rule) = rule

@@ -1,7 +1,8 @@
 //! `call-coach bench-stt`: N concurrent calls (two streams each, agent and
 //! customer) played into a running stt at real time from WAV clips, with
 //! silence between clips for the chosen speech ratio. Prints end-of-speech
-//! to final latency (p50/p95/max), partial cadence, real-time factor, stt's
+//! to final latency (p50/p95/max; and apart, the finals ended early after
+//! a finished sentence), partial cadence, real-time factor, stt's
 //! CPU and peak memory, and WER when reference texts are given; with stt's
 //! admission control, the streams it refused (503), the finals it gave up
 //! on (`gap`), and the capacity it reported after the run (`/capacity`).
@@ -93,6 +94,9 @@ struct Clip {
 struct Observed {
     /// End-of-speech to final, ms.
     latency_ms: Vec<f64>,
+    /// The same, of the finals ended early after a finished sentence
+    /// (`endedBy: "sentence"`), also counted in `latency_ms`.
+    sentence_latency_ms: Vec<f64>,
     /// Between consecutive partials of one utterance, ms.
     partial_gaps_ms: Vec<f64>,
     finals: usize,
@@ -156,7 +160,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     );
     let _neighbours = Neighbours::start(opts.neighbour)?;
     println!(
-        "{:>6} {:>8} {:>8} {:>8} {:>5} {:>9} {:>9} {:>9} {:>12} {:>7} {:>9} {:>10} {:>7} {:>9}",
+        "{:>6} {:>8} {:>8} {:>8} {:>5} {:>9} {:>9} {:>9} {:>17} {:>12} {:>7} {:>9} {:>10} {:>7} {:>9}",
         "calls",
         "streams",
         "refused",
@@ -165,6 +169,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         "p50 ms",
         "p95 ms",
         "max ms",
+        "sentence p50/p95",
         "partial gap",
         "RTF",
         "stt CPU",
@@ -245,11 +250,15 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let o = observed.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         let mut lat = o.latency_ms.clone();
         lat.sort_by(f64::total_cmp);
-        let pick = |q: f64| {
-            lat.get(((lat.len().max(1) - 1) as f64 * q).round() as usize)
-                .copied()
-                .unwrap_or(f64::NAN)
-        };
+        let pick = |q: f64| quantile(&lat, q);
+        let mut early = o.sentence_latency_ms.clone();
+        early.sort_by(f64::total_cmp);
+        let early = format!(
+            "{}: {:.0}/{:.0}",
+            early.len(),
+            quantile(&early, 0.5),
+            quantile(&early, 0.95)
+        );
         let gap = if o.partial_gaps_ms.is_empty() {
             f64::NAN
         } else {
@@ -276,7 +285,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
         let (refused, finals, gaps) = (o.refused, o.finals, o.gaps);
         println!(
-            "{:>6} {:>8} {:>8} {:>8} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>9.0} ms {:>7.3} {:>8.0}% {:>6.0} MiB {:>7} {:>9}",
+            "{:>6} {:>8} {:>8} {:>8} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>17} {:>9.0} ms {:>7.3} {:>8.0}% {:>6.0} MiB {:>7} {:>9}",
             calls,
             calls * 2,
             refused,
@@ -285,6 +294,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             pick(0.5),
             pick(0.95),
             lat.last().copied().unwrap_or(f64::NAN),
+            early,
             gap,
             rtf,
             cpu * 100.0,
@@ -294,6 +304,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The `q` quantile of sorted figures (NaN when there are none).
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted
+        .get(((sorted.len().max(1) - 1) as f64 * q).round() as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
 }
 
 /// What stt's `/capacity` says now: `streams source`, with the measured
@@ -375,8 +393,11 @@ async fn play(
                     o.gaps += usize::from(t.gap.is_some());
                     let end_ms = t.end_ms;
                     let spoken_end = start + Duration::from_millis(end_ms);
-                    o.latency_ms
-                        .push(now.saturating_duration_since(spoken_end).as_secs_f64() * 1000.0);
+                    let ms = now.saturating_duration_since(spoken_end).as_secs_f64() * 1000.0;
+                    o.latency_ms.push(ms);
+                    if t.ended_by.as_deref() == Some("sentence") {
+                        o.sentence_latency_ms.push(ms);
+                    }
                     last_partial.remove(&id);
                     let start_ms = t.start_ms;
                     if let Ok(sched) = schedule.lock()
