@@ -49,6 +49,8 @@ pub struct Metrics {
     pub decodes_wide: Counter,
     /// Partial decodes stopped midway to free their worker for a final.
     pub partials_aborted: Counter,
+    /// Pieces of long utterances decoded to head their partials.
+    pub partial_pieces: Counter,
 }
 
 /// The capacity figures of the moment, rendered with the rest.
@@ -160,6 +162,12 @@ impl Metrics {
             "counter",
             "Partial decodes stopped midway so that a final (or a speculative one) could start at once.",
             self.partials_aborted.get().to_string(),
+        );
+        put(
+            "stt_partial_pieces_total",
+            "counter",
+            "Pieces of long utterances decoded once each to head their partials (stt.partial_window_ms), so that a partial decodes only what follows them.",
+            self.partial_pieces.get().to_string(),
         );
         put(
             "stt_decodes_wide_total",

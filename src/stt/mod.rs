@@ -105,6 +105,12 @@ pub struct Settings {
     pub end_silence_after_sentence_ms: usize,
     /// New speech between two partial transcripts, in ms.
     pub partial_every_ms: usize,
+    /// Longest audio one partial decodes, in ms (0: the whole utterance).
+    /// In a longer utterance the earlier audio is settled in pieces (cut
+    /// at a quiet frame, each decoded once) whose text heads the partials,
+    /// which then decode only what follows: their cost stops growing with
+    /// the utterance. The final still decodes the whole utterance.
+    pub partial_window_ms: usize,
     /// Longest utterance before it is split, in ms.
     pub max_utterance_ms: usize,
     /// Shorter speech is ignored, in ms.
@@ -176,6 +182,7 @@ impl Default for Settings {
             speculative_finals: true,
             end_silence_after_sentence_ms: 300,
             partial_every_ms: 1000,
+            partial_window_ms: 6000,
             max_utterance_ms: 15_000,
             min_speech_ms: 200,
             preroll_ms: 300,
@@ -275,6 +282,12 @@ impl Section for Settings {
                 format!("must be 0 (off) or at least {} ms", segmenter::TAIL_MS),
             ));
         }
+        if self.partial_window_ms != 0 && self.partial_window_ms < 4_000 {
+            return Err(ConfigError::invalid(
+                "stt.partial_window_ms",
+                "must be 0 (off) or at least 4000 (a piece is cut at least 2 s from either end of the window)",
+            ));
+        }
         if self.preroll_ms > 2_000 {
             return Err(ConfigError::invalid(
                 "stt.preroll_ms",
@@ -339,6 +352,7 @@ impl Settings {
         segmenter::SegmenterConfig {
             end_silence_ms: self.end_silence_ms,
             partial_every_ms: self.partial_every_ms,
+            partial_window_ms: self.partial_window_ms,
             max_utterance_ms: self.max_utterance_ms,
             min_speech_ms: self.min_speech_ms,
             preroll_ms: self.preroll_ms,

@@ -3,7 +3,8 @@
 //!
 //! Finals come first, in arrival order. Each stream has at most one partial
 //! waiting: a newer partial (or the utterance's final) replaces it, which is
-//! how overload sheds work first. Partials are served round-robin across
+//! how overload sheds work first (a long utterance's pieces wait with the
+//! partials, and only its final drops them). Partials are served round-robin across
 //! streams.
 //!
 //! When stt falls behind, the lag stays bounded in two more steps: a final
@@ -26,6 +27,10 @@ use super::metrics::Metrics;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Partial,
+    /// The `n`-th settled piece of a long utterance, whose text heads its
+    /// later partials: decoded as a partial, but never replaced by a newer
+    /// one (the utterance's final still drops it).
+    Piece(usize),
     Final,
     /// A final decoded speculatively, when the silence that may end its
     /// utterance began: it becomes the final if the utterance ends with
@@ -39,8 +44,11 @@ pub struct Job {
     pub utterance: u64,
     pub kind: Kind,
     pub audio: Vec<f32>,
-    /// The stream's previous final text, for Whisper's prompt.
+    /// The stream's previous final text (a partial: its utterance's
+    /// pieces' text), for Whisper's prompt.
     pub context: Option<String>,
+    /// A partial: how many of its utterance's pieces precede its audio.
+    pub pieces: usize,
     /// When the request was made (for latency figures).
     pub queued: Instant,
     pub reply: mpsc::UnboundedSender<Done>,
@@ -50,6 +58,12 @@ impl Kind {
     /// Decoded like a final: first in the queue, with the finals' settings.
     fn is_final_like(self) -> bool {
         matches!(self, Kind::Final | Kind::Tentative)
+    }
+
+    /// Decoded for the partials (a partial or a piece): gives way to a
+    /// final.
+    pub fn is_partial_like(self) -> bool {
+        matches!(self, Kind::Partial | Kind::Piece(_))
     }
 }
 
@@ -67,6 +81,8 @@ pub struct Done {
     pub gave_up: bool,
     /// Samples of audio decoded (a tentative matches its final by this).
     pub samples: usize,
+    /// As the job's: the pieces a partial's audio follows.
+    pub pieces: usize,
 }
 
 /// How long a final may wait before the pool hurries, then gives up; and
@@ -158,6 +174,7 @@ impl Pool {
                                 total: waited,
                                 gave_up: true,
                                 samples: job.audio.len(),
+                                pieces: job.pieces,
                             });
                             continue;
                         }
@@ -191,7 +208,7 @@ impl Pool {
                             })
                         } else {
                             // Only a partial gives way.
-                            let abort = (job.kind == Kind::Partial).then_some(&pool.aborts[i]);
+                            let abort = job.kind.is_partial_like().then_some(&pool.aborts[i]);
                             let (result, again) =
                                 worker.transcribe_checked(&job.audio, options, abort);
                             if again {
@@ -207,6 +224,7 @@ impl Pool {
                         pool.done(i, threads / base - 1);
                         match job.kind {
                             Kind::Partial => pool.metrics.partials_done.inc(),
+                            Kind::Piece(_) => pool.metrics.partial_pieces.inc(),
                             Kind::Final | Kind::Tentative => {
                                 pool.metrics.finals_done.inc();
                                 // A wide decode's cost in one worker's time
@@ -225,6 +243,7 @@ impl Pool {
                             total: job.queued.elapsed(),
                             gave_up: false,
                             samples: job.audio.len(),
+                            pieces: job.pieces,
                         });
                     }
                 })
@@ -253,13 +272,21 @@ impl Pool {
                 // No worker free: the first one decoding a partial stops,
                 // and takes this instead.
                 if q.busy + q.lent >= self.workers
-                    && let Some(w) = q.running.iter().position(|k| *k == Some(Kind::Partial))
+                    && let Some(w) = q
+                        .running
+                        .iter()
+                        .position(|k| k.is_some_and(Kind::is_partial_like))
                 {
                     self.aborts[w].store(true, Ordering::Relaxed);
                 }
             }
+            Kind::Piece(_) => q.partials.push_back(job),
             Kind::Partial => {
-                if let Some(slot) = q.partials.iter_mut().find(|p| p.stream == job.stream) {
+                if let Some(slot) = q
+                    .partials
+                    .iter_mut()
+                    .find(|p| p.stream == job.stream && p.kind == Kind::Partial)
+                {
                     *slot = job;
                     self.metrics.partials_skipped.inc();
                 } else {

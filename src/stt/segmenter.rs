@@ -29,6 +29,12 @@ pub struct SegmenterConfig {
     pub end_silence_ms: usize,
     /// New speech between two partial requests (ms).
     pub partial_every_ms: usize,
+    /// Longest audio a partial decodes (ms; 0: the whole utterance). A
+    /// longer utterance's earlier audio is settled in pieces, cut at a
+    /// quiet frame and decoded once each ([`Request::Piece`]); a partial
+    /// then decodes only what follows the last piece, so its cost stops
+    /// growing with the utterance.
+    pub partial_window_ms: usize,
     /// Longest utterance before it is split (ms).
     pub max_utterance_ms: usize,
     /// Shorter speech than this is a click or a cough: dropped (ms).
@@ -54,6 +60,7 @@ impl Default for SegmenterConfig {
         Self {
             end_silence_ms: 500,
             partial_every_ms: 1000,
+            partial_window_ms: 6000,
             max_utterance_ms: 15_000,
             min_speech_ms: 200,
             preroll_ms: 300,
@@ -71,7 +78,13 @@ impl Default for SegmenterConfig {
 pub enum Request {
     /// Speech began: (utterance index, its start in ms). No audio to decode.
     Started(u64, u64),
+    /// The utterance so far, for a partial transcript. Its audio is what
+    /// follows the utterance's last piece (all of it when it has none).
     Partial(Utterance),
+    /// A settled stretch of a long utterance (the `n`-th, from 0), ahead
+    /// of the audio its later partials decode: its text heads theirs.
+    /// Its `end_ms` is where it was cut.
+    Piece(Utterance, usize),
     /// The final this utterance will get if its silence lasts: same index,
     /// same audio. Speech resuming makes it stale (a later tentative or
     /// final of the same index has more audio).
@@ -130,6 +143,10 @@ struct Open {
     frame_db: Vec<f32>,
     silence_ms: usize,
     speech_since_partial_ms: usize,
+    /// Samples of `audio` settled in pieces: partials decode from here.
+    piece_end: usize,
+    /// Pieces cut so far.
+    pieces: usize,
     /// A `Started` went out for it.
     announced: bool,
     /// Its tentative final read as a finished sentence: it ends after
@@ -246,11 +263,24 @@ impl Segmenter {
                 && level_spread(&open.speech_db) >= c.min_level_spread_db
             {
                 open.speech_since_partial_ms = 0;
+                if let Some(cut) = piece_cut(open, c.partial_window_ms) {
+                    out.push(Request::Piece(
+                        Utterance {
+                            index: open.index,
+                            start_ms: open.start / PER_MS as u64,
+                            end_ms: (open.start + cut as u64) / PER_MS as u64,
+                            audio: open.audio[open.piece_end..cut].to_vec(),
+                        },
+                        open.pieces,
+                    ));
+                    open.piece_end = cut;
+                    open.pieces += 1;
+                }
                 out.push(Request::Partial(Utterance {
                     index: open.index,
                     start_ms: open.start / PER_MS as u64,
                     end_ms: (open.start + open.audio.len() as u64) / PER_MS as u64,
-                    audio: open.audio.clone(),
+                    audio: open.audio[open.piece_end..].to_vec(),
                 }));
             }
             return;
@@ -275,6 +305,8 @@ impl Segmenter {
                 audio,
                 silence_ms: 0,
                 speech_since_partial_ms: self.run * 20,
+                piece_end: 0,
+                pieces: 0,
                 announced: false,
                 early: false,
             });
@@ -340,6 +372,8 @@ impl Segmenter {
             audio: rest_audio,
             silence_ms: 0,
             speech_since_partial_ms: speech_frames * 20,
+            piece_end: 0,
+            pieces: 0,
             announced: false,
             early: false,
         });
@@ -381,6 +415,23 @@ impl Segmenter {
             why,
         ));
     }
+}
+
+/// Where a long utterance's next piece ends (a sample of `audio`, at a
+/// frame boundary), when what its partials would decode has grown past
+/// `window_ms`: after the quietest frame (a breath or a word boundary,
+/// not mid-word) between 2 s into that stretch and 2 s before its end,
+/// so that neither the piece nor what follows it is too short for
+/// Whisper to read.
+fn piece_cut(open: &Open, window_ms: usize) -> Option<usize> {
+    if window_ms == 0 || (open.audio.len() - open.piece_end) / PER_MS <= window_ms {
+        return None;
+    }
+    let first = open.piece_end / FRAME + 100;
+    let last = open.frame_db.len().saturating_sub(100);
+    (first..last)
+        .min_by(|a, b| open.frame_db[*a].total_cmp(&open.frame_db[*b]))
+        .map(|i| (i + 1) * FRAME)
 }
 
 /// Samples a final of `open` holds: its speech and `TAIL_MS` of silence.
@@ -642,6 +693,65 @@ mod tests {
     }
 
     #[test]
+    fn a_long_utterances_partials_decode_only_what_follows_its_pieces() {
+        let mut seg = Segmenter::new(SegmenterConfig::default());
+        let mut audio = vec![0.0; 8_000];
+        audio.extend(voice(14_000));
+        let reqs = run(&mut seg, &audio);
+        let mut pieces = Vec::new();
+        let mut settled = 0;
+        for r in &reqs {
+            match r {
+                Request::Piece(u, n) => {
+                    assert_eq!(*n, pieces.len(), "pieces in order");
+                    settled += u.audio.len();
+                    pieces.push(u.clone());
+                }
+                Request::Partial(u) => {
+                    // Its audio is what follows the pieces, and stays
+                    // within the window (and one partial step).
+                    let utterance_samples = (u.end_ms - u.start_ms) as usize * PER_MS;
+                    assert!(
+                        (utterance_samples - settled).abs_diff(u.audio.len()) <= FRAME,
+                        "{} + {} != {utterance_samples}",
+                        settled,
+                        u.audio.len()
+                    );
+                    assert!(u.audio.len() <= 7_100 * PER_MS, "{}", u.audio.len());
+                }
+                _ => {}
+            }
+        }
+        assert!(pieces.len() >= 2, "{} pieces", pieces.len());
+        // Each piece is at least 2 s and cut on a frame boundary, one
+        // after the other.
+        for p in &pieces {
+            assert!(p.audio.len() >= 2_000 * PER_MS && p.audio.len() % FRAME == 0);
+            assert_eq!(p.start_ms, pieces[0].start_ms, "the utterance's start");
+        }
+        // The final is the whole utterance.
+        let reqs = run(&mut seg, &vec![0.0; 16_000]);
+        let f = finals(&reqs);
+        assert_eq!(f.len(), 1);
+        assert!(f[0].audio.len() >= 14_000 * PER_MS, "{}", f[0].audio.len());
+        // Off (0): every partial decodes the whole utterance.
+        let mut seg = Segmenter::new(SegmenterConfig {
+            partial_window_ms: 0,
+            ..Default::default()
+        });
+        let reqs = run(&mut seg, &audio);
+        assert!(!reqs.iter().any(|r| matches!(r, Request::Piece(..))));
+        let longest = reqs
+            .iter()
+            .filter_map(|r| match r {
+                Request::Partial(u) => Some(u.audio.len()),
+                _ => None,
+            })
+            .max();
+        assert!(longest > Some(12_000 * PER_MS), "{longest:?}");
+    }
+
+    #[test]
     fn silence_noise_and_tones_make_no_final_with_audio() {
         let mut seg = Segmenter::new(SegmenterConfig::default());
         let mut audio = vec![0.0; 16_000];
@@ -665,6 +775,7 @@ mod tests {
                 .map(|r| match r {
                     Request::Started(i, at) => format!("S{i} {at}"),
                     Request::Partial(u) => format!("P{} {}-{}", u.index, u.start_ms, u.end_ms),
+                    Request::Piece(u, n) => format!("piece {n} of {}", u.index),
                     Request::Tentative(u) => format!("T{} {}-{}", u.index, u.start_ms, u.end_ms),
                     Request::Final(u, _) =>
                         format!("F{} {}-{} {}", u.index, u.start_ms, u.end_ms, u.audio.len()),

@@ -111,6 +111,11 @@ struct Utterances {
     /// The last final's text and where it ended (ms): Whisper's context
     /// for what follows soon enough after it.
     context: Option<(String, u64)>,
+    /// A long utterance's pieces' texts, in order (`None` until decoded;
+    /// empty if it failed), which head its partials.
+    pieces: HashMap<u64, Vec<Option<String>>>,
+    /// A partial back before the pieces it follows: sent when they are.
+    held_partial: Option<Done>,
 }
 
 impl Utterances {
@@ -126,7 +131,46 @@ impl Utterances {
             tentative: HashMap::new(),
             awaiting: HashMap::new(),
             context: None,
+            pieces: HashMap::new(),
+            held_partial: None,
         }
+    }
+
+    /// Piece `n` of utterance `index` was asked for.
+    fn piece_asked(&mut self, index: u64, n: usize) {
+        let pieces = self.pieces.entry(index).or_default();
+        if pieces.len() <= n {
+            pieces.resize(n + 1, None);
+        }
+    }
+
+    /// Piece `n` of utterance `index` came back with `text`.
+    fn piece_decoded(&mut self, index: u64, n: usize, text: String) {
+        if let Some(slot) = self.pieces.get_mut(&index).and_then(|p| p.get_mut(n)) {
+            *slot = Some(text);
+        }
+    }
+
+    /// Whether the first `n` pieces of utterance `index` are all back.
+    fn pieces_back(&self, index: u64, n: usize) -> bool {
+        self.pieces
+            .get(&index)
+            .is_none_or(|p| p.iter().take(n).all(Option::is_some))
+    }
+
+    /// The text of utterance `index`'s first `n` pieces (`None` without
+    /// any), which heads its partials; a piece not back shows as
+    /// `missing` (none when that is empty), one without words not at all.
+    fn pieces_text(&self, index: u64, n: usize, missing: &str) -> Option<String> {
+        let words: Vec<&str> = self
+            .pieces
+            .get(&index)?
+            .iter()
+            .take(n)
+            .map(|p| p.as_deref().unwrap_or(missing))
+            .filter(|t| !t.is_empty())
+            .collect();
+        (!words.is_empty()).then(|| words.join(" "))
     }
 
     /// A decode came back: a tentative one becomes its utterance's final
@@ -298,6 +342,10 @@ where
                     continue;
                 }
                 Request::Partial(u) => (Kind::Partial, u),
+                Request::Piece(u, n) => {
+                    utts.piece_asked(u.index, n);
+                    (Kind::Piece(n), u)
+                }
                 Request::Tentative(u) => {
                     // Only while no final waits: never delays real work.
                     if state.pool.finals_waiting() {
@@ -317,7 +365,7 @@ where
                     (Kind::Final, u)
                 }
             };
-            if kind != Kind::Tentative {
+            if matches!(kind, Kind::Partial | Kind::Final) {
                 utts.spans.insert(
                     u.index,
                     Span {
@@ -349,14 +397,20 @@ where
                 utterance: index,
                 kind,
                 audio,
-                // Finals only: a partial is replaced soon, and the context
-                // lengthens every decode.
-                context: utts
-                    .context
-                    .as_ref()
-                    .filter(|_| s.context_from_previous && kind != Kind::Partial)
-                    .and_then(|(text, end_ms)| s.context_for(text, *end_ms, start_ms))
-                    .map(str::to_owned),
+                // A partial goes on from its utterance's pieces; a final
+                // from the previous final (not the previous final for a
+                // partial: it is replaced soon, and the context lengthens
+                // every decode).
+                context: if kind.is_partial_like() {
+                    utts.pieces_text(index, usize::MAX, "")
+                } else {
+                    utts.context
+                        .as_ref()
+                        .filter(|_| s.context_from_previous)
+                        .and_then(|(text, end_ms)| s.context_for(text, *end_ms, start_ms))
+                        .map(str::to_owned)
+                },
+                pieces: utts.pieces.get(&index).map_or(0, Vec::len),
                 queued: Instant::now(),
                 reply: reply_tx.clone(),
             });
@@ -502,6 +556,32 @@ async fn deliver<W>(
         // Its final is out or on its way: this partial is stale.
         return;
     }
+    let done = match done.kind {
+        Kind::Piece(n) => {
+            // Kept to head the partials that follow; no event of its own.
+            let text = match &done.result {
+                Ok(d) if reject_reason(d, state.settings.max_no_speech_prob).is_none() => {
+                    d.text.clone()
+                }
+                _ => String::new(),
+            };
+            utts.piece_decoded(index, n, text);
+            // A partial that waited for it (and any other piece) goes now.
+            match utts.held_partial.take() {
+                Some(p) if p.utterance == index && utts.pieces_back(index, p.pieces) => p,
+                held => {
+                    utts.held_partial = held;
+                    return;
+                }
+            }
+        }
+        Kind::Partial if !utts.pieces_back(index, done.pieces) => {
+            // Back before a piece it follows: sent once that piece is.
+            utts.held_partial = Some(done);
+            return;
+        }
+        _ => done,
+    };
     let Some(&span) = utts.spans.get(&index) else {
         return;
     };
@@ -542,6 +622,14 @@ async fn deliver<W>(
     }
     if is_final {
         utts.finalised.insert(index);
+        utts.pieces.remove(&index);
+        if utts
+            .held_partial
+            .as_ref()
+            .is_some_and(|p| p.utterance == index)
+        {
+            utts.held_partial = None;
+        }
         if !text.is_empty() {
             utts.context = Some((text.clone(), span.end_ms));
         }
@@ -554,6 +642,9 @@ async fn deliver<W>(
     } else {
         if text.is_empty() {
             return;
+        }
+        if let Some(head) = utts.pieces_text(index, done.pieces, "…") {
+            text = format!("{head} {text}");
         }
         if utts.last_partial.as_ref() == Some(&(index, text.clone())) {
             return;
@@ -617,6 +708,7 @@ mod tests {
             total: Duration::ZERO,
             gave_up: false,
             samples: 0,
+            pieces: 0,
         }
     }
 
@@ -633,6 +725,31 @@ mod tests {
         assert!(u.ready(done(2, Kind::Final)).is_empty());
         assert_eq!(order(u.ready(done(1, Kind::Final))), [1, 2, 3]);
         assert!(u.held.is_empty());
+    }
+
+    #[test]
+    fn a_long_utterances_pieces_head_its_partials_in_order() {
+        let mut u = Utterances::new(String::new());
+        assert_eq!(u.pieces_text(1, 9, "…"), None);
+        assert!(u.pieces_back(1, 9), "no pieces: nothing to wait for");
+        u.piece_asked(1, 0);
+        u.piece_asked(1, 1);
+        u.piece_asked(1, 2);
+        // The second came back first (another worker).
+        u.piece_decoded(1, 1, "y luego".into());
+        assert!(!u.pieces_back(1, 2) && u.pieces_back(1, 0));
+        assert_eq!(u.pieces_text(1, 2, "…").as_deref(), Some("… y luego"));
+        assert_eq!(u.pieces_text(1, 2, "").as_deref(), Some("y luego"));
+        u.piece_decoded(1, 0, "primero".into());
+        assert!(u.pieces_back(1, 2) && !u.pieces_back(1, 3));
+        // A partial that follows two pieces shows those two only.
+        assert_eq!(u.pieces_text(1, 2, "…").as_deref(), Some("primero y luego"));
+        // A piece without words adds none.
+        u.piece_decoded(1, 2, String::new());
+        assert_eq!(u.pieces_text(1, 3, "…").as_deref(), Some("primero y luego"));
+        // Another utterance's, or one never asked for: nothing.
+        u.piece_decoded(2, 0, "otra".into());
+        assert_eq!(u.pieces_text(2, 1, "…"), None);
     }
 
     #[test]

@@ -682,6 +682,37 @@ async fn played_live(
     (events, pair)
 }
 
+/// A long utterance (conf-adminmenu: 14 s before its first pause-less
+/// split) played at real time: past `partial_window_ms` (6 s) its earlier
+/// audio is settled in pieces, and the later partials, which decode only
+/// what follows, still begin with the utterance's first words (said in the
+/// first second, well before any piece's end), as its final does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_utterances_partials_begin_with_its_pieces_words() {
+    let bytes = script(400, &[("conf-adminmenu", 1000)]);
+    let (events, (_relay, stt)) = played_live(&[], "pieces", &bytes).await;
+    let first = finals(&events)[0];
+    assert!(
+        first["text"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("favor"),
+        "{first}"
+    );
+    let partials: Vec<&str> = events
+        .iter()
+        .filter(|e| e["final"] == false && e["utteranceId"] == first["utteranceId"])
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    assert!(metric(&stt, "stt_partial_pieces_total").await >= 1.0);
+    let last = partials.last().expect("partials of a 14 s utterance");
+    assert!(
+        last.to_lowercase().contains("favor") && last.split_whitespace().count() >= 10,
+        "the last partial lacks the pieces' words: {partials:#?}"
+    );
+}
+
 /// Played at real time, an utterance's final is decoded when its silence
 /// begins and sent once the end of speech is confirmed: the finals are
 /// those of stt without speculation, word for word, and stt counts them as
