@@ -559,11 +559,14 @@ async fn deliver<W>(
     let done = match done.kind {
         Kind::Piece(n) => {
             // Kept to head the partials that follow; no event of its own.
+            // Without words, it adds none; stopped for a final or failed,
+            // it shows as `…` (the final will have them).
             let text = match &done.result {
                 Ok(d) if reject_reason(d, state.settings.max_no_speech_prob).is_none() => {
                     d.text.clone()
                 }
-                _ => String::new(),
+                Ok(_) => String::new(),
+                Err(_) => "…".to_owned(),
             };
             utts.piece_decoded(index, n, text);
             // A partial that waited for it (and any other piece) goes now.

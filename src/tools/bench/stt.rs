@@ -253,12 +253,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let pick = |q: f64| quantile(&lat, q);
         let mut early = o.sentence_latency_ms.clone();
         early.sort_by(f64::total_cmp);
-        let early = format!(
-            "{}: {:.0}/{:.0}",
-            early.len(),
-            quantile(&early, 0.5),
-            quantile(&early, 0.95)
-        );
+        let early = if early.is_empty() {
+            "0: -".to_owned()
+        } else {
+            format!(
+                "{}: {:.0}/{:.0}",
+                early.len(),
+                quantile(&early, 0.5),
+                quantile(&early, 0.95)
+            )
+        };
         let gap = if o.partial_gaps_ms.is_empty() {
             f64::NAN
         } else {
