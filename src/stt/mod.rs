@@ -382,10 +382,16 @@ impl Settings {
             .unwrap_or(if self.device == "cuda" { 1500 } else { 256 })
     }
 
-    /// The previous final's text as context for an utterance starting at
-    /// `start_ms`, if it ended (`end_ms`) recently enough.
-    pub fn context_for<'a>(&self, text: &'a str, end_ms: u64, start_ms: u64) -> Option<&'a str> {
-        let pause = start_ms.saturating_sub(end_ms);
+    /// The context for an utterance starting at `start_ms`: the previous
+    /// final's text, given where it ended (ms), when `context_from_previous`
+    /// is on and it ended recently enough.
+    pub fn context_for<'a>(
+        &self,
+        previous: Option<&'a (String, u64)>,
+        start_ms: u64,
+    ) -> Option<&'a str> {
+        let (text, end_ms) = previous.filter(|_| self.context_from_previous)?;
+        let pause = start_ms.saturating_sub(*end_ms);
         (self.context_max_pause_ms == 0 || pause <= self.context_max_pause_ms).then_some(text)
     }
 
@@ -467,14 +473,21 @@ mod tests {
     #[test]
     fn the_previous_final_is_context_only_after_a_short_enough_pause() {
         let s = Settings::default();
-        assert_eq!(s.context_for("hola", 1_000, 3_000), Some("hola"));
-        assert_eq!(s.context_for("hola", 1_000, 21_000), Some("hola"));
-        assert_eq!(s.context_for("hola", 1_000, 21_001), None);
+        let at = |end: u64| ("hola".to_owned(), end);
+        assert_eq!(s.context_for(Some(&at(1_000)), 3_000), Some("hola"));
+        assert_eq!(s.context_for(Some(&at(1_000)), 21_000), Some("hola"));
+        assert_eq!(s.context_for(Some(&at(1_000)), 21_001), None);
+        assert_eq!(s.context_for(None, 3_000), None);
         let always = Settings {
             context_max_pause_ms: 0,
             ..Default::default()
         };
-        assert_eq!(always.context_for("hola", 0, 600_000), Some("hola"));
+        assert_eq!(always.context_for(Some(&at(0)), 600_000), Some("hola"));
+        let off = Settings {
+            context_from_previous: false,
+            ..Default::default()
+        };
+        assert_eq!(off.context_for(Some(&at(1_000)), 3_000), None);
     }
 
     #[test]

@@ -44,8 +44,8 @@ pub fn transcribe_files(
         let audio = load_16k(file).with_context(|| file.display().to_string())?;
         let started = Instant::now();
         let mut texts = Vec::new();
-        // Each piece with its start and end (ms).
-        let pieces: Vec<(Vec<f32>, u64, u64)> = if whole {
+        // Each segment with its start and end (ms).
+        let segments: Vec<(Vec<f32>, u64, u64)> = if whole {
             let end = audio.len() as u64 / 16;
             vec![(audio.clone(), 0, end)]
         } else {
@@ -63,18 +63,14 @@ pub fn transcribe_files(
                 })
                 .collect()
         };
-        // As a live stream: each piece with the previous final as context.
+        // As a live stream: each segment with the previous final as context.
         let mut previous: Option<(String, u64)> = None;
-        for (piece, start_ms, end_ms) in pieces {
-            let context = previous
-                .as_ref()
-                .filter(|_| s.context_from_previous)
-                .and_then(|(text, end)| s.context_for(text, *end, start_ms));
-            let options = match context {
+        for (segment, start_ms, end_ms) in segments {
+            let options = match s.context_for(previous.as_ref(), start_ms) {
                 Some(p) => options.with_context(p),
                 None => options.clone(),
             };
-            let decoded: Decoded = worker.transcribe_checked(&piece, &options, None).0?;
+            let decoded: Decoded = worker.transcribe_checked(&segment, &options, None).0?;
             tracing::debug!(text = %decoded.text, no_speech = decoded.no_speech_prob, "decoded");
             if reject_reason(&decoded, s.max_no_speech_prob).is_none() {
                 previous = Some((decoded.text.clone(), end_ms));

@@ -350,10 +350,7 @@ impl Segmenter {
             return;
         };
         let n = open.frame_db.len();
-        let window = n.saturating_sub(150)..n.saturating_sub(5);
-        let cut = window
-            .clone()
-            .min_by(|a, b| open.frame_db[*a].total_cmp(&open.frame_db[*b]))
+        let cut = quietest_frame(&open.frame_db, n.saturating_sub(150)..n.saturating_sub(5))
             .map_or(n, |i| i + 1);
         let rest_audio = open.audio.split_off((cut * FRAME).min(open.audio.len()));
         let rest_db = open.frame_db.split_off(cut.min(n));
@@ -429,9 +426,13 @@ fn piece_cut(open: &Open, window_ms: usize) -> Option<usize> {
     }
     let first = open.piece_end / FRAME + 100;
     let last = open.frame_db.len().saturating_sub(100);
-    (first..last)
-        .min_by(|a, b| open.frame_db[*a].total_cmp(&open.frame_db[*b]))
-        .map(|i| (i + 1) * FRAME)
+    quietest_frame(&open.frame_db, first..last).map(|i| (i + 1) * FRAME)
+}
+
+/// The quietest of `frames` (indexes into `frame_db`): where to cut an
+/// utterance, at a breath or a word boundary rather than mid-word.
+fn quietest_frame(frame_db: &[f32], frames: std::ops::Range<usize>) -> Option<usize> {
+    frames.min_by(|a, b| frame_db[*a].total_cmp(&frame_db[*b]))
 }
 
 /// Samples a final of `open` holds: its speech and `TAIL_MS` of silence.

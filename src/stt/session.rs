@@ -404,10 +404,7 @@ where
                 context: if kind.is_partial_like() {
                     utts.pieces_text(index, usize::MAX, "")
                 } else {
-                    utts.context
-                        .as_ref()
-                        .filter(|_| s.context_from_previous)
-                        .and_then(|(text, end_ms)| s.context_for(text, *end_ms, start_ms))
+                    s.context_for(utts.context.as_ref(), start_ms)
                         .map(str::to_owned)
                 },
                 pieces: utts.pieces.get(&index).map_or(0, Vec::len),
@@ -666,10 +663,8 @@ async fn deliver<W>(
         latency_ms: Some(done.total.as_millis() as u64),
         lag_ms: Some(span.behind_ms + done.total.as_millis() as u64),
         gap,
-        ended_by: span
-            .ended
-            .filter(|_| is_final)
-            .map(|e| e.as_str().to_owned()),
+        // (Only a final's span has it.)
+        ended_by: span.ended.map(|e| e.as_str().to_owned()),
     });
     tracing::debug!(
         final_ = is_final,

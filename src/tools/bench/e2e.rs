@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use super::quantile;
 use crate::event::{CallEnded, CallStarted, Event, Source, Tip};
 use crate::relay_client::{Scope, Subscription, post_once};
 use crate::tools::procs::Pipeline;
@@ -51,14 +52,6 @@ struct CallObs {
     tips: Vec<(String, Instant)>,
     partials: usize,
     summary: bool,
-}
-
-fn quantile(v: &mut [f64], q: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {

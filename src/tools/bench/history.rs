@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::json;
 
+use super::quantile;
+
 use crate::event::Envelope;
 use crate::relay::calls::Calls;
 use crate::relay::hub::Hub;
@@ -204,10 +206,6 @@ async fn fill(dir: &std::path::Path, opts: &Options) -> anyhow::Result<()> {
 /// A kind of question: its name, and the request path for one draw.
 type Question = (&'static str, Box<dyn Fn(&mut Rng) -> String>);
 
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
-}
-
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let temp;
     let dir = match &opts.dir {
@@ -323,12 +321,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             times.push(t0.elapsed().as_secs_f64() * 1000.0);
             matches = body["calls"].as_array().map_or(0, Vec::len);
         }
-        times.sort_by(f64::total_cmp);
+        let (p50, p99) = (quantile(&mut times, 0.5), quantile(&mut times, 0.99));
         println!(
             "{:<28} {:>9.2} {:>9.2} {:>9.2} {:>9}",
             name,
-            quantile(&times, 0.5),
-            quantile(&times, 0.99),
+            p50,
+            p99,
             times.last().copied().unwrap_or(0.0),
             matches
         );
