@@ -139,6 +139,11 @@ enum Command {
         /// Transcribe the whole file at once instead of utterance by utterance.
         #[arg(long)]
         whole: bool,
+        /// Whisper's context for each file's first utterance, as if a
+        /// stream's previous final had said TEXT (later utterances get the
+        /// file's own, as live): to see how a context sways a decode.
+        #[arg(long, value_name = "TEXT")]
+        context: Option<String>,
     },
     /// Score transcripts against reference texts: word error rate, and
     /// with --digits how many digits of spoken numbers came out right.
@@ -239,7 +244,8 @@ pub fn main() -> ExitCode {
             common,
             files,
             whole,
-        } => transcribe(&common, &files, whole),
+            context,
+        } => transcribe(&common, &files, whole, context.as_deref()),
         Command::Wer(opts) => match crate::tools::wer::run(opts) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -456,7 +462,7 @@ fn list_models(dir: &Path) -> ExitCode {
     }
 }
 
-fn transcribe(common: &Common, files: &[PathBuf], whole: bool) -> ExitCode {
+fn transcribe(common: &Common, files: &[PathBuf], whole: bool, context: Option<&str>) -> ExitCode {
     let loaded = match load_config(common) {
         Ok(l) => l,
         Err(code) => return code,
@@ -467,6 +473,7 @@ fn transcribe(common: &Common, files: &[PathBuf], whole: bool) -> ExitCode {
         &loaded.settings.model_dir(),
         files,
         whole,
+        context,
     ) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

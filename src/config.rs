@@ -428,8 +428,9 @@ fn describe_errors(err: &figment::Error, figment: &Figment) -> String {
 
 impl Loaded {
     /// What a key really does where its written value says less: an unset
-    /// `model_dir` is `$STATE_DIR/models`; `relay_ws` is followed as
-    /// `callId=*` unless `single_call`.
+    /// `model_dir` is `$STATE_DIR/models`, an unset `stt.min_audio_ctx`
+    /// follows `stt.device`; `relay_ws` is followed as `callId=*` unless
+    /// `single_call`.
     fn effective(&self, key: String, value: String, source: String) -> (String, String, String) {
         let s = &self.settings;
         match key.as_str() {
@@ -437,6 +438,11 @@ impl Loaded {
                 let path = format!("{:?}", s.model_dir().display().to_string());
                 (key, path, format!("{source}: $STATE_DIR/models"))
             }
+            "stt.min_audio_ctx" if s.stt.min_audio_ctx.is_none() => (
+                key,
+                s.stt.audio_ctx_floor().to_string(),
+                format!("{source}: {DEVICE_FLOORS}"),
+            ),
             "orchestrator.relay_ws" if !s.orchestrator.single_call => (
                 key,
                 value,
@@ -447,10 +453,15 @@ impl Loaded {
     }
 }
 
+/// `stt.min_audio_ctx` when unset: it follows `stt.device`.
+const DEVICE_FLOORS: &str = "256 on device \"cpu\", 1500 on \"cuda\"";
+
 /// A configuration file with every key at its built-in default, commented
 /// out, one TOML table per section (`check-config --example`; the release
 /// tarball's `call-coach.toml.example`). Uncommenting a key changes
-/// nothing until its value is edited. Unset keys show an empty string.
+/// nothing until its value is edited. Unset keys show an empty string,
+/// but for a number whose default follows another key: its value for the
+/// other key's default, and the rule.
 pub fn example_toml() -> String {
     let settings = Settings {
         // The path the units give (systemd's StateDirectory), not this user's.
@@ -493,10 +504,13 @@ pub fn example_toml() -> String {
             out.push_str(&format!("\n[{section}]\n"));
             table = section;
         }
-        let value = if value == "<unset>" {
-            "\"\"  # unset".to_owned()
-        } else {
-            value
+        let value = match (table.as_str(), name.as_str(), value.as_str()) {
+            ("stt", "min_audio_ctx", "<unset>") => format!(
+                "{}  # unset: {DEVICE_FLOORS}",
+                settings.stt.audio_ctx_floor()
+            ),
+            (_, _, "<unset>") => "\"\"  # unset".to_owned(),
+            _ => value,
         };
         out.push_str(&format!("# {name} = {value}\n"));
     }
@@ -625,6 +639,42 @@ mod tests {
         assert_eq!(l.settings.relay.listen.port(), 3000);
         assert!(l.source_of("relay.retention_days").contains("cc.toml"));
         assert_eq!(l.source_of("relay.subscriber_queue"), "default");
+    }
+
+    /// Every key of `check-config --example` that has a value loads when
+    /// uncommented, as it stands, and changes nothing on the default
+    /// device.
+    #[test]
+    fn the_example_loads_with_every_valued_key_uncommented() {
+        let example = example_toml();
+        let uncommented: String = example
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(kv)
+                    if kv.split_once(" = ").is_some_and(|(k, v)| {
+                        k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                            && !v.starts_with("\"\"")
+                    }) =>
+                {
+                    kv.to_owned()
+                }
+                _ => l.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(uncommented.contains("\nmin_audio_ctx = 256"), "{example}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), &uncommented);
+        let l = load_from(Some(&file), &env(&[])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(l.settings.stt.min_audio_ctx, Some(256));
+        assert_eq!(l.settings.stt.decode_options().min_audio_ctx, 256);
+        // Unset, check-config says what it follows.
+        let l = load_from(None, &env(&[])).unwrap();
+        let shown = l.render(Some("stt"));
+        assert!(
+            shown.contains("stt.min_audio_ctx = 256") && shown.contains("1500 on \"cuda\""),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -164,21 +164,35 @@ impl Worker {
         self.transcribe_unless(audio, opts, None)
     }
 
-    /// As [`Worker::transcribe_unless`], but a result of a decode with
-    /// context that says the same words twice ([`repeats_itself`]: the
-    /// echo a context prompt can cause) is decoded again without the
-    /// context; `true` when it was.
+    /// As [`Worker::transcribe_unless`], but a decode with context that
+    /// looks misled by it ([`misled`]: the prompt's echo, or a text cut
+    /// short) is decoded again without the context, and the second text is
+    /// kept when it is better ([`Misled::retry_is_better`]); `true` when it
+    /// was decoded again.
     pub fn transcribe_checked(
         &mut self,
         audio: &[f32],
         opts: &DecodeOptions,
         abort: Option<&AtomicBool>,
     ) -> (Result<Decoded, EngineError>, bool) {
+        let secs = audio.len() as f64 / 16_000.0;
         match self.transcribe_unless(audio, opts, abort) {
-            Ok(d) if opts.has_context() && repeats_itself(&d.text) => (
-                self.transcribe_unless(audio, &opts.without_context(), abort),
-                true,
-            ),
+            Ok(d) if opts.has_context() => match misled(&d.text, secs) {
+                Some(why) => {
+                    let again = self.transcribe_unless(audio, &opts.without_context(), abort);
+                    let keep_first =
+                        matches!(&again, Ok(r) if !why.retry_is_better(&d.text, &r.text));
+                    // (Lengths only: the text may hold a card number.)
+                    tracing::debug!(
+                        ?why,
+                        kept = if keep_first { "first" } else { "again" },
+                        first_chars = d.text.chars().count(),
+                        "decoded again without context"
+                    );
+                    (if keep_first { Ok(d) } else { again }, true)
+                }
+                None => (Ok(d), false),
+            },
             other => (other, false),
         }
     }
@@ -385,14 +399,69 @@ pub fn reject_reason(decoded: &Decoded, max_no_speech: f32) -> Option<&'static s
     None
 }
 
+/// How a decode with a context prompt (the previous final) can go wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Misled {
+    /// The text says some words twice ([`repeats_itself`]): the prompt's
+    /// echo ("el volumen de su habla hacia otros participantes, de su
+    /// volumen de su habla hacia otros participantes").
+    Echo,
+    /// Far fewer characters than the audio holds speech for: Whisper ended
+    /// early, after the first sentence of 13 s of speech.
+    CutShort,
+}
+
+/// Audio shorter than this is never taken as cut short (s): a few spelled
+/// letters are slow but short.
+const CUT_SHORT_MIN_SECS: f64 = 5.0;
+/// Fewer characters per second of audio than this is a text cut short
+/// (speech runs at 10 to 20; the slowest whole text seen on the prompts
+/// was 8).
+const CUT_SHORT_CHARS_PER_SEC: f64 = 5.0;
+
+impl Misled {
+    /// Whether the text decoded again without context (`retry`) is better
+    /// than the first (`first`): free of the echo (when both repeat, the
+    /// speaker did), or longer than the cut-short one.
+    pub fn retry_is_better(self, first: &str, retry: &str) -> bool {
+        match self {
+            Misled::Echo => !repeats_itself(retry),
+            Misled::CutShort => retry.trim().chars().count() > first.trim().chars().count(),
+        }
+    }
+}
+
+/// Whether a text decoded with context from `secs` of audio looks misled
+/// by that context, and how.
+pub fn misled(text: &str, secs: f64) -> Option<Misled> {
+    if repeats_itself(text) {
+        Some(Misled::Echo)
+    } else if secs >= CUT_SHORT_MIN_SECS
+        && (text.trim().chars().count() as f64) < CUT_SHORT_CHARS_PER_SEC * secs
+    {
+        Some(Misled::CutShort)
+    } else {
+        None
+    }
+}
+
 /// Whether a decoded text says the same run of four or more words twice in
-/// a row ("para incrementar el volumen, para incrementar el volumen"), the
-/// echo a context prompt can cause. Case, accents and punctuation aside.
+/// a row ("para incrementar el volumen, para incrementar el volumen"), or
+/// of five or more anywhere: the echo a context prompt can cause. Case,
+/// accents and punctuation aside. (A speaker who repeats five words is
+/// caught too; [`Misled::retry_is_better`] then keeps the first text.)
 pub fn repeats_itself(text: &str) -> bool {
     let normal = crate::text::normalise(text);
     let words: Vec<&str> = normal.split_whitespace().collect();
     let n = words.len();
-    (4..=n / 2).any(|k| (0..=n - 2 * k).any(|at| words[at..at + k] == words[at + k..at + 2 * k]))
+    let in_a_row = (4..=n / 2)
+        .any(|k| (0..=n - 2 * k).any(|at| words[at..at + k] == words[at + k..at + 2 * k]));
+    in_a_row
+        || (n >= 10
+            && (0..=n - 10).any(|at| {
+                let run = &words[at..at + 5];
+                words[at + 5..].windows(5).any(|w| w == run)
+            }))
 }
 
 #[cfg(test)]
@@ -466,6 +535,8 @@ mod tests {
         for t in [
             "Para incrementar el volumen del audio, para incrementar el volumen del audio.",
             "Hola. Su número de cliente, por favor. Su número de cliente, por favor.",
+            // Five words twice, apart (an echo seen on a real prompt).
+            "Para incrementar el volumen de su habla hacia otros participantes, de su volumen de su habla hacia otros participantes.",
         ] {
             assert!(repeats_itself(t), "{t}");
         }
@@ -473,9 +544,40 @@ mod tests {
             "Sí, sí, claro que sí.",
             "uno dos tres uno dos cuatro",
             "Para reducir el volumen del audio de otros participantes.",
+            // Four words twice, apart: ordinary speech.
+            "Marque el número uno para aceptar, marque el número dos para rechazar.",
             "",
         ] {
             assert!(!repeats_itself(t), "{t}");
         }
+    }
+
+    #[test]
+    fn a_decode_with_context_is_misled_when_it_echoes_or_ends_too_soon() {
+        // 35 characters for 12.8 s of speech: Whisper stopped after the
+        // first sentence (seen live, after an unrelated previous final).
+        let cut = "Usted tiene las siguientes opciones.";
+        assert_eq!(misled(cut, 12.8), Some(Misled::CutShort));
+        // The same text for 3 s of audio is whole; so are spelled letters.
+        assert_eq!(misled(cut, 3.0), None);
+        assert_eq!(misled("M-E-S-D-N", 3.3), None);
+        assert_eq!(
+            misled(
+                "La conferencia iniciará cuando nuestro glorioso líder llegue.",
+                7.3
+            ),
+            None
+        );
+        let echo = "Para incrementar el volumen de su habla hacia otros participantes, de su volumen de su habla hacia otros participantes.";
+        assert_eq!(misled(echo, 5.9), Some(Misled::Echo));
+
+        // The text decoded again is kept only when it is better.
+        let whole = "Usted tiene las siguientes opciones. Marque el número 1 si desea comunicarse inmediatamente con la llamada.";
+        assert!(Misled::CutShort.retry_is_better(cut, whole));
+        assert!(!Misled::CutShort.retry_is_better(cut, "Usted tiene."));
+        let clean = "Para incrementar el volumen de su habla hacia otros participantes.";
+        assert!(Misled::Echo.retry_is_better(echo, clean));
+        // Both say it twice: the speaker did; the first text stays.
+        assert!(!Misled::Echo.retry_is_better(echo, echo));
     }
 }

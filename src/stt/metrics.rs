@@ -42,8 +42,8 @@ pub struct Metrics {
     /// Utterances ended after the shorter silence: their speculative final
     /// read as a finished sentence.
     pub finals_early: Counter,
-    /// Finals decoded again without the context: with it, Whisper said
-    /// the utterance twice.
+    /// Decodes done again without the context: with it, Whisper echoed
+    /// words or ended too soon (`engine::misled`).
     pub context_dropped: Counter,
     /// Decodes that ran alone on idle cores with more threads.
     pub decodes_wide: Counter,
@@ -154,7 +154,7 @@ impl Metrics {
         put(
             "stt_context_dropped_total",
             "counter",
-            "Finals decoded again without the previous final as context, because with it the text repeated itself (a prompt echo).",
+            "Decodes done again without their context (the previous final, or a partial's pieces), because with it Whisper echoed words or ended far too soon; the better text is kept.",
             self.context_dropped.get().to_string(),
         );
         put(

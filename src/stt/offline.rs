@@ -32,6 +32,7 @@ pub fn transcribe_files(
     model_dir: &Path,
     files: &[PathBuf],
     whole: bool,
+    context: Option<&str>,
 ) -> anyhow::Result<()> {
     let path = s.model_path(model_dir)?;
     let engine = Engine::load(&path, s.device == "cuda")?;
@@ -63,8 +64,9 @@ pub fn transcribe_files(
                 })
                 .collect()
         };
-        // As a live stream: each segment with the previous final as context.
-        let mut previous: Option<(String, u64)> = None;
+        // As a live stream: each segment with the previous final as
+        // context (the first with `context`, as if said just before).
+        let mut previous: Option<(String, u64)> = context.map(|c| (c.to_owned(), 0));
         for (segment, start_ms, end_ms) in segments {
             let options = match s.context_for(previous.as_ref(), start_ms) {
                 Some(p) => options.with_context(p),
