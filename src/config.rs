@@ -433,16 +433,14 @@ impl Loaded {
     /// `single_call`.
     fn effective(&self, key: String, value: String, source: String) -> (String, String, String) {
         let s = &self.settings;
+        if let Some((value, rule)) = derived_default(&key, s) {
+            return (key, value, format!("{source}: {rule}"));
+        }
         match key.as_str() {
             "model_dir" if s.model_dir.is_none() => {
                 let path = format!("{:?}", s.model_dir().display().to_string());
                 (key, path, format!("{source}: $STATE_DIR/models"))
             }
-            "stt.min_audio_ctx" if s.stt.min_audio_ctx.is_none() => (
-                key,
-                s.stt.audio_ctx_floor().to_string(),
-                format!("{source}: {DEVICE_FLOORS}"),
-            ),
             "orchestrator.relay_ws" if !s.orchestrator.single_call => (
                 key,
                 value,
@@ -453,8 +451,18 @@ impl Loaded {
     }
 }
 
-/// `stt.min_audio_ctx` when unset: it follows `stt.device`.
-const DEVICE_FLOORS: &str = "256 on device \"cpu\", 1500 on \"cuda\"";
+/// What an unset key stands for where its default follows another key:
+/// the value now, and the rule (`stt.min_audio_ctx` follows
+/// `stt.device`). `check-config` and the example show both.
+fn derived_default(key: &str, s: &Settings) -> Option<(String, String)> {
+    match key {
+        "stt.min_audio_ctx" if s.stt.min_audio_ctx.is_none() => Some((
+            s.stt.audio_ctx_floor().to_string(),
+            crate::stt::Settings::audio_ctx_floor_rule(),
+        )),
+        _ => None,
+    }
+}
 
 /// A configuration file with every key at its built-in default, commented
 /// out, one TOML table per section (`check-config --example`; the release
@@ -504,13 +512,10 @@ pub fn example_toml() -> String {
             out.push_str(&format!("\n[{section}]\n"));
             table = section;
         }
-        let value = match (table.as_str(), name.as_str(), value.as_str()) {
-            ("stt", "min_audio_ctx", "<unset>") => format!(
-                "{}  # unset: {DEVICE_FLOORS}",
-                settings.stt.audio_ctx_floor()
-            ),
-            (_, _, "<unset>") => "\"\"  # unset".to_owned(),
-            _ => value,
+        let value = match derived_default(&format!("{table}.{name}"), &settings) {
+            Some((value, rule)) => format!("{value}  # unset: {rule}"),
+            None if value == "<unset>" => "\"\"  # unset".to_owned(),
+            None => value,
         };
         out.push_str(&format!("# {name} = {value}\n"));
     }

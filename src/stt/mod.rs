@@ -159,6 +159,11 @@ pub struct Settings {
     pub publish_queue: usize,
 }
 
+/// `min_audio_ctx` when unset, on a CPU (a 5 s window: capacity first)
+/// and on a GPU (the full 30 s window: accuracy, cheaply).
+const AUDIO_CTX_FLOOR_CPU: i32 = 256;
+const AUDIO_CTX_FLOOR_CUDA: i32 = 1500;
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -378,8 +383,17 @@ impl Settings {
 
     /// `min_audio_ctx`, or the device's default when not set.
     pub fn audio_ctx_floor(&self) -> i32 {
-        self.min_audio_ctx
-            .unwrap_or(if self.device == "cuda" { 1500 } else { 256 })
+        self.min_audio_ctx.unwrap_or(if self.device == "cuda" {
+            AUDIO_CTX_FLOOR_CUDA
+        } else {
+            AUDIO_CTX_FLOOR_CPU
+        })
+    }
+
+    /// The rule an unset `min_audio_ctx` follows, as `check-config` and
+    /// the configuration example say it.
+    pub fn audio_ctx_floor_rule() -> String {
+        format!("{AUDIO_CTX_FLOOR_CPU} on device \"cpu\", {AUDIO_CTX_FLOOR_CUDA} on \"cuda\"")
     }
 
     /// The context for an utterance starting at `start_ms`: the previous
