@@ -52,6 +52,11 @@ const LOCK_STRIPES: usize = 256;
 const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
 /// Events the tail hands to the hub at once at most.
 const TAIL_BATCH: usize = 512;
+/// How long one publish keeps trying while no server answers for the
+/// stream ("no responders": a stream just made, whose subjects have not
+/// reached every server of the cluster yet, or a leader being elected),
+/// before the POST is answered `503`.
+const NO_RESPONDERS_PATIENCE: Duration = Duration::from_secs(3);
 
 /// `[relay.nats]`: the JetStream mode. Without `url`, the relay keeps its
 /// events in SQLite on its own disk.
@@ -110,6 +115,12 @@ pub const CREDS_CREDENTIAL: &str = "relay_nats_creds";
 /// start with a letter or digit, so it is no call's subject.
 pub fn erased_subject(prefix: &str) -> String {
     format!("{prefix}._erased")
+}
+
+/// The subject the write probe is sent to: not a call's (no call id starts
+/// with `_`), so the tail passes over it were it ever stored.
+fn probe_subject(prefix: &str) -> String {
+    format!("{prefix}._probe")
 }
 
 /// The subject of one call's events.
@@ -246,6 +257,25 @@ pub async fn open(
             }
         }
     }
+    // A stream just made answers its API before its subjects have reached
+    // every server: publishes through this relay's server then find "no
+    // responders" for a moment. Serve only once a write would reach it.
+    let started = Instant::now();
+    loop {
+        match probe_writes(&js, &s.subject_prefix, &s.stream).await {
+            Ok(()) => break,
+            Err(e) if started.elapsed() < STARTUP_PATIENCE && !shutdown.is_cancelled() => {
+                tracing::info!(error = %e, stream = %s.stream, "the stream does not take writes here yet; waiting");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => {
+                return Err(StoreError::Nats(format!(
+                    "JetStream stream {}: writes found no stream for {STARTUP_PATIENCE:?}: {e}",
+                    s.stream
+                )));
+            }
+        }
+    }
     let end = state.state.last_sequence;
     tracing::info!(
         stream = %s.stream,
@@ -300,6 +330,33 @@ pub async fn open(
         );
     }
     Ok(Store { inner })
+}
+
+/// Whether a publish through this connection reaches the stream, without
+/// storing anything: the probe names another stream as the one expected,
+/// so the stream (when it answers) refuses it. Only "no responders" (no
+/// server took the subject) is an error.
+async fn probe_writes(
+    js: &jetstream::Context,
+    prefix: &str,
+    stream: &str,
+) -> Result<(), context::PublishError> {
+    let probe = jetstream::message::PublishMessage::build()
+        .payload(Bytes::new())
+        .expected_stream(format!("{stream}-probe-not-this-stream"));
+    let answer = async { js.send_publish(probe_subject(prefix), probe).await?.await }.await;
+    match answer {
+        Err(e) if e.kind() == context::PublishErrorKind::StreamNotFound => Err(e),
+        Err(e) if e.kind() == context::PublishErrorKind::TimedOut => Err(e),
+        // The stream refused it (expected stream does not match): it answers.
+        Err(_) => Ok(()),
+        Ok(ack) => {
+            // Not refused: a server that ignores the expected-stream header.
+            // It was stored, under a subject that no call has.
+            tracing::warn!(seq = ack.sequence, "the write probe was stored");
+            Ok(())
+        }
+    }
 }
 
 fn nats_error(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -422,7 +479,9 @@ impl Store {
         let ts = rfc3339_millis(now_unix_ms());
         // `pos` is the stream's; it is added on the way out.
         event.fields.shift_remove("pos");
-        for _ in 0..MAX_RACES {
+        let mut races = 0;
+        let mut wait = Duration::from_millis(50);
+        while races < MAX_RACES {
             let seq = last.seq + 1;
             event.fields.insert("seq".into(), Value::from(seq));
             if !event.fields.contains_key("ts") {
@@ -479,9 +538,19 @@ impl Store {
                 }
                 Err(e) if lost_race(&e) => {
                     // Another relay stored an event of this call meanwhile.
+                    races += 1;
                     self.inner.metrics.publish_races.inc();
                     last = self.fetch_last(&subject).await?;
                     self.remember(&call_id, last);
+                }
+                Err(e)
+                    if e.kind() == context::PublishErrorKind::StreamNotFound
+                        && started.elapsed() + wait < NO_RESPONDERS_PATIENCE =>
+                {
+                    // No server took the subject just now (a leader being
+                    // elected): nothing was stored; ask again shortly.
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(800));
                 }
                 Err(e) => {
                     return Err(match e.kind() {

@@ -549,3 +549,57 @@ async fn an_archiving_relay_keeps_the_stream_history_and_erasures_reach_it() {
     history_becomes(&archive, "", &["a-2"]).await;
     history_becomes(&archive, "q=factura", &["a-2"]).await;
 }
+
+/// A stream just made answers JetStream's API before its subjects reach
+/// every server of the cluster; a publish through another server then finds
+/// "no responders" for a moment. A relay serves only once a write through
+/// its own server reaches the stream, so its first POST is stored: here on
+/// each node, for streams made by relays started side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_takes_its_first_event_on_any_node_of_a_new_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = cluster(dir.path());
+    let nodes: Vec<String> = nats.urls().split(',').map(str::to_owned).collect();
+    for round in 0..4 {
+        let stream = format!("FRESH{round}");
+        let prefix = format!("fresh{round}.events");
+        let relays: Vec<Relay> = std::thread::scope(|s| {
+            let started: Vec<_> = (0..nodes.len())
+                .map(|i| {
+                    let (url, stream, prefix) =
+                        (&nodes[(round + i) % nodes.len()], &stream, &prefix);
+                    s.spawn(move || {
+                        Relay::start(&[
+                            ("RELAY_NATS_URL", url),
+                            ("CALL_COACH_RELAY__NATS__STREAM", stream),
+                            ("CALL_COACH_RELAY__NATS__SUBJECT_PREFIX", prefix),
+                        ])
+                    })
+                })
+                .collect();
+            started.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let events: Vec<Value> = (0..relays.len())
+            .map(|i| ev(&format!("first{i}"), 0))
+            .collect();
+        let answers =
+            futures_util::future::join_all(relays.iter().zip(&events).map(|(r, e)| r.post(e)))
+                .await;
+        for (i, (status, body)) in answers.iter().enumerate() {
+            assert_eq!(
+                *status,
+                202,
+                "round {round}: relay on node {}: {body}",
+                (round + i) % nodes.len()
+            );
+            assert_eq!(body["seq"], 1, "{body}");
+        }
+        // Nothing but the events: the probe was not stored.
+        let mut pos: Vec<i64> = answers
+            .iter()
+            .map(|(_, b)| b["pos"].as_i64().unwrap())
+            .collect();
+        pos.sort();
+        assert_eq!(pos, vec![1, 2, 3], "{answers:?}");
+    }
+}
