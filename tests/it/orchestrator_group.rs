@@ -79,9 +79,9 @@ async fn a_killed_orchestrators_calls_are_taken_over_without_repeated_tips() {
     // Ids as ari-coach makes them (a prefix, Asterisk's `epoch.n`).
     let calls: Vec<String> = (0..CALLS).map(|i| format!("ast1:1764000000.{i}")).collect();
     for call in &calls {
-        a.publish(json!({"type":"call.started","callId":call,"agent":"PJSIP/200"}))
+        a.publish_retrying(json!({"type":"call.started","callId":call,"agent":"PJSIP/200"}))
             .await;
-        a.publish(says(call, "u1", "Quiero cancelar el contrato.", 1_000))
+        a.publish_retrying(says(call, "u1", "Quiero cancelar el contrato.", 1_000))
             .await;
     }
     // Each call: one cancellation tip, and metrics, from one instance.
@@ -126,9 +126,9 @@ async fn a_killed_orchestrators_calls_are_taken_over_without_repeated_tips() {
     for call in &calls {
         // A new objection (one tip due), and the cancellation said again
         // (inside its cooldown: no tip, whoever coaches).
-        a.publish(says(call, "u2", "Es demasiado caro.", 5_000))
+        a.publish_retrying(says(call, "u2", "Es demasiado caro.", 5_000))
             .await;
-        a.publish(says(call, "u3", "Le digo que quiero cancelar.", 7_000))
+        a.publish_retrying(says(call, "u3", "Le digo que quiero cancelar.", 7_000))
             .await;
     }
     let mut after: HashMap<String, usize> = HashMap::new();

@@ -153,6 +153,40 @@ impl Service {
         (status, value)
     }
 
+    /// Publishes as the services' publisher does: with an `Idempotency-Key`,
+    /// and a 503 (the store cannot take it now) tried again with the same
+    /// key for up to 30 s; then expects 202.
+    /// For tests of something else than the relay's answers.
+    pub async fn publish_retrying(&self, event: Value) -> i64 {
+        static KEYS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let key = format!(
+            "it-{}-{}",
+            std::process::id(),
+            KEYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self
+                .request(
+                    "POST",
+                    "/event",
+                    &[
+                        ("content-type", "application/json"),
+                        ("idempotency-key", &key),
+                    ],
+                    event.to_string(),
+                )
+                .await;
+            let body = serde_json::from_str::<Value>(&body).unwrap_or(Value::Null);
+            if status == 503 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            assert_eq!(status, 202, "publish {event}: {body}");
+            return body["seq"].as_i64().expect("seq");
+        }
+    }
+
     /// Publishes and expects 202; returns the seq.
     pub async fn publish(&self, event: Value) -> i64 {
         let (status, body) = self.post(&event).await;
