@@ -112,6 +112,21 @@ const CURRENCY: &[&str] = &[
     "centavos", "libras",
 ];
 
+/// Words after which a lone number is a figure: a number, a key, an
+/// option, an extension ("marque dos" -> "marque 2", "la opción tres").
+const NAMES_A_FIGURE: &[&str] = &[
+    "numero",
+    "marque",
+    "pulse",
+    "presione",
+    "oprima",
+    "teclee",
+    "digite",
+    "opcion",
+    "extension",
+    "tecla",
+];
+
 /// A word of the text: where it is and its folded form.
 pub struct Word {
     pub start: usize,
@@ -320,9 +335,15 @@ pub fn to_digits(text: &str, mode: Mode) -> String {
         let money = next(0).is_some_and(|w| CURRENCY.contains(&w));
         let all_single = groups.iter().all(|g| g.2);
         let compound = groups.iter().any(|g| g.1 > 1);
+        let named = i > 0
+            && NAMES_A_FIGURE.contains(&ws[i - 1].folded.as_str())
+            && text[ws[i - 1].end..ws[i].start]
+                .chars()
+                .all(char::is_whitespace);
         let convert = mode == Mode::Canonical
             || percent
             || money
+            || named
             || compound
             || (all_single && groups.len() >= 3)
             || (!all_single && groups.len() >= 2);
@@ -410,6 +431,14 @@ mod tests {
         assert_eq!(d("cinco euros"), "5 euros");
         assert_eq!(d("ciento dos"), "102");
         assert_eq!(d("dos mil"), "2000");
+        // A lone number after a word that names a figure.
+        assert_eq!(
+            d("Marque el número uno para cambiar. Número dos para reproducir."),
+            "Marque el número 1 para cambiar. Número 2 para reproducir."
+        );
+        assert_eq!(d("marque tres, pulse cuatro"), "marque 3, pulse 4");
+        assert_eq!(d("la opción cinco"), "la opción 5");
+        assert_eq!(d("Extensión doce"), "Extensión 12");
     }
 
     #[test]
@@ -423,6 +452,9 @@ mod tests {
             "dos, tres veces",
             "treinta y tantos",
             "Gracias, adiós.",
+            // Not right after the naming word.
+            "el número, uno de ellos",
+            "marque y espere dos minutos",
             "",
             "¿Algo más?",
         ] {
