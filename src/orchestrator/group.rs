@@ -152,8 +152,7 @@ pub async fn join(s: &GroupSettings, shutdown: CancellationToken) -> Result<Grou
         }
     };
     let instance = if s.instance.is_empty() {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        format!("{}-{}", host.trim(), std::process::id())
+        format!("{}-{}", hostname(), std::process::id())
     } else {
         s.instance.clone()
     };
@@ -282,6 +281,22 @@ impl Leases {
     }
 }
 
+/// This host's name, from the kernel (`gethostname`, not `/proc/sys`,
+/// which a unit with `ProcSubset=pid` hides): with the process id it names
+/// the instance, so two hosts never share a name, even when their
+/// orchestrators got the same pid (hosts booted from one image).
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at
+    // most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "host".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,5 +308,14 @@ mod tests {
         assert_ne!(lease_key("a.b"), lease_key("a_b"));
         assert!(!crate::event::is_valid_call_id("a=b"));
         assert!(!crate::event::is_valid_call_id("a/b"));
+    }
+
+    #[test]
+    fn the_instance_is_named_by_the_kernels_hostname() {
+        let name = hostname();
+        assert!(!name.is_empty());
+        if let Ok(proc) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+            assert_eq!(name, proc.trim());
+        }
     }
 }

@@ -13,10 +13,18 @@ use std::time::Duration;
 pub struct IdleCpu(AtomicU32);
 
 impl IdleCpu {
-    /// Starts the sampler; on a system without `/proc/stat` it reports no
-    /// idle core, so decodes never go wide.
+    /// Starts the sampler; on a system without `/proc/stat` (or a unit with
+    /// systemd's `ProcSubset=pid`, which hides it) it says so once and
+    /// reports no idle core, so decodes never go wide.
     pub fn start() -> Arc<Self> {
         let idle = Arc::new(Self::default());
+        if read().is_none() {
+            tracing::warn!(
+                "/proc/stat cannot be read (a unit with ProcSubset=pid hides it): \
+                 decodes never use the idle cores (stt.max_threads_when_idle)"
+            );
+            return idle;
+        }
         let weak = Arc::downgrade(&idle);
         let _ = std::thread::Builder::new()
             .name("stt-idle-cpu".into())
