@@ -392,13 +392,30 @@ impl Store {
     /// then publishes a tombstone so every relay's archive erases it too.
     /// Returns how many messages went.
     pub async fn erase(&self, call_id: &str) -> Result<u64, StoreError> {
+        // NATS gone or not answering is a 503 (ask again: a repeat purges
+        // what is left and publishes the tombstone), not a 500.
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            let e = e.to_string();
+            if !self.connected() || e.contains("timed out") {
+                StoreError::Unavailable(format!(
+                    "{what} of call {call_id}: {e} (NATS not answering); retry later"
+                ))
+            } else {
+                StoreError::Nats(format!("{what} of call {call_id}: {e}"))
+            }
+        };
+        if !self.connected() {
+            return Err(StoreError::Unavailable(
+                "not connected to NATS; retry later".into(),
+            ));
+        }
         let purged = self
             .inner
             .stream
             .purge()
             .filter(self.subject(call_id))
             .await
-            .map_err(|e| StoreError::Nats(format!("purge of call {call_id}: {e}")))?;
+            .map_err(|e| failed("purge", &e))?;
         self.inner
             .js
             .publish(
@@ -406,9 +423,9 @@ impl Store {
                 call_id.to_owned().into(),
             )
             .await
-            .map_err(|e| StoreError::Nats(format!("tombstone of call {call_id}: {e}")))?
+            .map_err(|e| failed("tombstone", &e))?
             .await
-            .map_err(|e| StoreError::Nats(format!("tombstone of call {call_id}: {e}")))?;
+            .map_err(|e| failed("tombstone", &e))?;
         self.inner
             .last
             .lock()

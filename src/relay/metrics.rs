@@ -29,9 +29,11 @@ pub enum Rejection {
     BadRequest,
     /// A question this relay has no data for (history without an archive).
     NotImplemented,
+    /// The store failed while answering (history, scorecards, erasure).
+    Store,
 }
 
-const REJECTION_LABELS: [&str; 10] = [
+const REJECTION_LABELS: [&str; 11] = [
     "bad_json",
     "bad_envelope",
     "too_large",
@@ -42,6 +44,7 @@ const REJECTION_LABELS: [&str; 10] = [
     "method",
     "bad_request",
     "not_implemented",
+    "store",
 ];
 
 pub struct Metrics {
@@ -57,7 +60,7 @@ pub struct Metrics {
     /// JetStream publishes that lost the race for a call's next `seq` to
     /// another relay, and were numbered again.
     pub publish_races: Counter,
-    rejected: [Counter; 10],
+    rejected: [Counter; 11],
     /// Stretches redacted at ingest, by category (`redact::Category`).
     pub redacted: [Counter; 6],
     redaction: Histogram,

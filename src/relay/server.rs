@@ -227,6 +227,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infal
             resp.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(allow));
         }
+        if r.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if r.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -503,7 +507,7 @@ fn store_failed(e: &StoreError) -> Refusal {
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     tracing::error!(error = %e, "history query failed");
-    Refusal::new(Rejection::BadRequest, status, format!("{e}"))
+    Refusal::new(Rejection::Store, status, format!("{e}"))
 }
 
 /// Where the call history is read; a JetStream relay without an archive

@@ -383,6 +383,16 @@ async fn nats_unreachable_at_start_or_lost_later_is_said_plainly() {
     assert!(body["error"].as_str().unwrap().contains("NATS"), "{body}");
     let (status, health) = relay.request("GET", "/healthz", &[], "").await;
     assert_eq!((status, health.as_str()), (503, "not connected to NATS\n"));
+    // An erasure cannot be done meanwhile: 503, counted as the store's
+    // failure, not as a bad request.
+    let (status, body) = relay.request("DELETE", "/calls/lost", &[], "").await;
+    assert_eq!(status, 503, "{body}");
+    let (_, metrics) = relay.request("GET", "/metrics", &[], "").await;
+    assert!(
+        metrics.contains("relay_rejected_total{reason=\"store\"} 1")
+            && metrics.contains("relay_rejected_total{reason=\"bad_request\"} 0"),
+        "{metrics}"
+    );
     nats.restart(0, READY).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
