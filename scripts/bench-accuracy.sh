@@ -95,6 +95,7 @@ for line in gzip.open(texts, "rt", errors="replace"):
 PY
 if [ "$limit" -gt 0 ]; then head -n "$limit" "$run/refs.tsv" > "$run/r" && mv "$run/r" "$run/refs.tsv"; fi
 cut -f1 "$run/refs.tsv" | sed "s|^|$sounds/|" > "$run/files"
+awk -F'\t' -v OFS='\t' '{ sub(/.*\//, "", $1); print }' "$run/refs.tsv" > "$run/refs-by-name.tsv"
 bash scripts/make-number-recordings.sh "$run/numbers" >/dev/null
 ls "$run"/numbers/*.wav > "$run/numfiles"
 echo "== $(wc -l < "$run/files") prompts ($set_name), $(wc -l < "$run/numfiles") number recordings; stt settings from the environment"
@@ -135,7 +136,6 @@ if [[ ,$only, == *,live,* ]]; then
   STATE_DIR=$run/state RELAY_LISTEN=127.0.0.1:$relay_port "$bin" relay > "$run/relay.log" 2>&1 &
   STT_LISTEN=127.0.0.1:$stt_port RELAY_URL=http://127.0.0.1:$relay_port/event "$bin" stt > "$run/stt.log" 2>&1 &
   for _ in $(seq 300); do curl -fs "http://127.0.0.1:$stt_port/healthz" >/dev/null 2>&1 && break; sleep 1; done
-  awk -F'\t' -v OFS='\t' '{ sub(/.*\//, "", $1); print }' "$run/refs.tsv" > "$run/refs-by-name.tsv"
   for n in ${calls//,/ }; do
     for what in prompts numbers; do
       if [ $what = prompts ]; then list=$run/files ref=$run/refs-by-name.tsv out=$run/live-$n-calls.tsv
@@ -149,4 +149,17 @@ if [[ ,$only, == *,live,* ]]; then
     score "live-$n-calls" "real time" "$run/refs-by-name.tsv"
   done
   echo "(the live rows' latency and partial figures are bench-stt's lines above)"
+fi
+
+# Each engine against the first, file by file: how far apart, and whether
+# the gap stands out from the spread over these files (a paired bootstrap).
+shopt -s nullglob
+scored=()
+for name in whole fw-greedy fw-beam5 segmented before; do
+  [ -s "$run/$name.tsv" ] && scored+=("$run/$name.tsv")
+done
+for f in "$run"/live-*-calls.tsv; do scored+=("$f"); done
+if [ ${#scored[@]} -ge 2 ]; then
+  echo "== against ${scored[0]##*/} (WER points; 95% interval over the prompts)"
+  "$bin" wer --reference "$run/refs-by-name.tsv" "${scored[@]}" | grep -E '^\S|against' | sed "s|$run/||g"
 fi
