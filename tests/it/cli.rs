@@ -1,4 +1,4 @@
-//! Multicall dispatch, usage errors and `check-config`.
+//! Multicall dispatch, usage errors, `check-config` and `wer`.
 
 use crate::util::{run_bin, service_link};
 
@@ -206,4 +206,63 @@ fn stt_without_the_configured_model_names_the_one_installed() {
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("call-coach model fetch small"), "{err}");
     assert!(err.contains("MODEL_SIZE=base"), "{err}");
+}
+
+/// `wer` scores each transcript file, and each after the first against it,
+/// file by file: a gap on every file stands out, one on a single file of
+/// many does not.
+#[test]
+fn wer_compares_transcripts_file_by_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let line = |i: usize, text: &str| format!("/sounds/p{i}.wav\t{text}\n");
+    let (mut refs, mut same, mut worse, mut once) =
+        (String::new(), String::new(), String::new(), String::new());
+    for i in 0..40 {
+        refs.push_str(&format!("p{i}.wav\tmarque uno para hablar con un agente\n"));
+        same.push_str(&line(i, "Marque 1 para hablar con un agente."));
+        worse.push_str(&line(i, "Marque 1 para hablar con el agente."));
+        once.push_str(&line(
+            i,
+            if i == 7 {
+                "marque un para ablar con agentes"
+            } else {
+                "Marque uno para hablar con un agente"
+            },
+        ));
+    }
+    for (name, text) in [
+        ("refs", &refs),
+        ("same", &same),
+        ("worse", &worse),
+        ("once", &once),
+    ] {
+        std::fs::write(d.join(name), text).unwrap();
+    }
+    let path = |n: &str| d.join(n).display().to_string();
+    let (code, out, err) = run_bin(
+        None,
+        &[
+            "wer",
+            "--reference",
+            &path("refs"),
+            &path("same"),
+            &path("worse"),
+            &path("once"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].ends_with("same: WER 0.0% (40 files, 280 words)"),
+        "{out}"
+    );
+    assert!(lines[1].contains("worse: WER 14.3%"), "{out}");
+    assert!(
+        lines[2].contains("+14.3 WER points") && lines[2].ends_with(": worse"),
+        "{out}"
+    );
+    assert!(lines[3].contains("once: WER 1.4%"), "{out}");
+    assert!(lines[4].ends_with("not told apart from noise"), "{out}");
 }
