@@ -220,17 +220,29 @@ pub async fn open(
             let mut stream = js
                 .get_or_create_stream(config.clone())
                 .await
-                .map_err(|e| e.to_string())?;
-            let state = stream.info().await.map_err(|e| e.to_string())?.clone();
-            Ok::<_, String>((stream, state))
+                .map_err(|e| (refused_for_good(&e), e.to_string()))?;
+            let state = stream
+                .info()
+                .await
+                .map_err(|e| (false, e.to_string()))?
+                .clone();
+            Ok::<_, (bool, String)>((stream, state))
         };
         match attempt.await {
             Ok(found) => break found,
-            Err(e) if started.elapsed() < STARTUP_PATIENCE && !shutdown.is_cancelled() => {
+            Err((true, e)) => {
+                return Err(StoreError::Nats(format!(
+                    "JetStream refused the stream {} (subjects {}.>): {e}; another stream \
+                     takes these subjects, or the name is in use: set relay.nats.stream \
+                     and relay.nats.subject_prefix",
+                    s.stream, s.subject_prefix
+                )));
+            }
+            Err((false, e)) if started.elapsed() < STARTUP_PATIENCE && !shutdown.is_cancelled() => {
                 tracing::warn!(error = %e, stream = %s.stream, "JetStream not answering yet; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            Err(e) => {
+            Err((_, e)) => {
                 return Err(StoreError::Nats(format!(
                     "JetStream stream {}: {e}",
                     s.stream
@@ -238,6 +250,17 @@ pub async fn open(
             }
         }
     };
+    // A stream of this name made for other subjects (another deployment,
+    // another prefix) would take none of these events.
+    let wanted = format!("{}.>", s.subject_prefix);
+    if !state.config.subjects.contains(&wanted) {
+        return Err(StoreError::Nats(format!(
+            "the JetStream stream {} holds the subjects {:?}, not {wanted}: it belongs to \
+             another relay.nats.subject_prefix; set relay.nats.stream to another name, or \
+             the prefix it has",
+            s.stream, state.config.subjects
+        )));
+    }
     // A stream made before keeps its replicas; its retention and duplicate
     // window follow the settings (they may change between starts).
     if state.config.max_age != config.max_age
@@ -330,6 +353,24 @@ pub async fn open(
         );
     }
     Ok(Store { inner })
+}
+
+/// A stream JetStream will not make however long one asks: its subjects
+/// overlap another stream's, its name is taken by another configuration,
+/// or the configuration or name is invalid.
+fn refused_for_good(e: &context::CreateStreamError) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    match e.kind() {
+        context::CreateStreamErrorKind::EmptyStreamName
+        | context::CreateStreamErrorKind::InvalidStreamName => true,
+        context::CreateStreamErrorKind::JetStream(e) => [
+            ErrorCode::STREAM_SUBJECT_OVERLAP,
+            ErrorCode::STREAM_NAME_EXIST,
+            ErrorCode::STREAM_INVALID_CONFIG,
+        ]
+        .contains(&e.error_code()),
+        _ => false,
+    }
 }
 
 /// Whether a publish through this connection reaches the stream, without

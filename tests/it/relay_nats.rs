@@ -613,3 +613,46 @@ async fn a_relay_takes_its_first_event_on_any_node_of_a_new_stream() {
         assert_eq!(pos, vec![1, 2, 3], "{answers:?}");
     }
 }
+
+/// A stream JetStream will not give this relay is said at start, naming the
+/// settings, instead of 503s later or a minute of "not answering yet": one
+/// of the stream's name made for another prefix, and a new name whose
+/// subjects another stream already takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_taken_by_another_deployment_is_said_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Cluster::start(dir.path(), 1, READY).unwrap_or_else(|e| panic!("{e:#}"));
+    let url = nats.urls();
+    let first = relay_on(&url);
+    assert_eq!(first.publish(ev("kept", 0)).await, 1);
+    let bin_dir = tempfile::tempdir().unwrap();
+    let relay_bin = crate::util::service_link(bin_dir.path(), "relay");
+    for (env, says) in [
+        (
+            ("CALL_COACH_RELAY__NATS__SUBJECT_PREFIX", "other.events"),
+            "relay.nats.subject_prefix",
+        ),
+        (
+            ("CALL_COACH_RELAY__NATS__STREAM", "ANOTHER_NAME"),
+            "another stream takes these subjects",
+        ),
+    ] {
+        let started = Instant::now();
+        let (code, _out, err) = crate::util::run_bin(
+            Some(&relay_bin),
+            &[],
+            &[
+                ("RELAY_LISTEN", "127.0.0.1:0"),
+                ("RELAY_NATS_URL", &url),
+                ("STATE_DIR", &dir.path().join("s").display().to_string()),
+                env,
+            ],
+        );
+        assert_ne!(code, 0, "{env:?}: {err}");
+        assert!(err.contains(says), "{env:?}: {err}");
+        // Not after the minute a forming cluster is given.
+        assert!(started.elapsed() < Duration::from_secs(45), "{env:?}");
+    }
+    // The first deployment's stream is untouched.
+    assert_eq!(first.publish(ev("kept", 1)).await, 2);
+}
