@@ -220,25 +220,23 @@ pub async fn open(
             let mut stream = js
                 .get_or_create_stream(config.clone())
                 .await
-                .map_err(|e| (refused_for_good(&e), e.to_string()))?;
+                .map_err(|e| (refused_for_good(&e, &s.subject_prefix), e.to_string()))?;
             let state = stream
                 .info()
                 .await
-                .map_err(|e| (false, e.to_string()))?
+                .map_err(|e| (None, e.to_string()))?
                 .clone();
-            Ok::<_, (bool, String)>((stream, state))
+            Ok::<_, (Option<String>, String)>((stream, state))
         };
         match attempt.await {
             Ok(found) => break found,
-            Err((true, e)) => {
+            Err((Some(what_to_do), e)) => {
                 return Err(StoreError::Nats(format!(
-                    "JetStream refused the stream {} (subjects {}.>): {e}; another stream \
-                     takes these subjects, or the name is in use: set relay.nats.stream \
-                     and relay.nats.subject_prefix",
-                    s.stream, s.subject_prefix
+                    "JetStream refused the stream {}: {e}; {what_to_do}",
+                    s.stream
                 )));
             }
-            Err((false, e)) if started.elapsed() < STARTUP_PATIENCE && !shutdown.is_cancelled() => {
+            Err((None, e)) if started.elapsed() < STARTUP_PATIENCE && !shutdown.is_cancelled() => {
                 tracing::warn!(error = %e, stream = %s.stream, "JetStream not answering yet; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -355,22 +353,36 @@ pub async fn open(
     Ok(Store { inner })
 }
 
-/// A stream JetStream will not make however long one asks: its subjects
-/// overlap another stream's, its name is taken by another configuration,
-/// or the configuration or name is invalid.
-fn refused_for_good(e: &context::CreateStreamError) -> bool {
+/// A stream JetStream will not make however long one asks, with what to
+/// set about it: its subjects overlap another stream's, its name is taken
+/// by another configuration, the server is not clustered for the replicas
+/// asked, or the configuration or name is invalid.
+fn refused_for_good(e: &context::CreateStreamError, prefix: &str) -> Option<String> {
     use async_nats::jetstream::ErrorCode;
-    match e.kind() {
+    let code = match e.kind() {
         context::CreateStreamErrorKind::EmptyStreamName
-        | context::CreateStreamErrorKind::InvalidStreamName => true,
-        context::CreateStreamErrorKind::JetStream(e) => [
-            ErrorCode::STREAM_SUBJECT_OVERLAP,
-            ErrorCode::STREAM_NAME_EXIST,
-            ErrorCode::STREAM_INVALID_CONFIG,
-        ]
-        .contains(&e.error_code()),
-        _ => false,
-    }
+        | context::CreateStreamErrorKind::InvalidStreamName => {
+            return Some("set relay.nats.stream to letters, digits, - and _".into());
+        }
+        context::CreateStreamErrorKind::JetStream(e) => e.error_code(),
+        _ => return None,
+    };
+    Some(match code {
+        ErrorCode::STREAM_SUBJECT_OVERLAP => format!(
+            "another stream takes the subjects {prefix}.>: set relay.nats.subject_prefix (and \
+             relay.nats.stream) apart from it, or relay.nats.stream to that stream's name"
+        ),
+        ErrorCode::STREAM_NAME_EXIST => {
+            "a stream of this name exists with another configuration: set relay.nats.stream".into()
+        }
+        ErrorCode::STREAM_REPLICAS_NOT_SUPPORTED => "this NATS server is not clustered: set \
+             relay.nats.replicas = 1, or 0 (as many as the cluster has, up to 3)"
+            .into(),
+        ErrorCode::STREAM_INVALID_CONFIG => {
+            "check relay.nats.stream, relay.nats.subject_prefix and relay.nats.replicas".into()
+        }
+        _ => return None,
+    })
 }
 
 /// Whether a publish through this connection reaches the stream, without

@@ -616,8 +616,8 @@ async fn a_relay_takes_its_first_event_on_any_node_of_a_new_stream() {
 
 /// A stream JetStream will not give this relay is said at start, naming the
 /// settings, instead of 503s later or a minute of "not answering yet": one
-/// of the stream's name made for another prefix, and a new name whose
-/// subjects another stream already takes.
+/// of the stream's name made for another prefix, a new name whose subjects
+/// another stream already takes, and replicas one server cannot hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_taken_by_another_deployment_is_said_at_start() {
     let dir = tempfile::tempdir().unwrap();
@@ -627,27 +627,35 @@ async fn a_stream_taken_by_another_deployment_is_said_at_start() {
     assert_eq!(first.publish(ev("kept", 0)).await, 1);
     let bin_dir = tempfile::tempdir().unwrap();
     let relay_bin = crate::util::service_link(bin_dir.path(), "relay");
-    for (env, says) in [
+    let cases: [(&[(&str, &str)], &str); 3] = [
         (
-            ("CALL_COACH_RELAY__NATS__SUBJECT_PREFIX", "other.events"),
+            &[("CALL_COACH_RELAY__NATS__SUBJECT_PREFIX", "other.events")],
             "relay.nats.subject_prefix",
         ),
         (
-            ("CALL_COACH_RELAY__NATS__STREAM", "ANOTHER_NAME"),
-            "another stream takes these subjects",
+            &[("CALL_COACH_RELAY__NATS__STREAM", "ANOTHER_NAME")],
+            "another stream takes the subjects callcoach.events.>",
         ),
-    ] {
-        let started = Instant::now();
-        let (code, _out, err) = crate::util::run_bin(
-            Some(&relay_bin),
-            &[],
+        // A new stream of three replicas on one server, not a cluster.
+        (
             &[
-                ("RELAY_LISTEN", "127.0.0.1:0"),
-                ("RELAY_NATS_URL", &url),
-                ("STATE_DIR", &dir.path().join("s").display().to_string()),
-                env,
+                ("CALL_COACH_RELAY__NATS__STREAM", "THIRD"),
+                ("CALL_COACH_RELAY__NATS__SUBJECT_PREFIX", "third.events"),
+                ("CALL_COACH_RELAY__NATS__REPLICAS", "3"),
             ],
-        );
+            "relay.nats.replicas = 1",
+        ),
+    ];
+    let state = dir.path().join("s").display().to_string();
+    for (env, says) in cases {
+        let started = Instant::now();
+        let mut all = vec![
+            ("RELAY_LISTEN", "127.0.0.1:0"),
+            ("RELAY_NATS_URL", url.as_str()),
+            ("STATE_DIR", state.as_str()),
+        ];
+        all.extend_from_slice(env);
+        let (code, _out, err) = crate::util::run_bin(Some(&relay_bin), &[], &all);
         assert_ne!(code, 0, "{env:?}: {err}");
         assert!(err.contains(says), "{env:?}: {err}");
         // Not after the minute a forming cluster is given.
