@@ -111,6 +111,13 @@ impl CallMetrics {
         }
     }
 
+    /// How far into the call the audio heard reaches (ms): the furthest
+    /// `endMs` plus the legs' late start. Past the wall-clock time only for
+    /// audio played faster than real time (`demo --fast`, a replay).
+    pub fn audio_end_ms(&self) -> u64 {
+        self.timeline_end + self.audio_offset.unwrap_or(0)
+    }
+
     /// Utterances begun whose final has not come (and not given up on).
     pub fn open_utterances(&self, call_ms: u64) -> usize {
         self.open
@@ -237,6 +244,16 @@ mod tests {
         assert_eq!(s.longest_agent_monologue_ms, 15_000);
         assert_eq!(s.customer_questions, 1);
         assert_eq!(s.silence_ms, 1_500);
+        assert_eq!(m.audio_end_ms(), 32_000);
+    }
+
+    #[test]
+    fn the_audio_heard_reaches_past_its_late_start() {
+        let mut m = CallMetrics::default();
+        // The legs started 2 s into the call; speech heard up to 69 s.
+        m.speech("a1", 1_000, 3_100);
+        m.transcript(true, "hola", "a1", 1_000, 69_000, true, 3_500);
+        assert_eq!(m.audio_end_ms(), 71_100);
     }
 
     #[test]

@@ -712,7 +712,10 @@ fn finish(call_id: &str, call: Call, reason: &str, rules: &RuleSet, publisher: &
         return;
     }
     let now = Instant::now();
-    let duration_ms = call.elapsed_ms(now);
+    // The call lasted as long as its audio, also where that was played
+    // faster than real time (`demo --fast`: "Llamada de 7 s" after
+    // transcripts up to 01:09).
+    let duration_ms = call.elapsed_ms(now).max(call.metrics.audio_end_ms());
     let m = call.metrics.snapshot(duration_ms);
     publisher.metrics(metrics_event(call_id, &m, duration_ms));
     let checklist = call.rules.checklist(rules);
