@@ -133,7 +133,9 @@ enum Command {
     Transcribe {
         #[command(flatten)]
         common: Common,
-        /// WAV files (8 or 16 kHz, 16-bit, G.711).
+        /// WAV files (16-bit PCM or G.711, any rate from 4 to 192 kHz; the
+        /// first channel of a stereo file). An unreadable file is said and
+        /// skipped, and the command then exits 1.
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Transcribe the whole file at once instead of utterance by utterance.

@@ -5,14 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Context;
-
 use super::engine::{Decoded, Engine, reject_reason};
 use super::segmenter::{Request, Segmenter};
 use crate::audio::resample::Upsampler2x;
 use crate::audio::wav::Wav;
 
-/// A file as 16 kHz mono f32 (the first channel of a stereo file).
+/// A file as 16 kHz mono f32 (the first channel of a stereo file): 8 kHz
+/// through the live path's upsampler, any other rate resampled.
 pub fn load_16k(path: &Path) -> anyhow::Result<Vec<f32>> {
     let wav = Wav::read(path)?;
     let pcm = crate::audio::to_f32(&wav.channel(0));
@@ -23,7 +22,15 @@ pub fn load_16k(path: &Path) -> anyhow::Result<Vec<f32>> {
             Upsampler2x::new().process(&pcm, &mut out);
             Ok(out)
         }
-        other => anyhow::bail!("{}: {other} Hz; use 8000 or 16000 Hz", path.display()),
+        other if crate::audio::resample::RATES.contains(&other) => {
+            Ok(crate::audio::resample::to_rate(&pcm, other, 16_000))
+        }
+        other => anyhow::bail!(
+            "{}: {other} Hz; the rate must be {} to {} Hz",
+            path.display(),
+            crate::audio::resample::RATES.start(),
+            crate::audio::resample::RATES.end()
+        ),
     }
 }
 
@@ -41,8 +48,18 @@ pub fn transcribe_files(
     if whole {
         options.min_audio_ctx = 1500;
     }
+    // A file that cannot be read is said and skipped; the others go on,
+    // and the command fails at the end.
+    let mut unreadable = 0;
     for file in files {
-        let audio = load_16k(file).with_context(|| file.display().to_string())?;
+        let audio = match load_16k(file) {
+            Ok(audio) => audio,
+            Err(e) => {
+                eprintln!("{e:#}");
+                unreadable += 1;
+                continue;
+            }
+        };
         let started = Instant::now();
         let mut texts = Vec::new();
         // Each segment with its start and end (ms).
@@ -87,6 +104,12 @@ pub fn transcribe_files(
             took / secs.max(1e-6)
         );
         println!("{}\t{}", file.display(), texts.join(" "));
+    }
+    if unreadable > 0 {
+        anyhow::bail!(
+            "{unreadable} of {} files could not be read (above)",
+            files.len()
+        );
     }
     Ok(())
 }

@@ -872,3 +872,61 @@ async fn a_spoken_digit_string_comes_out_as_digits() {
     let text = text_of(&events);
     assert!(text.contains("612087345"), "{text}");
 }
+
+/// `transcribe` takes a user's own recording at any rate, stereo (its first
+/// channel): here a prompt made 44.1 kHz stereo, the voice on the left. An
+/// unreadable file among others is said and skipped, the others are
+/// transcribed, and the command exits 1.
+#[test]
+fn transcribe_takes_any_rate_and_goes_on_past_a_bad_file() {
+    use call_coach::audio::wav::Wav;
+    let dir = tempfile::tempdir().unwrap();
+    let voice = Wav::read(&sound("vm-intro")).unwrap();
+    assert_eq!((voice.rate, voice.channels), (8_000, 1));
+    // 8 to 44.1 kHz by the test's own linear interpolation (not the
+    // product's resampler), silence on the right.
+    let ratio = 44_100.0 / 8_000.0;
+    let n = (voice.samples.len() as f64 * ratio) as usize;
+    let mut samples = Vec::with_capacity(2 * n);
+    for i in 0..n {
+        let t = i as f64 / ratio;
+        let k = t as usize;
+        let a = f64::from(voice.samples[k]);
+        let b = f64::from(*voice.samples.get(k + 1).unwrap_or(&voice.samples[k]));
+        samples.push((a + (b - a) * (t - k as f64)) as i16);
+        samples.push(0);
+    }
+    let own = dir.path().join("own-recording.wav");
+    let wav = Wav {
+        rate: 44_100,
+        channels: 2,
+        samples,
+    };
+    std::fs::write(&own, wav.to_bytes()).unwrap();
+    let bad = dir.path().join("bad.wav");
+    std::fs::write(&bad, b"not audio at all").unwrap();
+    let (code, out, err) = crate::util::run_bin(
+        None,
+        &["transcribe", bad.to_str().unwrap(), own.to_str().unwrap()],
+        &[
+            ("MODEL_DIR", model_dir().to_str().unwrap()),
+            ("MODEL_SIZE", "base"),
+            ("CALL_COACH_STT__THREADS_PER_WORKER", "2"),
+        ],
+    );
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("bad.wav: not a WAV file") && err.contains("1 of 2 files could not be read"),
+        "{err}"
+    );
+    let line = out
+        .lines()
+        .find(|l| l.contains("own-recording.wav\t"))
+        .unwrap_or_else(|| panic!("no transcript of the 44.1 kHz file:\n{out}\n{err}"))
+        .to_lowercase();
+    let heard = ["mensaje", "tono", "terminar", "tecla"]
+        .iter()
+        .filter(|w| line.contains(*w))
+        .count();
+    assert!(heard >= 3, "{line}");
+}
