@@ -29,7 +29,8 @@ pub struct Options {
     /// dead air becomes too short for its tip).
     #[arg(long)]
     pub fast: bool,
-    /// The agent's side of your own call (WAV, 8 or 16 kHz, mono).
+    /// The agent's side of your own call (WAV, any rate from 4 to 192 kHz;
+    /// a stereo file's first channel).
     #[arg(long, requires = "customer")]
     pub agent: Option<PathBuf>,
     /// The customer's side of your own call.

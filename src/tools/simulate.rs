@@ -19,7 +19,8 @@ use crate::audio::{g711, rtp};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Options {
-    /// The agent's side (WAV, 8 or 16 kHz).
+    /// The agent's side (WAV, any rate from 4 to 192 kHz, resampled to the
+    /// RTP format's).
     #[arg(long, required_unless_present = "stereo")]
     pub agent: Option<PathBuf>,
     /// The customer's side.
@@ -110,8 +111,16 @@ fn to_rate(wav: &Wav, channel: u16, rate: u32) -> anyhow::Result<Vec<i16>> {
                 .map(|x| (x * 32768.0).clamp(-32768.0, 32767.0) as i16)
                 .collect())
         }
-        (a, b) => bail!(
-            "a {a} Hz file cannot be sent as {b} Hz RTP; use an 8 kHz file for slin, ulaw and alaw"
+        (a, b) if crate::audio::resample::RATES.contains(&a) => Ok(
+            crate::audio::resample::to_rate(&crate::audio::to_f32(&samples), a, b)
+                .into_iter()
+                .map(|x| (x * 32768.0).clamp(-32768.0, 32767.0) as i16)
+                .collect(),
+        ),
+        (a, _) => bail!(
+            "a {a} Hz file: the rate must be {} to {} Hz",
+            crate::audio::resample::RATES.start(),
+            crate::audio::resample::RATES.end()
         ),
     }
 }
@@ -245,4 +254,38 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         println!("sent {sent} RTP packets, dropped {dropped} on purpose; legs released");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recording_at_any_rate_is_sent_at_the_formats() {
+        let wav = Wav {
+            rate: 44_100,
+            channels: 2,
+            samples: vec![1000; 2 * 44_100],
+        };
+        for rate in [8_000, 16_000] {
+            let out = to_rate(&wav, 0, rate).unwrap();
+            assert_eq!(out.len(), rate as usize);
+            // A steady level stays that level.
+            assert!(
+                out[100..out.len() - 100]
+                    .iter()
+                    .all(|&s| (s - 1000).abs() <= 2)
+            );
+        }
+        let slow = Wav {
+            rate: 1_000,
+            channels: 1,
+            samples: vec![0; 1000],
+        };
+        let err = to_rate(&slow, 0, 8_000).unwrap_err().to_string();
+        assert!(
+            err.contains("1000 Hz") && err.contains("4000 to 192000"),
+            "{err}"
+        );
+    }
 }
