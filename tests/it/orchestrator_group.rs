@@ -71,7 +71,7 @@ async fn a_killed_orchestrators_calls_are_taken_over_without_repeated_tips() {
     let a = Relay::start(&[("RELAY_NATS_URL", &urls)]);
     let b = Relay::start(&[("RELAY_NATS_URL", &urls)]);
     let mut o1 = orchestrator(&a, &urls, "o1");
-    let o2 = orchestrator(&b, &urls, "o2");
+    let mut o2 = orchestrator(&b, &urls, "o2");
     wait_for_subscriber(&a).await;
     wait_for_subscriber(&b).await;
     let mut all = a.ws("callId=*").await;
@@ -116,12 +116,20 @@ async fn a_killed_orchestrators_calls_are_taken_over_without_repeated_tips() {
         calls.iter().collect::<Vec<_>>(),
         "o1 {mine1:?}, o2 {mine2:?}: each call once"
     );
-    // Two instances, six calls: the first to see each call takes it.
-    assert!(!mine1.is_empty(), "o1 coaches nothing: {mine2:?}");
+    // The first to see a call takes it; which one that is depends on the
+    // machine's load (on a busy one, one instance may take all six). The
+    // one coaching more calls is killed, so the takeover has calls to move.
+    eprintln!("o1 coaches {mine1:?}, o2 {mine2:?}");
+    let (victim, survivor, mine1) = if mine1.len() >= mine2.len() {
+        (&mut o1, &o2, mine1)
+    } else {
+        (&mut o2, &o1, mine2)
+    };
 
-    // o1 dies. Its calls get metrics and tips from o2 again, within a bound.
-    o1.signal(libc::SIGKILL);
-    o1.wait_exit(Duration::from_secs(10));
+    // It dies. Its calls get metrics and tips from the other again, within
+    // a bound.
+    victim.signal(libc::SIGKILL);
+    victim.wait_exit(Duration::from_secs(10));
     let killed = Instant::now();
     for call in &calls {
         // A new objection (one tip due), and the cancellation said again
@@ -146,7 +154,7 @@ async fn a_killed_orchestrators_calls_are_taken_over_without_repeated_tips() {
         let call = ev["callId"].as_str().unwrap_or_default().to_owned();
         if ev["type"] == "metrics" && mine1.contains(&call) {
             *after.entry(call.clone()).or_default() += 1;
-            // The first metrics after o2 took over.
+            // The first metrics after the survivor took over.
             if after[&call] >= 2 {
                 taken.entry(call).or_insert_with(|| killed.elapsed());
             }
@@ -180,14 +188,17 @@ async fn a_killed_orchestrators_calls_are_taken_over_without_repeated_tips() {
     }
     let slowest = taken.values().max().copied().unwrap_or_default();
     eprintln!(
-        "o1's {} calls taken over by o2, the slowest {} ms after the kill (lease 3 s)",
+        "the killed instance's {} calls taken over, the slowest {} ms after the kill (lease 3 s)",
         mine1.len(),
         slowest.as_millis()
     );
     assert!(slowest < Duration::from_secs(30), "took {slowest:?}");
-    let mine2_now = coached_by(&o2);
+    let survivors_now = coached_by(survivor);
     for c in &mine1 {
-        assert!(mine2_now.contains(c), "o2 never said it took {c} over");
+        assert!(
+            survivors_now.contains(c),
+            "the survivor never said it took {c} over"
+        );
     }
 }
 
@@ -205,4 +216,30 @@ fn record(
         Some("metrics") => *metrics.entry(call).or_default() += 1,
         _ => {}
     }
+}
+
+/// Leases JetStream will not keep however long one asks (three replicas on
+/// one server, not a cluster) are said at start, naming the setting, not
+/// after a minute of "not answering yet".
+#[test]
+fn a_bucket_one_server_cannot_hold_is_said_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats =
+        Cluster::start(dir.path(), 1, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e:#}"));
+    let bin_dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let (code, _out, err) = crate::util::run_bin(
+        Some(&crate::util::service_link(bin_dir.path(), "orchestrator")),
+        &[],
+        &[
+            ("ORCHESTRATOR_NATS_URL", &nats.urls()),
+            ("CALL_COACH_ORCHESTRATOR__GROUP__REPLICAS", "3"),
+            ("RELAY_WS", "ws://127.0.0.1:9/ws"),
+            ("RELAY_EVENT", "http://127.0.0.1:9/event"),
+            ("STATE_DIR", &dir.path().join("s").display().to_string()),
+        ],
+    );
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("orchestrator.group.replicas = 1"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(45));
 }
