@@ -66,3 +66,50 @@ pub fn replicas_for(client: &async_nats::Client) -> usize {
     peers.dedup();
     peers.len().clamp(1, 3)
 }
+
+/// Why JetStream will not make a stream (or a key-value bucket, which is
+/// one) however long one asks: said at once, with the setting to change,
+/// instead of a minute of "not answering yet".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Another stream takes its subjects.
+    SubjectsTaken,
+    /// A stream of its name exists with another configuration.
+    NameTaken,
+    /// Replicas asked of a server that is not clustered.
+    NotClustered,
+    /// An invalid name or configuration.
+    Invalid,
+}
+
+/// The lasting reason a stream was not made, if it is one.
+pub fn refused_for_good(e: &async_nats::jetstream::context::CreateStreamError) -> Option<Refused> {
+    use async_nats::jetstream::ErrorCode;
+    use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
+    let code = match e.kind() {
+        Kind::EmptyStreamName | Kind::InvalidStreamName => return Some(Refused::Invalid),
+        Kind::JetStream(e) => e.error_code(),
+        _ => return None,
+    };
+    match code {
+        ErrorCode::STREAM_SUBJECT_OVERLAP => Some(Refused::SubjectsTaken),
+        ErrorCode::STREAM_NAME_EXIST => Some(Refused::NameTaken),
+        ErrorCode::STREAM_REPLICAS_NOT_SUPPORTED => Some(Refused::NotClustered),
+        ErrorCode::STREAM_INVALID_CONFIG => Some(Refused::Invalid),
+        _ => None,
+    }
+}
+
+/// The same for a key-value bucket: its stream's reason, found beneath.
+pub fn bucket_refused_for_good(
+    e: &async_nats::jetstream::context::CreateKeyValueError,
+) -> Option<Refused> {
+    use async_nats::jetstream::context::{CreateKeyValueErrorKind as Kind, CreateStreamError};
+    match e.kind() {
+        Kind::InvalidStoreName => Some(Refused::Invalid),
+        Kind::BucketCreate => std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<CreateStreamError>())
+            .and_then(refused_for_good),
+        _ => None,
+    }
+}

@@ -139,16 +139,40 @@ pub async fn join(s: &GroupSettings, shutdown: CancellationToken) -> Result<Grou
                         ..Default::default()
                     })
                     .await
-                    .map_err(|e| format!("orchestrator.group.bucket {}: {e}", s.bucket)),
+                    .map_err(|e| {
+                        let lasting = crate::nats::bucket_refused_for_good(&e);
+                        (
+                            lasting,
+                            format!("orchestrator.group.bucket {}: {e}", s.bucket),
+                        )
+                    }),
             }
         };
         match attempt.await {
             Ok(store) => break store,
-            Err(e) if started.elapsed() < Duration::from_secs(60) && !shutdown.is_cancelled() => {
+            Err((Some(why), e)) => {
+                use crate::nats::Refused;
+                return Err(format!(
+                    "{e}; {}",
+                    match why {
+                        Refused::NotClustered =>
+                            "this NATS server is not clustered: set \
+                             orchestrator.group.replicas = 1, or 0 (as many as the cluster has, \
+                             up to 3)",
+                        Refused::SubjectsTaken | Refused::NameTaken =>
+                            "another stream takes its name or subjects: set orchestrator.group.bucket",
+                        Refused::Invalid =>
+                            "check orchestrator.group.bucket and orchestrator.group.replicas",
+                    }
+                ));
+            }
+            Err((None, e))
+                if started.elapsed() < Duration::from_secs(60) && !shutdown.is_cancelled() =>
+            {
                 tracing::warn!(error = %e, "JetStream not answering yet; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            Err(e) => return Err(e),
+            Err((None, e)) => return Err(e),
         }
     };
     let instance = if s.instance.is_empty() {

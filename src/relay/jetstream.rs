@@ -220,7 +220,7 @@ pub async fn open(
             let mut stream = js
                 .get_or_create_stream(config.clone())
                 .await
-                .map_err(|e| (refused_for_good(&e, &s.subject_prefix), e.to_string()))?;
+                .map_err(|e| (what_to_set(&e, &s.subject_prefix), e.to_string()))?;
             let state = stream
                 .info()
                 .await
@@ -353,35 +353,23 @@ pub async fn open(
     Ok(Store { inner })
 }
 
-/// A stream JetStream will not make however long one asks, with what to
-/// set about it: its subjects overlap another stream's, its name is taken
-/// by another configuration, the server is not clustered for the replicas
-/// asked, or the configuration or name is invalid.
-fn refused_for_good(e: &context::CreateStreamError, prefix: &str) -> Option<String> {
-    use async_nats::jetstream::ErrorCode;
-    let code = match e.kind() {
-        context::CreateStreamErrorKind::EmptyStreamName
-        | context::CreateStreamErrorKind::InvalidStreamName => {
-            return Some("set relay.nats.stream to letters, digits, - and _".into());
-        }
-        context::CreateStreamErrorKind::JetStream(e) => e.error_code(),
-        _ => return None,
-    };
-    Some(match code {
-        ErrorCode::STREAM_SUBJECT_OVERLAP => format!(
+/// What to set about a stream JetStream will not make.
+fn what_to_set(e: &context::CreateStreamError, prefix: &str) -> Option<String> {
+    use crate::nats::Refused;
+    Some(match crate::nats::refused_for_good(e)? {
+        Refused::SubjectsTaken => format!(
             "another stream takes the subjects {prefix}.>: set relay.nats.subject_prefix (and \
              relay.nats.stream) apart from it, or relay.nats.stream to that stream's name"
         ),
-        ErrorCode::STREAM_NAME_EXIST => {
+        Refused::NameTaken => {
             "a stream of this name exists with another configuration: set relay.nats.stream".into()
         }
-        ErrorCode::STREAM_REPLICAS_NOT_SUPPORTED => "this NATS server is not clustered: set \
+        Refused::NotClustered => "this NATS server is not clustered: set \
              relay.nats.replicas = 1, or 0 (as many as the cluster has, up to 3)"
             .into(),
-        ErrorCode::STREAM_INVALID_CONFIG => {
+        Refused::Invalid => {
             "check relay.nats.stream, relay.nats.subject_prefix and relay.nats.replicas".into()
         }
-        _ => return None,
     })
 }
 
