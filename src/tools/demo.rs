@@ -403,6 +403,11 @@ impl Printer {
                 println!("Call ended ({})", e.reason)
             }
             Event::Summary(summary) => {
+                // The whole checklist, also where no item was ticked (then
+                // no checklist event came during the call).
+                if !summary.checklist.is_empty() {
+                    self.items = summary.checklist.len();
+                }
                 println!();
                 println!(
                     "Summary ({}): {}",

@@ -75,3 +75,29 @@ fn the_demo_call_is_coached_end_to_end() {
         "{out}"
     );
 }
+
+/// Your own recordings (`--agent`, `--customer`, played ten times faster):
+/// a call where no checklist item is said still reports the checklist's
+/// size, from the summary ("0 of 3", not "0 of 0").
+#[test]
+fn your_own_recordings_get_the_whole_checklist_reported() {
+    let models = model_dir();
+    let prompt = crate::util::sound("vm-intro");
+    let (code, out, err) = run_bin(
+        None,
+        &[
+            "demo",
+            "--port",
+            "0",
+            "--fast",
+            "--agent",
+            prompt.to_str().unwrap(),
+            "--customer",
+            prompt.to_str().unwrap(),
+        ],
+        &[("MODEL_DIR", models.to_str().unwrap())],
+    );
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains(", 0 of 3 checklist items,"), "{out}");
+    assert!(out.to_lowercase().contains("mensaje"), "{out}");
+}
