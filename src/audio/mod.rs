@@ -68,6 +68,14 @@ pub fn to_f32(samples: &[i16]) -> Vec<f32> {
     samples.iter().map(|s| f32::from(*s) / 32768.0).collect()
 }
 
+/// f32 samples back to i16, clipped.
+pub fn to_i16(samples: &[f32]) -> Vec<i16> {
+    samples
+        .iter()
+        .map(|x| (x * 32768.0).clamp(-32768.0, 32767.0) as i16)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

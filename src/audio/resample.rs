@@ -80,6 +80,26 @@ impl Upsampler2x {
     }
 }
 
+/// A whole recording from `from` Hz to `to` Hz, as every file reader does
+/// it: 8 to 16 kHz through the live path's [`Upsampler2x`], any other pair
+/// of rates in [`RATES`] through [`to_rate`]; an error names the rate.
+pub fn convert(pcm: &[f32], from: u32, to: u32) -> Result<Vec<f32>, String> {
+    match (from, to) {
+        (a, b) if a == b => Ok(pcm.to_vec()),
+        (8_000, 16_000) => {
+            let mut out = Vec::with_capacity(pcm.len() * 2);
+            Upsampler2x::new().process(pcm, &mut out);
+            Ok(out)
+        }
+        (a, b) if RATES.contains(&a) && RATES.contains(&b) => Ok(to_rate(pcm, a, b)),
+        (a, _) => Err(format!(
+            "{a} Hz; the rate must be {} to {} Hz",
+            RATES.start(),
+            RATES.end()
+        )),
+    }
+}
+
 /// Lowest and highest sample rates [`to_rate`] takes.
 pub const RATES: std::ops::RangeInclusive<u32> = 4_000..=192_000;
 

@@ -7,31 +7,14 @@ use std::time::Instant;
 
 use super::engine::{Decoded, Engine, reject_reason};
 use super::segmenter::{Request, Segmenter};
-use crate::audio::resample::Upsampler2x;
 use crate::audio::wav::Wav;
 
 /// A file as 16 kHz mono f32 (the first channel of a stereo file): 8 kHz
 /// through the live path's upsampler, any other rate resampled.
 pub fn load_16k(path: &Path) -> anyhow::Result<Vec<f32>> {
     let wav = Wav::read(path)?;
-    let pcm = crate::audio::to_f32(&wav.channel(0));
-    match wav.rate {
-        16_000 => Ok(pcm),
-        8_000 => {
-            let mut out = Vec::with_capacity(pcm.len() * 2);
-            Upsampler2x::new().process(&pcm, &mut out);
-            Ok(out)
-        }
-        other if crate::audio::resample::RATES.contains(&other) => {
-            Ok(crate::audio::resample::to_rate(&pcm, other, 16_000))
-        }
-        other => anyhow::bail!(
-            "{}: {other} Hz; the rate must be {} to {} Hz",
-            path.display(),
-            crate::audio::resample::RATES.start(),
-            crate::audio::resample::RATES.end()
-        ),
-    }
+    crate::audio::resample::convert(&crate::audio::to_f32(&wav.channel(0)), wav.rate, 16_000)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 pub fn transcribe_files(

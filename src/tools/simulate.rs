@@ -12,7 +12,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::net::UdpSocket;
 
-use crate::audio::resample::Upsampler2x;
 use crate::audio::rtp::Format;
 use crate::audio::wav::Wav;
 use crate::audio::{g711, rtp};
@@ -101,28 +100,12 @@ struct Side {
 
 fn to_rate(wav: &Wav, channel: u16, rate: u32) -> anyhow::Result<Vec<i16>> {
     let samples = wav.channel(channel);
-    match (wav.rate, rate) {
-        (a, b) if a == b => Ok(samples),
-        (8_000, 16_000) => {
-            let mut out = Vec::with_capacity(samples.len() * 2);
-            Upsampler2x::new().process(&crate::audio::to_f32(&samples), &mut out);
-            Ok(out
-                .into_iter()
-                .map(|x| (x * 32768.0).clamp(-32768.0, 32767.0) as i16)
-                .collect())
-        }
-        (a, b) if crate::audio::resample::RATES.contains(&a) => Ok(
-            crate::audio::resample::to_rate(&crate::audio::to_f32(&samples), a, b)
-                .into_iter()
-                .map(|x| (x * 32768.0).clamp(-32768.0, 32767.0) as i16)
-                .collect(),
-        ),
-        (a, _) => bail!(
-            "a {a} Hz file: the rate must be {} to {} Hz",
-            crate::audio::resample::RATES.start(),
-            crate::audio::resample::RATES.end()
-        ),
+    if wav.rate == rate {
+        return Ok(samples);
     }
+    crate::audio::resample::convert(&crate::audio::to_f32(&samples), wav.rate, rate)
+        .map(|pcm| crate::audio::to_i16(&pcm))
+        .map_err(|e| anyhow::anyhow!("the file is {e}"))
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
