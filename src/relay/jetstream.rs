@@ -420,6 +420,17 @@ impl Store {
         self.inner.client.connection_state() == async_nats::connection::State::Connected
     }
 
+    /// `Unavailable` (a 503) unless the NATS connection is up now.
+    fn ensure_connected(&self) -> Result<(), StoreError> {
+        if self.connected() {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(
+                "not connected to NATS; retry later".into(),
+            ))
+        }
+    }
+
     fn subject(&self, call_id: &str) -> String {
         subject(&self.inner.prefix, call_id)
     }
@@ -445,11 +456,7 @@ impl Store {
                 StoreError::Nats(format!("{what} of call {call_id}: {e}"))
             }
         };
-        if !self.connected() {
-            return Err(StoreError::Unavailable(
-                "not connected to NATS; retry later".into(),
-            ));
-        }
+        self.ensure_connected()?;
         let purged = self
             .inner
             .stream
@@ -521,11 +528,7 @@ impl Store {
         event: &mut Envelope,
         key: Option<&str>,
     ) -> Result<Appended, StoreError> {
-        if !self.connected() {
-            return Err(StoreError::Unavailable(
-                "not connected to NATS; retry later".into(),
-            ));
-        }
+        self.ensure_connected()?;
         let started = Instant::now();
         let call_id = event.call_id().to_owned();
         let subject = self.subject(&call_id);
