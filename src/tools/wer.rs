@@ -74,8 +74,9 @@ pub struct Score {
     pub digits: usize,
     /// (file, WER of the file, text), worst first.
     pub worst: Vec<(String, f64, String)>,
-    /// Word errors and reference words of each file, by reference key.
-    pub per_file: HashMap<String, (usize, usize)>,
+    /// Word errors and reference words of each file, by reference key, in
+    /// key order (so the bootstrap draws the same files every run).
+    pub per_file: std::collections::BTreeMap<String, (usize, usize)>,
 }
 
 pub fn score(refs: &HashMap<String, String>, hyps: &[(String, String)], digits: bool) -> Score {
