@@ -39,6 +39,8 @@ pub struct Metrics {
     pub finals_speculative: Counter,
     /// Speculative decodes dropped: speech resumed.
     pub speculative_wasted: Counter,
+    /// Of those, decodes stopped midway (speech resumed while decoding).
+    pub speculative_stopped: Counter,
     /// Utterances ended after the shorter silence: their speculative final
     /// read as a finished sentence.
     pub finals_early: Counter,
@@ -144,6 +146,12 @@ impl Metrics {
             "counter",
             "Speculative decodes dropped because speech resumed.",
             self.speculative_wasted.get().to_string(),
+        );
+        put(
+            "stt_speculative_stopped_total",
+            "counter",
+            "Speculative decodes stopped midway because speech resumed while they ran (also in stt_speculative_wasted_total): their worker is free at once.",
+            self.speculative_stopped.get().to_string(),
         );
         put(
             "stt_finals_early_total",

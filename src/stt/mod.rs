@@ -92,15 +92,15 @@ pub struct Settings {
     pub min_audio_ctx: Option<i32>,
     /// Silence that ends an utterance, in ms.
     pub end_silence_ms: usize,
-    /// Start decoding an utterance's final when its silence begins (200
+    /// Start decoding an utterance's final when its silence begins (100
     /// ms), while a worker is free, and send it once the end of speech is
     /// confirmed: the end-of-speech wait and the decode overlap. Dropped
-    /// when speech resumes.
+    /// (stopped midway) when speech resumes.
     pub speculative_finals: bool,
     /// Silence that ends an utterance whose speculative final reads as a
     /// finished sentence (Whisper ended it with `.`, `?` or `!`), in ms;
     /// mid-sentence pauses keep `end_silence_ms`. 0: always
-    /// `end_silence_ms`. Needs `speculative_finals`; at least 200 (a value
+    /// `end_silence_ms`. Needs `speculative_finals`; at least 100 (a value
     /// past `end_silence_ms` never acts).
     pub end_silence_after_sentence_ms: usize,
     /// New speech between two partial transcripts, in ms.
@@ -480,8 +480,8 @@ mod tests {
         };
         assert!(with(250, 300).is_ok(), "past the normal end: never acts");
         assert!(with(500, 0).is_ok());
-        assert!(with(500, 200).is_ok());
-        assert!(with(500, 100).is_err());
+        assert!(with(500, 100).is_ok());
+        assert!(with(500, 80).is_err());
     }
 
     #[test]

@@ -107,8 +107,8 @@ struct Queue {
     /// starts on them (whisper.cpp's spinning threads stall when there are
     /// more of them than cores).
     lent: usize,
-    /// What each worker is decoding now.
-    running: Vec<Option<Kind>>,
+    /// What each worker is decoding now: (stream, utterance, kind).
+    running: Vec<Option<(u64, u64, Kind)>>,
 }
 
 pub struct Pool {
@@ -207,8 +207,9 @@ impl Pool {
                                 no_speech_prob: 1.0,
                             })
                         } else {
-                            // Only a partial gives way.
-                            let abort = job.kind.is_partial_like().then_some(&pool.aborts[i]);
+                            // A partial gives way (to a final); a tentative
+                            // stops when speech resumes.
+                            let abort = (job.kind != Kind::Final).then_some(&pool.aborts[i]);
                             let (result, again) =
                                 worker.transcribe_checked(&job.audio, options, abort);
                             if again {
@@ -218,13 +219,19 @@ impl Pool {
                         };
                         let decode = started.elapsed();
                         pool.metrics.decode_micros.add(decode.as_micros() as u64);
-                        if pool.aborts[i].swap(false, Ordering::Relaxed) && result.is_err() {
+                        let aborted =
+                            pool.aborts[i].swap(false, Ordering::Relaxed) && result.is_err();
+                        if aborted && job.kind.is_partial_like() {
                             pool.metrics.partials_aborted.inc();
+                        } else if aborted {
+                            pool.metrics.speculative_stopped.inc();
                         }
                         pool.done(i, threads / base - 1);
                         match job.kind {
                             Kind::Partial => pool.metrics.partials_done.inc(),
                             Kind::Piece(_) => pool.metrics.partial_pieces.inc(),
+                            // (A tentative stopped midway is no final.)
+                            Kind::Tentative if aborted => {}
                             Kind::Final | Kind::Tentative => {
                                 pool.metrics.finals_done.inc();
                                 // A wide decode's cost in one worker's time
@@ -263,7 +270,11 @@ impl Pool {
         let mut q = self.lock();
         match job.kind {
             Kind::Final | Kind::Tentative => {
-                self.capacity.final_requested(job.audio.len() as u64 / 16);
+                // (A tentative's cost counts once it serves a final: the
+                // stream says so, `Pool::final_served`.)
+                if job.kind == Kind::Final {
+                    self.capacity.final_requested(job.audio.len() as u64 / 16);
+                }
                 let before = q.partials.len();
                 q.partials.retain(|p| p.stream != job.stream);
                 let removed = (before - q.partials.len()) as u64;
@@ -275,7 +286,7 @@ impl Pool {
                     && let Some(w) = q
                         .running
                         .iter()
-                        .position(|k| k.is_some_and(Kind::is_partial_like))
+                        .position(|r| r.is_some_and(|(_, _, k)| k.is_partial_like()))
                 {
                     self.aborts[w].store(true, Ordering::Relaxed);
                 }
@@ -297,6 +308,31 @@ impl Pool {
         self.publish_depth(&q);
         drop(q);
         self.ready.notify_one();
+    }
+
+    /// A final was served by its tentative decode: it counts in the
+    /// capacity estimate as a final asked for (a tentative dropped costs
+    /// only until speech resumed, and is not counted).
+    pub fn final_served(&self, samples: usize) {
+        self.capacity.final_requested(samples as u64 / 16);
+    }
+
+    /// Speech resumed in `utterance` of `stream`: its tentative decode is
+    /// dropped if still waiting, or stopped if running.
+    pub fn cancel_tentative(&self, stream: u64, utterance: u64) {
+        let mut q = self.lock();
+        let is_it = |s: u64, u: u64, k: Kind| s == stream && u == utterance && k == Kind::Tentative;
+        let before = q.finals.len();
+        q.finals.retain(|j| !is_it(j.stream, j.utterance, j.kind));
+        if q.finals.len() < before {
+            self.publish_depth(&q);
+        } else if let Some(w) = q
+            .running
+            .iter()
+            .position(|r| r.is_some_and(|(s, u, k)| is_it(s, u, k)))
+        {
+            self.aborts[w].store(true, Ordering::Relaxed);
+        }
     }
 
     /// Drops the waiting partial of a stream that went away.
@@ -363,7 +399,7 @@ impl Pool {
             let free = q.busy + q.lent < self.workers;
             if free && let Some(job) = q.finals.pop_front().or_else(|| q.partials.pop_front()) {
                 q.busy += 1;
-                q.running[i] = Some(job.kind);
+                q.running[i] = Some((job.stream, job.utterance, job.kind));
                 self.aborts[i].store(false, Ordering::Relaxed);
                 self.publish_depth(&q);
                 return Some(job);

@@ -6,7 +6,8 @@
 //! noise. With `speculate`, a tentative final goes out as soon as the
 //! silence reaches the tail a final keeps (`TAIL_MS`): the same audio the
 //! final will hold if no speech follows, so its decode can start while the
-//! end of speech is still being confirmed. When that decode reads as a
+//! end of speech is still being confirmed; speech resuming after it says
+//! so ([`Request::Resumed`]), so that the decode can stop. When that decode reads as a
 //! finished sentence, the consumer may call [`Segmenter::end_early`]: the
 //! utterance then ends after `early_end_ms` of silence instead of
 //! `end_silence_ms` (an adaptive end of speech). Pure: audio in, requests
@@ -20,8 +21,11 @@ use crate::audio::vad::{FRAME, Vad, VadConfig};
 const PER_MS: usize = 16;
 /// Silence kept after the last speech frame of a final: Whisper ends
 /// words better with a little of it. A tentative final is asked for when
-/// the silence reaches it.
-pub const TAIL_MS: usize = 200;
+/// the silence reaches it, so it is also how soon a final's decode can
+/// start. 100 ms: the held-out prompts' segments make 15.6% WER with it
+/// against 16.0% with 200 (the suite's the same), and the decode starts
+/// 100 ms sooner.
+pub const TAIL_MS: usize = 100;
 
 #[derive(Debug, Clone, Copy)]
 pub struct SegmenterConfig {
@@ -87,8 +91,12 @@ pub enum Request {
     Piece(Utterance, usize),
     /// The final this utterance will get if its silence lasts: same index,
     /// same audio. Speech resuming makes it stale (a later tentative or
-    /// final of the same index has more audio).
+    /// final of the same index has more audio), and says so with
+    /// `Resumed`.
     Tentative(Utterance),
+    /// Speech resumed in this utterance after its tentative final was
+    /// asked for: that decode is of no use any more.
+    Resumed(u64),
     Final(Utterance, Ended),
 }
 
@@ -152,6 +160,8 @@ struct Open {
     /// Its tentative final read as a finished sentence: it ends after
     /// `early_end_ms` of silence (until speech resumes).
     early: bool,
+    /// A tentative final was asked for in the current silence.
+    tentative: bool,
 }
 
 pub struct Segmenter {
@@ -224,6 +234,9 @@ impl Segmenter {
                 open.speech_end = open.audio.len();
                 open.silence_ms = 0;
                 open.early = false;
+                if std::mem::take(&mut open.tentative) {
+                    out.push(Request::Resumed(open.index));
+                }
                 open.speech_since_partial_ms += 20;
                 // Announced once it sounds like a voice: long enough, a
                 // varying level, not a held tone (judged on its recent
@@ -244,6 +257,7 @@ impl Segmenter {
                     && open.audio.len() / PER_MS < c.max_utterance_ms
                     && is_voice(open, c)
                 {
+                    open.tentative = true;
                     out.push(Request::Tentative(Utterance {
                         index: open.index,
                         start_ms: open.start / PER_MS as u64,
@@ -309,6 +323,7 @@ impl Segmenter {
                 pieces: 0,
                 announced: false,
                 early: false,
+                tentative: false,
             });
             self.next_index += 1;
             self.run = 0;
@@ -373,6 +388,7 @@ impl Segmenter {
             pieces: 0,
             announced: false,
             early: false,
+            tentative: false,
         });
         self.next_index += 1;
     }
@@ -584,6 +600,13 @@ mod tests {
             pos(&Request::Tentative(t[1].clone()))
                 < pos(&Request::Final(f[0].clone(), Ended::Pause))
         );
+        // Speech resuming said so, once, between the two.
+        let resumed: Vec<usize> = (0..reqs.len())
+            .filter(|&i| reqs[i] == Request::Resumed(1))
+            .collect();
+        assert_eq!(resumed.len(), 1, "{reqs:?}");
+        assert!(pos(&Request::Tentative(t[0].clone())) < resumed[0]);
+        assert!(resumed[0] < pos(&Request::Tentative(t[1].clone())));
         // Off: none.
         let mut seg = Segmenter::new(SegmenterConfig {
             speculate: false,
@@ -778,6 +801,7 @@ mod tests {
                     Request::Partial(u) => format!("P{} {}-{}", u.index, u.start_ms, u.end_ms),
                     Request::Piece(u, n) => format!("piece {n} of {}", u.index),
                     Request::Tentative(u) => format!("T{} {}-{}", u.index, u.start_ms, u.end_ms),
+                    Request::Resumed(i) => format!("R{i}"),
                     Request::Final(u, _) =>
                         format!("F{} {}-{} {}", u.index, u.start_ms, u.end_ms, u.audio.len()),
                 })

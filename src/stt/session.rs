@@ -175,8 +175,9 @@ impl Utterances {
 
     /// A decode came back: a tentative one becomes its utterance's final
     /// if that final was asked for with the same audio, waits for it if
-    /// not yet, and is dropped if stale (`wasted` counts those).
-    fn arrived(&mut self, mut done: Done, wasted: &crate::telemetry::Counter) -> Option<Done> {
+    /// not yet, and is dropped if stale (counted as wasted when it went
+    /// stale: replaced, its final different, or speech resumed).
+    fn arrived(&mut self, mut done: Done) -> Option<Done> {
         if done.kind != Kind::Tentative {
             return Some(done);
         }
@@ -193,11 +194,17 @@ impl Utterances {
                     None
                 }
             }
-            _ => {
-                wasted.inc();
-                None
-            }
+            _ => None,
         }
+    }
+
+    /// Speech resumed in utterance `index`: its tentative is stale.
+    /// `Some(true)` when its decode is still to come back (to be stopped),
+    /// `None` when it had none.
+    fn resumed(&mut self, index: u64) -> Option<bool> {
+        self.tentative
+            .remove(&index)
+            .map(|(_, result)| result.is_none())
     }
 
     /// The utterance `done` (a tentative) belongs to, when it is that
@@ -346,6 +353,15 @@ where
                     utts.piece_asked(u.index, n);
                     (Kind::Piece(n), u)
                 }
+                Request::Resumed(index) => {
+                    if let Some(running) = utts.resumed(index) {
+                        metrics.speculative_wasted.inc();
+                        if running {
+                            state.pool.cancel_tentative(stream_id, index);
+                        }
+                    }
+                    continue;
+                }
                 Request::Tentative(u) => {
                     // Only while no final waits: never delays real work.
                     if state.pool.finals_waiting() {
@@ -382,6 +398,7 @@ where
                     utts.final_from_tentative(u.index, u.audio.len(), &metrics.speculative_wasted);
                 if covered {
                     metrics.finals_speculative.inc();
+                    state.pool.final_served(u.audio.len());
                     served.extend(done);
                     continue;
                 }
@@ -432,7 +449,7 @@ where
             }
             done = replies.recv() => {
                 let ended = done.as_ref().and_then(|d| utts.sentence_ended(d));
-                let done = done.and_then(|d| utts.arrived(d, &metrics.speculative_wasted));
+                let done = done.and_then(|d| utts.arrived(d));
                 let mut out = done.map(|d| utts.ready(d)).unwrap_or_default();
                 if let Some(index) = ended {
                     out.extend(submit(segmenter.end_early(index), &mut utts, samples_in).1);
@@ -500,7 +517,7 @@ where
     while !utts.finals_pending.is_empty() {
         match tokio::time::timeout_at(deadline.into(), replies.recv()).await {
             Ok(Some(done)) => {
-                let Some(done) = utts.arrived(done, &metrics.speculative_wasted) else {
+                let Some(done) = utts.arrived(done) else {
                     continue;
                 };
                 for done in utts.ready(done) {
@@ -798,7 +815,7 @@ mod tests {
         let mut u = Utterances::new(String::new());
         // Back before the final is asked for: kept, then handed over.
         u.tentative.insert(1, (100, None));
-        assert!(u.arrived(tentative(1, 100), &wasted).is_none());
+        assert!(u.arrived(tentative(1, 100)).is_none());
         let (covered, d) = u.final_from_tentative(1, 100, &wasted);
         assert!(covered);
         assert_eq!(d.map(|d| d.kind), Some(Kind::Final));
@@ -807,7 +824,7 @@ mod tests {
         let (covered, d) = u.final_from_tentative(2, 200, &wasted);
         assert!(covered && d.is_none());
         assert_eq!(
-            u.arrived(tentative(2, 200), &wasted).map(|d| d.kind),
+            u.arrived(tentative(2, 200)).map(|d| d.kind),
             Some(Kind::Final)
         );
         // Speech resumed: the final has more audio; the tentative is
@@ -815,8 +832,24 @@ mod tests {
         u.tentative.insert(3, (300, None));
         let (covered, d) = u.final_from_tentative(3, 400, &wasted);
         assert!(!covered && d.is_none());
-        assert!(u.arrived(tentative(3, 300), &wasted).is_none());
-        assert_eq!(wasted.get(), 2);
+        assert!(u.arrived(tentative(3, 300)).is_none());
+        // Counted once, when it went stale, not again when it landed.
+        assert_eq!(wasted.get(), 1);
+        assert!(u.tentative.is_empty() && u.awaiting.is_empty());
+        // Speech resumed before it was back: to be stopped; once back:
+        // nothing to stop; none asked for: nothing. Either way, a later
+        // final is decoded on its own.
+        u.tentative.insert(4, (400, None));
+        assert_eq!(u.resumed(4), Some(true));
+        assert!(u.arrived(tentative(4, 400)).is_none());
+        u.tentative.insert(5, (500, None));
+        assert!(u.arrived(tentative(5, 500)).is_none());
+        assert_eq!(u.resumed(5), Some(false));
+        assert_eq!(u.resumed(6), None);
+        assert!(matches!(
+            u.final_from_tentative(5, 500, &wasted),
+            (false, None)
+        ));
         assert!(u.tentative.is_empty() && u.awaiting.is_empty());
     }
 }

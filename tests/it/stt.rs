@@ -763,17 +763,18 @@ async fn a_long_utterances_partials_begin_with_its_pieces_words() {
 /// begins and sent once the end of speech is confirmed: the finals are
 /// those of stt without speculation, word for word, and stt counts them as
 /// served speculatively (none when it is off). A pause shorter than the
-/// end of speech, mid-utterance, makes a tentative that is dropped.
+/// end of speech, mid-utterance, makes a tentative that is dropped, and
+/// stopped midway: speech resumes 200 ms into the decode of 7 s of audio.
 #[tokio::test(flavor = "multi_thread")]
 async fn speculative_finals_are_the_finals_sooner() {
-    // 300 ms after the first prompt: past the tentative (200 ms), short of
+    // 300 ms after the first prompt: past the tentative (100 ms), short of
     // the end (500 ms).
     let bytes = script(
         400,
         &[
-            ("conf-enteringno", 300),
-            ("vm-intro", 1500),
+            ("vm-intro", 300),
             ("conf-enteringno", 1500),
+            ("conf-onlyperson", 1500),
         ],
     );
     let mut texts = Vec::new();
@@ -797,10 +798,13 @@ async fn speculative_finals_are_the_finals_sooner() {
         .await;
         let served = metric(&stt, "stt_finals_speculative_total").await;
         let wasted = metric(&stt, "stt_speculative_wasted_total").await;
+        let stopped = metric(&stt, "stt_speculative_stopped_total").await;
         if on == "true" {
             assert!(served >= 1.0, "no final served speculatively");
+            assert!(stopped >= 1.0, "the mid-utterance tentative ran on");
+            assert!(wasted >= stopped, "{wasted} wasted, {stopped} stopped");
         } else {
-            assert_eq!((served, wasted), (0.0, 0.0));
+            assert_eq!((served, wasted, stopped), (0.0, 0.0, 0.0));
         }
         assert!(finals(&events).len() >= 2, "{events:?}");
         texts.push(text_of(&events));
