@@ -445,6 +445,25 @@ pub fn misled(text: &str, secs: f64) -> Option<Misled> {
     }
 }
 
+/// A final's text as the context of the stream's next utterance: without
+/// letters or digits spelled one by one ("M-E-S-D-N-E", "I-L-9"), which
+/// make Whisper spell what follows too (measured: after "M-E-S-D-N-E",
+/// "ha sido llevados por monos" came out "M-C-D-E-V-A-D-O-S por monos").
+/// `None` when nothing else is left.
+pub fn as_context(text: &str) -> Option<String> {
+    let spelled = |word: &str| {
+        let word = word.trim_end_matches(['.', ',', ';', ':', '?', '!']);
+        let parts: Vec<&str> = word.split('-').collect();
+        parts.len() >= 3
+            && parts
+                .iter()
+                .all(|p| p.chars().count() == 1 && p.chars().all(char::is_alphanumeric))
+    };
+    let kept: Vec<&str> = text.split_whitespace().filter(|w| !spelled(w)).collect();
+    let words = kept.join(" ");
+    (words.chars().any(char::is_alphanumeric)).then_some(words)
+}
+
 /// Whether a decoded text says the same run of four or more words twice in
 /// a row ("para incrementar el volumen, para incrementar el volumen"), or
 /// of five or more anywhere: the echo a context prompt can cause. Case,
@@ -467,6 +486,21 @@ pub fn repeats_itself(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spelled_letters_are_no_context() {
+        assert_eq!(as_context("M-E-S-D-N-E"), None);
+        assert_eq!(as_context("M-E-S-D-N-E."), None);
+        assert_eq!(
+            as_context("Use el 7 para la Cú. I-L-9 para la zeta.").as_deref(),
+            Some("Use el 7 para la Cú. para la zeta.")
+        );
+        // Words with hyphens, grouped digits and two letters stay.
+        for kept in ["un e-mail", "el 612-087-345", "la A-B", "Hola."] {
+            assert_eq!(as_context(kept).as_deref(), Some(kept));
+        }
+        assert_eq!(as_context(" , "), None);
+    }
 
     fn d(text: &str, p: f32) -> Decoded {
         Decoded {

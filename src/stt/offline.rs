@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::engine::{Decoded, Engine, reject_reason};
+use super::engine::{Decoded, Engine, as_context, reject_reason};
 use super::segmenter::{Request, Segmenter};
 use crate::audio::wav::Wav;
 
@@ -66,7 +66,7 @@ pub fn transcribe_files(
         };
         // As a live stream: each segment with the previous final as
         // context (the first with `context`, as if said just before).
-        let mut previous: Option<(String, u64)> = context.map(|c| (c.to_owned(), 0));
+        let mut previous: Option<(String, u64)> = context.and_then(as_context).map(|c| (c, 0));
         for (segment, start_ms, end_ms) in segments {
             let options = match s.context_for(previous.as_ref(), start_ms) {
                 Some(p) => options.with_context(p),
@@ -75,7 +75,7 @@ pub fn transcribe_files(
             let decoded: Decoded = worker.transcribe_checked(&segment, &options, None).0?;
             tracing::debug!(text = %decoded.text, no_speech = decoded.no_speech_prob, "decoded");
             if reject_reason(&decoded, s.max_no_speech_prob).is_none() {
-                previous = Some((decoded.text.clone(), end_ms));
+                previous = as_context(&decoded.text).map(|c| (c, end_ms));
                 texts.push(decoded.text);
             }
         }

@@ -648,7 +648,7 @@ async fn deliver<W>(
             utts.held_partial = None;
         }
         if !text.is_empty() {
-            utts.context = Some((text.clone(), span.end_ms));
+            utts.context = super::engine::as_context(&text).map(|c| (c, span.end_ms));
         }
         // An empty final is only needed to close an utterance announced
         // (a `speech` event or a partial went out), or to say it was

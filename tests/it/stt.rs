@@ -525,6 +525,37 @@ fn a_decode_the_context_cut_short_is_done_again_without_it() {
     eprintln!("{out}{err}");
 }
 
+/// A final spelled out letter by letter (a caller spelling a name) is no
+/// context for what follows: with "M-E-S-D-N-E" as context, Whisper
+/// spelled the next prompt too ("Mark N-E-S-D-S-D-R-M-R-A-O-T-R-N-R-O" for
+/// vm-calldiffnum, and live, on the held-out prompts, "E-S-E-D-E-V-A-D-O-S
+/// por monos"). Spelled runs are left out of the context.
+#[test]
+fn spelled_letters_are_not_given_as_context() {
+    let file = sound("vm-calldiffnum");
+    let (code, out, err) = crate::util::run_bin(
+        None,
+        &[
+            "transcribe",
+            "--context",
+            "M-E-S-D-N-E",
+            file.to_str().unwrap(),
+        ],
+        &[
+            ("MODEL_DIR", model_dir().to_str().unwrap()),
+            ("MODEL_SIZE", "base"),
+            ("RUST_LOG", "warn"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let text = out.split('\t').nth(1).unwrap_or_default();
+    let spelled = text
+        .split_whitespace()
+        .any(|w| w.split('-').filter(|p| p.chars().count() == 1).count() >= 3);
+    assert!(!spelled, "{out}");
+    assert!(text.to_lowercase().contains("número"), "{out}");
+}
+
 /// A process spinning on one core, killed when dropped.
 struct BusyNeighbour(std::process::Child);
 
