@@ -479,6 +479,18 @@ fn spanish_word_error_rate_is_within_bounds() {
     assert!(wer < 0.23, "WER {:.1}%", wer * 100.0);
 }
 
+/// `call-coach transcribe ARGS` with the test model (base) and `env`:
+/// exit code, stdout, stderr.
+fn transcribe(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let dir = model_dir();
+    let mut all = vec![("MODEL_DIR", dir.to_str().unwrap()), ("MODEL_SIZE", "base")];
+    all.extend_from_slice(env);
+    let argv: Vec<&str> = std::iter::once("transcribe")
+        .chain(args.iter().copied())
+        .collect();
+    crate::util::run_bin(None, &argv, &all)
+}
+
 /// Seen live, on a stream that played `queue-thereare` and then
 /// `screen-callee-options`: with the first final ("¿Pusted es al cliente
 /// número?") as Whisper's context, the second prompt's first utterance
@@ -490,17 +502,13 @@ fn spanish_word_error_rate_is_within_bounds() {
 #[test]
 fn a_decode_the_context_cut_short_is_done_again_without_it() {
     let file = sound("screen-callee-options");
-    let (code, out, err) = crate::util::run_bin(
-        None,
+    let (code, out, err) = transcribe(
         &[
-            "transcribe",
             "--context",
             "¿Pusted es al cliente número?",
             file.to_str().unwrap(),
         ],
         &[
-            ("MODEL_DIR", model_dir().to_str().unwrap()),
-            ("MODEL_SIZE", "base"),
             ("CALL_COACH_STT__THREADS_PER_WORKER", "2"),
             ("RUST_LOG", "warn,call_coach::stt::engine=debug"),
             ("NO_COLOR", "1"),
@@ -533,19 +541,9 @@ fn a_decode_the_context_cut_short_is_done_again_without_it() {
 #[test]
 fn spelled_letters_are_not_given_as_context() {
     let file = sound("vm-calldiffnum");
-    let (code, out, err) = crate::util::run_bin(
-        None,
-        &[
-            "transcribe",
-            "--context",
-            "M-E-S-D-N-E",
-            file.to_str().unwrap(),
-        ],
-        &[
-            ("MODEL_DIR", model_dir().to_str().unwrap()),
-            ("MODEL_SIZE", "base"),
-            ("RUST_LOG", "warn"),
-        ],
+    let (code, out, err) = transcribe(
+        &["--context", "M-E-S-D-N-E", file.to_str().unwrap()],
+        &[("RUST_LOG", "warn")],
     );
     assert_eq!(code, 0, "{err}");
     let text = out.split('\t').nth(1).unwrap_or_default();
@@ -940,14 +938,9 @@ fn transcribe_takes_any_rate_and_goes_on_past_a_bad_file() {
     std::fs::write(&own, wav.to_bytes()).unwrap();
     let bad = dir.path().join("bad.wav");
     std::fs::write(&bad, b"not audio at all").unwrap();
-    let (code, out, err) = crate::util::run_bin(
-        None,
-        &["transcribe", bad.to_str().unwrap(), own.to_str().unwrap()],
-        &[
-            ("MODEL_DIR", model_dir().to_str().unwrap()),
-            ("MODEL_SIZE", "base"),
-            ("CALL_COACH_STT__THREADS_PER_WORKER", "2"),
-        ],
+    let (code, out, err) = transcribe(
+        &[bad.to_str().unwrap(), own.to_str().unwrap()],
+        &[("CALL_COACH_STT__THREADS_PER_WORKER", "2")],
     );
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(
