@@ -4,8 +4,9 @@
 //! Finals come first, in arrival order. Each stream has at most one partial
 //! waiting: a newer partial (or the utterance's final) replaces it, which is
 //! how overload sheds work first (a long utterance's pieces wait with the
-//! partials, and only its final drops them). Partials are served round-robin across
-//! streams.
+//! partials, and only its final drops them: a piece stopped midway for
+//! another stream's final is queued again). Partials are served
+//! round-robin across streams.
 //!
 //! When stt falls behind, the lag stays bounded in two more steps: a final
 //! that waited longer than `behind` is decoded the cheap way (greedy, the
@@ -109,6 +110,64 @@ struct Queue {
     lent: usize,
     /// What each worker is decoding now: (stream, utterance, kind).
     running: Vec<Option<(u64, u64, Kind)>>,
+}
+
+impl Queue {
+    /// Clears the way for `job`, a final or a tentative: its stream's
+    /// waiting partial goes (the final will have its words), and for a
+    /// final its waiting pieces too. A tentative's utterance may go on, and
+    /// its pieces head the partials that follow. How many were dropped.
+    fn make_way_for(&mut self, job: &Job) -> usize {
+        let before = self.partials.len();
+        let keep = |p: &Job| {
+            p.stream != job.stream
+                || (job.kind == Kind::Tentative && matches!(p.kind, Kind::Piece(_)))
+        };
+        self.partials.retain(keep);
+        before - self.partials.len()
+    }
+
+    /// The worker to stop so that a final (or a tentative) of `kind`
+    /// starts at once, when none is free: one decoding a partial, or for a
+    /// final, failing that, one decoding a piece (which is done again
+    /// after, `Queue::again`).
+    fn to_stop_for(&self, kind: Kind, workers: usize) -> Option<usize> {
+        if self.busy + self.lent < workers {
+            return None;
+        }
+        let running = |is: &dyn Fn(Kind) -> bool| {
+            self.running
+                .iter()
+                .position(|r| r.is_some_and(|(_, _, k)| is(k)))
+        };
+        running(&|k| k == Kind::Partial).or_else(|| {
+            (kind == Kind::Final)
+                .then(|| running(&|k| matches!(k, Kind::Piece(_))))
+                .flatten()
+        })
+    }
+
+    /// A decode stopped midway: a piece goes back to the head of the
+    /// partials, since its words head its utterance's later partials,
+    /// unless that utterance's final is on its way (it has them). What is
+    /// not queued again comes back.
+    fn again(&mut self, job: Job) -> Option<Job> {
+        let its_final =
+            |s: u64, u: u64, k: Kind| s == job.stream && u == job.utterance && k == Kind::Final;
+        let final_coming = self
+            .finals
+            .iter()
+            .any(|f| its_final(f.stream, f.utterance, f.kind))
+            || self
+                .running
+                .iter()
+                .any(|r| r.is_some_and(|(s, u, k)| its_final(s, u, k)));
+        if !matches!(job.kind, Kind::Piece(_)) || final_coming || self.closed {
+            return Some(job);
+        }
+        self.partials.push_front(job);
+        None
+    }
 }
 
 pub struct Pool {
@@ -227,6 +286,14 @@ impl Pool {
                             pool.metrics.speculative_stopped.inc();
                         }
                         pool.done(i, threads / base - 1);
+                        let job = if aborted {
+                            match pool.again(job) {
+                                Some(job) => job,
+                                None => continue,
+                            }
+                        } else {
+                            job
+                        };
                         match job.kind {
                             Kind::Partial => pool.metrics.partials_done.inc(),
                             Kind::Piece(_) => pool.metrics.partial_pieces.inc(),
@@ -275,19 +342,11 @@ impl Pool {
                 if job.kind == Kind::Final {
                     self.capacity.final_requested(job.audio.len() as u64 / 16);
                 }
-                let before = q.partials.len();
-                q.partials.retain(|p| p.stream != job.stream);
-                let removed = (before - q.partials.len()) as u64;
-                self.metrics.partials_skipped.add(removed);
+                let removed = q.make_way_for(&job);
+                self.metrics.partials_skipped.add(removed as u64);
+                let kind = job.kind;
                 q.finals.push_back(job);
-                // No worker free: the first one decoding a partial stops,
-                // and takes this instead.
-                if q.busy + q.lent >= self.workers
-                    && let Some(w) = q
-                        .running
-                        .iter()
-                        .position(|r| r.is_some_and(|(_, _, k)| k.is_partial_like()))
-                {
+                if let Some(w) = q.to_stop_for(kind, self.workers) {
                     self.aborts[w].store(true, Ordering::Relaxed);
                 }
             }
@@ -333,6 +392,19 @@ impl Pool {
         {
             self.aborts[w].store(true, Ordering::Relaxed);
         }
+    }
+
+    /// A decode stopped midway: a piece is queued again (`Queue::again`);
+    /// what is not comes back.
+    fn again(&self, job: Job) -> Option<Job> {
+        let mut q = self.lock();
+        let job = q.again(job);
+        if job.is_none() {
+            self.publish_depth(&q);
+            drop(q);
+            self.ready.notify_one();
+        }
+        job
     }
 
     /// Drops the waiting partial of a stream that went away.
@@ -415,5 +487,83 @@ impl Pool {
     pub fn close(&self) {
         self.lock().closed = true;
         self.ready.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(stream: u64, utterance: u64, kind: Kind) -> Job {
+        Job {
+            stream,
+            utterance,
+            kind,
+            audio: Vec::new(),
+            context: None,
+            pieces: 0,
+            queued: Instant::now(),
+            reply: mpsc::unbounded_channel().0,
+        }
+    }
+
+    fn kinds(jobs: &VecDeque<Job>) -> Vec<(u64, Kind)> {
+        jobs.iter().map(|j| (j.stream, j.kind)).collect()
+    }
+
+    #[test]
+    fn a_tentative_leaves_its_utterances_pieces_waiting() {
+        let mut q = Queue::default();
+        for j in [
+            job(1, 4, Kind::Piece(0)),
+            job(1, 4, Kind::Partial),
+            job(2, 9, Kind::Partial),
+        ] {
+            q.partials.push_back(j);
+        }
+        assert_eq!(q.make_way_for(&job(1, 4, Kind::Tentative)), 1);
+        assert_eq!(
+            kinds(&q.partials),
+            [(1, Kind::Piece(0)), (2, Kind::Partial)]
+        );
+        assert_eq!(q.make_way_for(&job(1, 4, Kind::Final)), 1);
+        assert_eq!(kinds(&q.partials), [(2, Kind::Partial)]);
+    }
+
+    #[test]
+    fn a_piece_is_stopped_only_for_a_final_and_only_when_no_partial_is() {
+        let mut q = Queue {
+            running: vec![Some((1, 4, Kind::Piece(0))), None],
+            busy: 1,
+            lent: 1,
+            ..Queue::default()
+        };
+        assert_eq!(q.to_stop_for(Kind::Tentative, 2), None);
+        assert_eq!(q.to_stop_for(Kind::Final, 2), Some(0));
+        q.running[1] = Some((2, 9, Kind::Partial));
+        q.busy = 2;
+        q.lent = 0;
+        assert_eq!(q.to_stop_for(Kind::Tentative, 2), Some(1));
+        assert_eq!(q.to_stop_for(Kind::Final, 2), Some(1));
+        // A worker free: nothing is stopped.
+        assert_eq!(q.to_stop_for(Kind::Final, 3), None);
+    }
+
+    #[test]
+    fn a_stopped_piece_is_queued_again_first_unless_its_final_is_coming() {
+        let mut q = Queue::default();
+        q.partials.push_back(job(2, 9, Kind::Partial));
+        assert!(q.again(job(1, 4, Kind::Piece(1))).is_none());
+        assert_eq!(kinds(&q.partials)[0], (1, Kind::Piece(1)));
+        // A partial stopped is not done again: a newer one will come.
+        assert!(q.again(job(2, 9, Kind::Partial)).is_some());
+        q.finals.push_back(job(1, 4, Kind::Final));
+        assert!(q.again(job(1, 4, Kind::Piece(2))).is_some());
+        q.finals.clear();
+        q.running = vec![Some((1, 4, Kind::Final))];
+        assert!(q.again(job(1, 4, Kind::Piece(2))).is_some());
+        // Another utterance's final does not make it stale.
+        assert!(q.again(job(1, 5, Kind::Piece(0))).is_none());
+        assert_eq!(q.partials.len(), 3);
     }
 }

@@ -573,8 +573,9 @@ async fn deliver<W>(
     let done = match done.kind {
         Kind::Piece(n) => {
             // Kept to head the partials that follow; no event of its own.
-            // Without words, it adds none; stopped for a final or failed,
-            // it shows as `…` (the final will have them).
+            // Without words, it adds none; failed, it shows as `…` (the
+            // final will have them). (Stopped for another stream's final,
+            // the pool decodes it again; stopped for its own, it is stale.)
             let text = match &done.result {
                 Ok(d) if reject_reason(d, state.settings.max_no_speech_prob).is_none() => {
                     d.text.clone()
