@@ -542,14 +542,14 @@ async fn sigterm_closes_subscribers_with_1001_and_exits_cleanly() {
 #[tokio::test]
 async fn watchdog_pings_when_asked() {
     let relay = Relay::start(&[("WATCHDOG_USEC", "200000")]);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let mut pings = 0;
     while Instant::now() < deadline && pings < 3 {
         if let Some(msg) = relay.recv_notify(Duration::from_millis(300)) {
             pings += msg.lines().filter(|l| *l == "WATCHDOG=1").count();
         }
     }
-    assert!(pings >= 3, "only {pings} watchdog pings in 5 s");
+    assert!(pings >= 3, "only {pings} watchdog pings in 30 s");
 }
 
 #[tokio::test]
