@@ -74,12 +74,17 @@ impl DecodeOptions {
         }
     }
 
-    pub fn has_context(&self) -> bool {
-        self.context.is_some()
+    /// Whether Whisper is given an initial prompt: the domain prompt or
+    /// the context.
+    pub fn has_prompt(&self) -> bool {
+        self.prompt.is_some() || self.context.is_some()
     }
 
-    pub fn without_context(&self) -> Self {
+    /// With no initial prompt at all: neither the context nor the domain
+    /// prompt (either can make Whisper echo it).
+    pub fn without_prompt(&self) -> Self {
         Self {
+            prompt: None,
             context: None,
             ..self.clone()
         }
@@ -164,11 +169,11 @@ impl Worker {
         self.transcribe_unless(audio, opts, None)
     }
 
-    /// As [`Worker::transcribe_unless`], but a decode with context that
-    /// looks misled by it ([`misled`]: the prompt's echo, or a text cut
-    /// short) is decoded again without the context, and the second text is
-    /// kept when it is better ([`Misled::retry_is_better`]); `true` when it
-    /// was decoded again.
+    /// As [`Worker::transcribe_unless`], but a decode with an initial
+    /// prompt (the context, the domain prompt) that looks misled by it
+    /// ([`misled`]: the prompt's echo, or a text cut short) is decoded
+    /// again without any, and the second text is kept when it is better
+    /// ([`Misled::retry_is_better`]); `true` when it was decoded again.
     pub fn transcribe_checked(
         &mut self,
         audio: &[f32],
@@ -177,9 +182,9 @@ impl Worker {
     ) -> (Result<Decoded, EngineError>, bool) {
         let secs = audio.len() as f64 / 16_000.0;
         match self.transcribe_unless(audio, opts, abort) {
-            Ok(d) if opts.has_context() => match misled(&d.text, secs) {
+            Ok(d) if opts.has_prompt() => match misled(&d.text, secs) {
                 Some(why) => {
-                    let again = self.transcribe_unless(audio, &opts.without_context(), abort);
+                    let again = self.transcribe_unless(audio, &opts.without_prompt(), abort);
                     let keep_first =
                         matches!(&again, Ok(r) if !why.retry_is_better(&d.text, &r.text));
                     // (Lengths only: the text may hold a card number.)
@@ -187,7 +192,7 @@ impl Worker {
                         ?why,
                         kept = if keep_first { "first" } else { "again" },
                         first_chars = d.text.chars().count(),
-                        "decoded again without context"
+                        "decoded again without its prompt"
                     );
                     (if keep_first { Ok(d) } else { again }, true)
                 }

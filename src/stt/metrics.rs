@@ -44,8 +44,8 @@ pub struct Metrics {
     /// Utterances ended after the shorter silence: their speculative final
     /// read as a finished sentence.
     pub finals_early: Counter,
-    /// Decodes done again without the context: with it, Whisper echoed
-    /// words or ended too soon (`engine::misled`).
+    /// Decodes done again without the context and the domain prompt: with
+    /// them, Whisper echoed words or ended too soon (`engine::misled`).
     pub context_dropped: Counter,
     /// Decodes that ran alone on idle cores with more threads.
     pub decodes_wide: Counter,
@@ -162,7 +162,7 @@ impl Metrics {
         put(
             "stt_context_dropped_total",
             "counter",
-            "Decodes done again without their context (the previous final, or a partial's pieces), because with it Whisper echoed words or ended far too soon; the better text is kept.",
+            "Decodes done again without their context (the previous final, or a partial's pieces) and stt.prompt, because with them Whisper echoed words or ended far too soon; the better text is kept.",
             self.context_dropped.get().to_string(),
         );
         put(
