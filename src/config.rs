@@ -179,7 +179,7 @@ pub fn load_from(
             }
         };
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        figment = figment.merge(EnvVar::new(var.name, &keys, value));
+        figment = figment.merge(EnvVar::new(var.name, &keys, Value::from(value)));
     }
     let mut namespaced: Vec<&(String, String)> = env
         .iter()
@@ -190,7 +190,13 @@ pub fn load_from(
         let key = var[ENV_PREFIX.len()..]
             .to_ascii_lowercase()
             .replace("__", ".");
-        figment = figment.merge(EnvVar::new(var, &[key.as_str()], value.clone()));
+        let is_list = matches!(figment.find_value(&key), Ok(Value::Array(..)));
+        let value = if is_list {
+            env_list(value)
+        } else {
+            Value::from(value.clone())
+        };
+        figment = figment.merge(EnvVar::new(var, &[key.as_str()], value));
     }
 
     let settings: Settings = figment
@@ -551,14 +557,30 @@ fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, Strin
 /// One environment variable as a figment provider, so that every value
 /// knows the variable it came from. Values stay strings; `extract_lossy`
 /// turns them into numbers and booleans where a field wants one.
+/// A list setting's value from the environment: TOML's `["a", "b"]`
+/// (or `[a, b]`), else words split at commas (`a, b`; empty: none).
+fn env_list(value: &str) -> Value {
+    match value.parse::<Value>() {
+        Ok(v @ Value::Array(..)) => v,
+        _ => Value::from(
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|w| !w.is_empty())
+                .map(|w| Value::from(w.to_owned()))
+                .collect::<Vec<Value>>(),
+        ),
+    }
+}
+
 struct EnvVar {
     name: String,
     keys: Vec<String>,
-    value: String,
+    value: Value,
 }
 
 impl EnvVar {
-    fn new(name: &str, keys: &[&str], value: String) -> Self {
+    fn new(name: &str, keys: &[&str], value: Value) -> Self {
         Self {
             name: name.to_owned(),
             keys: keys.iter().map(|k| (*k).to_owned()).collect(),
@@ -575,7 +597,7 @@ impl Provider for EnvVar {
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
         let mut root = Dict::new();
         for key in &self.keys {
-            insert_path(&mut root, key, Value::from(self.value.clone()));
+            insert_path(&mut root, key, self.value.clone());
         }
         Ok(Profile::Default.collect(root))
     }
@@ -612,6 +634,26 @@ mod tests {
         let path = dir.join("cc.toml");
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    #[test]
+    fn a_list_setting_is_read_from_the_environment() {
+        for (value, words) in [
+            (
+                r#"["Movistar", "fibra óptica"]"#,
+                &["Movistar", "fibra óptica"][..],
+            ),
+            ("[Movistar, Vodafone]", &["Movistar", "Vodafone"]),
+            ("Movistar, fibra óptica", &["Movistar", "fibra óptica"]),
+            ("Movistar", &["Movistar"]),
+            ("", &[]),
+        ] {
+            let l = load_from(None, &env(&[("CALL_COACH_STT__HOTWORDS", value)])).unwrap();
+            assert_eq!(l.settings.stt.hotwords, words, "{value}");
+        }
+        // A string setting keeps its brackets and commas.
+        let l = load_from(None, &env(&[("CALL_COACH_STT__PROMPT", "[a, b]")])).unwrap();
+        assert_eq!(l.settings.stt.prompt.as_deref(), Some("[a, b]"));
     }
 
     #[test]
