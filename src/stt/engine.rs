@@ -54,6 +54,12 @@ pub struct DecodeOptions {
 /// (Whisper's prompt holds at most 224 tokens, shared with `prompt`).
 const CONTEXT_BYTES: usize = 200;
 
+/// Most tokens the domain prompt (with the hotwords) may take: Whisper
+/// reads the last 224 tokens of its prompt, and the context (about 60
+/// tokens of Spanish in `CONTEXT_BYTES`) comes after the domain prompt, so
+/// a longer one would lose its first words without a word said.
+pub const PROMPT_TOKENS_MAX: usize = 160;
+
 impl DecodeOptions {
     /// With the stream's previous final text after the domain prompt, as
     /// Whisper's prompt: the words just said carry over a pause, as they
@@ -139,6 +145,15 @@ impl Engine {
         Ok(Self { ctx: Arc::new(ctx) })
     }
 
+    /// How many tokens `text` is to Whisper.
+    pub fn tokens(&self, text: &str) -> Result<usize, EngineError> {
+        // (A token is at least one byte.)
+        self.ctx
+            .tokenize(text, text.len() + 16)
+            .map(|t| t.len())
+            .map_err(|e| EngineError::Whisper(format!("cannot tokenize the prompt: {e}")))
+    }
+
     /// A decoder state for one worker.
     pub fn worker(&self) -> Result<Worker, EngineError> {
         let state = self
@@ -185,8 +200,12 @@ impl Worker {
             Ok(d) if opts.has_prompt() => match misled(&d.text, secs) {
                 Some(why) => {
                     let again = self.transcribe_unless(audio, &opts.without_prompt(), abort);
-                    let keep_first =
-                        matches!(&again, Ok(r) if !why.retry_is_better(&d.text, &r.text));
+                    // A retry that failed keeps the first text; one stopped
+                    // (for a final) is stopped.
+                    let keep_first = match &again {
+                        Ok(r) => !why.retry_is_better(&d.text, &r.text),
+                        Err(_) => !abort.is_some_and(|a| a.load(Ordering::Relaxed)),
+                    };
                     // (Lengths only: the text may hold a card number.)
                     tracing::debug!(
                         ?why,

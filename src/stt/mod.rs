@@ -135,7 +135,9 @@ pub struct Settings {
     /// "veinte por ciento" -> "20%"); Spanish only. A lone small number
     /// stays a word ("en cinco minutos").
     pub numbers_as_digits: bool,
-    /// Domain prompt given to Whisper (product names, the agent script).
+    /// Domain prompt given to Whisper (product names, the agent script);
+    /// with `hotwords`, at most 160 Whisper tokens (stt refuses more: the
+    /// previous final follows it in Whisper's 224).
     pub prompt: Option<String>,
     /// Words Whisper should favour; appended to the prompt.
     pub hotwords: Vec<String>,

@@ -34,18 +34,37 @@ pub enum SttError {
         "DEVICE=cuda, but this build of call-coach has no CUDA support: rebuild with `cargo build --release --features cuda`, or set DEVICE=cpu"
     )]
     NoCuda,
+    #[error(
+        "stt.prompt with stt.hotwords is {tokens} Whisper tokens; at most {max} are read beside the previous final (Whisper's prompt is 224 tokens): shorten them"
+    )]
+    PromptTooLong { tokens: usize, max: usize },
     #[error(transparent)]
     Bind(#[from] crate::lifecycle::BindError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
+/// Refuses a domain prompt (with the hotwords) longer than Whisper reads
+/// beside the context ([`super::engine::PROMPT_TOKENS_MAX`]).
+pub fn check_prompt(engine: &Engine, s: &super::Settings) -> Result<(), SttError> {
+    let Some(prompt) = s.full_prompt() else {
+        return Ok(());
+    };
+    let tokens = engine.tokens(&prompt)?;
+    let max = super::engine::PROMPT_TOKENS_MAX;
+    if tokens > max {
+        return Err(SttError::PromptTooLong { tokens, max });
+    }
+    Ok(())
+}
+
 impl crate::lifecycle::ExitStatus for SttError {
     fn exit_code(&self) -> u8 {
         match self {
-            SttError::Model(_) | SttError::NoCuda | SttError::Bind(_) => {
-                crate::lifecycle::EXIT_USAGE
-            }
+            SttError::Model(_)
+            | SttError::NoCuda
+            | SttError::PromptTooLong { .. }
+            | SttError::Bind(_) => crate::lifecycle::EXIT_USAGE,
             SttError::Engine(_) | SttError::Io(_) => 1,
         }
     }
@@ -84,6 +103,7 @@ pub async fn serve(
             .await
             .map_err(|e| EngineError::Whisper(e.to_string()))??
     };
+    check_prompt(&engine, &s)?;
     tracing::info!(
         model = %path.display(),
         load_ms = started.elapsed().as_millis() as u64,

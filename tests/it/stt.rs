@@ -537,6 +537,52 @@ fn a_decode_the_context_cut_short_is_done_again_without_it() {
     }
 }
 
+/// A domain prompt (with the hotwords) longer than Whisper reads beside
+/// the previous final (160 of the 224 tokens of its prompt) would lose its
+/// first words without a word said: stt refuses to start, and
+/// `transcribe` to run, saying so.
+#[test]
+fn a_domain_prompt_too_long_is_refused() {
+    let long =
+        "Gracias por llamar a Movistar, le atiende el servicio de atención al cliente. ".repeat(12);
+    let words: Vec<String> = (0..120).map(|i| format!("Producto{i}")).collect();
+    let hotwords = format!(
+        "[{}]",
+        words
+            .iter()
+            .map(|w| format!("{w:?}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let file = sound("vm-intro");
+    let dir = model_dir();
+    for setting in [
+        ("CALL_COACH_STT__PROMPT", long.as_str()),
+        ("CALL_COACH_STT__HOTWORDS", hotwords.as_str()),
+    ] {
+        let (code, out, err) = transcribe(&[file.to_str().unwrap()], &[setting]);
+        assert_ne!(code, 0, "{out}");
+        assert!(
+            err.contains("Whisper tokens") && err.contains("shorten them"),
+            "{err}"
+        );
+        // (Bounded: a regression would leave stt running.)
+        let (code, _, err) = crate::util::run_bin(
+            Some(std::path::Path::new("timeout")),
+            &["120", crate::util::BIN, "stt"],
+            &[
+                ("MODEL_DIR", dir.to_str().unwrap()),
+                ("MODEL_SIZE", "base"),
+                ("STT_LISTEN", "127.0.0.1:0"),
+                ("RELAY_URL", "http://127.0.0.1:9/event"),
+                setting,
+            ],
+        );
+        assert_eq!(code, 64, "{err}");
+        assert!(err.contains("stt.prompt with stt.hotwords is"), "{err}");
+    }
+}
+
 /// A final spelled out letter by letter (a caller spelling a name) is no
 /// context for what follows: with "M-E-S-D-N-E" as context, Whisper
 /// spelled the next prompt too ("Mark N-E-S-D-S-D-R-M-R-A-O-T-R-N-R-O" for
