@@ -108,8 +108,26 @@ struct Queue {
     /// starts on them (whisper.cpp's spinning threads stall when there are
     /// more of them than cores).
     lent: usize,
-    /// What each worker is decoding now: (stream, utterance, kind).
-    running: Vec<Option<(u64, u64, Kind)>>,
+    /// What each worker is decoding now.
+    running: Vec<Option<Decoding>>,
+}
+
+/// Which decode a job is: the stream, its utterance, and what of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Decoding {
+    stream: u64,
+    utterance: u64,
+    kind: Kind,
+}
+
+impl Decoding {
+    fn of(job: &Job) -> Self {
+        Self {
+            stream: job.stream,
+            utterance: job.utterance,
+            kind: job.kind,
+        }
+    }
 }
 
 impl Queue {
@@ -138,7 +156,7 @@ impl Queue {
         let running = |is: &dyn Fn(Kind) -> bool| {
             self.running
                 .iter()
-                .position(|r| r.is_some_and(|(_, _, k)| is(k)))
+                .position(|r| r.is_some_and(|r| is(r.kind)))
         };
         running(&|k| k == Kind::Partial).or_else(|| {
             (kind == Kind::Final)
@@ -152,16 +170,12 @@ impl Queue {
     /// unless that utterance's final is on its way (it has them). What is
     /// not queued again comes back.
     fn again(&mut self, job: Job) -> Option<Job> {
-        let its_final =
-            |s: u64, u: u64, k: Kind| s == job.stream && u == job.utterance && k == Kind::Final;
-        let final_coming = self
-            .finals
-            .iter()
-            .any(|f| its_final(f.stream, f.utterance, f.kind))
-            || self
-                .running
-                .iter()
-                .any(|r| r.is_some_and(|(s, u, k)| its_final(s, u, k)));
+        let its_final = Decoding {
+            kind: Kind::Final,
+            ..Decoding::of(&job)
+        };
+        let final_coming = self.finals.iter().any(|f| Decoding::of(f) == its_final)
+            || self.running.contains(&Some(its_final));
         if !matches!(job.kind, Kind::Piece(_)) || final_coming || self.closed {
             return Some(job);
         }
@@ -380,16 +394,16 @@ impl Pool {
     /// dropped if still waiting, or stopped if running.
     pub fn cancel_tentative(&self, stream: u64, utterance: u64) {
         let mut q = self.lock();
-        let is_it = |s: u64, u: u64, k: Kind| s == stream && u == utterance && k == Kind::Tentative;
+        let it = Decoding {
+            stream,
+            utterance,
+            kind: Kind::Tentative,
+        };
         let before = q.finals.len();
-        q.finals.retain(|j| !is_it(j.stream, j.utterance, j.kind));
+        q.finals.retain(|j| Decoding::of(j) != it);
         if q.finals.len() < before {
             self.publish_depth(&q);
-        } else if let Some(w) = q
-            .running
-            .iter()
-            .position(|r| r.is_some_and(|(s, u, k)| is_it(s, u, k)))
-        {
+        } else if let Some(w) = q.running.iter().position(|r| *r == Some(it)) {
             self.aborts[w].store(true, Ordering::Relaxed);
         }
     }
@@ -471,7 +485,7 @@ impl Pool {
             let free = q.busy + q.lent < self.workers;
             if free && let Some(job) = q.finals.pop_front().or_else(|| q.partials.pop_front()) {
                 q.busy += 1;
-                q.running[i] = Some((job.stream, job.utterance, job.kind));
+                q.running[i] = Some(Decoding::of(&job));
                 self.aborts[i].store(false, Ordering::Relaxed);
                 self.publish_depth(&q);
                 return Some(job);
@@ -507,6 +521,14 @@ mod tests {
         }
     }
 
+    fn decoding(stream: u64, utterance: u64, kind: Kind) -> Option<Decoding> {
+        Some(Decoding {
+            stream,
+            utterance,
+            kind,
+        })
+    }
+
     fn kinds(jobs: &VecDeque<Job>) -> Vec<(u64, Kind)> {
         jobs.iter().map(|j| (j.stream, j.kind)).collect()
     }
@@ -533,14 +555,14 @@ mod tests {
     #[test]
     fn a_piece_is_stopped_only_for_a_final_and_only_when_no_partial_is() {
         let mut q = Queue {
-            running: vec![Some((1, 4, Kind::Piece(0))), None],
+            running: vec![decoding(1, 4, Kind::Piece(0)), None],
             busy: 1,
             lent: 1,
             ..Queue::default()
         };
         assert_eq!(q.to_stop_for(Kind::Tentative, 2), None);
         assert_eq!(q.to_stop_for(Kind::Final, 2), Some(0));
-        q.running[1] = Some((2, 9, Kind::Partial));
+        q.running[1] = decoding(2, 9, Kind::Partial);
         q.busy = 2;
         q.lent = 0;
         assert_eq!(q.to_stop_for(Kind::Tentative, 2), Some(1));
@@ -560,7 +582,7 @@ mod tests {
         q.finals.push_back(job(1, 4, Kind::Final));
         assert!(q.again(job(1, 4, Kind::Piece(2))).is_some());
         q.finals.clear();
-        q.running = vec![Some((1, 4, Kind::Final))];
+        q.running = vec![decoding(1, 4, Kind::Final)];
         assert!(q.again(job(1, 4, Kind::Piece(2))).is_some());
         // Another utterance's final does not make it stale.
         assert!(q.again(job(1, 5, Kind::Piece(0))).is_none());
