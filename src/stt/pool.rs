@@ -153,16 +153,16 @@ impl Queue {
         if self.busy + self.lent < workers {
             return None;
         }
-        let running = |is: &dyn Fn(Kind) -> bool| {
+        let running = |is: fn(Kind) -> bool| {
             self.running
                 .iter()
                 .position(|r| r.is_some_and(|r| is(r.kind)))
         };
-        running(&|k| k == Kind::Partial).or_else(|| {
-            (kind == Kind::Final)
-                .then(|| running(&|k| matches!(k, Kind::Piece(_))))
-                .flatten()
-        })
+        let partial = running(|k| k == Kind::Partial);
+        if partial.is_some() || kind != Kind::Final {
+            return partial;
+        }
+        running(|k| matches!(k, Kind::Piece(_)))
     }
 
     /// A decode stopped midway: a piece goes back to the head of the
@@ -300,13 +300,8 @@ impl Pool {
                             pool.metrics.speculative_stopped.inc();
                         }
                         pool.done(i, threads / base - 1);
-                        let job = if aborted {
-                            match pool.again(job) {
-                                Some(job) => job,
-                                None => continue,
-                            }
-                        } else {
-                            job
+                        let Some(job) = (if aborted { pool.again(job) } else { Some(job) }) else {
+                            continue;
                         };
                         match job.kind {
                             Kind::Partial => pool.metrics.partials_done.inc(),
