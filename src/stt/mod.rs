@@ -420,6 +420,21 @@ impl Settings {
         (!parts.is_empty()).then(|| parts.join(" "))
     }
 
+    /// Refuses a prompt (with the hotwords) longer than Whisper reads
+    /// beside the context ([`engine::PROMPT_TOKENS_MAX`]); it takes the
+    /// model's tokenizer, so it is checked once the model is loaded.
+    pub fn check_prompt(&self, engine: &engine::Engine) -> Result<(), server::SttError> {
+        let Some(prompt) = self.full_prompt() else {
+            return Ok(());
+        };
+        let tokens = engine.tokens(&prompt)?;
+        let max = engine::PROMPT_TOKENS_MAX;
+        if tokens > max {
+            return Err(server::SttError::PromptTooLong { tokens, max });
+        }
+        Ok(())
+    }
+
     /// How long a final may wait before stt counts as behind.
     pub fn behind(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.behind_ms)

@@ -26,7 +26,7 @@ pub fn transcribe_files(
 ) -> anyhow::Result<()> {
     let path = s.model_path(model_dir)?;
     let engine = Engine::load(&path, s.device == "cuda")?;
-    super::server::check_prompt(&engine, s)?;
+    s.check_prompt(&engine)?;
     let mut worker = engine.worker()?;
     let mut options = s.decode_options();
     if whole {

@@ -44,20 +44,6 @@ pub enum SttError {
     Io(#[from] std::io::Error),
 }
 
-/// Refuses a domain prompt (with the hotwords) longer than Whisper reads
-/// beside the context ([`super::engine::PROMPT_TOKENS_MAX`]).
-pub fn check_prompt(engine: &Engine, s: &super::Settings) -> Result<(), SttError> {
-    let Some(prompt) = s.full_prompt() else {
-        return Ok(());
-    };
-    let tokens = engine.tokens(&prompt)?;
-    let max = super::engine::PROMPT_TOKENS_MAX;
-    if tokens > max {
-        return Err(SttError::PromptTooLong { tokens, max });
-    }
-    Ok(())
-}
-
 impl crate::lifecycle::ExitStatus for SttError {
     fn exit_code(&self) -> u8 {
         match self {
@@ -103,7 +89,7 @@ pub async fn serve(
             .await
             .map_err(|e| EngineError::Whisper(e.to_string()))??
     };
-    check_prompt(&engine, &s)?;
+    s.check_prompt(&engine)?;
     tracing::info!(
         model = %path.display(),
         load_ms = started.elapsed().as_millis() as u64,
