@@ -545,15 +545,11 @@ fn a_decode_the_context_cut_short_is_done_again_without_it() {
 fn a_domain_prompt_too_long_is_refused() {
     let long =
         "Gracias por llamar a Movistar, le atiende el servicio de atención al cliente. ".repeat(12);
-    let words: Vec<String> = (0..120).map(|i| format!("Producto{i}")).collect();
-    let hotwords = format!(
-        "[{}]",
-        words
-            .iter()
-            .map(|w| format!("{w:?}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    // (A list in the environment: "a, b".)
+    let hotwords = (0..120)
+        .map(|i| format!("Producto{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let file = sound("vm-intro");
     let dir = model_dir();
     for setting in [
