@@ -581,7 +581,7 @@ async fn wrong_credentials_are_reported_and_retried() {
         ],
     );
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !coach.log().contains("401") {
+    while !coach.log().contains("Asterisk answered 401") {
         assert!(Instant::now() < deadline, "{}", coach.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
