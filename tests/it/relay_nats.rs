@@ -59,6 +59,8 @@ async fn post_retrying(
         }
         REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if Instant::now() > deadline {
+            // What the relays last said, for the failure's log.
+            eprintln!("{key}: given up after {give_up:?}; the last answer: {answer:?}");
             return None;
         }
         i += 1;
