@@ -32,6 +32,40 @@ pub use server::serve;
 
 use crate::setting::{ConfigError, Secret, SecretSlot, Section, Var};
 
+/// Why stt (or `transcribe`) cannot start; the exit code says whose
+/// fault it is.
+#[derive(Debug, thiserror::Error)]
+pub enum SttError {
+    #[error(transparent)]
+    Model(#[from] model::ModelError),
+    #[error(transparent)]
+    Engine(#[from] engine::EngineError),
+    #[error(
+        "DEVICE=cuda, but this build of call-coach has no CUDA support: rebuild with `cargo build --release --features cuda`, or set DEVICE=cpu"
+    )]
+    NoCuda,
+    #[error(
+        "stt.prompt with stt.hotwords is {tokens} Whisper tokens; at most {max} are read beside the previous final (Whisper's prompt is 224 tokens): shorten them"
+    )]
+    PromptTooLong { tokens: usize, max: usize },
+    #[error(transparent)]
+    Bind(#[from] crate::lifecycle::BindError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl crate::lifecycle::ExitStatus for SttError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            SttError::Model(_)
+            | SttError::NoCuda
+            | SttError::PromptTooLong { .. }
+            | SttError::Bind(_) => crate::lifecycle::EXIT_USAGE,
+            SttError::Engine(_) | SttError::Io(_) => 1,
+        }
+    }
+}
+
 /// Settings of the stt service (`[stt]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -423,14 +457,14 @@ impl Settings {
     /// Refuses a prompt (with the hotwords) longer than Whisper reads
     /// beside the context ([`engine::PROMPT_TOKENS_MAX`]); it takes the
     /// model's tokenizer, so it is checked once the model is loaded.
-    pub fn check_prompt(&self, engine: &engine::Engine) -> Result<(), server::SttError> {
+    pub fn check_prompt(&self, engine: &engine::Engine) -> Result<(), SttError> {
         let Some(prompt) = self.full_prompt() else {
             return Ok(());
         };
         let tokens = engine.tokens(&prompt)?;
         let max = engine::PROMPT_TOKENS_MAX;
         if tokens > max {
-            return Err(server::SttError::PromptTooLong { tokens, max });
+            return Err(SttError::PromptTooLong { tokens, max });
         }
         Ok(())
     }

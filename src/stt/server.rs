@@ -15,46 +15,14 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::SttError;
 use super::capacity::{self, Capacity, Refusal};
 use super::engine::{Engine, EngineError};
 use super::metrics::{Load, Metrics};
-use super::model::ModelError;
 use super::pool::{Bounds, Pool};
 use super::session::{self, StreamParams};
 use crate::http::{Resp, json_response, text, upgrade_response, websocket_accept};
 use crate::relay_client::Publisher;
-
-#[derive(Debug, thiserror::Error)]
-pub enum SttError {
-    #[error(transparent)]
-    Model(#[from] ModelError),
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-    #[error(
-        "DEVICE=cuda, but this build of call-coach has no CUDA support: rebuild with `cargo build --release --features cuda`, or set DEVICE=cpu"
-    )]
-    NoCuda,
-    #[error(
-        "stt.prompt with stt.hotwords is {tokens} Whisper tokens; at most {max} are read beside the previous final (Whisper's prompt is 224 tokens): shorten them"
-    )]
-    PromptTooLong { tokens: usize, max: usize },
-    #[error(transparent)]
-    Bind(#[from] crate::lifecycle::BindError),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-}
-
-impl crate::lifecycle::ExitStatus for SttError {
-    fn exit_code(&self) -> u8 {
-        match self {
-            SttError::Model(_)
-            | SttError::NoCuda
-            | SttError::PromptTooLong { .. }
-            | SttError::Bind(_) => crate::lifecycle::EXIT_USAGE,
-            SttError::Engine(_) | SttError::Io(_) => 1,
-        }
-    }
-}
 
 pub(super) struct State {
     pub settings: super::Settings,
