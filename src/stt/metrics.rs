@@ -10,6 +10,8 @@ pub struct Metrics {
     pub streams_total: Counter,
     /// Milliseconds of audio received.
     pub audio_ms: Counter,
+    /// Milliseconds of speech the VAD heard in utterances.
+    pub speech_ms: Counter,
     /// Jobs waiting for a worker (finals + partials).
     pub queue_finals: AtomicI64,
     pub queue_partials: AtomicI64,
@@ -17,6 +19,9 @@ pub struct Metrics {
     /// got to them: the overload valve.
     pub partials_skipped: Counter,
     pub partials_done: Counter,
+    /// Partials the segmenter asked for (one per `partial_every_ms` of
+    /// speech in an utterance).
+    pub partials_asked: Counter,
     pub finals_done: Counter,
     /// Results dropped by the hallucination and no-speech filters.
     pub filtered: Counter,
@@ -190,6 +195,12 @@ impl Metrics {
             (self.audio_ms.get() as f64 / 1000.0).to_string(),
         );
         put(
+            "stt_speech_seconds_total",
+            "counter",
+            "Seconds of speech heard in utterances (a partial is asked for every partial_every_ms of it).",
+            (self.speech_ms.get() as f64 / 1000.0).to_string(),
+        );
+        put(
             "stt_queue_finals",
             "gauge",
             "Final transcriptions waiting for a worker.",
@@ -206,6 +217,12 @@ impl Metrics {
             "counter",
             "Partials skipped because a newer request replaced them.",
             self.partials_skipped.get().to_string(),
+        );
+        put(
+            "stt_partials_asked_total",
+            "counter",
+            "Partial transcriptions asked for (one per partial_every_ms of speech in an utterance).",
+            self.partials_asked.get().to_string(),
         );
         put(
             "stt_partials_total",

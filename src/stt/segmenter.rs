@@ -181,6 +181,9 @@ pub struct Segmenter {
     pub dropped: u64,
     /// Utterances ended after `early_end_ms` rather than `end_silence_ms`.
     pub ended_early: u64,
+    /// Speech the VAD heard in utterances (ms): partials are asked for
+    /// every `partial_every_ms` of it.
+    pub speech_ms: u64,
 }
 
 impl Segmenter {
@@ -196,6 +199,7 @@ impl Segmenter {
             next_index: 1,
             dropped: 0,
             ended_early: 0,
+            speech_ms: 0,
         }
     }
 
@@ -228,6 +232,7 @@ impl Segmenter {
             open.audio.extend_from_slice(frame);
             open.frame_db.push(info.db);
             if info.speech {
+                self.speech_ms += 20;
                 open.speech_frames += 1;
                 open.speech_db.push(info.db);
                 open.speech_tone.push((info.tonality, info.peak_hz));
@@ -306,6 +311,7 @@ impl Segmenter {
         }
         self.run = if info.speech { self.run + 1 } else { 0 };
         if self.run >= c.start_frames {
+            self.speech_ms += self.run as u64 * 20;
             let audio: Vec<f32> = self.preroll.drain(..).flatten().collect();
             let start = self.position + FRAME as u64 - audio.len() as u64;
             self.open = Some(Open {
@@ -570,6 +576,12 @@ mod tests {
         assert_eq!(reqs[0], Request::Started(1, u.start_ms));
         assert_eq!(ended(&reqs), [Ended::Pause]);
         assert!(seg.finish().is_empty());
+        // 2.5 s of voice, the silence around it not counted.
+        assert!(
+            (2_000..=2_600).contains(&seg.speech_ms),
+            "speech {} ms",
+            seg.speech_ms
+        );
     }
 
     fn tentatives(reqs: &[Request]) -> Vec<&Utterance> {

@@ -348,7 +348,10 @@ where
                     }));
                     continue;
                 }
-                Request::Partial(u) => (Kind::Partial, u),
+                Request::Partial(u) => {
+                    metrics.partials_asked.inc();
+                    (Kind::Partial, u)
+                }
                 Request::Piece(u, n) => {
                     utts.piece_asked(u.index, n);
                     (Kind::Piece(n), u)
@@ -511,6 +514,7 @@ where
     for done in submit(segmenter.finish(), &mut utts, samples_in).1 {
         deliver(state, params, &mut utts, done, &mut tx).await;
     }
+    state.metrics.speech_ms.add(segmenter.speech_ms);
 
     // Deliver every outstanding final before closing.
     let deadline = Instant::now() + DRAIN_TIMEOUT;

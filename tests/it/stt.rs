@@ -827,6 +827,19 @@ async fn a_long_utterances_partials_begin_with_its_pieces_words() {
         .map(|e| e["text"].as_str().unwrap())
         .collect();
     assert!(metric(&stt, "stt_partial_pieces_total").await >= 1.0);
+    // The speech the detector heard (in a 33 s prompt with pauses), and a
+    // partial asked for each `partial_every_ms` (700) of it (one more at
+    // most per utterance: a split's rest starts with its speech counted):
+    // every partial sent was asked for.
+    let speech = metric(&stt, "stt_speech_seconds_total").await;
+    assert!((10.0..=33.0).contains(&speech), "speech {speech} s");
+    let asked = metric(&stt, "stt_partials_asked_total").await;
+    let sent = events.iter().filter(|e| e["final"] == false).count() as f64;
+    let utterances = finals(&events).len() as f64;
+    assert!(
+        sent <= asked && asked <= speech / 0.7 + utterances,
+        "{sent} partials sent, {asked} asked, {speech} s of speech, {utterances} finals"
+    );
     let last = partials.last().expect("partials of a 14 s utterance");
     assert!(
         last.to_lowercase().contains("favor") && last.split_whitespace().count() >= 10,

@@ -160,7 +160,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     );
     let _neighbours = Neighbours::start(opts.neighbour)?;
     println!(
-        "{:>6} {:>8} {:>8} {:>8} {:>5} {:>9} {:>9} {:>9} {:>17} {:>12} {:>7} {:>9} {:>10} {:>7} {:>9}",
+        "{:>6} {:>8} {:>8} {:>8} {:>5} {:>9} {:>9} {:>9} {:>17} {:>12} {:>17} {:>12} {:>7} {:>9} {:>10} {:>7} {:>9}",
         "calls",
         "streams",
         "refused",
@@ -171,6 +171,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         "max ms",
         "sentence p50/p95",
         "partial gap",
+        "speech per partial",
+        "sent/asked",
         "RTF",
         "stt CPU",
         "stt RSS",
@@ -268,13 +270,21 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         } else {
             o.partial_gaps_ms.iter().sum::<f64>() / o.partial_gaps_ms.len() as f64
         };
-        let (rtf, cpu) = match (&before, &after) {
+        let (rtf, cpu, speech, asked) = match (&before, &after) {
             (Some(b), Some(a)) => (
                 (a.decode_secs - b.decode_secs) / (a.audio_secs - b.audio_secs).max(1e-9),
                 (a.cpu - b.cpu) / secs,
+                a.speech_secs - b.speech_secs,
+                a.partials_asked - b.partials_asked,
             ),
-            _ => (f64::NAN, f64::NAN),
+            _ => (f64::NAN, f64::NAN, f64::NAN, f64::NAN),
         };
+        // Seconds of speech per partial received. stt asks for one after
+        // each `partial_every_ms` of an utterance's speech (none for its
+        // last, shorter stretch, which its final covers): `sent/asked`
+        // says how many of those came.
+        let per_partial = speech / o.partials as f64;
+        let sent_asked = format!("{}/{asked:.0}", o.partials);
         // Only clips that finished playing count towards WER.
         let hyps: Vec<(String, String)> = o
             .hypotheses
@@ -289,7 +299,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
         let (refused, finals, gaps) = (o.refused, o.finals, o.gaps);
         println!(
-            "{:>6} {:>8} {:>8} {:>8} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>17} {:>9.0} ms {:>7.3} {:>8.0}% {:>6.0} MiB {:>7} {:>9}",
+            "{:>6} {:>8} {:>8} {:>8} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>17} {:>9.0} ms {:>15.2} s {:>12} {:>7.3} {:>8.0}% {:>6.0} MiB {:>7} {:>9}",
             calls,
             calls * 2,
             refused,
@@ -300,6 +310,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             lat.last().copied().unwrap_or(f64::NAN),
             early,
             gap,
+            per_partial,
+            sent_asked,
             rtf,
             cpu * 100.0,
             peak_rss / 1048576.0,
@@ -461,6 +473,10 @@ struct Scraped {
     cpu: f64,
     audio_secs: f64,
     decode_secs: f64,
+    /// Speech stt heard in utterances, and the partials it asked for
+    /// (NaN from an stt without these figures).
+    speech_secs: f64,
+    partials_asked: f64,
 }
 
 async fn scrape(http: &str) -> Option<Scraped> {
@@ -489,6 +505,8 @@ async fn scrape(http: &str) -> Option<Scraped> {
         cpu: find("process_cpu_seconds_total")?,
         audio_secs: find("stt_audio_seconds_total")?,
         decode_secs: find("stt_decode_seconds_total")?,
+        speech_secs: find("stt_speech_seconds_total").unwrap_or(f64::NAN),
+        partials_asked: find("stt_partials_asked_total").unwrap_or(f64::NAN),
     })
 }
 
