@@ -63,7 +63,7 @@ impl Default for SegmenterConfig {
     fn default() -> Self {
         Self {
             end_silence_ms: 500,
-            partial_every_ms: 1000,
+            partial_every_ms: 700,
             partial_window_ms: 6000,
             max_utterance_ms: 15_000,
             min_speech_ms: 200,
@@ -567,7 +567,8 @@ mod tests {
             .filter(|r| matches!(r, Request::Partial(_)))
             .count();
         let finals = finals(&reqs);
-        assert_eq!(partials, 2, "{reqs:?}");
+        // One per `partial_every_ms` (700) of the 2.5 s of speech.
+        assert_eq!(partials, 3, "{reqs:?}");
         assert_eq!(finals.len(), 1);
         let u = finals[0];
         assert_eq!(u.index, 1);
