@@ -1,14 +1,18 @@
-//! How many of the machine's cores are idle, sampled from `/proc/stat`
-//! twice a second: a decode that is alone may spread over idle cores
+//! How many of the machine's cores no other process is using, sampled
+//! from `/proc/stat` (idle time) and `/proc/self/stat` (stt's own time)
+//! twice a second: a decode that is alone may spread over those cores
 //! ("wide"), and must not when a neighbour process holds them, because
 //! whisper.cpp's threads spin-wait for each other and one descheduled
-//! thread stalls the rest (README "Workers").
+//! thread stalls the rest (README "Workers"). stt's own time counts as
+//! free: a decode is wide only when it is the only one running, so the
+//! cores stt's other decodes used a moment ago are free again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-/// Idle cores in hundredths, across the whole machine.
+/// Cores free of other processes in hundredths, across the whole
+/// machine.
 #[derive(Default)]
 pub struct IdleCpu(AtomicU32);
 
@@ -42,21 +46,39 @@ impl IdleCpu {
         idle
     }
 
-    /// Idle cores over the last half second.
+    /// Cores idle or used by stt over the last half second.
     pub fn cores(&self) -> f64 {
         f64::from(self.0.load(Ordering::Relaxed)) / 100.0
     }
 }
 
-/// (idle, total) jiffies summed over all cores, and the core count.
-type Sample = (u64, u64, u32);
+/// (idle, total) jiffies summed over all cores, the core count, and
+/// this process's jiffies (0 where they cannot be read).
+type Sample = (u64, u64, u32, u64);
 
 fn read() -> Option<Sample> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    parse(&stat)
+    let (idle, total, cores) = parse(&stat)?;
+    let own = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| own_jiffies(&s))
+        .unwrap_or(0);
+    Some((idle, total, cores, own))
 }
 
-fn parse(stat: &str) -> Option<Sample> {
+/// user + system time of a process, from its `/proc/PID/stat` (in the
+/// same clock ticks as `/proc/stat`).
+fn own_jiffies(stat: &str) -> Option<u64> {
+    // The name, in parentheses, may hold spaces: count fields after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of the line; the first after the name is field 3.
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    Some(user + system)
+}
+
+fn parse(stat: &str) -> Option<(u64, u64, u32)> {
     let mut lines = stat.lines();
     let all: Vec<u64> = lines
         .next()?
@@ -74,14 +96,15 @@ fn parse(stat: &str) -> Option<Sample> {
     Some((all[3] + all[4], all.iter().take(8).sum(), cores.max(1)))
 }
 
-/// Idle cores between two samples, in hundredths.
+/// Cores idle or used by this process between two samples, in
+/// hundredths.
 fn idle_cores(a: Sample, b: Sample) -> u32 {
     let total = b.1.saturating_sub(a.1);
     if total == 0 {
         return 0;
     }
-    let idle = b.0.saturating_sub(a.0);
-    (idle * 100 * u64::from(b.2) / total) as u32
+    let free = (b.0.saturating_sub(a.0) + b.3.saturating_sub(a.3)).min(total);
+    (free * 100 * u64::from(b.2) / total) as u32
 }
 
 #[cfg(test)]
@@ -90,14 +113,28 @@ mod tests {
 
     #[test]
     fn reads_idle_cores_from_proc_stat() {
-        let a = parse("cpu  100 0 100 800 0 0 0 0 0 0\ncpu0 50 0 50 400 0 0 0 0 0 0\ncpu1 50 0 50 400 0 0 0 0 0 0\nintr 1\n").unwrap();
+        let (i, t, c) = parse("cpu  100 0 100 800 0 0 0 0 0 0\ncpu0 50 0 50 400 0 0 0 0 0 0\ncpu1 50 0 50 400 0 0 0 0 0 0\nintr 1\n").unwrap();
+        let a = (i, t, c, 0);
         // Next half second: one core busy, one idle.
-        let b = parse("cpu  150 0 150 900 0 0 0 0 0 0\ncpu0 100 0 100 400 0 0 0 0 0 0\ncpu1 50 0 50 500 0 0 0 0 0 0\n").unwrap();
-        assert_eq!(a.2, 2);
-        assert_eq!(idle_cores(a, b), 100);
+        let (i, t, c) = parse("cpu  150 0 150 900 0 0 0 0 0 0\ncpu0 100 0 100 400 0 0 0 0 0 0\ncpu1 50 0 50 500 0 0 0 0 0 0\n").unwrap();
+        assert_eq!(c, 2);
+        assert_eq!(idle_cores(a, (i, t, c, 0)), 100);
+        // The busy core was stt's own (50 ticks of its 100): both free.
+        assert_eq!(idle_cores(a, (i, t, c, 100)), 200);
+        // Half of it: a neighbour held the other half.
+        assert_eq!(idle_cores(a, (i, t, c, 50)), 150);
         assert!(parse("garbage").is_none());
         // On this machine it reads something sane.
         let here = read().unwrap();
         assert!(here.2 >= 1 && here.1 >= here.0);
+    }
+
+    #[test]
+    fn reads_a_processs_own_time() {
+        // pid (name with spaces) state ppid ... utime stime ...
+        let line = "4242 (stt worker (1)) S 1 4242 4242 0 -1 4194304 100 0 0 0 70 30 0 0 20 0 9 0 1 1 1";
+        assert_eq!(own_jiffies(line), Some(100));
+        assert_eq!(own_jiffies("4242 (x) S 1"), None);
+        assert!(own_jiffies(&std::fs::read_to_string("/proc/self/stat").unwrap()).is_some());
     }
 }
