@@ -385,8 +385,9 @@ in
         after = optional cfg.relay.enable "call-coach-relay.service";
         before = optional cfg.rtp2ws.enable "call-coach-rtp2ws.service";
         credentials = publisherCredentials;
-        # /proc/stat stays visible: a decode spreads over idle cores only
-        # while they are idle (stt.max_threads_when_idle), read from it.
+        # /proc/stat stays visible: a decode spreads over the cores only
+        # while no other process uses them (stt.max_threads_when_idle),
+        # read from it.
         extra = stateful // { ProcSubset = "all"; };
       };
     })

@@ -102,10 +102,11 @@ pub struct Settings {
     /// CPU threads per transcription; 0 shares the machine's cores among
     /// the workers.
     pub threads_per_worker: usize,
-    /// A decode that is the only one running, while the machine's other
-    /// cores are idle (no neighbour process on them), may use up to this
-    /// many threads ("wide"): a lone final comes back in about half the
-    /// time. 0 or 1: never. Sampled from /proc/stat twice a second.
+    /// A decode that is the only one running, while no other process
+    /// uses the machine's other cores (idle, or used by stt itself), may
+    /// use up to this many threads ("wide"): a lone final comes back in
+    /// about half the time. 0 or 1: never. Sampled from /proc/stat and
+    /// /proc/self/stat twice a second.
     pub max_threads_when_idle: usize,
     /// Beam width for finals; 1 is greedy (fastest). Partials are always
     /// greedy.
