@@ -132,7 +132,8 @@ mod tests {
     #[test]
     fn reads_a_processs_own_time() {
         // pid (name with spaces) state ppid ... utime stime ...
-        let line = "4242 (stt worker (1)) S 1 4242 4242 0 -1 4194304 100 0 0 0 70 30 0 0 20 0 9 0 1 1 1";
+        let line =
+            "4242 (stt worker (1)) S 1 4242 4242 0 -1 4194304 100 0 0 0 70 30 0 0 20 0 9 0 1 1 1";
         assert_eq!(own_jiffies(line), Some(100));
         assert_eq!(own_jiffies("4242 (x) S 1"), None);
         assert!(own_jiffies(&std::fs::read_to_string("/proc/self/stat").unwrap()).is_some());
