@@ -310,12 +310,17 @@ impl Pool {
                             Kind::Tentative if aborted => {}
                             Kind::Final | Kind::Tentative => {
                                 pool.metrics.finals_done.inc();
-                                // A wide decode's cost in one worker's time
-                                // (its threads' CPU), so capacity is not
-                                // overestimated while stt is idle.
-                                let cost = decode * threads as u32 / base.max(1) as u32;
-                                pool.capacity
-                                    .final_decoded(cost, job.audio.len() as u64 / 16);
+                                // Only a decode on its own threads tells
+                                // what a final costs when stt is busy (when
+                                // the capacity matters): a wide one is
+                                // faster in time but dearer in CPU, and
+                                // counted either way it skewed the figure
+                                // (4 calls, most finals wide: capacity 9
+                                // -> 6 streams measured).
+                                if threads == base {
+                                    pool.capacity
+                                        .final_decoded(decode, job.audio.len() as u64 / 16);
+                                }
                             }
                         }
                         let _ = job.reply.send(Done {
