@@ -52,18 +52,24 @@ impl IdleCpu {
     }
 }
 
-/// (idle, total) jiffies summed over all cores, the core count, and
-/// this process's jiffies (0 where they cannot be read).
-type Sample = (u64, u64, u32, u64);
+/// Jiffies summed over all cores, and this process's own.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    /// Idle (idle + iowait) and all time, summed over the cores.
+    idle: u64,
+    total: u64,
+    cores: u32,
+    /// This process's user + system time (0 where it cannot be read).
+    own: u64,
+}
 
 fn read() -> Option<Sample> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let (idle, total, cores) = parse(&stat)?;
     let own = std::fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|s| own_jiffies(&s))
         .unwrap_or(0);
-    Some((idle, total, cores, own))
+    parse(&stat, own)
 }
 
 /// user + system time of a process, from its `/proc/PID/stat` (in the
@@ -78,7 +84,8 @@ fn own_jiffies(stat: &str) -> Option<u64> {
     Some(user + system)
 }
 
-fn parse(stat: &str) -> Option<(u64, u64, u32)> {
+/// `/proc/stat`, with this process's jiffies `own`.
+fn parse(stat: &str, own: u64) -> Option<Sample> {
     let mut lines = stat.lines();
     let all: Vec<u64> = lines
         .next()?
@@ -93,18 +100,23 @@ fn parse(stat: &str) -> Option<(u64, u64, u32)> {
     let cores = lines
         .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
         .count() as u32;
-    Some((all[3] + all[4], all.iter().take(8).sum(), cores.max(1)))
+    Some(Sample {
+        idle: all[3] + all[4],
+        total: all.iter().take(8).sum(),
+        cores: cores.max(1),
+        own,
+    })
 }
 
 /// Cores idle or used by this process between two samples, in
 /// hundredths.
 fn idle_cores(a: Sample, b: Sample) -> u32 {
-    let total = b.1.saturating_sub(a.1);
+    let total = b.total.saturating_sub(a.total);
     if total == 0 {
         return 0;
     }
-    let free = (b.0.saturating_sub(a.0) + b.3.saturating_sub(a.3)).min(total);
-    (free * 100 * u64::from(b.2) / total) as u32
+    let free = (b.idle.saturating_sub(a.idle) + b.own.saturating_sub(a.own)).min(total);
+    (free * 100 * u64::from(b.cores) / total) as u32
 }
 
 #[cfg(test)]
@@ -113,20 +125,21 @@ mod tests {
 
     #[test]
     fn reads_idle_cores_from_proc_stat() {
-        let (i, t, c) = parse("cpu  100 0 100 800 0 0 0 0 0 0\ncpu0 50 0 50 400 0 0 0 0 0 0\ncpu1 50 0 50 400 0 0 0 0 0 0\nintr 1\n").unwrap();
-        let a = (i, t, c, 0);
+        let a = parse("cpu  100 0 100 800 0 0 0 0 0 0\ncpu0 50 0 50 400 0 0 0 0 0 0\ncpu1 50 0 50 400 0 0 0 0 0 0\nintr 1\n", 0).unwrap();
         // Next half second: one core busy, one idle.
-        let (i, t, c) = parse("cpu  150 0 150 900 0 0 0 0 0 0\ncpu0 100 0 100 400 0 0 0 0 0 0\ncpu1 50 0 50 500 0 0 0 0 0 0\n").unwrap();
-        assert_eq!(c, 2);
-        assert_eq!(idle_cores(a, (i, t, c, 0)), 100);
+        let b = |own| {
+            parse("cpu  150 0 150 900 0 0 0 0 0 0\ncpu0 100 0 100 400 0 0 0 0 0 0\ncpu1 50 0 50 500 0 0 0 0 0 0\n", own).unwrap()
+        };
+        assert_eq!(b(0).cores, 2);
+        assert_eq!(idle_cores(a, b(0)), 100);
         // The busy core was stt's own (50 ticks of its 100): both free.
-        assert_eq!(idle_cores(a, (i, t, c, 100)), 200);
+        assert_eq!(idle_cores(a, b(100)), 200);
         // Half of it: a neighbour held the other half.
-        assert_eq!(idle_cores(a, (i, t, c, 50)), 150);
-        assert!(parse("garbage").is_none());
+        assert_eq!(idle_cores(a, b(50)), 150);
+        assert!(parse("garbage", 0).is_none());
         // On this machine it reads something sane.
         let here = read().unwrap();
-        assert!(here.2 >= 1 && here.1 >= here.0);
+        assert!(here.cores >= 1 && here.total >= here.idle);
     }
 
     #[test]
