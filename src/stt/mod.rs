@@ -141,8 +141,9 @@ pub struct Settings {
     /// New speech between two partial transcripts, in ms. 700: an
     /// utterance's last stretch gets no partial (its final covers it), and
     /// a partial can be stopped for a final, so 1000 gave one partial per
-    /// 1.3-1.4 s of speech; 700 gives one per 0.8 s, with the same finals'
-    /// latency (README "Partials per second of speech").
+    /// 1.3-1.4 s of speech; 700 gives one per 0.8-0.95 s, the finals'
+    /// latency kept by wide decodes after stt's own (README "Partials per
+    /// second of speech").
     pub partial_every_ms: usize,
     /// Longest audio one partial decodes, in ms (0: the whole utterance).
     /// In a longer utterance the earlier audio is settled in pieces (cut
