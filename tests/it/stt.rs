@@ -904,9 +904,17 @@ async fn speculative_finals_are_the_finals_sooner() {
 /// A pause after a finished sentence ends the utterance sooner than one
 /// mid-sentence. With `end_silence_ms` longer than the pauses, the
 /// sentence "...en la conferencia." still gets its own final (its
-/// speculative final ended with a full stop), while "Entrando a la
-/// conferencia número" (no stop: a number should follow) joins the prompt
-/// after its pause; with the shorter end off, all of it is one final.
+/// speculative final ended with a full stop); with the shorter end off,
+/// all of it is one final.
+///
+/// "Entrando a la conferencia número" usually comes without a stop and
+/// joins the prompt after its pause, but Whisper sometimes gives it one
+/// (a decode on two threads rounds differently from one on one), and then
+/// it ends early too, rightly. So the test holds what must be true either
+/// way: only a final whose text ends a sentence was ended by the shorter
+/// silence, and every other final but the stream's last joined what came
+/// after its pause. (That a comma or no mark keeps an utterance open is
+/// `session`'s unit test.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_finished_sentence_ends_its_utterance_after_a_shorter_silence() {
     // Pauses long enough for a loaded machine's speculative decode to come
@@ -935,11 +943,20 @@ async fn a_finished_sentence_ends_its_utterance_after_a_shorter_silence() {
         let f = finals(&events);
         let ended = metric(&stt, "stt_finals_early_total").await;
         if early == "300" {
-            assert_eq!(f.len(), 2, "{events:?}");
+            assert!((2..=3).contains(&f.len()), "{events:?}");
             assert!(text(f[0]).contains("persona"), "{events:?}");
-            assert!(text(f[1]).contains("número"), "{events:?}");
-            assert!(text(f[1]).contains("mensaje"), "{events:?}");
-            assert!(ended >= 1.0, "{ended}");
+            let after: Vec<String> = f[1..].iter().map(|ev| text(ev)).collect();
+            assert!(after.concat().contains("número"), "{events:?}");
+            assert!(after.last().unwrap().contains("mensaje"), "{events:?}");
+            let (last, rest) = f.split_last().unwrap();
+            for ev in rest {
+                let t = text(ev);
+                let stop = t.trim_end().ends_with(['.', '?', '!']) && !t.ends_with("..");
+                assert!(stop, "ended early without a stop: {ev:?}");
+                assert_eq!(ev["endedBy"], "sentence", "{ev:?}");
+            }
+            assert_eq!(last["endedBy"], "stream", "{last:?}");
+            assert_eq!(ended, rest.len() as f64, "{events:?}");
         } else {
             assert_eq!(f.len(), 1, "{events:?}");
             assert_eq!(ended, 0.0);
