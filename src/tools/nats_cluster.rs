@@ -144,6 +144,11 @@ impl Cluster {
         }
     }
 
+    /// Node `i`'s log (its stdout and stderr), for a failure's message.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+
     /// Starts node `i` again on its store and waits until all `size` nodes
     /// are current again.
     pub fn restart(&mut self, i: usize, timeout: Duration) -> anyhow::Result<()> {

@@ -216,19 +216,31 @@ async fn killing_a_nats_node_loses_no_acknowledged_event() {
                 // Generous: on a loaded CI machine the cluster's new
                 // leader may take long to be elected; what counts is that
                 // publishing resumes and nothing acknowledged is lost.
-                let answer = post_retrying(&relays, &ev(&call, i), &key, Duration::from_secs(240))
-                    .await
-                    .unwrap_or_else(|| panic!("{call}: event {i} never accepted"));
+                let Some(answer) =
+                    post_retrying(&relays, &ev(&call, i), &key, Duration::from_secs(240)).await
+                else {
+                    // Stop the others too: the cluster's state is read below.
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Err(format!("{call}: event {i} never accepted"));
+                };
                 acked.push((format!("frase {i}"), answer["seq"].as_i64().unwrap()));
                 i += 1;
             }
-            (call, acked)
+            Ok((call, acked))
         }
     };
     let killer = async {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        // The stream's leader is the node whose /jsz says so; kill it.
-        let leader = stream_leader(&nats).expect("the events stream has a leader");
+        // The stream's leader is the node whose /jsz says so; kill it. The
+        // relays chose its replicas themselves (three nodes: three), and
+        // only a stream on all three outlives the loss of one.
+        let detail = stream_detail(&nats).expect("the events stream is in /jsz");
+        let replicas = detail["config"]["num_replicas"].as_u64();
+        assert_eq!(replicas, Some(3), "{detail}");
+        let leader = detail["cluster"]["leader"]
+            .as_str()
+            .and_then(|l| nats.nodes.iter().position(|n| n.name == l))
+            .unwrap_or_else(|| panic!("the events stream has no leader: {detail}"));
         nats.kill(leader);
         tokio::time::sleep(Duration::from_secs(12)).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -241,8 +253,31 @@ async fn killing_a_nats_node_loses_no_acknowledged_event() {
         publisher("k3".into(), stop.clone()),
         publisher("k4".into(), stop.clone()),
     );
+    let results = [r1, r2, r3, r4];
+    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+        // What the surviving nodes say of the stream, and their logs.
+        let logs: Vec<String> = (0..nats.nodes.len())
+            .filter(|&n| n != killed)
+            .map(|n| {
+                // Without the dead node's route, retried each second.
+                let log = nats.log(n);
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter(|l| !l.contains("connect to route"))
+                    .collect();
+                let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+                format!("--- n{} ---\n{tail}", n + 1)
+            })
+            .collect();
+        panic!(
+            "{e}; the events stream after node n{} was killed: {}\n{}",
+            killed + 1,
+            stream_detail(&nats).map_or("in no node's /jsz".into(), |d| d.to_string()),
+            logs.join("\n")
+        );
+    }
     let mut total = 0;
-    for (call, acked) in [r1, r2, r3, r4] {
+    for (call, acked) in results.into_iter().map(Result::unwrap) {
         assert!(
             acked.len() > 20,
             "{call}: publishing stopped ({} events)",
@@ -280,22 +315,22 @@ async fn killing_a_nats_node_loses_no_acknowledged_event() {
     );
 }
 
-/// Index of the node that leads the events stream, from `/jsz?streams=1`.
-fn stream_leader(nats: &Cluster) -> Option<usize> {
+/// The events stream's entry in the first live node's `/jsz?streams=1`
+/// that has it (`config`, `state`, `cluster`: leader and replicas).
+fn stream_detail(nats: &Cluster) -> Option<Value> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(2)))
         .build()
         .into();
     for n in &nats.nodes {
-        let url = format!("http://127.0.0.1:{}/jsz?streams=1", n.monitor_port);
+        let url = format!("http://127.0.0.1:{}/jsz?streams=1&config=1", n.monitor_port);
         let Some(v) = call_coach::http::get_json(&agent, &url) else {
             continue;
         };
         for acc in v["account_details"].as_array().into_iter().flatten() {
             for s in acc["stream_detail"].as_array().into_iter().flatten() {
                 if s["name"] == "CALLCOACH_EVENTS" {
-                    let leader = s["cluster"]["leader"].as_str()?;
-                    return nats.nodes.iter().position(|n| n.name == leader);
+                    return Some(s.clone());
                 }
             }
         }
