@@ -4,7 +4,6 @@
 
 use std::ffi::c_void;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 
 use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperState};
@@ -196,7 +195,7 @@ impl Worker {
         &mut self,
         audio: &[f32],
         opts: &DecodeOptions,
-        abort: Option<&AtomicBool>,
+        abort: Option<&Stop<'_>>,
     ) -> (Result<Decoded, EngineError>, bool) {
         let secs = audio.len() as f64 / 16_000.0;
         match self.transcribe_unless(audio, opts, abort) {
@@ -207,7 +206,7 @@ impl Worker {
                     // (for a final) is stopped.
                     let keep_first = match &again {
                         Ok(r) => !why.retry_is_better(&d.text, &r.text),
-                        Err(_) => !abort.is_some_and(|a| a.load(Ordering::Relaxed)),
+                        Err(_) => !abort.is_some_and(|stop| stop()),
                     };
                     // (Lengths only: the text may hold a card number.)
                     tracing::debug!(
@@ -225,12 +224,13 @@ impl Worker {
     }
 
     /// As [`Worker::transcribe`], stopping early (an error) once `abort`
-    /// is set: a partial gives way to a final this way.
+    /// says so: a partial gives way to a final this way, and a wide decode
+    /// to a neighbour process.
     pub fn transcribe_unless(
         &mut self,
         audio: &[f32],
         opts: &DecodeOptions,
-        abort: Option<&AtomicBool>,
+        abort: Option<&Stop<'_>>,
     ) -> Result<Decoded, EngineError> {
         let strategy = if opts.beam > 1 {
             SamplingStrategy::BeamSearch {
@@ -269,13 +269,14 @@ impl Worker {
         if let Some(prompt) = &prompt {
             params.set_initial_prompt(prompt);
         }
-        if let Some(flag) = abort {
-            // SAFETY: the callback only reads the flag, which outlives
-            // `full` below (it borrows it for this whole call); whisper.cpp
-            // calls it from this thread's decode, between graph steps.
+        if let Some(stop) = &abort {
+            // SAFETY: the callback only calls `stop`, which outlives `full`
+            // below (`abort` is borrowed for this whole call); whisper.cpp
+            // calls it between graph steps of this decode, and `Stop` is
+            // `Sync` for any thread of it that does.
             unsafe {
-                params.set_abort_callback(Some(abort_when_set));
-                params.set_abort_callback_user_data(flag as *const AtomicBool as *mut c_void);
+                params.set_abort_callback(Some(abort_when));
+                params.set_abort_callback_user_data(stop as *const &Stop<'_> as *mut c_void);
             }
         }
         let secs = audio.len() as f64 / 16_000.0;
@@ -318,11 +319,16 @@ impl Worker {
     }
 }
 
-/// whisper.cpp's abort callback: stop when the flag is set.
-unsafe extern "C" fn abort_when_set(data: *mut c_void) -> bool {
-    // SAFETY: `data` is the `&AtomicBool` given in `transcribe_unless`,
+/// Asked between a decode's steps: `true` stops it (an error).
+pub type Stop<'a> = dyn Fn() -> bool + Sync + 'a;
+
+/// whisper.cpp's abort callback: stop when the decode's [`Stop`] says so.
+unsafe extern "C" fn abort_when(data: *mut c_void) -> bool {
+    // SAFETY: `data` points at the `&Stop` given in `transcribe_unless`,
     // alive for the decode that calls this.
-    unsafe { (*(data as *const AtomicBool)).load(Ordering::Relaxed) }
+    let stop = unsafe { *(data as *const &Stop<'_>) };
+    // No panic may unwind into C: one stops the decode.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(stop)).unwrap_or(true)
 }
 
 /// Phrases Whisper produces on silence, noise and music (subtitle credits

@@ -1,20 +1,29 @@
 //! How many of the machine's cores no other process is using, sampled
 //! from `/proc/stat` (idle time) and `/proc/self/stat` (stt's own time)
-//! twice a second: a decode that is alone may spread over those cores
+//! four times a second: a decode that is alone may spread over those cores
 //! ("wide"), and must not when a neighbour process holds them, because
 //! whisper.cpp's threads spin-wait for each other and one descheduled
-//! thread stalls the rest (README "Workers"). stt's own time counts as
-//! free: a decode is wide only when it is the only one running, so the
-//! cores stt's other decodes used a moment ago are free again.
+//! thread stalls the rest (README "Workers"; measured: a 2-thread decode
+//! beside two busy processes on 2 cores took 137 s, on one thread 7 s).
+//! stt's own time counts as free: a decode is wide only when it is the
+//! only one running, so the cores stt's other decodes used a moment ago
+//! are free again. A neighbour that comes while a wide decode runs makes
+//! it give way ([`IdleCpu::crowded_since`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+/// How often the cores are sampled.
+const PERIOD: Duration = Duration::from_millis(250);
+
 /// Cores free of other processes in hundredths, across the whole
-/// machine.
+/// machine, over the last [`PERIOD`]; and how many samples were taken.
 #[derive(Default)]
-pub struct IdleCpu(AtomicU32);
+pub struct IdleCpu {
+    cores: AtomicU32,
+    samples: AtomicU64,
+}
 
 impl IdleCpu {
     /// Starts the sampler; on a system without `/proc/stat` (or a unit with
@@ -34,11 +43,13 @@ impl IdleCpu {
             .name("stt-idle-cpu".into())
             .spawn(move || {
                 let mut last = read();
-                while let Some(idle) = weak.upgrade() {
-                    std::thread::sleep(Duration::from_millis(500));
+                loop {
+                    std::thread::sleep(PERIOD);
+                    let Some(idle) = weak.upgrade() else { break };
                     let now = read();
                     if let (Some(a), Some(b)) = (last, now) {
-                        idle.0.store(idle_cores(a, b), Ordering::Relaxed);
+                        idle.cores.store(idle_cores(a, b), Ordering::Relaxed);
+                        idle.samples.fetch_add(1, Ordering::Release);
                     }
                     last = now;
                 }
@@ -46,10 +57,28 @@ impl IdleCpu {
         idle
     }
 
-    /// Cores idle or used by stt over the last half second.
+    /// Cores idle or used by stt over the last quarter second.
     pub fn cores(&self) -> f64 {
-        f64::from(self.0.load(Ordering::Relaxed)) / 100.0
+        f64::from(self.cores.load(Ordering::Relaxed)) / 100.0
     }
+
+    /// Samples taken so far: what [`IdleCpu::crowded_since`] counts from.
+    pub fn samples(&self) -> u64 {
+        self.samples.load(Ordering::Acquire)
+    }
+
+    /// Whether, in a sample taken after `since` (a [`IdleCpu::samples`]),
+    /// other processes held so much that a decode on `threads` threads no
+    /// longer had its cores: fewer than `threads - 0.5` free, the rounding
+    /// [`cores`](IdleCpu::cores) was read with to go wide.
+    pub fn crowded_since(&self, since: u64, threads: usize) -> bool {
+        self.samples() > since && crowded(self.cores(), threads)
+    }
+}
+
+/// Whether `free` cores are too few for `threads` spinning threads.
+fn crowded(free: f64, threads: usize) -> bool {
+    free + 0.5 < threads as f64
 }
 
 /// Jiffies summed over all cores, and this process's own.
@@ -140,6 +169,26 @@ mod tests {
         // On this machine it reads something sane.
         let here = read().unwrap();
         assert!(here.cores >= 1 && here.total >= here.idle);
+    }
+
+    #[test]
+    fn a_wide_decode_is_crowded_once_a_neighbour_holds_part_of_its_cores() {
+        // 2 threads: its own two cores (counted free), or one and a half
+        // (a light neighbour), are enough; one and a third (a busy loop
+        // sharing 2 cores with its 2 threads) is not.
+        assert!(!crowded(2.0, 2));
+        assert!(!crowded(1.5, 2));
+        assert!(crowded(1.33, 2));
+        assert!(crowded(0.0, 2));
+        assert!(!crowded(0.0, 0));
+        // Only samples taken after the decode began count.
+        let idle = IdleCpu::default();
+        idle.cores.store(100, Ordering::Relaxed);
+        assert!(!idle.crowded_since(0, 2), "no sample since");
+        idle.samples.store(1, Ordering::Release);
+        assert!(idle.crowded_since(0, 2));
+        assert!(!idle.crowded_since(1, 2));
+        assert!(!idle.crowded_since(0, 1), "one thread fits one core");
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub struct Metrics {
     pub context_dropped: Counter,
     /// Decodes that ran alone on idle cores with more threads.
     pub decodes_wide: Counter,
+    /// Wide decodes stopped because another process came for their cores,
+    /// and done again on their own threads.
+    pub decodes_gave_way: Counter,
     /// Partial decodes stopped midway to free their worker for a final.
     pub partials_aborted: Counter,
     /// Pieces of long utterances decoded to head their partials.
@@ -187,6 +190,12 @@ impl Metrics {
             "counter",
             "Decodes that ran alone while the other cores were idle, with up to stt.max_threads_when_idle threads.",
             self.decodes_wide.get().to_string(),
+        );
+        put(
+            "stt_decodes_gave_way_total",
+            "counter",
+            "Wide decodes stopped because another process came for their cores (their spinning threads would stall), and done again on the worker's own threads.",
+            self.decodes_gave_way.get().to_string(),
         );
         put(
             "stt_audio_seconds_total",

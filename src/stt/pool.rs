@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::capacity::Capacity;
-use super::engine::{DecodeOptions, Decoded, Engine, EngineError};
+use super::engine::{DecodeOptions, Decoded, Engine, EngineError, Stop};
 use super::metrics::Metrics;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +53,8 @@ pub struct Job {
     /// When the request was made (for latency figures).
     pub queued: Instant,
     pub reply: mpsc::UnboundedSender<Done>,
+    /// Never wide: it went wide once and gave way to another process.
+    pub narrow: bool,
 }
 
 impl Kind {
@@ -135,11 +137,10 @@ impl Queue {
     /// waiting partial goes (the final will have its words), and for a
     /// final its waiting pieces too. A tentative's utterance may go on, and
     /// its pieces head the partials that follow. How many were dropped.
-    fn make_way_for(&mut self, job: &Job) -> usize {
+    fn make_way_for(&mut self, stream: u64, kind: Kind) -> usize {
         let before = self.partials.len();
         let keep = |p: &Job| {
-            p.stream != job.stream
-                || (job.kind == Kind::Tentative && matches!(p.kind, Kind::Piece(_)))
+            p.stream != stream || (kind == Kind::Tentative && matches!(p.kind, Kind::Piece(_)))
         };
         self.partials.retain(keep);
         before - self.partials.len()
@@ -163,6 +164,32 @@ impl Queue {
             return partial;
         }
         running(|k| matches!(k, Kind::Piece(_)))
+    }
+
+    /// A wide decode that gave way to another process: queued again at
+    /// the head of its queue, to be done on the worker's own threads. A
+    /// partial is not when a newer one of its stream waits. What is not
+    /// queued again comes back.
+    fn again_narrow(&mut self, mut job: Job) -> Option<Job> {
+        if self.closed {
+            return Some(job);
+        }
+        job.narrow = true;
+        match job.kind {
+            Kind::Final | Kind::Tentative => self.finals.push_front(job),
+            Kind::Piece(_) => return self.again(job),
+            Kind::Partial => {
+                let newer = self
+                    .partials
+                    .iter()
+                    .any(|p| p.stream == job.stream && p.kind == Kind::Partial);
+                if newer {
+                    return Some(job);
+                }
+                self.partials.push_front(job);
+            }
+        }
+        None
     }
 
     /// A decode stopped midway: a piece goes back to the head of the
@@ -267,22 +294,44 @@ impl Pool {
                             _ => options.clone(),
                         };
                         let base = options.threads.max(1);
-                        let threads = pool.threads_for(base, bounds.wide_threads);
+                        let wide = if job.narrow {
+                            base
+                        } else {
+                            bounds.wide_threads
+                        };
+                        let threads = pool.threads_for(base, wide);
                         if threads > base {
                             pool.metrics.decodes_wide.inc();
                             options.threads = threads;
                         }
                         let options = &options;
                         let started = Instant::now();
+                        // A partial gives way (to a final); a tentative
+                        // stops when speech resumes; a wide decode gives
+                        // way to a process that came for its cores (its
+                        // spinning threads would stall: 20 times slower
+                        // measured) and is done again on its own threads.
+                        let flag = &pool.aborts[i];
+                        let since = pool.idle.samples();
+                        let gave_way = AtomicBool::new(false);
+                        let stop = || {
+                            if job.kind != Kind::Final && flag.load(Ordering::Relaxed) {
+                                return true;
+                            }
+                            let crowded = threads > base && pool.idle.crowded_since(since, threads);
+                            if crowded {
+                                gave_way.store(true, Ordering::Relaxed);
+                            }
+                            crowded
+                        };
                         let result = if job.audio.is_empty() {
                             Ok(Decoded {
                                 text: String::new(),
                                 no_speech_prob: 1.0,
                             })
                         } else {
-                            // A partial gives way (to a final); a tentative
-                            // stops when speech resumes.
-                            let abort = (job.kind != Kind::Final).then_some(&pool.aborts[i]);
+                            let stoppable = job.kind != Kind::Final || threads > base;
+                            let abort: Option<&Stop<'_>> = stoppable.then_some(&stop);
                             let (result, again) =
                                 worker.transcribe_checked(&job.audio, options, abort);
                             if again {
@@ -292,16 +341,33 @@ impl Pool {
                         };
                         let decode = started.elapsed();
                         pool.metrics.decode_micros.add(decode.as_micros() as u64);
-                        let aborted =
-                            pool.aborts[i].swap(false, Ordering::Relaxed) && result.is_err();
+                        let aborted = flag.swap(false, Ordering::Relaxed) && result.is_err();
+                        let gave_way = !aborted && gave_way.into_inner() && result.is_err();
                         if aborted && job.kind.is_partial_like() {
                             pool.metrics.partials_aborted.inc();
                         } else if aborted {
                             pool.metrics.speculative_stopped.inc();
                         }
                         pool.done(i, threads / base - 1);
-                        let Some(job) = (if aborted { pool.again(job) } else { Some(job) }) else {
-                            continue;
+                        let job = if gave_way {
+                            pool.metrics.decodes_gave_way.inc();
+                            match pool.again_narrow(job) {
+                                None => continue,
+                                // Not queued again: a newer partial of its
+                                // stream waits, or stt is closing.
+                                Some(job) if job.kind.is_partial_like() => {
+                                    pool.metrics.partials_aborted.inc();
+                                    continue;
+                                }
+                                Some(job) => job,
+                            }
+                        } else if aborted {
+                            match pool.again(job) {
+                                None => continue,
+                                Some(job) => job,
+                            }
+                        } else {
+                            job
                         };
                         match job.kind {
                             Kind::Partial => pool.metrics.partials_done.inc(),
@@ -356,7 +422,7 @@ impl Pool {
                 if job.kind == Kind::Final {
                     self.capacity.final_requested(job.audio.len() as u64 / 16);
                 }
-                let removed = q.make_way_for(&job);
+                let removed = q.make_way_for(job.stream, job.kind);
                 self.metrics.partials_skipped.add(removed as u64);
                 let kind = job.kind;
                 q.finals.push_back(job);
@@ -383,11 +449,18 @@ impl Pool {
         self.ready.notify_one();
     }
 
-    /// A final was served by its tentative decode: it counts in the
-    /// capacity estimate as a final asked for (a tentative dropped costs
-    /// only until speech resumed, and is not counted).
-    pub fn final_served(&self, samples: usize) {
+    /// A final of `stream` was served by its tentative decode: it counts in
+    /// the capacity estimate as a final asked for (a tentative dropped
+    /// costs only until speech resumed, and is not counted), and the
+    /// stream's waiting partial and pieces go, as for a final queued (a
+    /// piece stopped for another stream's final and queued again would
+    /// otherwise be decoded for nothing).
+    pub fn final_served(&self, stream: u64, samples: usize) {
         self.capacity.final_requested(samples as u64 / 16);
+        let mut q = self.lock();
+        let removed = q.make_way_for(stream, Kind::Final);
+        self.metrics.partials_skipped.add(removed as u64);
+        self.publish_depth(&q);
     }
 
     /// Speech resumed in `utterance` of `stream`: its tentative decode is
@@ -411,8 +484,17 @@ impl Pool {
     /// A decode stopped midway: a piece is queued again (`Queue::again`);
     /// what is not comes back.
     fn again(&self, job: Job) -> Option<Job> {
+        self.queue_again(job, Queue::again)
+    }
+
+    /// As [`Queue::again_narrow`], waking a worker when queued again.
+    fn again_narrow(&self, job: Job) -> Option<Job> {
+        self.queue_again(job, Queue::again_narrow)
+    }
+
+    fn queue_again(&self, job: Job, how: fn(&mut Queue, Job) -> Option<Job>) -> Option<Job> {
         let mut q = self.lock();
-        let job = q.again(job);
+        let job = how(&mut q, job);
         if job.is_none() {
             self.publish_depth(&q);
             drop(q);
@@ -518,6 +600,7 @@ mod tests {
             pieces: 0,
             queued: Instant::now(),
             reply: mpsc::unbounded_channel().0,
+            narrow: false,
         }
     }
 
@@ -543,12 +626,12 @@ mod tests {
         ] {
             q.partials.push_back(j);
         }
-        assert_eq!(q.make_way_for(&job(1, 4, Kind::Tentative)), 1);
+        assert_eq!(q.make_way_for(1, Kind::Tentative), 1);
         assert_eq!(
             kinds(&q.partials),
             [(1, Kind::Piece(0)), (2, Kind::Partial)]
         );
-        assert_eq!(q.make_way_for(&job(1, 4, Kind::Final)), 1);
+        assert_eq!(q.make_way_for(1, Kind::Final), 1);
         assert_eq!(kinds(&q.partials), [(2, Kind::Partial)]);
     }
 

@@ -82,6 +82,17 @@ struct Span {
     ended: Option<Ended>,
 }
 
+/// What an utterance's tentative was when speech resumed in it.
+#[derive(Debug, PartialEq, Eq)]
+enum Stale {
+    /// None was asked for.
+    NoTentative,
+    /// Its decode is still to come back: to be stopped.
+    Decoding,
+    /// It was back already: nothing to stop.
+    Back,
+}
+
 /// A stream's utterances: what was asked of the workers and what went out.
 struct Utterances {
     /// `utteranceId` is this prefix and the utterance's index.
@@ -198,13 +209,14 @@ impl Utterances {
         }
     }
 
-    /// Speech resumed in utterance `index`: its tentative is stale.
-    /// `Some(true)` when its decode is still to come back (to be stopped),
-    /// `None` when it had none.
-    fn resumed(&mut self, index: u64) -> Option<bool> {
-        self.tentative
-            .remove(&index)
-            .map(|(_, result)| result.is_none())
+    /// Speech resumed in utterance `index`: its tentative, if any, is
+    /// stale and forgotten.
+    fn resumed(&mut self, index: u64) -> Stale {
+        match self.tentative.remove(&index) {
+            None => Stale::NoTentative,
+            Some((_, None)) => Stale::Decoding,
+            Some((_, Some(_))) => Stale::Back,
+        }
     }
 
     /// The utterance `done` (a tentative) belongs to, when it is that
@@ -357,9 +369,11 @@ where
                     (Kind::Piece(n), u)
                 }
                 Request::Resumed(index) => {
-                    if let Some(running) = utts.resumed(index) {
-                        metrics.speculative_wasted.inc();
-                        if running {
+                    match utts.resumed(index) {
+                        Stale::NoTentative => {}
+                        Stale::Back => metrics.speculative_wasted.inc(),
+                        Stale::Decoding => {
+                            metrics.speculative_wasted.inc();
                             state.pool.cancel_tentative(stream_id, index);
                         }
                     }
@@ -401,7 +415,7 @@ where
                     utts.final_from_tentative(u.index, u.audio.len(), &metrics.speculative_wasted);
                 if covered {
                     metrics.finals_speculative.inc();
-                    state.pool.final_served(u.audio.len());
+                    state.pool.final_served(stream_id, u.audio.len());
                     served.extend(done);
                     continue;
                 }
@@ -430,6 +444,7 @@ where
                 pieces: utts.pieces.get(&index).map_or(0, Vec::len),
                 queued: Instant::now(),
                 reply: reply_tx.clone(),
+                narrow: false,
             });
         }
         for event in &started {
@@ -439,8 +454,14 @@ where
         (started, ready)
     };
 
+    let mut counted = Counted::default();
     // Receive audio until the stream ends.
     loop {
+        counted.add_new(
+            metrics,
+            samples_in * 1000 / u64::from(params.sample_rate),
+            &segmenter,
+        );
         tokio::select! {
             _ = state.shutdown.cancelled() => {
                 reason = Some((CloseCode::Away, "stt shutting down"));
@@ -505,16 +526,14 @@ where
             }
         }
     }
-    state
-        .metrics
-        .audio_ms
-        .add(samples_in * 1000 / u64::from(params.sample_rate));
-    state.metrics.segments_dropped.add(segmenter.dropped);
-    state.metrics.finals_early.add(segmenter.ended_early);
     for done in submit(segmenter.finish(), &mut utts, samples_in).1 {
         deliver(state, params, &mut utts, done, &mut tx).await;
     }
-    state.metrics.speech_ms.add(segmenter.speech_ms);
+    counted.add_new(
+        metrics,
+        samples_in * 1000 / u64::from(params.sample_rate),
+        &segmenter,
+    );
 
     // Deliver every outstanding final before closing.
     let deadline = Instant::now() + DRAIN_TIMEOUT;
@@ -547,6 +566,34 @@ where
     });
     let _ = tokio::time::timeout(Duration::from_secs(5), tx.send(Message::Close(frame))).await;
     Ok(())
+}
+
+/// A stream's running totals that the metrics already have: what is new
+/// is added as the stream goes, so a dashboard sees a long call's audio
+/// and speech while it lasts, not only once it hangs up.
+#[derive(Default)]
+struct Counted {
+    audio_ms: u64,
+    speech_ms: u64,
+    dropped: u64,
+    ended_early: u64,
+}
+
+impl Counted {
+    /// Adds to the metrics what the stream's totals gained since last time.
+    fn add_new(&mut self, m: &super::metrics::Metrics, audio_ms: u64, seg: &Segmenter) {
+        for (now, had, counter) in [
+            (audio_ms, &mut self.audio_ms, &m.audio_ms),
+            (seg.speech_ms, &mut self.speech_ms, &m.speech_ms),
+            (seg.dropped, &mut self.dropped, &m.segments_dropped),
+            (seg.ended_early, &mut self.ended_early, &m.finals_early),
+        ] {
+            if now > *had {
+                counter.add(now - *had);
+                *had = now;
+            }
+        }
+    }
 }
 
 /// Whether Whisper's text ends a sentence: `.`, `?` or `!` (a trailing
@@ -845,12 +892,12 @@ mod tests {
         // nothing to stop; none asked for: nothing. Either way, a later
         // final is decoded on its own.
         u.tentative.insert(4, (400, None));
-        assert_eq!(u.resumed(4), Some(true));
+        assert_eq!(u.resumed(4), Stale::Decoding);
         assert!(u.arrived(tentative(4, 400)).is_none());
         u.tentative.insert(5, (500, None));
         assert!(u.arrived(tentative(5, 500)).is_none());
-        assert_eq!(u.resumed(5), Some(false));
-        assert_eq!(u.resumed(6), None);
+        assert_eq!(u.resumed(5), Stale::Back);
+        assert_eq!(u.resumed(6), Stale::NoTentative);
         assert!(matches!(
             u.final_from_tentative(5, 500, &wasted),
             (false, None)

@@ -777,6 +777,50 @@ async fn metric(stt: &Service, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
+/// A call's audio and speech show in `/metrics` while it lasts, not only
+/// once it hangs up: a dashboard of a long call sees it as it goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_a_streams_audio_and_speech_while_it_lasts() {
+    let (_relay, stt) = start_pair(&[]);
+    let mut audio = silence(500);
+    audio.extend(samples("vm-intro"));
+    audio.extend(silence(1_500));
+    let sent_s = audio.len() as f64 / 8_000.0;
+    let mut ws = open(&stt, "callId=counted&speaker=agent&sampleRate=8000").await;
+    for chunk in s16le(&audio).chunks(320) {
+        ws.send(Message::binary(chunk.to_vec())).await.unwrap();
+    }
+    // Still open: the counters have what it sent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (mut heard, mut speech) = (0.0, 0.0);
+    while std::time::Instant::now() < deadline {
+        heard = metric(&stt, "stt_audio_seconds_total").await;
+        speech = metric(&stt, "stt_speech_seconds_total").await;
+        if heard >= sent_s - 0.001 && speech > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        (heard - sent_s).abs() < 0.001,
+        "{heard} s of {sent_s} counted while open"
+    );
+    assert!(
+        speech > 3.0 && speech < sent_s,
+        "{speech} s of speech while open"
+    );
+    assert_eq!(
+        metric(&stt, "stt_streams").await,
+        1.0,
+        "the stream is still open"
+    );
+    // Hung up: nothing counted twice.
+    let events = stream(&mut ws, &[], 320).await;
+    assert!(!finals(&events).is_empty(), "{events:?}");
+    assert!((metric(&stt, "stt_audio_seconds_total").await - sent_s).abs() < 0.001);
+    assert_eq!(metric(&stt, "stt_speech_seconds_total").await, speech);
+}
+
 /// A recording script at 8 kHz: `lead_ms` of silence, then each prompt
 /// followed by its silence (ms).
 fn script(lead_ms: usize, parts: &[(&str, usize)]) -> Vec<u8> {
