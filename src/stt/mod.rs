@@ -106,7 +106,9 @@ pub struct Settings {
     /// uses the machine's other cores (idle, or used by stt itself), may
     /// use up to this many threads ("wide"): a lone final comes back in
     /// about half the time. 0 or 1: never. Sampled from /proc/stat and
-    /// /proc/self/stat twice a second.
+    /// /proc/self/stat four times a second; a wide decode whose cores
+    /// another process takes meanwhile gives way, and is done again on
+    /// its worker's own threads.
     pub max_threads_when_idle: usize,
     /// Beam width for finals; 1 is greedy (fastest). Partials are always
     /// greedy.
