@@ -57,14 +57,85 @@ pub async fn connect(t: &Target<'_>) -> Result<async_nats::Client, String> {
         .map_err(|e| bad(format!("cannot connect: {e}")))
 }
 
-/// Servers in the cluster the client sees (its own and those it was told
-/// of), for choosing a replica count: 3 with three or more, else that many.
-pub fn replicas_for(client: &async_nats::Client) -> usize {
-    let info = client.server_info();
-    let mut peers: Vec<&String> = info.connect_urls.iter().collect();
-    peers.sort();
-    peers.dedup();
-    peers.len().clamp(1, 3)
+/// How long JetStream may refuse a replica count for want of servers
+/// before an automatic count steps down by one: a cluster just forming
+/// (or with a node restarting) has fewer peers for a moment than it will.
+const STEP_DOWN_AFTER: Duration = Duration::from_secs(10);
+
+/// The replica count of a stream (or bucket) to be made. Automatic (the
+/// setting 0): 3 on a clustered server, 1 on one that is not; one fewer
+/// each time JetStream has refused the count for want of servers for
+/// [`STEP_DOWN_AFTER`]. (It was the servers the client had heard of when
+/// it connected: a relay that connected before the cluster's gossip was
+/// complete made a 2-replica stream on 3 nodes, which no node's loss
+/// leaves writable.) A count set by hand is asked for as it is.
+pub struct Replicas {
+    count: usize,
+    auto: bool,
+    refused_since: Option<std::time::Instant>,
+    patience: Duration,
+}
+
+impl Replicas {
+    pub fn new(setting: usize, client: &async_nats::Client) -> Self {
+        let clustered = client.server_info().cluster.is_some_and(|c| !c.is_empty());
+        Self {
+            count: match setting {
+                0 if clustered => 3,
+                0 => 1,
+                n => n,
+            },
+            auto: setting == 0,
+            refused_since: None,
+            patience: STEP_DOWN_AFTER,
+        }
+    }
+
+    /// The count to ask for now.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// JetStream refused [`Replicas::count`] replicas for want of servers
+    /// (`lacking`), or otherwise: `true` when an automatic count stepped
+    /// down by one (after [`STEP_DOWN_AFTER`] of such refusals).
+    pub fn refused(&mut self, lacking: bool) -> bool {
+        if !lacking || !self.auto || self.count <= 1 {
+            self.refused_since = None;
+            return false;
+        }
+        let since = *self
+            .refused_since
+            .get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() < self.patience {
+            return false;
+        }
+        self.count -= 1;
+        self.refused_since = None;
+        true
+    }
+}
+
+/// Whether JetStream refused a stream for want of servers to place its
+/// replicas on (fewer in the cluster than asked, or some down).
+pub fn lacks_servers(e: &async_nats::jetstream::context::CreateStreamError) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
+    match e.kind() {
+        Kind::JetStream(e) => matches!(
+            e.error_code(),
+            ErrorCode::INSUFFICIENT_RESOURCES | ErrorCode::CLUSTER_NO_PEERS
+        ),
+        _ => false,
+    }
+}
+
+/// The same for a key-value bucket: its stream's refusal, found beneath.
+pub fn bucket_lacks_servers(e: &async_nats::jetstream::context::CreateKeyValueError) -> bool {
+    use async_nats::jetstream::context::CreateStreamError;
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<CreateStreamError>())
+        .is_some_and(lacks_servers)
 }
 
 /// Why JetStream will not make a stream (or a key-value bucket, which is
@@ -111,5 +182,38 @@ pub fn bucket_refused_for_good(
             .and_then(|s| s.downcast_ref::<CreateStreamError>())
             .and_then(refused_for_good),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_automatic_replica_count_steps_down_only_after_refusals_for_want_of_servers() {
+        let auto = |patience| Replicas {
+            count: 3,
+            auto: true,
+            refused_since: None,
+            patience,
+        };
+        // Refused for want of servers, but not for long yet: still 3.
+        let mut r = auto(Duration::from_secs(3600));
+        assert!(!r.refused(true));
+        assert_eq!(r.count(), 3);
+        // Long enough: 3 -> 2 -> 1, never 0.
+        let mut r = auto(Duration::ZERO);
+        assert!(r.refused(true) && r.count() == 2);
+        assert!(r.refused(true) && r.count() == 1);
+        assert!(!r.refused(true) && r.count() == 1);
+        // Another error (not answering yet) never steps down.
+        let mut r = auto(Duration::ZERO);
+        assert!(!r.refused(false) && r.count() == 3);
+        // A count set by hand is asked for as it is.
+        let mut r = Replicas {
+            auto: false,
+            ..auto(Duration::ZERO)
+        };
+        assert!(!r.refused(true) && r.count() == 3);
     }
 }

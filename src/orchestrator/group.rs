@@ -50,7 +50,9 @@ pub struct GroupSettings {
     /// A lease not renewed for this long lapses, and another instance
     /// takes the call over.
     pub lease_secs: u64,
-    /// Copies of the bucket; 0: 3 with a cluster of 3 or more, else 1.
+    /// Copies of the bucket; 0: 3 on a clustered server (one fewer after
+    /// JetStream has refused a count for want of servers for 10 s), 1 on a
+    /// lone one.
     pub replicas: usize,
     /// This instance's name in the leases; empty: host name and process id.
     pub instance: String,
@@ -116,16 +118,14 @@ pub async fn join(s: &GroupSettings, shutdown: CancellationToken) -> Result<Grou
         name: "call-coach orchestrator",
     })
     .await?;
-    let replicas = match s.replicas {
-        0 => crate::nats::replicas_for(&client),
-        n => n,
-    };
+    let mut replicas = crate::nats::Replicas::new(s.replicas, &client);
     let js = jetstream::new(client);
     let lease = Duration::from_secs(s.lease_secs.max(1));
     // A cluster that is just forming (or busy) may not answer yet: keep
     // asking for a while before giving up.
     let started = std::time::Instant::now();
     let store = loop {
+        let num_replicas = replicas.count();
         let attempt = async {
             match js.get_key_value(&s.bucket).await {
                 Ok(store) => Ok(store),
@@ -134,23 +134,25 @@ pub async fn join(s: &GroupSettings, shutdown: CancellationToken) -> Result<Grou
                         bucket: s.bucket.clone(),
                         history: 1,
                         max_age: lease,
-                        num_replicas: replicas,
+                        num_replicas,
                         storage: jetstream::stream::StorageType::File,
                         ..Default::default()
                     })
                     .await
                     .map_err(|e| {
                         let lasting = crate::nats::bucket_refused_for_good(&e);
+                        let lacking = crate::nats::bucket_lacks_servers(&e);
                         (
                             lasting,
                             format!("orchestrator.group.bucket {}: {e}", s.bucket),
+                            lacking,
                         )
                     }),
             }
         };
         match attempt.await {
             Ok(store) => break store,
-            Err((Some(why), e)) => {
+            Err((Some(why), e, _)) => {
                 use crate::nats::Refused;
                 return Err(format!(
                     "{e}; {}",
@@ -166,13 +168,20 @@ pub async fn join(s: &GroupSettings, shutdown: CancellationToken) -> Result<Grou
                     }
                 ));
             }
-            Err((None, e))
+            Err((None, e, lacking))
                 if started.elapsed() < Duration::from_secs(60) && !shutdown.is_cancelled() =>
             {
-                tracing::warn!(error = %e, "JetStream not answering yet; retrying");
+                if replicas.refused(lacking) {
+                    tracing::warn!(
+                        replicas = replicas.count(),
+                        "JetStream has too few servers for more replicas; making the bucket with fewer (set orchestrator.group.replicas to insist)"
+                    );
+                } else {
+                    tracing::warn!(error = %e, "JetStream not answering yet; retrying");
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            Err((None, e)) => return Err(e),
+            Err((None, e, _)) => return Err(e),
         }
     };
     let instance = if s.instance.is_empty() {

@@ -77,8 +77,10 @@ pub struct NatsSettings {
     pub stream: String,
     /// Subject prefix; each call is `<prefix>.<callId>`.
     pub subject_prefix: String,
-    /// Copies of every event; 0 chooses: 3 when the cluster has 3 or more
-    /// servers, else 1. Only used when the stream is created.
+    /// Copies of every event; 0 chooses: 3 on a clustered server (one
+    /// fewer after JetStream has refused a count for want of servers for
+    /// 10 s: 2 on a 2-node cluster), 1 on a lone one. Only used when the
+    /// stream is created.
     pub replicas: usize,
     /// A publish not acknowledged within this many ms is answered 503.
     pub timeout_ms: u64,
@@ -194,15 +196,12 @@ pub async fn open(
         .build(client.clone());
 
     let info = client.server_info();
-    let replicas = match s.replicas {
-        0 => crate::nats::replicas_for(&client),
-        n => n,
-    };
-    let config = stream::Config {
+    let mut replicas = crate::nats::Replicas::new(s.replicas, &client);
+    let mut config = stream::Config {
         name: s.stream.clone(),
         subjects: vec![format!("{}.>", s.subject_prefix)],
         storage: stream::StorageType::File,
-        num_replicas: replicas,
+        num_replicas: replicas.count(),
         max_age: if retention_days == 0 {
             Duration::ZERO
         } else {
@@ -216,31 +215,42 @@ pub async fn open(
     // requests yet: keep asking for a while before giving up.
     let started = Instant::now();
     let (stream, state) = loop {
+        config.num_replicas = replicas.count();
         let attempt = async {
-            let mut stream = js
-                .get_or_create_stream(config.clone())
-                .await
-                .map_err(|e| (what_to_set(&e, &s.subject_prefix), e.to_string()))?;
+            let mut stream = js.get_or_create_stream(config.clone()).await.map_err(|e| {
+                let lacking = crate::nats::lacks_servers(&e);
+                (what_to_set(&e, &s.subject_prefix), e.to_string(), lacking)
+            })?;
             let state = stream
                 .info()
                 .await
-                .map_err(|e| (None, e.to_string()))?
+                .map_err(|e| (None, e.to_string(), false))?
                 .clone();
-            Ok::<_, (Option<String>, String)>((stream, state))
+            Ok::<_, (Option<String>, String, bool)>((stream, state))
         };
         match attempt.await {
             Ok(found) => break found,
-            Err((Some(what_to_do), e)) => {
+            Err((Some(what_to_do), e, _)) => {
                 return Err(StoreError::Nats(format!(
                     "JetStream refused the stream {}: {e}; {what_to_do}",
                     s.stream
                 )));
             }
-            Err((None, e)) if started.elapsed() < STARTUP_PATIENCE && !shutdown.is_cancelled() => {
-                tracing::warn!(error = %e, stream = %s.stream, "JetStream not answering yet; retrying");
+            Err((None, e, lacking))
+                if started.elapsed() < STARTUP_PATIENCE && !shutdown.is_cancelled() =>
+            {
+                if replicas.refused(lacking) {
+                    tracing::warn!(
+                        stream = %s.stream,
+                        replicas = replicas.count(),
+                        "JetStream has too few servers for more replicas; making the stream with fewer (set relay.nats.replicas to insist)"
+                    );
+                } else {
+                    tracing::warn!(error = %e, stream = %s.stream, "JetStream not answering yet; retrying");
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            Err((_, e)) => {
+            Err((_, e, _)) => {
                 return Err(StoreError::Nats(format!(
                     "JetStream stream {}: {e}",
                     s.stream

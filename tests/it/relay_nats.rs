@@ -315,6 +315,21 @@ async fn killing_a_nats_node_loses_no_acknowledged_event() {
     );
 }
 
+/// The stream's replicas, chosen by the relay (`relay.nats.replicas` 0):
+/// as many as the cluster has servers, up to 3. On 2 nodes JetStream
+/// refuses 3, and the relay makes it with 2 and takes events. (On 3 nodes
+/// the kill test above asserts 3: a relay that read the count from the
+/// servers it had heard of when it connected once made 2 there.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_asks_for_as_many_replicas_as_the_cluster_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Cluster::start(dir.path(), 2, READY).unwrap_or_else(|e| panic!("{e:#}"));
+    let relay = relay_on(&nats.urls());
+    let detail = stream_detail(&nats).expect("the events stream is in /jsz");
+    assert_eq!(detail["config"]["num_replicas"], 2, "{detail}");
+    assert_eq!(relay.publish(ev("two", 1)).await, 1);
+}
+
 /// The events stream's entry in the first live node's `/jsz?streams=1`
 /// that has it (`config`, `state`, `cluster`: leader and replicas).
 fn stream_detail(nats: &Cluster) -> Option<Value> {

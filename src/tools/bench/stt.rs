@@ -283,7 +283,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         // each `partial_every_ms` of an utterance's speech (none for its
         // last, shorter stretch, which its final covers): `sent/asked`
         // says how many of those came.
-        let per_partial = speech / o.partials as f64;
+        let per_partial = if o.partials == 0 {
+            f64::NAN
+        } else {
+            speech / o.partials as f64
+        };
         let sent_asked = format!("{}/{asked:.0}", o.partials);
         // Only clips that finished playing count towards WER.
         let hyps: Vec<(String, String)> = o
