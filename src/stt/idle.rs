@@ -3,8 +3,9 @@
 //! four times a second: a decode that is alone may spread over those cores
 //! ("wide"), and must not when a neighbour process holds them, because
 //! whisper.cpp's threads spin-wait for each other and one descheduled
-//! thread stalls the rest (README "Workers"; measured: a 2-thread decode
-//! beside two busy processes on 2 cores took 137 s, on one thread 7 s).
+//! thread stalls the rest (README "Workers"; measured: three prompts
+//! decoded on 2 threads beside two busy processes on 2 cores took 137-185
+//! s, on one thread 7.3 s).
 //! stt's own time counts as free: a decode is wide only when it is the
 //! only one running, so the cores stt's other decodes used a moment ago
 //! are free again. A neighbour that comes while a wide decode runs makes

@@ -179,17 +179,21 @@ impl Queue {
             Kind::Final | Kind::Tentative => self.finals.push_front(job),
             Kind::Piece(_) => return self.again(job),
             Kind::Partial => {
-                let newer = self
-                    .partials
-                    .iter()
-                    .any(|p| p.stream == job.stream && p.kind == Kind::Partial);
-                if newer {
+                if self.waiting_partial(job.stream).is_some() {
                     return Some(job);
                 }
                 self.partials.push_front(job);
             }
         }
         None
+    }
+
+    /// The partial of `stream` waiting for a worker (at most one: a newer
+    /// one replaces it).
+    fn waiting_partial(&mut self, stream: u64) -> Option<&mut Job> {
+        self.partials
+            .iter_mut()
+            .find(|p| p.stream == stream && p.kind == Kind::Partial)
     }
 
     /// A decode stopped midway: a piece goes back to the head of the
@@ -432,11 +436,7 @@ impl Pool {
             }
             Kind::Piece(_) => q.partials.push_back(job),
             Kind::Partial => {
-                if let Some(slot) = q
-                    .partials
-                    .iter_mut()
-                    .find(|p| p.stream == job.stream && p.kind == Kind::Partial)
-                {
+                if let Some(slot) = q.waiting_partial(job.stream) {
                     *slot = job;
                     self.metrics.partials_skipped.inc();
                 } else {

@@ -369,13 +369,12 @@ where
                     (Kind::Piece(n), u)
                 }
                 Request::Resumed(index) => {
-                    match utts.resumed(index) {
-                        Stale::NoTentative => {}
-                        Stale::Back => metrics.speculative_wasted.inc(),
-                        Stale::Decoding => {
-                            metrics.speculative_wasted.inc();
-                            state.pool.cancel_tentative(stream_id, index);
-                        }
+                    let stale = utts.resumed(index);
+                    if stale != Stale::NoTentative {
+                        metrics.speculative_wasted.inc();
+                    }
+                    if stale == Stale::Decoding {
+                        state.pool.cancel_tentative(stream_id, index);
                     }
                     continue;
                 }
@@ -457,11 +456,7 @@ where
     let mut counted = Counted::default();
     // Receive audio until the stream ends.
     loop {
-        counted.add_new(
-            metrics,
-            samples_in * 1000 / u64::from(params.sample_rate),
-            &segmenter,
-        );
+        counted.add_new(metrics, samples_in, params.sample_rate, &segmenter);
         tokio::select! {
             _ = state.shutdown.cancelled() => {
                 reason = Some((CloseCode::Away, "stt shutting down"));
@@ -529,11 +524,7 @@ where
     for done in submit(segmenter.finish(), &mut utts, samples_in).1 {
         deliver(state, params, &mut utts, done, &mut tx).await;
     }
-    counted.add_new(
-        metrics,
-        samples_in * 1000 / u64::from(params.sample_rate),
-        &segmenter,
-    );
+    counted.add_new(metrics, samples_in, params.sample_rate, &segmenter);
 
     // Deliver every outstanding final before closing.
     let deadline = Instant::now() + DRAIN_TIMEOUT;
@@ -580,8 +571,16 @@ struct Counted {
 }
 
 impl Counted {
-    /// Adds to the metrics what the stream's totals gained since last time.
-    fn add_new(&mut self, m: &super::metrics::Metrics, audio_ms: u64, seg: &Segmenter) {
+    /// Adds to the metrics what the stream's totals (`samples_in` at
+    /// `rate`, the segmenter's counts) gained since last time.
+    fn add_new(
+        &mut self,
+        m: &super::metrics::Metrics,
+        samples_in: u64,
+        rate: u32,
+        seg: &Segmenter,
+    ) {
+        let audio_ms = samples_in * 1000 / u64::from(rate.max(1));
         for (now, had, counter) in [
             (audio_ms, &mut self.audio_ms, &m.audio_ms),
             (seg.speech_ms, &mut self.speech_ms, &m.speech_ms),
