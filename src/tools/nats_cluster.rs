@@ -61,21 +61,47 @@ fn dirs_home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/root"))
 }
 
-fn free_port() -> u16 {
-    super::procs::port_or_free(0)
-}
+/// How many times [`Cluster::start`] tries fresh ports when a node could
+/// not bind its own (another process took one between choosing and use).
+const START_TRIES: usize = 3;
 
 impl Cluster {
     /// Starts `size` nodes under `dir` and waits until JetStream has a
     /// leader that sees them all (at most `timeout`).
     pub fn start(dir: &Path, size: usize, timeout: Duration) -> anyhow::Result<Cluster> {
         let program = server_binary()?;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match Cluster::start_once(&program, dir, size, timeout) {
+                Err(e)
+                    if tries < START_TRIES
+                        && format!("{e:#}").contains("address already in use") =>
+                {
+                    tracing::warn!("a NATS node's port was taken, starting again on others: {e:#}");
+                    for i in 1..=size {
+                        let _ = std::fs::remove_dir_all(dir.join(format!("n{i}")));
+                        let _ = std::fs::remove_file(dir.join(format!("nats-n{i}.log")));
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn start_once(
+        program: &Path,
+        dir: &Path,
+        size: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Cluster> {
+        let ports = super::procs::free_ports(3 * size).context("choosing free ports")?;
         let mut nodes: Vec<Node> = (1..=size)
             .map(|i| Node {
                 name: format!("n{i}"),
-                client_port: free_port(),
-                monitor_port: free_port(),
-                cluster_port: free_port(),
+                client_port: ports[3 * (i - 1)],
+                monitor_port: ports[3 * (i - 1) + 1],
+                cluster_port: ports[3 * (i - 1) + 2],
                 config: dir.join(format!("n{i}.conf")),
                 log: dir.join(format!("nats-n{i}.log")),
                 child: None,
@@ -109,7 +135,7 @@ impl Cluster {
         }
         let mut cluster = Cluster {
             nodes: Vec::new(),
-            program,
+            program: program.to_owned(),
         };
         for n in &mut nodes {
             n.child = Some(spawn(&cluster.program, n)?);

@@ -252,6 +252,19 @@ impl Drop for Service {
     }
 }
 
+/// `count` distinct free TCP ports on loopback. All are held open until
+/// every one is chosen, so the kernel cannot hand out one twice (ports
+/// chosen one at a time can repeat: CI once got a NATS cluster whose two
+/// nodes' routes were the same port).
+pub fn free_ports(count: usize) -> std::io::Result<Vec<u16>> {
+    let held = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    held.iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect()
+}
+
 /// A free TCP port on loopback, or `wanted` when it is free.
 pub fn port_or_free(wanted: u16) -> u16 {
     if wanted != 0 && std::net::TcpListener::bind(("127.0.0.1", wanted)).is_ok() {
@@ -358,7 +371,18 @@ impl Drop for Pipeline {
 
 #[cfg(test)]
 mod tests {
-    use super::ready_address;
+    use super::{free_ports, ready_address};
+
+    #[test]
+    fn free_ports_are_distinct_and_free() {
+        let ports = free_ports(64).unwrap();
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), 64);
+        for p in ports {
+            assert!(p > 0);
+            std::net::TcpListener::bind(("127.0.0.1", p)).unwrap();
+        }
+    }
 
     #[test]
     fn addresses_from_ready_statuses() {
