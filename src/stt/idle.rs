@@ -8,8 +8,10 @@
 //! s, on one thread 7.3 s).
 //! stt's own time counts as free: a decode is wide only when it is the
 //! only one running, so the cores stt's other decodes used a moment ago
-//! are free again. A neighbour that comes while a wide decode runs makes
-//! it give way ([`IdleCpu::crowded_since`]).
+//! are free again. A neighbour that comes while a decode on several
+//! threads runs makes it give way ([`IdleCpu::crowded_since`]), and one
+//! already there keeps a worker of several threads to one
+//! ([`crowded`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -78,7 +80,7 @@ impl IdleCpu {
 }
 
 /// Whether `free` cores are too few for `threads` spinning threads.
-fn crowded(free: f64, threads: usize) -> bool {
+pub fn crowded(free: f64, threads: usize) -> bool {
     free + 0.5 < threads as f64
 }
 

@@ -54,9 +54,12 @@ pub struct Metrics {
     pub context_dropped: Counter,
     /// Decodes that ran alone on idle cores with more threads.
     pub decodes_wide: Counter,
-    /// Wide decodes stopped because another process came for their cores,
-    /// and done again on their own threads.
+    /// Decodes on several threads stopped because another process came
+    /// for their cores, and done again on one.
     pub decodes_gave_way: Counter,
+    /// Decodes started on one thread instead of their worker's several,
+    /// because other processes held the cores.
+    pub decodes_narrowed: Counter,
     /// Partial decodes stopped midway to free their worker for a final.
     pub partials_aborted: Counter,
     /// Pieces of long utterances decoded to head their partials.
@@ -194,8 +197,14 @@ impl Metrics {
         put(
             "stt_decodes_gave_way_total",
             "counter",
-            "Wide decodes stopped because another process came for their cores (their spinning threads would stall), and done again on the worker's own threads.",
+            "Decodes on several threads stopped because another process came for their cores (their spinning threads would stall), and done again on one thread.",
             self.decodes_gave_way.get().to_string(),
+        );
+        put(
+            "stt_decodes_narrowed_total",
+            "counter",
+            "Decodes started on one thread instead of their worker's stt.threads_per_worker, because other processes held the cores.",
+            self.decodes_narrowed.get().to_string(),
         );
         put(
             "stt_audio_seconds_total",

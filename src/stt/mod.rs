@@ -100,7 +100,10 @@ pub struct Settings {
     /// 2.6 s with 2 x 1).
     pub workers: usize,
     /// CPU threads per transcription; 0 shares the machine's cores among
-    /// the workers.
+    /// the workers. While other processes hold the cores a decode's
+    /// threads would need, it runs on one instead (and one on several
+    /// gives way to a process that comes during it), since a descheduled
+    /// thread stalls the others.
     pub threads_per_worker: usize,
     /// A decode that is the only one running, while no other process
     /// uses the machine's other cores (idle, or used by stt itself), may

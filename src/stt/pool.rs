@@ -15,7 +15,7 @@
 //! the stream says so in its event (`gap`), so no final is lost silently.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,7 +53,8 @@ pub struct Job {
     /// When the request was made (for latency figures).
     pub queued: Instant,
     pub reply: mpsc::UnboundedSender<Done>,
-    /// Never wide: it went wide once and gave way to another process.
+    /// On one thread: it ran on several once and gave way to another
+    /// process.
     pub narrow: bool,
 }
 
@@ -114,6 +115,42 @@ struct Queue {
     running: Vec<Option<Decoding>>,
 }
 
+/// What decides how many threads a decode about to start gets
+/// ([`Pool::threads_for`]).
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    /// Its worker's threads.
+    base: usize,
+    /// The most it may use alone on idle cores.
+    wide: usize,
+    /// It gave way once: one thread.
+    narrow: bool,
+    workers: usize,
+    /// No other decode runs, and no slot is lent.
+    alone: bool,
+    /// Threads of the other decodes running now.
+    running: usize,
+    /// Cores free of other processes (None: not sampled yet).
+    free: Option<f64>,
+}
+
+impl Plan {
+    /// Its threads, and the worker slots lent to it beyond its own.
+    fn threads(self) -> (usize, usize) {
+        let crowded = |threads| self.free.is_some_and(|f| super::idle::crowded(f, threads));
+        if self.base > 1 && (self.narrow || crowded(self.running + self.base)) {
+            return (1, 0);
+        }
+        if self.narrow || self.wide <= self.base || !self.alone {
+            return (self.base, 0);
+        }
+        let idle = self.free.unwrap_or(0.0).round() as usize;
+        // Whole worker slots only, and no more than there are workers.
+        let slots = (idle.clamp(self.base, self.wide) / self.base).min(self.workers);
+        (self.base * slots, slots - 1)
+    }
+}
+
 /// Which decode a job is: the stream, its utterance, and what of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Decoding {
@@ -166,8 +203,8 @@ impl Queue {
         running(|k| matches!(k, Kind::Piece(_)))
     }
 
-    /// A wide decode that gave way to another process: queued again at
-    /// the head of its queue, to be done on the worker's own threads. A
+    /// A decode on several threads that gave way to another process:
+    /// queued again at the head of its queue, to be done on one. A
     /// partial is not when a newer one of its stream waits. What is not
     /// queued again comes back.
     fn again_narrow(&mut self, mut job: Job) -> Option<Job> {
@@ -224,6 +261,9 @@ pub struct Pool {
     idle: Arc<super::idle::IdleCpu>,
     /// Per worker: set to stop its decode (a partial, for a final).
     aborts: Vec<AtomicBool>,
+    /// Threads of the decodes running now, all workers together: what
+    /// other processes must leave free for them ([`Pool::threads_for`]).
+    threads: AtomicUsize,
 }
 
 impl Pool {
@@ -246,6 +286,7 @@ impl Pool {
             aborts: (0..workers.max(1))
                 .map(|_| AtomicBool::new(false))
                 .collect(),
+            threads: AtomicUsize::new(0),
         });
         pool.lock().running = vec![None; workers.max(1)];
         // Behind: greedy, and the window fitted to the audio alone.
@@ -268,7 +309,7 @@ impl Pool {
                         let waited = job.queued.elapsed();
                         let is_final = job.kind == Kind::Final;
                         if is_final && waited > bounds.give_up {
-                            pool.done(i, 0);
+                            pool.done(i, 0, 1);
                             pool.metrics.finals_given_up.inc();
                             let _ = job.reply.send(Done {
                                 utterance: job.utterance,
@@ -298,23 +339,21 @@ impl Pool {
                             _ => options.clone(),
                         };
                         let base = options.threads.max(1);
-                        let wide = if job.narrow {
-                            base
-                        } else {
-                            bounds.wide_threads
-                        };
-                        let threads = pool.threads_for(base, wide);
+                        let threads = pool.threads_for(base, bounds.wide_threads, job.narrow);
                         if threads > base {
                             pool.metrics.decodes_wide.inc();
-                            options.threads = threads;
+                        } else if threads < base {
+                            pool.metrics.decodes_narrowed.inc();
                         }
+                        options.threads = threads;
                         let options = &options;
                         let started = Instant::now();
                         // A partial gives way (to a final); a tentative
-                        // stops when speech resumes; a wide decode gives
-                        // way to a process that came for its cores (its
-                        // spinning threads would stall: 20 times slower
-                        // measured) and is done again on its own threads.
+                        // stops when speech resumes; a decode on several
+                        // threads gives way to a process that came for
+                        // their cores (its spinning threads would stall:
+                        // 20 times slower measured) and is done again on
+                        // one.
                         let flag = &pool.aborts[i];
                         let since = pool.idle.samples();
                         let gave_way = AtomicBool::new(false);
@@ -322,7 +361,10 @@ impl Pool {
                             if job.kind != Kind::Final && flag.load(Ordering::Relaxed) {
                                 return true;
                             }
-                            let crowded = threads > base && pool.idle.crowded_since(since, threads);
+                            let crowded = threads > 1
+                                && pool
+                                    .idle
+                                    .crowded_since(since, pool.threads.load(Ordering::Relaxed));
                             if crowded {
                                 gave_way.store(true, Ordering::Relaxed);
                             }
@@ -334,7 +376,7 @@ impl Pool {
                                 no_speech_prob: 1.0,
                             })
                         } else {
-                            let stoppable = job.kind != Kind::Final || threads > base;
+                            let stoppable = job.kind != Kind::Final || threads > 1;
                             let abort: Option<&Stop<'_>> = stoppable.then_some(&stop);
                             let (result, again) =
                                 worker.transcribe_checked(&job.audio, options, abort);
@@ -352,7 +394,7 @@ impl Pool {
                         } else if aborted {
                             pool.metrics.speculative_stopped.inc();
                         }
-                        pool.done(i, threads / base - 1);
+                        pool.done(i, threads, base);
                         let job = if gave_way {
                             pool.metrics.decodes_gave_way.inc();
                             match pool.again_narrow(job) {
@@ -516,29 +558,41 @@ impl Pool {
         !self.lock().finals.is_empty()
     }
 
-    /// Threads for a decode about to start: `base`, or up to `wide` when
-    /// it is the only decode running and the other cores are idle (no
-    /// neighbour would deschedule one of its spinning threads).
-    /// The slots of the other workers it spreads over are lent to it until
-    /// it is done, so no decode starts beside it.
-    fn threads_for(&self, base: usize, wide: usize) -> usize {
+    /// Threads for a decode about to start: its worker's `base`; up to
+    /// `wide` when it is the only decode running and the other cores are
+    /// idle (no neighbour would deschedule one of its spinning threads);
+    /// one when it is `narrow`, or when other processes hold the cores its
+    /// `base` threads would need beside stt's other decodes (a worker of
+    /// several threads, as the defaults give on more than 16 cores, would
+    /// stall as a wide decode does).
+    /// The slots of the other workers a wide decode spreads over are lent
+    /// to it until it is done, so no decode starts beside it.
+    fn threads_for(&self, base: usize, wide: usize, narrow: bool) -> usize {
         let mut q = self.lock();
-        if wide <= base || q.busy != 1 || q.lent != 0 {
-            return base;
-        }
-        let idle = self.idle.cores().round() as usize;
-        // Whole worker slots only, and no more than there are workers.
-        let slots = (idle.clamp(base, wide) / base).min(self.workers);
-        q.lent = slots - 1;
-        base * slots
+        let plan = Plan {
+            base,
+            wide,
+            narrow,
+            workers: self.workers,
+            alone: q.busy == 1 && q.lent == 0,
+            running: self.threads.load(Ordering::Relaxed),
+            free: (self.idle.samples() > 0).then(|| self.idle.cores()),
+        };
+        let (threads, lent) = plan.threads();
+        q.lent += lent;
+        self.threads.fetch_add(threads, Ordering::Relaxed);
+        threads
     }
 
-    /// Worker `i` finished a decode that held `lent` extra slots.
-    fn done(&self, i: usize, lent: usize) {
+    /// Worker `i` finished a decode on `threads` threads, its own being
+    /// `base` (more: it held the slots of others).
+    fn done(&self, i: usize, threads: usize, base: usize) {
         let mut q = self.lock();
         q.busy -= 1;
         q.running[i] = None;
+        let lent = (threads / base.max(1)).saturating_sub(1);
         q.lent -= lent.min(q.lent);
+        self.threads.fetch_sub(threads, Ordering::Relaxed);
         drop(q);
         self.ready.notify_all();
     }
@@ -614,6 +668,41 @@ mod tests {
 
     fn kinds(jobs: &VecDeque<Job>) -> Vec<(u64, Kind)> {
         jobs.iter().map(|j| (j.stream, j.kind)).collect()
+    }
+
+    #[test]
+    fn a_decode_goes_wide_alone_on_idle_cores_and_narrow_beside_a_neighbour() {
+        let plan = |base, workers, alone, running, free: Option<f64>| Plan {
+            base,
+            wide: 4,
+            narrow: false,
+            workers,
+            alone,
+            running,
+            free,
+        };
+        // One thread per worker (up to 16 cores): wide only alone on idle
+        // cores, in whole worker slots.
+        assert_eq!(plan(1, 2, true, 0, Some(2.0)).threads(), (2, 1));
+        assert_eq!(plan(1, 2, true, 0, Some(1.4)).threads(), (1, 0));
+        assert_eq!(plan(1, 2, false, 1, Some(2.0)).threads(), (1, 0));
+        assert_eq!(plan(1, 8, true, 0, Some(8.0)).threads(), (4, 3));
+        assert_eq!(plan(1, 2, true, 0, None).threads(), (1, 0));
+        // Several per worker (1 worker of 2 threads on 2 cores; 16 of 4
+        // on 64): their own threads while the cores are free of other
+        // processes, one when a neighbour holds those they need.
+        assert_eq!(plan(2, 1, true, 0, Some(2.0)).threads(), (2, 0));
+        assert_eq!(plan(2, 1, true, 0, Some(1.0)).threads(), (1, 0));
+        assert_eq!(plan(2, 1, true, 0, None).threads(), (2, 0));
+        assert_eq!(plan(4, 16, false, 56, Some(63.0)).threads(), (4, 0));
+        assert_eq!(plan(4, 16, false, 60, Some(63.0)).threads(), (1, 0));
+        // Gave way once: one thread, never wide.
+        let narrow = |base| Plan {
+            narrow: true,
+            ..plan(base, 2, true, 0, Some(2.0))
+        };
+        assert_eq!(narrow(1).threads(), (1, 0));
+        assert_eq!(narrow(2).threads(), (1, 0));
     }
 
     #[test]

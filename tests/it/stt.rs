@@ -821,6 +821,68 @@ async fn metrics_count_a_streams_audio_and_speech_while_it_lasts() {
     assert_eq!(metric(&stt, "stt_speech_seconds_total").await, speech);
 }
 
+/// Busy processes, killed when dropped.
+struct Neighbours(Vec<std::process::Child>);
+
+impl Drop for Neighbours {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A worker of several threads (as the defaults give on more than 16
+/// cores, or `threads_per_worker` set by hand) beside processes holding
+/// every core decodes on one thread: whisper.cpp's threads spin-wait for
+/// each other, and one descheduled would stall the rest (20 times slower
+/// measured on 2 cores). The neighbours run at the lowest priority, so
+/// the other tests hardly notice them; stt sees their cores taken all the
+/// same.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_of_several_threads_decodes_on_one_beside_a_busy_neighbour() {
+    let (_relay, stt) = start_pair(&[
+        ("CALL_COACH_STT__WORKERS", "1"),
+        ("CALL_COACH_STT__THREADS_PER_WORKER", "2"),
+    ]);
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let _busy = Neighbours(
+        (0..cores)
+            .map(|_| {
+                std::process::Command::new("nice")
+                    .args(["-n", "19", "yes"])
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .expect("nice yes")
+            })
+            .collect(),
+    );
+    // The cores are sampled four times a second.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut audio = silence(300);
+    audio.extend(samples("vm-intro"));
+    audio.extend(silence(1_000));
+    let mut ws = open(&stt, "callId=neighbour&speaker=agent&sampleRate=8000").await;
+    let events = stream(&mut ws, &s16le(&audio), 640).await;
+    let text = finals(&events)
+        .iter()
+        .map(|f| f["text"].as_str().unwrap_or_default().to_lowercase())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let heard = ["mensaje", "tono", "terminar", "tecla"]
+        .iter()
+        .filter(|w| text.contains(*w))
+        .count();
+    assert!(heard >= 3, "{events:#?}");
+    let narrowed = metric(&stt, "stt_decodes_narrowed_total").await;
+    let gave_way = metric(&stt, "stt_decodes_gave_way_total").await;
+    assert!(
+        narrowed + gave_way >= 1.0,
+        "no decode kept to one thread: narrowed {narrowed}, gave way {gave_way}"
+    );
+}
+
 /// A recording script at 8 kHz: `lead_ms` of silence, then each prompt
 /// followed by its silence (ms).
 fn script(lead_ms: usize, parts: &[(&str, usize)]) -> Vec<u8> {
