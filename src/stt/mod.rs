@@ -95,9 +95,9 @@ pub struct Settings {
     /// Transcriptions run at once (each with its own decoder state).
     /// Default: one per core (at most 16), one thread each: whisper.cpp's
     /// threads wait for each other by spinning, so a decode spread over
-    /// every core stalls whenever a neighbour takes one (measured: 2 calls
+    /// every core stalled whenever a neighbour took one (measured: 2 calls
     /// beside one busy process, p95 19.3 s with 1 worker x 2 threads,
-    /// 2.6 s with 2 x 1).
+    /// 2.6 s with 2 x 1), before such a decode kept to one thread then.
     pub workers: usize,
     /// CPU threads per transcription; 0 shares the machine's cores among
     /// the workers. While other processes hold the cores a decode's
