@@ -203,7 +203,7 @@ impl Metrics {
         put(
             "stt_decodes_narrowed_total",
             "counter",
-            "Decodes started on one thread instead of their worker's stt.threads_per_worker, because other processes held the cores.",
+            "Decodes started on one thread instead of their worker's stt.threads_per_worker, because other processes held the cores (those done again on one after giving way are in stt_decodes_gave_way_total).",
             self.decodes_narrowed.get().to_string(),
         );
         put(

@@ -342,7 +342,7 @@ impl Pool {
                         let threads = pool.threads_for(base, bounds.wide_threads, job.narrow);
                         if threads > base {
                             pool.metrics.decodes_wide.inc();
-                        } else if threads < base {
+                        } else if threads < base && !job.narrow {
                             pool.metrics.decodes_narrowed.inc();
                         }
                         options.threads = threads;
