@@ -456,15 +456,19 @@ impl Store {
     pub async fn erase(&self, call_id: &str) -> Result<u64, StoreError> {
         // NATS gone or not answering is a 503 (ask again: a repeat purges
         // what is left and publishes the tombstone), not a 500.
-        let failed = |what: &str, e: &dyn std::fmt::Display| {
-            let e = e.to_string();
-            if !self.connected() || e.contains("timed out") {
+        let failed = |what: &str, e: &dyn std::fmt::Display, not_answering: bool| {
+            if !self.connected() || not_answering {
                 StoreError::Unavailable(format!(
                     "{what} of call {call_id}: {e} (NATS not answering); retry later"
                 ))
             } else {
                 StoreError::Nats(format!("{what} of call {call_id}: {e}"))
             }
+        };
+        let tombstone = |e: context::PublishError| {
+            use context::PublishErrorKind as K;
+            let not_answering = matches!(e.kind(), K::TimedOut | K::BrokenPipe | K::StreamNotFound);
+            failed("tombstone", &e, not_answering)
         };
         self.ensure_connected()?;
         let purged = self
@@ -473,7 +477,11 @@ impl Store {
             .purge()
             .filter(self.subject(call_id))
             .await
-            .map_err(|e| failed("purge", &e))?;
+            .map_err(|e| {
+                use stream::PurgeErrorKind as K;
+                let not_answering = matches!(e.kind(), K::TimedOut | K::Request);
+                failed("purge", &e, not_answering)
+            })?;
         self.inner
             .js
             .publish(
@@ -481,9 +489,9 @@ impl Store {
                 call_id.to_owned().into(),
             )
             .await
-            .map_err(|e| failed("tombstone", &e))?
+            .map_err(tombstone)?
             .await
-            .map_err(|e| failed("tombstone", &e))?;
+            .map_err(tombstone)?;
         self.inner
             .last
             .lock()

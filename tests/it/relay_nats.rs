@@ -461,6 +461,31 @@ async fn nats_unreachable_at_start_or_lost_later_is_said_plainly() {
     }
 }
 
+/// A cluster that lost its quorum (two of three nodes gone) still holds
+/// the relay's connection, but no stream leader answers: an erasure is a
+/// 503 to ask again, not a 500, and so is a post.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_without_quorum_is_unavailable_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = cluster(dir.path());
+    let first = nats.urls().split(',').next().unwrap().to_owned();
+    let relay = relay_on(&first);
+    assert_eq!(relay.publish(ev("quorum", 0)).await, 1);
+    nats.kill(1);
+    nats.kill(2);
+    let (status, body) = relay.request("DELETE", "/calls/quorum", &[], "").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("retry later"), "{body}");
+    let (status, body) = relay.post(&ev("quorum", 1)).await;
+    assert_eq!(status, 503, "{body}");
+    // (The erasure is counted as the store's failure.)
+    let (_, metrics) = relay.request("GET", "/metrics", &[], "").await;
+    assert!(
+        metrics.contains("relay_rejected_total{reason=\"store\"} 1"),
+        "{metrics}"
+    );
+}
+
 /// `relay.retention_days` becomes the stream's age limit, also for a stream
 /// made by an earlier start with another value; what was stored stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
