@@ -26,7 +26,10 @@ pub struct Options {
     #[arg(long)]
     pub stay: bool,
     /// Play the call ten times faster (no partial transcripts, and the
-    /// dead air becomes too short for its tip).
+    /// dead air becomes too short for its tip). Where stt cannot keep up
+    /// (a busy or small machine), finals wait, and a final that waits is
+    /// decoded without the previous one as context: some text comes out
+    /// worse than at real time.
     #[arg(long)]
     pub fast: bool,
     /// The agent's side of your own call (WAV, any rate from 4 to 192 kHz;
