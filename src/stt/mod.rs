@@ -346,6 +346,12 @@ impl Section for Settings {
                 "must be at most 2000",
             ));
         }
+        if self.threads_per_worker > 64 {
+            return Err(ConfigError::invalid(
+                "stt.threads_per_worker",
+                "must be 0 (the cores shared out among the workers) to 64",
+            ));
+        }
         if self.max_threads_when_idle > 64 {
             return Err(ConfigError::invalid(
                 "stt.max_threads_when_idle",
@@ -584,5 +590,17 @@ mod tests {
             "{err}"
         );
         assert!(with("cpu", Some(0)).validate().is_err());
+    }
+
+    #[test]
+    fn threads_per_worker_is_0_to_64() {
+        let with = |threads| Settings {
+            threads_per_worker: threads,
+            ..Settings::default()
+        };
+        assert!(with(0).validate().is_ok());
+        assert!(with(64).validate().is_ok());
+        let err = with(65).validate().unwrap_err().to_string();
+        assert!(err.contains("stt.threads_per_worker"), "{err}");
     }
 }

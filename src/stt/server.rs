@@ -67,6 +67,17 @@ pub async fn serve(
         language = %s.language,
         "model loaded"
     );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if s.device != "cuda" && s.workers * s.threads() > cores {
+        tracing::warn!(
+            workers = s.workers,
+            threads = s.threads(),
+            cores,
+            "stt.workers x stt.threads_per_worker is more threads than this machine has cores: \
+             whisper.cpp's threads spin-wait for each other, so decodes keep to one thread \
+             whenever they would not fit; set stt.threads_per_worker = 0 to share the cores out"
+        );
+    }
     let metrics = Arc::new(Metrics::default());
     let options = s.decode_options();
     let probe_options = options.clone();
