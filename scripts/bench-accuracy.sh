@@ -95,7 +95,6 @@ for line in gzip.open(texts, "rt", errors="replace"):
 PY
 if [ "$limit" -gt 0 ]; then head -n "$limit" "$run/refs.tsv" > "$run/r" && mv "$run/r" "$run/refs.tsv"; fi
 cut -f1 "$run/refs.tsv" | sed "s|^|$sounds/|" > "$run/files"
-awk -F'\t' -v OFS='\t' '{ sub(/.*\//, "", $1); print }' "$run/refs.tsv" > "$run/refs-by-name.tsv"
 bash scripts/make-number-recordings.sh "$run/numbers" >/dev/null
 ls "$run"/numbers/*.wav > "$run/numfiles"
 echo "== $(wc -l < "$run/files") prompts ($set_name), $(wc -l < "$run/numfiles") number recordings; stt settings from the environment"
@@ -138,15 +137,14 @@ if [[ ,$only, == *,live,* ]]; then
   for _ in $(seq 300); do curl -fs "http://127.0.0.1:$stt_port/healthz" >/dev/null 2>&1 && break; sleep 1; done
   for n in ${calls//,/ }; do
     for what in prompts numbers; do
-      if [ $what = prompts ]; then list=$run/files ref=$run/refs-by-name.tsv out=$run/live-$n-calls.tsv
+      if [ $what = prompts ]; then list=$run/files ref=$run/refs.tsv out=$run/live-$n-calls.tsv
       else list=$run/numfiles ref=$run/numbers/refs.tsv out=$run/live-$n-calls.num.tsv; fi
       "$bin" bench-stt --url "ws://127.0.0.1:$stt_port" --calls "$n" --once --speech-ratio 0.5 \
         --reference "$ref" --hypotheses "$out" --clips $(cat "$list") | tee -a "$run/live$n.bench"
     done
   done
   for n in ${calls//,/ }; do
-    # bench-stt names clips by file name: score against the same keys.
-    score "live-$n-calls" "real time" "$run/refs-by-name.tsv"
+    score "live-$n-calls" "real time"
   done
   echo "(the live rows' latency and partial figures are bench-stt's lines above)"
 fi
@@ -161,5 +159,5 @@ done
 for f in "$run"/live-*-calls.tsv; do scored+=("$f"); done
 if [ ${#scored[@]} -ge 2 ]; then
   echo "== against ${scored[0]##*/} (WER points; 95% interval over the prompts)"
-  "$bin" wer --reference "$run/refs-by-name.tsv" "${scored[@]}" | grep -E '^\S|against' | sed "s|$run/||g"
+  "$bin" wer --reference "$run/refs.tsv" "${scored[@]}" | grep -E '^\S|against' | sed "s|$run/||g"
 fi

@@ -47,7 +47,7 @@ fn read_tsv(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
 }
 
 /// The reference a transcript's FILE names: the longest key it ends with.
-fn find<'a>(refs: &'a HashMap<String, String>, file: &str) -> Option<(&'a str, &'a str)> {
+pub fn find<'a>(refs: &'a HashMap<String, String>, file: &str) -> Option<(&'a str, &'a str)> {
     refs.iter()
         .filter(|(k, _)| file == k.as_str() || file.ends_with(&format!("/{k}")))
         .max_by_key(|(k, _)| k.len())

@@ -121,10 +121,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
             let mono = wav.channel(0);
             Ok(Clip {
-                name: p
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
+                // As given: a reference names it by its path's ending
+                // (`dictate/both_help.wav`), as `call-coach wer` reads.
+                name: p.display().to_string(),
                 pcm: mono.iter().flat_map(|s| s.to_le_bytes()).collect(),
                 samples: mono.len(),
                 rate: wav.rate,
@@ -148,6 +147,20 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             .collect(),
         None => HashMap::new(),
     };
+    if !references.is_empty() {
+        let unscored: Vec<&str> = clips
+            .iter()
+            .filter(|c| crate::tools::wer::find(&references, &c.name).is_none())
+            .map(|c| c.name.as_str())
+            .collect();
+        if let Some(first) = unscored.first() {
+            println!(
+                "note: {} of {} clips have no reference text and are left out of WER (first: {first})",
+                unscored.len(),
+                clips.len()
+            );
+        }
+    }
     let http = opts.url.replacen("ws://", "http://", 1);
     println!(
         "stt {} | clips {} at {} Hz | speech {:.0}% | {} s per run | {} busy neighbour(s)",
@@ -520,7 +533,7 @@ pub fn word_error_rate(hyps: &[(String, String)], refs: &HashMap<String, String>
     let mut errors = 0usize;
     let mut words = 0usize;
     for (clip, hyp) in hyps {
-        let Some(reference) = refs.get(clip) else {
+        let Some((_, reference)) = crate::tools::wer::find(refs, clip) else {
             continue;
         };
         let (e, w) = crate::text::word_errors(reference, hyp);
@@ -528,4 +541,38 @@ pub fn word_error_rate(hyps: &[(String, String)], refs: &HashMap<String, String>
         words += w;
     }
     (words > 0).then(|| errors as f64 / words as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clips_are_scored_against_the_reference_their_path_ends_with() {
+        let refs: HashMap<String, String> = [
+            ("dictate/both_help.wav", "pulse uno"),
+            ("vm-intro.wav", "deje su mensaje"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let hyp = |clip: &str, text: &str| (clip.to_owned(), text.to_owned());
+        // One word wrong of five, both clips found by their path's ending.
+        let wer = word_error_rate(
+            &[
+                hyp(
+                    "/usr/share/asterisk/sounds/es/dictate/both_help.wav",
+                    "pulse dos",
+                ),
+                hyp("/sounds/vm-intro.wav", "deje su mensaje"),
+            ],
+            &refs,
+        );
+        assert_eq!(wer, Some(0.2));
+        // A clip of another folder with the same name is not that one.
+        assert_eq!(
+            word_error_rate(&[hyp("/sounds/both_help.wav", "pulse uno")], &refs),
+            None
+        );
+    }
 }
