@@ -479,6 +479,78 @@ fn spanish_word_error_rate_is_within_bounds() {
     assert!(wer < 0.23, "WER {:.1}%", wer * 100.0);
 }
 
+/// `bench-stt --once` plays each clip once, scores it against the
+/// reference its path ends with (a prompt in a subfolder too), writes the
+/// hypotheses as `call-coach wer` reads them, and says which clips have no
+/// reference instead of leaving them out of WER silently.
+#[test]
+fn bench_stt_scores_each_clip_against_the_reference_its_path_ends_with() {
+    let (_relay, stt) = start_pair(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let refs = dir.path().join("refs.tsv");
+    std::fs::write(&refs, "dictate/forhelp.wav\tMarque 0 para obtener ayuda.\n").unwrap();
+    let hyps = dir.path().join("hyps.tsv");
+    let (with_ref, without) = (sound("dictate/forhelp"), sound("vm-intro"));
+    let url = format!("ws://{}", stt.addr);
+    let (code, out, err) = crate::util::run_bin(
+        None,
+        &[
+            "bench-stt",
+            "--url",
+            &url,
+            "--calls",
+            "1",
+            "--once",
+            "--speech-ratio",
+            "0.8",
+            "--reference",
+            refs.to_str().unwrap(),
+            "--hypotheses",
+            hyps.to_str().unwrap(),
+            "--clips",
+            with_ref.to_str().unwrap(),
+            without.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains(&format!(
+            "note: 1 of 2 clips have no reference text and are left out of WER (first: {})",
+            without.display()
+        )),
+        "{out}"
+    );
+    // The run's line ends with its WER, then the capacity ("4 measured",
+    // "100 fixed, measured 3"): a WER was scored.
+    let row = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("1 "))
+        .unwrap_or_else(|| panic!("no row for 1 call:\n{out}"));
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    let capacity = fields
+        .iter()
+        .position(|f| *f == "measured" || *f == "fixed,")
+        .unwrap_or_else(|| panic!("no capacity in {row}"));
+    let wer = fields[capacity - 2];
+    assert!(
+        wer.ends_with('%') && wer.trim_end_matches('%').parse::<f64>().is_ok(),
+        "no WER in {row}"
+    );
+    let written = std::fs::read_to_string(&hyps).unwrap();
+    let lines: Vec<(&str, &str)> = written.lines().filter_map(|l| l.split_once('\t')).collect();
+    assert_eq!(lines.len(), 2, "{written}");
+    for clip in [&with_ref, &without] {
+        let text = lines
+            .iter()
+            .find(|(f, _)| *f == clip.to_str().unwrap())
+            .map(|(_, t)| t.to_lowercase())
+            .unwrap_or_else(|| panic!("{} not in:\n{written}", clip.display()));
+        assert!(!text.trim().is_empty(), "{written}");
+    }
+    assert!(written.to_lowercase().contains("ayuda"), "{written}");
+}
+
 /// `call-coach transcribe ARGS` with the test model (base) and `env`:
 /// exit code, stdout, stderr.
 fn transcribe(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {

@@ -36,7 +36,9 @@ pub struct Options {
     /// Seconds each run lasts.
     #[arg(long, default_value_t = 60.0)]
     pub duration: f64,
-    /// Reference texts, `CLIP_FILE_NAME<TAB>text` per line, for WER.
+    /// Reference texts, `FILE<TAB>text` per line, for WER: FILE is a
+    /// clip's path or its ending (`dictate/both_help.wav`), as for
+    /// `call-coach wer`.
     #[arg(long)]
     pub reference: Option<PathBuf>,
     /// Busy neighbours: this many processes each spinning on one core for
