@@ -67,11 +67,16 @@ pub async fn serve(
         language = %s.language,
         "model loaded"
     );
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if s.device != "cuda" && s.workers * s.threads() > cores {
+    // Single-thread decoders never spin-wait: only several threads each
+    // can be more than the cores hold.
+    let (cores, threads) = (
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        s.threads(),
+    );
+    if s.device != "cuda" && threads > 1 && s.workers * threads > cores {
         tracing::warn!(
             workers = s.workers,
-            threads = s.threads(),
+            threads,
             cores,
             "stt.workers x stt.threads_per_worker is more threads than this machine has cores: \
              whisper.cpp's threads spin-wait for each other, so decodes keep to one thread \
