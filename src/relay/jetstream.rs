@@ -466,8 +466,7 @@ impl Store {
             }
         };
         let tombstone = |e: context::PublishError| {
-            use context::PublishErrorKind as K;
-            let not_answering = matches!(e.kind(), K::TimedOut | K::BrokenPipe | K::StreamNotFound);
+            let not_answering = publish_not_answered(&e);
             failed("tombstone", &e, not_answering)
         };
         self.ensure_connected()?;
@@ -632,13 +631,12 @@ impl Store {
                     wait = (wait * 2).min(Duration::from_millis(800));
                 }
                 Err(e) => {
-                    return Err(match e.kind() {
-                        context::PublishErrorKind::TimedOut
-                        | context::PublishErrorKind::BrokenPipe
-                        | context::PublishErrorKind::StreamNotFound => StoreError::Unavailable(
-                            format!("JetStream did not acknowledge: {e}; retry later"),
-                        ),
-                        _ => nats_error("publishing to JetStream", e),
+                    return Err(if publish_not_answered(&e) {
+                        StoreError::Unavailable(format!(
+                            "JetStream did not acknowledge: {e}; retry later"
+                        ))
+                    } else {
+                        nats_error("publishing to JetStream", e)
                     });
                 }
             }
@@ -716,6 +714,14 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Whether a publish failed because JetStream did not answer (no ack in
+/// time, the connection broke, no server took the subject): nothing is
+/// wrong with the request, so ask again later (503).
+fn publish_not_answered(e: &context::PublishError) -> bool {
+    use context::PublishErrorKind as K;
+    matches!(e.kind(), K::TimedOut | K::BrokenPipe | K::StreamNotFound)
 }
 
 /// Whether JetStream refused a publish because the call's last message is
