@@ -72,12 +72,14 @@ const STEP_DOWN_AFTER: Duration = Duration::from_secs(10);
 pub struct Replicas {
     count: usize,
     auto: bool,
+    /// The setting, named in the warning when the count steps down.
+    key: &'static str,
     refused_since: Option<std::time::Instant>,
     patience: Duration,
 }
 
 impl Replicas {
-    pub fn new(setting: usize, client: &async_nats::Client) -> Self {
+    pub fn new(setting: usize, key: &'static str, client: &async_nats::Client) -> Self {
         let clustered = client.server_info().cluster.is_some_and(|c| !c.is_empty());
         Self {
             count: match setting {
@@ -86,6 +88,7 @@ impl Replicas {
                 n => n,
             },
             auto: setting == 0,
+            key,
             refused_since: None,
             patience: STEP_DOWN_AFTER,
         }
@@ -98,7 +101,8 @@ impl Replicas {
 
     /// JetStream refused [`Replicas::count`] replicas for want of servers
     /// (`lacking`), or otherwise: `true` when an automatic count stepped
-    /// down by one (after [`STEP_DOWN_AFTER`] of such refusals).
+    /// down by one (after [`STEP_DOWN_AFTER`] of such refusals), which it
+    /// warns of, naming the setting.
     pub fn refused(&mut self, lacking: bool) -> bool {
         if !lacking || !self.auto || self.count <= 1 {
             self.refused_since = None;
@@ -112,6 +116,11 @@ impl Replicas {
         }
         self.count -= 1;
         self.refused_since = None;
+        tracing::warn!(
+            replicas = self.count,
+            "JetStream has too few servers for more replicas; making it with fewer (set {} to insist)",
+            self.key
+        );
         true
     }
 }
@@ -194,6 +203,7 @@ mod tests {
         let auto = |patience| Replicas {
             count: 3,
             auto: true,
+            key: "relay.nats.replicas",
             refused_since: None,
             patience,
         };

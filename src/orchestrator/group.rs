@@ -118,7 +118,8 @@ pub async fn join(s: &GroupSettings, shutdown: CancellationToken) -> Result<Grou
         name: "call-coach orchestrator",
     })
     .await?;
-    let mut replicas = crate::nats::Replicas::new(s.replicas, &client);
+    let mut replicas =
+        crate::nats::Replicas::new(s.replicas, "orchestrator.group.replicas", &client);
     let js = jetstream::new(client);
     let lease = Duration::from_secs(s.lease_secs.max(1));
     // A cluster that is just forming (or busy) may not answer yet: keep
@@ -171,12 +172,7 @@ pub async fn join(s: &GroupSettings, shutdown: CancellationToken) -> Result<Grou
             Err((None, e, lacking))
                 if started.elapsed() < Duration::from_secs(60) && !shutdown.is_cancelled() =>
             {
-                if replicas.refused(lacking) {
-                    tracing::warn!(
-                        replicas = replicas.count(),
-                        "JetStream has too few servers for more replicas; making the bucket with fewer (set orchestrator.group.replicas to insist)"
-                    );
-                } else {
+                if !replicas.refused(lacking) {
                     tracing::warn!(error = %e, "JetStream not answering yet; retrying");
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;

@@ -196,7 +196,7 @@ pub async fn open(
         .build(client.clone());
 
     let info = client.server_info();
-    let mut replicas = crate::nats::Replicas::new(s.replicas, &client);
+    let mut replicas = crate::nats::Replicas::new(s.replicas, "relay.nats.replicas", &client);
     let mut config = stream::Config {
         name: s.stream.clone(),
         subjects: vec![format!("{}.>", s.subject_prefix)],
@@ -239,13 +239,7 @@ pub async fn open(
             Err((None, e, lacking))
                 if started.elapsed() < STARTUP_PATIENCE && !shutdown.is_cancelled() =>
             {
-                if replicas.refused(lacking) {
-                    tracing::warn!(
-                        stream = %s.stream,
-                        replicas = replicas.count(),
-                        "JetStream has too few servers for more replicas; making the stream with fewer (set relay.nats.replicas to insist)"
-                    );
-                } else {
+                if !replicas.refused(lacking) {
                     tracing::warn!(error = %e, stream = %s.stream, "JetStream not answering yet; retrying");
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
