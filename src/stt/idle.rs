@@ -65,14 +65,20 @@ impl IdleCpu {
         f64::from(self.cores.load(Ordering::Relaxed)) / 100.0
     }
 
+    /// [`IdleCpu::cores`] once sampled; `None` before the first sample,
+    /// or where `/proc/stat` cannot be read.
+    pub fn free(&self) -> Option<f64> {
+        (self.samples() > 0).then(|| self.cores())
+    }
+
     /// Samples taken so far: what [`IdleCpu::crowded_since`] counts from.
     pub fn samples(&self) -> u64 {
         self.samples.load(Ordering::Acquire)
     }
 
-    /// Whether, in a sample taken after `since` (a [`IdleCpu::samples`]),
-    /// other processes held so much that a decode on `threads` threads no
-    /// longer had its cores: fewer than `threads - 0.5` free, the rounding
+    /// Whether the latest sample, when taken after `since` (a
+    /// [`IdleCpu::samples`]), shows other processes holding so much that a
+    /// decode on `threads` threads no longer has its cores: fewer than `threads - 0.5` free, the rounding
     /// [`cores`](IdleCpu::cores) was read with to go wide.
     pub fn crowded_since(&self, since: u64, threads: usize) -> bool {
         self.samples() > since && crowded(self.cores(), threads)

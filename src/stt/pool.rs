@@ -134,20 +134,29 @@ struct Plan {
     free: Option<f64>,
 }
 
+/// What a decode was given: its threads, and the worker slots lent to it
+/// beyond its own (handed back by [`Pool::done`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Grant {
+    threads: usize,
+    lent: usize,
+}
+
 impl Plan {
-    /// Its threads, and the worker slots lent to it beyond its own.
-    fn threads(self) -> (usize, usize) {
+    /// The threads this decode gets, and the slots lent to it.
+    fn grant(self) -> Grant {
+        let grant = |threads, lent| Grant { threads, lent };
         let crowded = |threads| self.free.is_some_and(|f| super::idle::crowded(f, threads));
         if self.base > 1 && (self.narrow || crowded(self.running + self.base)) {
-            return (1, 0);
+            return grant(1, 0);
         }
         if self.narrow || self.wide <= self.base || !self.alone {
-            return (self.base, 0);
+            return grant(self.base, 0);
         }
         let idle = self.free.unwrap_or(0.0).round() as usize;
         // Whole worker slots only, and no more than there are workers.
         let slots = (idle.clamp(self.base, self.wide) / self.base).min(self.workers);
-        (self.base * slots, slots - 1)
+        grant(self.base * slots, slots - 1)
     }
 }
 
@@ -309,7 +318,7 @@ impl Pool {
                         let waited = job.queued.elapsed();
                         let is_final = job.kind == Kind::Final;
                         if is_final && waited > bounds.give_up {
-                            pool.done(i, 0, 1);
+                            pool.done(i, Grant::default());
                             pool.metrics.finals_given_up.inc();
                             let _ = job.reply.send(Done {
                                 utterance: job.utterance,
@@ -339,7 +348,8 @@ impl Pool {
                             _ => options.clone(),
                         };
                         let base = options.threads.max(1);
-                        let threads = pool.threads_for(base, bounds.wide_threads, job.narrow);
+                        let grant = pool.threads_for(base, bounds.wide_threads, job.narrow);
+                        let threads = grant.threads;
                         if threads > base {
                             pool.metrics.decodes_wide.inc();
                         } else if threads < base && !job.narrow {
@@ -394,7 +404,7 @@ impl Pool {
                         } else if aborted {
                             pool.metrics.speculative_stopped.inc();
                         }
-                        pool.done(i, threads, base);
+                        pool.done(i, grant);
                         let job = if gave_way {
                             pool.metrics.decodes_gave_way.inc();
                             match pool.again_narrow(job) {
@@ -567,7 +577,7 @@ impl Pool {
     /// stall as a wide decode does).
     /// The slots of the other workers a wide decode spreads over are lent
     /// to it until it is done, so no decode starts beside it.
-    fn threads_for(&self, base: usize, wide: usize, narrow: bool) -> usize {
+    fn threads_for(&self, base: usize, wide: usize, narrow: bool) -> Grant {
         let mut q = self.lock();
         let plan = Plan {
             base,
@@ -576,23 +586,21 @@ impl Pool {
             workers: self.workers,
             alone: q.busy == 1 && q.lent == 0,
             running: self.threads.load(Ordering::Relaxed),
-            free: (self.idle.samples() > 0).then(|| self.idle.cores()),
+            free: self.idle.free(),
         };
-        let (threads, lent) = plan.threads();
-        q.lent += lent;
-        self.threads.fetch_add(threads, Ordering::Relaxed);
-        threads
+        let grant = plan.grant();
+        q.lent += grant.lent;
+        self.threads.fetch_add(grant.threads, Ordering::Relaxed);
+        grant
     }
 
-    /// Worker `i` finished a decode on `threads` threads, its own being
-    /// `base` (more: it held the slots of others).
-    fn done(&self, i: usize, threads: usize, base: usize) {
+    /// Worker `i` finished a decode, handing back what it was granted.
+    fn done(&self, i: usize, grant: Grant) {
         let mut q = self.lock();
         q.busy -= 1;
         q.running[i] = None;
-        let lent = (threads / base.max(1)).saturating_sub(1);
-        q.lent -= lent.min(q.lent);
-        self.threads.fetch_sub(threads, Ordering::Relaxed);
+        q.lent -= grant.lent.min(q.lent);
+        self.threads.fetch_sub(grant.threads, Ordering::Relaxed);
         drop(q);
         self.ready.notify_all();
     }
@@ -681,28 +689,29 @@ mod tests {
             running,
             free,
         };
+        let g = |threads, lent| Grant { threads, lent };
         // One thread per worker (up to 16 cores): wide only alone on idle
         // cores, in whole worker slots.
-        assert_eq!(plan(1, 2, true, 0, Some(2.0)).threads(), (2, 1));
-        assert_eq!(plan(1, 2, true, 0, Some(1.4)).threads(), (1, 0));
-        assert_eq!(plan(1, 2, false, 1, Some(2.0)).threads(), (1, 0));
-        assert_eq!(plan(1, 8, true, 0, Some(8.0)).threads(), (4, 3));
-        assert_eq!(plan(1, 2, true, 0, None).threads(), (1, 0));
+        assert_eq!(plan(1, 2, true, 0, Some(2.0)).grant(), g(2, 1));
+        assert_eq!(plan(1, 2, true, 0, Some(1.4)).grant(), g(1, 0));
+        assert_eq!(plan(1, 2, false, 1, Some(2.0)).grant(), g(1, 0));
+        assert_eq!(plan(1, 8, true, 0, Some(8.0)).grant(), g(4, 3));
+        assert_eq!(plan(1, 2, true, 0, None).grant(), g(1, 0));
         // Several per worker (1 worker of 2 threads on 2 cores; 16 of 4
         // on 64): their own threads while the cores are free of other
         // processes, one when a neighbour holds those they need.
-        assert_eq!(plan(2, 1, true, 0, Some(2.0)).threads(), (2, 0));
-        assert_eq!(plan(2, 1, true, 0, Some(1.0)).threads(), (1, 0));
-        assert_eq!(plan(2, 1, true, 0, None).threads(), (2, 0));
-        assert_eq!(plan(4, 16, false, 56, Some(63.0)).threads(), (4, 0));
-        assert_eq!(plan(4, 16, false, 60, Some(63.0)).threads(), (1, 0));
+        assert_eq!(plan(2, 1, true, 0, Some(2.0)).grant(), g(2, 0));
+        assert_eq!(plan(2, 1, true, 0, Some(1.0)).grant(), g(1, 0));
+        assert_eq!(plan(2, 1, true, 0, None).grant(), g(2, 0));
+        assert_eq!(plan(4, 16, false, 56, Some(63.0)).grant(), g(4, 0));
+        assert_eq!(plan(4, 16, false, 60, Some(63.0)).grant(), g(1, 0));
         // Gave way once: one thread, never wide.
         let narrow = |base| Plan {
             narrow: true,
             ..plan(base, 2, true, 0, Some(2.0))
         };
-        assert_eq!(narrow(1).threads(), (1, 0));
-        assert_eq!(narrow(2).threads(), (1, 0));
+        assert_eq!(narrow(1).grant(), g(1, 0));
+        assert_eq!(narrow(2).grant(), g(1, 0));
     }
 
     #[test]
