@@ -99,9 +99,9 @@ bash scripts/make-number-recordings.sh "$run/numbers" >/dev/null
 ls "$run"/numbers/*.wav > "$run/numfiles"
 echo "== $(wc -l < "$run/files") prompts ($set_name), $(wc -l < "$run/numfiles") number recordings; stt settings from the environment"
 
-score() { # NAME SECONDS [REFERENCES]
+score() { # NAME SECONDS
   local p n
-  p=$("$bin" wer --digits --reference "${3:-$run/refs.tsv}" "$run/$1.tsv")
+  p=$("$bin" wer --digits --reference "$run/refs.tsv" "$run/$1.tsv")
   n=$("$bin" wer --digits --reference "$run/numbers/refs.tsv" "$run/$1.num.tsv")
   printf '%-16s %7s %16s %16s %10s\n' "$1" \
     "$(sed -n 's/.*WER \([0-9.]*%\).*/\1/p' <<<"$p")" \

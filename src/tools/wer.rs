@@ -34,7 +34,7 @@ pub struct Options {
 }
 
 /// `FILE<TAB>text` lines; `#` comments and blank lines skipped.
-fn read_tsv(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+pub fn read_tsv(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
     let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
     Ok(text
         .lines()

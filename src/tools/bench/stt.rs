@@ -140,13 +140,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         bail!("all clips must have the same sample rate");
     }
     let clips = Arc::new(clips);
+    // Read as `call-coach wer` reads them (comments and blank lines
+    // skipped), and matched the same way.
     let references: HashMap<String, String> = match &opts.reference {
-        Some(p) => std::fs::read_to_string(p)
-            .with_context(|| p.display().to_string())?
-            .lines()
-            .filter_map(|l| l.split_once('\t'))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect(),
+        Some(p) => crate::tools::wer::read_tsv(p)?.into_iter().collect(),
         None => HashMap::new(),
     };
     if !references.is_empty() {
