@@ -854,12 +854,10 @@ async fn metric(stt: &Service, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_a_streams_audio_and_speech_while_it_lasts() {
     let (_relay, stt) = start_pair(&[]);
-    let mut audio = silence(500);
-    audio.extend(samples("vm-intro"));
-    audio.extend(silence(1_500));
-    let sent_s = audio.len() as f64 / 8_000.0;
+    let bytes = script(500, &[("vm-intro", 1_500)]);
+    let sent_s = bytes.len() as f64 / 2.0 / 8_000.0;
     let mut ws = open(&stt, "callId=counted&speaker=agent&sampleRate=8000").await;
-    for chunk in s16le(&audio).chunks(320) {
+    for chunk in bytes.chunks(320) {
         ws.send(Message::binary(chunk.to_vec())).await.unwrap();
     }
     // Still open: the counters have what it sent.
@@ -932,11 +930,9 @@ async fn a_worker_of_several_threads_decodes_on_one_beside_a_busy_neighbour() {
     );
     // The cores are sampled four times a second.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut audio = silence(300);
-    audio.extend(samples("vm-intro"));
-    audio.extend(silence(1_000));
+    let bytes = script(300, &[("vm-intro", 1_000)]);
     let mut ws = open(&stt, "callId=neighbour&speaker=agent&sampleRate=8000").await;
-    let events = stream(&mut ws, &s16le(&audio), 640).await;
+    let events = stream(&mut ws, &bytes, 640).await;
     let text = finals(&events)
         .iter()
         .map(|f| f["text"].as_str().unwrap_or_default().to_lowercase())
