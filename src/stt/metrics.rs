@@ -49,6 +49,8 @@ pub struct Metrics {
     /// Utterances ended after the shorter silence: their speculative final
     /// read as a finished sentence.
     pub finals_early: Counter,
+    /// Utterances past `long_utterance_ms` ended at `long_pause_ms`.
+    pub finals_long: Counter,
     /// Decodes done again without the context and the domain prompt: with
     /// them, Whisper echoed words or ended too soon (`engine::misled`).
     pub context_dropped: Counter,
@@ -167,8 +169,14 @@ impl Metrics {
         put(
             "stt_finals_early_total",
             "counter",
-            "Utterances ended after stt.end_silence_after_sentence_ms of silence, not stt.end_silence_ms, because their speculative final read as a finished sentence (counted when their stream ends).",
+            "Utterances ended after stt.end_silence_after_sentence_ms of silence, not stt.end_silence_ms, because their speculative final read as a finished sentence.",
             self.finals_early.get().to_string(),
+        );
+        put(
+            "stt_finals_long_pause_total",
+            "counter",
+            "Utterances longer than stt.long_utterance_ms ended at the shorter pause stt.long_pause_ms.",
+            self.finals_long.get().to_string(),
         );
         put(
             "stt_context_dropped_total",

@@ -158,6 +158,15 @@ pub struct Settings {
     pub partial_window_ms: usize,
     /// Longest utterance before it is split, in ms.
     pub max_utterance_ms: usize,
+    /// An utterance this long (its start to its last speech) ends at a
+    /// shorter pause, `long_pause_ms`, in ms (0: never). A long turn then
+    /// goes out phrase by phrase at its pauses: its text sooner, and less
+    /// often cut at `max_utterance_ms` wherever it is quietest (README
+    /// "Long turns").
+    pub long_utterance_ms: usize,
+    /// Silence that ends an utterance longer than `long_utterance_ms`,
+    /// in ms: at least 100 (a value past `end_silence_ms` never acts).
+    pub long_pause_ms: usize,
     /// Shorter speech is ignored, in ms.
     pub min_speech_ms: usize,
     /// Audio kept from before the detected start of speech, in ms: the
@@ -236,6 +245,8 @@ impl Default for Settings {
             partial_every_ms: 700,
             partial_window_ms: 6000,
             max_utterance_ms: 15_000,
+            long_utterance_ms: 8_000,
+            long_pause_ms: 150,
             min_speech_ms: 200,
             preroll_ms: 300,
             max_no_speech_prob: 0.6,
@@ -334,6 +345,19 @@ impl Section for Settings {
                 format!("must be 0 (off) or at least {} ms", segmenter::TAIL_MS),
             ));
         }
+        // Longer than end_silence_ms is allowed too: it never acts.
+        if self.long_pause_ms < segmenter::TAIL_MS {
+            return Err(ConfigError::invalid(
+                "stt.long_pause_ms",
+                format!("must be at least {} ms", segmenter::TAIL_MS),
+            ));
+        }
+        if self.long_utterance_ms != 0 && self.long_utterance_ms < 1_000 {
+            return Err(ConfigError::invalid(
+                "stt.long_utterance_ms",
+                "must be 0 (off) or at least 1000",
+            ));
+        }
         if self.partial_window_ms != 0 && self.partial_window_ms < 4_000 {
             return Err(ConfigError::invalid(
                 "stt.partial_window_ms",
@@ -412,6 +436,8 @@ impl Settings {
             partial_every_ms: self.partial_every_ms,
             partial_window_ms: self.partial_window_ms,
             max_utterance_ms: self.max_utterance_ms,
+            long_utterance_ms: self.long_utterance_ms,
+            long_pause_ms: self.long_pause_ms,
             min_speech_ms: self.min_speech_ms,
             preroll_ms: self.preroll_ms,
             speculate: self.speculative_finals,
@@ -602,5 +628,29 @@ mod tests {
         assert!(with(64).validate().is_ok());
         let err = with(65).validate().unwrap_err().to_string();
         assert!(err.contains("stt.threads_per_worker"), "{err}");
+    }
+
+    #[test]
+    fn a_long_turns_pause_is_at_least_the_tail_and_may_pass_the_normal_end() {
+        let with = |end, long, pause| {
+            Settings {
+                end_silence_ms: end,
+                long_utterance_ms: long,
+                long_pause_ms: pause,
+                ..Default::default()
+            }
+            .validate()
+        };
+        assert!(Settings::default().validate().is_ok());
+        assert!(
+            with(100, 8_000, 150).is_ok(),
+            "past the normal end: never acts"
+        );
+        assert!(with(500, 0, 150).is_ok());
+        assert!(with(500, 1_000, 100).is_ok());
+        let err = with(500, 8_000, 80).unwrap_err().to_string();
+        assert!(err.contains("stt.long_pause_ms"), "{err}");
+        let err = with(500, 999, 150).unwrap_err().to_string();
+        assert!(err.contains("stt.long_utterance_ms"), "{err}");
     }
 }

@@ -41,6 +41,15 @@ pub struct SegmenterConfig {
     pub partial_window_ms: usize,
     /// Longest utterance before it is split (ms).
     pub max_utterance_ms: usize,
+    /// An utterance this long (its start to its last speech; ms; 0:
+    /// never) ends at a shorter pause, `long_pause_ms`: a long turn goes
+    /// out phrase by phrase, at its pauses, instead of waiting for
+    /// `end_silence_ms` or being split at `max_utterance_ms` wherever it
+    /// is quietest.
+    pub long_utterance_ms: usize,
+    /// Silence that ends an utterance past `long_utterance_ms` (ms; at
+    /// least `TAIL_MS`).
+    pub long_pause_ms: usize,
     /// Shorter speech than this is a click or a cough: dropped (ms).
     pub min_speech_ms: usize,
     /// Audio kept before the detected start of speech (ms).
@@ -66,6 +75,8 @@ impl Default for SegmenterConfig {
             partial_every_ms: 700,
             partial_window_ms: 6000,
             max_utterance_ms: 15_000,
+            long_utterance_ms: 0,
+            long_pause_ms: 200,
             min_speech_ms: 200,
             preroll_ms: 300,
             start_frames: 3,
@@ -181,6 +192,8 @@ pub struct Segmenter {
     pub dropped: u64,
     /// Utterances ended after `early_end_ms` rather than `end_silence_ms`.
     pub ended_early: u64,
+    /// Utterances ended at `long_pause_ms`: past `long_utterance_ms`.
+    pub ended_long: u64,
     /// Speech the VAD heard in utterances (ms): partials are asked for
     /// every `partial_every_ms` of it.
     pub speech_ms: u64,
@@ -199,6 +212,7 @@ impl Segmenter {
             next_index: 1,
             dropped: 0,
             ended_early: 0,
+            ended_long: 0,
             speech_ms: 0,
         }
     }
@@ -276,6 +290,12 @@ impl Segmenter {
                 self.close(out, Ended::Pause);
             } else if open.early && open.silence_ms >= c.early_end_ms {
                 self.close_early(out);
+            } else if c.long_utterance_ms > 0
+                && open.silence_ms >= c.long_pause_ms.max(TAIL_MS)
+                && open.speech_end / PER_MS >= c.long_utterance_ms
+            {
+                self.ended_long += 1;
+                self.close(out, Ended::Pause);
             } else if length_ms >= c.max_utterance_ms {
                 self.split(out);
             } else if open.speech_since_partial_ms >= c.partial_every_ms
@@ -727,6 +747,53 @@ mod tests {
             total >= 7_000 * PER_MS as u64 - 16_000,
             "audio lost: {total}"
         );
+    }
+
+    #[test]
+    fn a_long_turn_ends_at_a_shorter_pause_once_it_is_long() {
+        // Phrases of 3 s with 250 ms pauses between them, then the end.
+        let config = SegmenterConfig {
+            long_utterance_ms: 5_000,
+            long_pause_ms: 200,
+            ..Default::default()
+        };
+        let mut audio = vec![0.0; 8_000];
+        for _ in 0..4 {
+            audio.extend(voice(3_000));
+            audio.extend(vec![0.0; 250 * PER_MS]);
+        }
+        audio.extend(vec![0.0; 16_000]);
+        let mut seg = Segmenter::new(config);
+        let reqs = run(&mut seg, &audio);
+        let got = finals(&reqs);
+        // The first pause comes at 3 s of speech: too short to end at it.
+        // The second, at 6.25 s, ends the first utterance; the next runs
+        // over two phrases again, and ends at 200 ms of the last silence.
+        assert_eq!(got.len(), 2, "{:?}", ended(&reqs));
+        assert_eq!(ended(&reqs), [Ended::Pause, Ended::Pause]);
+        assert_eq!(seg.ended_long, 2);
+        let first = got[0];
+        assert!(
+            (6_200..=6_800).contains(&(first.end_ms - first.start_ms)),
+            "{}..{}",
+            first.start_ms,
+            first.end_ms
+        );
+        // Not cut inside speech: the next starts in the pause or after.
+        assert!(
+            got[1].start_ms >= first.end_ms - 20,
+            "{:?}",
+            got[1].start_ms
+        );
+        // Its tentative final, asked at the pause's first 100 ms, has the
+        // same audio: the final's decode starts before the pause ends.
+        assert!(tentatives(&reqs).iter().any(|t| t.audio == first.audio));
+
+        // Off (the default): one utterance, the short pauses kept inside.
+        let mut seg = Segmenter::new(SegmenterConfig::default());
+        let reqs = run(&mut seg, &audio);
+        assert_eq!(ended(&reqs), [Ended::Pause]);
+        assert_eq!(seg.ended_long, 0);
     }
 
     #[test]

@@ -568,6 +568,7 @@ struct Counted {
     speech_ms: u64,
     dropped: u64,
     ended_early: u64,
+    ended_long: u64,
 }
 
 impl Counted {
@@ -586,6 +587,7 @@ impl Counted {
             (seg.speech_ms, &mut self.speech_ms, &m.speech_ms),
             (seg.dropped, &mut self.dropped, &m.segments_dropped),
             (seg.ended_early, &mut self.ended_early, &m.finals_early),
+            (seg.ended_long, &mut self.ended_long, &m.finals_long),
         ] {
             if now > *had {
                 counter.add(now - *had);

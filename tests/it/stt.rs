@@ -580,6 +580,10 @@ fn a_decode_the_context_cut_short_is_done_again_without_it() {
     let file = file.to_str().unwrap();
     let log = [
         ("CALL_COACH_STT__THREADS_PER_WORKER", "2"),
+        // The first utterance whole, as it was seen: a long turn's short
+        // pause would end it at 8.5 s, "…comunicarse y mediatamente."
+        // (README "Long turns").
+        ("CALL_COACH_STT__LONG_UTTERANCE_MS", "0"),
         ("RUST_LOG", "warn,call_coach::stt::engine=debug"),
         ("NO_COLOR", "1"),
     ];
@@ -985,7 +989,9 @@ async fn played_live(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_long_utterances_partials_begin_with_its_pieces_words() {
     let bytes = script(400, &[("conf-adminmenu", 1000)]);
-    let (events, (_relay, stt)) = played_live(&[], "pieces", &bytes).await;
+    // One long utterance, not ended at a short pause past 8 s.
+    let env = [("CALL_COACH_STT__LONG_UTTERANCE_MS", "0")];
+    let (events, (_relay, stt)) = played_live(&env, "pieces", &bytes).await;
     let first = finals(&events)[0];
     assert!(
         first["text"]
@@ -1048,8 +1054,10 @@ async fn speculative_finals_are_the_finals_sooner() {
         let (events, (_relay, stt)) = played_live(
             &[
                 ("CALL_COACH_STT__SPECULATIVE_FINALS", on),
-                // The pause must not end the utterance (the next test).
+                // The pause must not end the utterance (the next test,
+                // and the long-turn one).
                 ("CALL_COACH_STT__END_SILENCE_AFTER_SENTENCE_MS", "0"),
+                ("CALL_COACH_STT__LONG_UTTERANCE_MS", "0"),
                 ("CALL_COACH_STT__MAX_THREADS_WHEN_IDLE", "0"),
                 ("CALL_COACH_STT__WORKERS", "2"),
                 ("CALL_COACH_STT__PARTIAL_EVERY_MS", "60000"),
@@ -1109,6 +1117,7 @@ async fn a_finished_sentence_ends_its_utterance_after_a_shorter_silence() {
             &[
                 ("CALL_COACH_STT__END_SILENCE_MS", "9000"),
                 ("CALL_COACH_STT__MAX_UTTERANCE_MS", "30000"),
+                ("CALL_COACH_STT__LONG_UTTERANCE_MS", "0"),
                 ("CALL_COACH_STT__END_SILENCE_AFTER_SENTENCE_MS", early),
                 ("CALL_COACH_STT__PARTIAL_EVERY_MS", "60000"),
             ],
@@ -1133,6 +1142,63 @@ async fn a_finished_sentence_ends_its_utterance_after_a_shorter_silence() {
             }
             assert_eq!(last["endedBy"], "stream", "{last:?}");
             assert_eq!(ended, rest.len() as f64, "{events:?}");
+        } else {
+            assert_eq!(f.len(), 1, "{events:?}");
+            assert_eq!(ended, 0.0);
+        }
+    }
+}
+
+/// A long turn ends at a short pause once it is long: three prompts with
+/// 200 ms between them (shorter than `end_silence_ms`), 14 s in all. With
+/// `long_utterance_ms` (8 s) the pause after the second prompt ends the
+/// first utterance (`endedBy: "pause"`), so its text comes before the
+/// third prompt is said; off, all of it is one final.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_turn_goes_out_at_its_short_pauses() {
+    let bytes = script(
+        400,
+        &[
+            ("vm-intro", 200),
+            ("conf-enteringno", 200),
+            ("conf-onlyperson", 1_000),
+        ],
+    );
+    // Where the third prompt begins in the stream.
+    let third_ms =
+        (400 + samples("vm-intro").len() / 8 + 200 + samples("conf-enteringno").len() / 8 + 200)
+            as u64;
+    for long in ["8000", "0"] {
+        let (events, (_relay, stt)) = played_live(
+            &[
+                ("CALL_COACH_STT__LONG_UTTERANCE_MS", long),
+                // No split, no early end: only the long-turn rule.
+                ("CALL_COACH_STT__MAX_UTTERANCE_MS", "30000"),
+                ("CALL_COACH_STT__END_SILENCE_AFTER_SENTENCE_MS", "0"),
+            ],
+            "long",
+            &bytes,
+        )
+        .await;
+        let f = finals(&events);
+        let ended = metric(&stt, "stt_finals_long_pause_total").await;
+        let all = text_of(&events).to_lowercase();
+        assert!(all.contains("mensaje") && all.contains("persona"), "{all}");
+        if long == "8000" {
+            assert!(f.len() >= 2, "{events:?}");
+            assert!(ended >= 1.0, "none ended at a short pause");
+            let first = f[0];
+            assert_eq!(first["endedBy"], "pause", "{first}");
+            let (start, end) = (
+                first["startMs"].as_u64().unwrap(),
+                first["endMs"].as_u64().unwrap(),
+            );
+            assert!(end - start >= 8_000, "ended before 8 s: {first}");
+            assert!(
+                end <= third_ms,
+                "the first final holds the third prompt: {first}"
+            );
+            assert!(text(first).to_lowercase().contains("mensaje"), "{first}");
         } else {
             assert_eq!(f.len(), 1, "{events:?}");
             assert_eq!(ended, 0.0);
