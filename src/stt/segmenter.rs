@@ -76,7 +76,7 @@ impl Default for SegmenterConfig {
             partial_window_ms: 6000,
             max_utterance_ms: 15_000,
             long_utterance_ms: 0,
-            long_pause_ms: 200,
+            long_pause_ms: 150,
             min_speech_ms: 200,
             preroll_ms: 300,
             start_frames: 3,
