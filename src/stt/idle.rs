@@ -78,8 +78,9 @@ impl IdleCpu {
 
     /// Whether the latest sample, when taken after `since` (a
     /// [`IdleCpu::samples`]), shows other processes holding so much that a
-    /// decode on `threads` threads no longer has its cores: fewer than `threads - 0.5` free, the rounding
-    /// [`cores`](IdleCpu::cores) was read with to go wide.
+    /// decode on `threads` threads no longer has its cores: fewer than
+    /// `threads - 0.5` free, the rounding [`cores`](IdleCpu::cores) was
+    /// read with to go wide.
     pub fn crowded_since(&self, since: u64, threads: usize) -> bool {
         self.samples() > since && crowded(self.cores(), threads)
     }
