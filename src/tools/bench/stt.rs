@@ -526,20 +526,11 @@ async fn scrape(http: &str) -> Option<Scraped> {
     })
 }
 
-/// Word error rate of the hypotheses against their clips' references
-/// (case, accents and punctuation normalised); `None` without references.
+/// Word error rate of the hypotheses against their clips' references,
+/// scored as `call-coach wer` scores them; `None` without references.
 pub fn word_error_rate(hyps: &[(String, String)], refs: &HashMap<String, String>) -> Option<f64> {
-    let mut errors = 0usize;
-    let mut words = 0usize;
-    for (clip, hyp) in hyps {
-        let Some((_, reference)) = crate::tools::wer::find(refs, clip) else {
-            continue;
-        };
-        let (e, w) = crate::text::word_errors(reference, hyp);
-        errors += e;
-        words += w;
-    }
-    (words > 0).then(|| errors as f64 / words as f64)
+    let s = crate::tools::wer::score(refs, hyps, false);
+    (s.words > 0).then(|| s.word_errors as f64 / s.words as f64)
 }
 
 #[cfg(test)]
