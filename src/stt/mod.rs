@@ -522,14 +522,18 @@ impl Settings {
         if self.threads_per_worker > 0 {
             return self.threads_per_worker;
         }
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (cores / self.workers).max(1)
+        (cores() / self.workers).max(1)
     }
+}
+
+/// The cores this process may use (1 where the system will not say).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// One decoder per core, at most 16 (each holds its own state).
 fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(16))
+    cores().min(16)
 }
 
 /// `LANG` sets the call's language only when it is a bare language code,

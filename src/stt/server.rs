@@ -69,10 +69,7 @@ pub async fn serve(
     );
     // Single-thread decoders never spin-wait: only several threads each
     // can be more than the cores hold.
-    let (cores, threads) = (
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-        s.threads(),
-    );
+    let (cores, threads) = (super::cores(), s.threads());
     if s.device != "cuda" && threads > 1 && s.workers * threads > cores {
         tracing::warn!(
             workers = s.workers,
