@@ -167,6 +167,11 @@ pub struct Settings {
     /// Silence that ends an utterance longer than `long_utterance_ms`,
     /// in ms: at least 100 (a value past `end_silence_ms` never acts).
     pub long_pause_ms: usize,
+    /// Over this many ms past `long_utterance_ms`, the pause that ends a
+    /// long turn shrinks from `long_pause_ms` to 100 ms (0: it stays
+    /// `long_pause_ms`): a turn with no pause that long still ends at a
+    /// breath rather than being split at `max_utterance_ms`.
+    pub long_pause_ramp_ms: usize,
     /// Shorter speech is ignored, in ms.
     pub min_speech_ms: usize,
     /// Audio kept from before the detected start of speech, in ms: the
@@ -247,6 +252,7 @@ impl Default for Settings {
             max_utterance_ms: 15_000,
             long_utterance_ms: 8_000,
             long_pause_ms: 150,
+            long_pause_ramp_ms: 4_000,
             min_speech_ms: 200,
             preroll_ms: 300,
             max_no_speech_prob: 0.6,
@@ -438,6 +444,7 @@ impl Settings {
             max_utterance_ms: self.max_utterance_ms,
             long_utterance_ms: self.long_utterance_ms,
             long_pause_ms: self.long_pause_ms,
+            long_pause_ramp_ms: self.long_pause_ramp_ms,
             min_speech_ms: self.min_speech_ms,
             preroll_ms: self.preroll_ms,
             speculate: self.speculative_finals,

@@ -50,6 +50,11 @@ pub struct SegmenterConfig {
     /// Silence that ends an utterance past `long_utterance_ms` (ms; at
     /// least `TAIL_MS`).
     pub long_pause_ms: usize,
+    /// Over this long past `long_utterance_ms` (ms; 0: never), the pause
+    /// that ends a long turn shrinks from `long_pause_ms` to `TAIL_MS`,
+    /// so that speech with no such pause ends at a breath before it is
+    /// split.
+    pub long_pause_ramp_ms: usize,
     /// Shorter speech than this is a click or a cough: dropped (ms).
     pub min_speech_ms: usize,
     /// Audio kept before the detected start of speech (ms).
@@ -77,6 +82,7 @@ impl Default for SegmenterConfig {
             max_utterance_ms: 15_000,
             long_utterance_ms: 0,
             long_pause_ms: 150,
+            long_pause_ramp_ms: 4_000,
             min_speech_ms: 200,
             preroll_ms: 300,
             start_frames: 3,
@@ -291,8 +297,8 @@ impl Segmenter {
             } else if open.early && open.silence_ms >= c.early_end_ms {
                 self.close_early(out);
             } else if c.long_utterance_ms > 0
-                && open.silence_ms >= c.long_pause_ms.max(TAIL_MS)
                 && open.speech_end / PER_MS >= c.long_utterance_ms
+                && open.silence_ms >= long_pause(c, open.speech_end / PER_MS)
             {
                 self.ended_long += 1;
                 self.close(out, Ended::Pause);
@@ -469,6 +475,20 @@ fn piece_cut(open: &Open, window_ms: usize) -> Option<usize> {
     let first = open.piece_end / FRAME + 100;
     let last = open.frame_db.len().saturating_sub(100);
     quietest_frame(&open.frame_db, first..last).map(|i| (i + 1) * FRAME)
+}
+
+/// The pause that ends an utterance `speech_ms` long (start to last
+/// speech) past `long_utterance_ms`: `long_pause_ms`, shrinking to
+/// `TAIL_MS` over the next `long_pause_ramp_ms`.
+fn long_pause(c: SegmenterConfig, speech_ms: usize) -> usize {
+    let pause = c.long_pause_ms.max(TAIL_MS);
+    if c.long_pause_ramp_ms == 0 || pause >= c.end_silence_ms {
+        return pause;
+    }
+    let past = speech_ms
+        .saturating_sub(c.long_utterance_ms)
+        .min(c.long_pause_ramp_ms);
+    pause - (pause - TAIL_MS) * past / c.long_pause_ramp_ms
 }
 
 /// The quietest of `frames` (indexes into `frame_db`): where to cut an
@@ -793,6 +813,41 @@ mod tests {
         let mut seg = Segmenter::new(SegmenterConfig::default());
         let reqs = run(&mut seg, &audio);
         assert_eq!(ended(&reqs), [Ended::Pause]);
+        assert_eq!(seg.ended_long, 0);
+    }
+
+    #[test]
+    fn a_long_turn_with_only_short_breaths_ends_at_one_before_the_split() {
+        // Phrases of 2 s with 120 ms breaths between them: shorter than
+        // `long_pause_ms`, so without the ramp nothing ends them before
+        // `max_utterance_ms` splits them wherever it is quietest.
+        let config = |ramp| SegmenterConfig {
+            long_utterance_ms: 8_000,
+            long_pause_ms: 150,
+            long_pause_ramp_ms: ramp,
+            ..Default::default()
+        };
+        let mut audio = vec![0.0; 8_000];
+        for _ in 0..8 {
+            audio.extend(voice(2_000));
+            audio.extend(vec![0.0; 120 * PER_MS]);
+        }
+        audio.extend(vec![0.0; 16_000]);
+
+        let mut seg = Segmenter::new(config(4_000));
+        let reqs = run(&mut seg, &audio);
+        let got = finals(&reqs);
+        assert_eq!(ended(&reqs), [Ended::Pause, Ended::Pause]);
+        assert_eq!(seg.ended_long, 1);
+        // Not at the breaths before the pause needed has come down to
+        // them (150 ms at 8 s, 100 ms at 12 s), and not as late as a split.
+        let first = got[0].end_ms - got[0].start_ms;
+        assert!((9_000..14_000).contains(&first), "{first} ms");
+        assert!(got[1].start_ms >= got[0].end_ms - 20, "{:?}", got[1]);
+
+        let mut seg = Segmenter::new(config(0));
+        let reqs = run(&mut seg, &audio);
+        assert_eq!(ended(&reqs), [Ended::Split, Ended::Pause]);
         assert_eq!(seg.ended_long, 0);
     }
 
