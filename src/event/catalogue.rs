@@ -263,8 +263,9 @@ pub struct Transcript {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gap: Option<String>,
     /// Extension, finals only: what ended the utterance: `pause` (the
-    /// end-of-speech wait, `stt.end_silence_ms`, or the shorter
-    /// `stt.long_pause_ms` in a long turn), `sentence` (the shorter
+    /// end-of-speech wait, `stt.end_silence_ms`, or the shorter pause
+    /// of a long turn, `stt.long_pause_ms` down to 100 ms over
+    /// `stt.long_pause_ramp_ms`), `sentence` (the shorter
     /// wait after a finished sentence), `split` (`stt.max_utterance_ms`)
     /// or `stream` (the audio stream ended).
     #[serde(default, skip_serializing_if = "Option::is_none")]
