@@ -566,6 +566,18 @@ mod tests {
             .collect()
     }
 
+    /// Half a second of silence, `n` phrases of `phrase_ms` each followed
+    /// by `pause_ms` of silence, then a second of silence.
+    fn phrases(n: usize, phrase_ms: usize, pause_ms: usize) -> Vec<f32> {
+        let mut audio = vec![0.0; 8_000];
+        for _ in 0..n {
+            audio.extend(voice(phrase_ms));
+            audio.extend(vec![0.0; pause_ms * PER_MS]);
+        }
+        audio.extend(vec![0.0; 16_000]);
+        audio
+    }
+
     /// The finals (or the tentative finals) among the requests.
     fn utterances(reqs: &[Request], tentative: bool) -> Vec<&Utterance> {
         reqs.iter()
@@ -777,12 +789,7 @@ mod tests {
             long_pause_ms: 200,
             ..Default::default()
         };
-        let mut audio = vec![0.0; 8_000];
-        for _ in 0..4 {
-            audio.extend(voice(3_000));
-            audio.extend(vec![0.0; 250 * PER_MS]);
-        }
-        audio.extend(vec![0.0; 16_000]);
+        let audio = phrases(4, 3_000, 250);
         let mut seg = Segmenter::new(config);
         let reqs = run(&mut seg, &audio);
         let got = finals(&reqs);
@@ -827,12 +834,7 @@ mod tests {
             long_pause_ramp_ms: ramp,
             ..Default::default()
         };
-        let mut audio = vec![0.0; 8_000];
-        for _ in 0..8 {
-            audio.extend(voice(2_000));
-            audio.extend(vec![0.0; 120 * PER_MS]);
-        }
-        audio.extend(vec![0.0; 16_000]);
+        let audio = phrases(8, 2_000, 120);
 
         let mut seg = Segmenter::new(config(4_000));
         let reqs = run(&mut seg, &audio);
