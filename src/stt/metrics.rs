@@ -49,7 +49,7 @@ pub struct Metrics {
     /// Utterances ended after the shorter silence: their speculative final
     /// read as a finished sentence.
     pub finals_early: Counter,
-    /// Utterances past `long_utterance_ms` ended at `long_pause_ms`.
+    /// Utterances past `long_utterance_ms` ended at a long turn's pause.
     pub finals_long: Counter,
     /// Decodes done again without the context and the domain prompt: with
     /// them, Whisper echoed words or ended too soon (`engine::misled`).
@@ -175,7 +175,7 @@ impl Metrics {
         put(
             "stt_finals_long_pause_total",
             "counter",
-            "Utterances longer than stt.long_utterance_ms ended at the shorter pause stt.long_pause_ms.",
+            "Utterances longer than stt.long_utterance_ms ended at the shorter pause stt.long_pause_ms, which shrinks to 100 ms over stt.long_pause_ramp_ms.",
             self.finals_long.get().to_string(),
         );
         put(

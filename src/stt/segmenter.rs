@@ -47,8 +47,8 @@ pub struct SegmenterConfig {
     /// `end_silence_ms` or being split at `max_utterance_ms` wherever it
     /// is quietest.
     pub long_utterance_ms: usize,
-    /// Silence that ends an utterance past `long_utterance_ms` (ms; at
-    /// least `TAIL_MS`).
+    /// Silence that ends an utterance past `long_utterance_ms`, at first
+    /// (ms; at least `TAIL_MS`; see `long_pause_ramp_ms`).
     pub long_pause_ms: usize,
     /// Over this long past `long_utterance_ms` (ms; 0: never), the pause
     /// that ends a long turn shrinks from `long_pause_ms` to `TAIL_MS`,
@@ -198,7 +198,8 @@ pub struct Segmenter {
     pub dropped: u64,
     /// Utterances ended after `early_end_ms` rather than `end_silence_ms`.
     pub ended_early: u64,
-    /// Utterances ended at `long_pause_ms`: past `long_utterance_ms`.
+    /// Utterances past `long_utterance_ms` ended at a long turn's pause
+    /// (`long_pause_ms`, shrinking over `long_pause_ramp_ms`).
     pub ended_long: u64,
     /// Speech the VAD heard in utterances (ms): partials are asked for
     /// every `partial_every_ms` of it.
@@ -296,9 +297,7 @@ impl Segmenter {
                 self.close(out, Ended::Pause);
             } else if open.early && open.silence_ms >= c.early_end_ms {
                 self.close_early(out);
-            } else if c.long_utterance_ms > 0
-                && open.speech_end / PER_MS >= c.long_utterance_ms
-                && open.silence_ms >= long_pause(c, open.speech_end / PER_MS)
+            } else if long_pause(c, open.speech_end / PER_MS).is_some_and(|p| open.silence_ms >= p)
             {
                 self.ended_long += 1;
                 self.close(out, Ended::Pause);
@@ -478,17 +477,21 @@ fn piece_cut(open: &Open, window_ms: usize) -> Option<usize> {
 }
 
 /// The pause that ends an utterance `speech_ms` long (start to last
-/// speech) past `long_utterance_ms`: `long_pause_ms`, shrinking to
-/// `TAIL_MS` over the next `long_pause_ramp_ms`.
-fn long_pause(c: SegmenterConfig, speech_ms: usize) -> usize {
+/// speech) once it is past `long_utterance_ms`: `long_pause_ms`,
+/// shrinking to `TAIL_MS` over the next `long_pause_ramp_ms`. `None`
+/// while it is shorter, or with the rule off.
+fn long_pause(c: SegmenterConfig, speech_ms: usize) -> Option<usize> {
+    if c.long_utterance_ms == 0 || speech_ms < c.long_utterance_ms {
+        return None;
+    }
     let pause = c.long_pause_ms.max(TAIL_MS);
     if c.long_pause_ramp_ms == 0 || pause >= c.end_silence_ms {
-        return pause;
+        return Some(pause);
     }
     let past = speech_ms
         .saturating_sub(c.long_utterance_ms)
         .min(c.long_pause_ramp_ms);
-    pause - (pause - TAIL_MS) * past / c.long_pause_ramp_ms
+    Some(pause - (pause - TAIL_MS) * past / c.long_pause_ramp_ms)
 }
 
 /// The quietest of `frames` (indexes into `frame_db`): where to cut an
