@@ -124,7 +124,7 @@ printf '%-16s %7s %16s %16s %10s\n' engine WER "prompts' digits" "numbers' digit
 # and numbers as digits (release 0.1's defaults), for comparison.
 [[ ,$only, == *,before,* ]] && timed before env CALL_COACH_STT__CONTEXT_FROM_PREVIOUS=false \
   CALL_COACH_STT__PREROLL_MS=300 CALL_COACH_STT__NUMBERS_AS_DIGITS=false \
-  CALL_COACH_STT__MIN_AUDIO_CTX=256 "$bin" transcribe
+  CALL_COACH_STT__MIN_AUDIO_CTX=256 CALL_COACH_STT__REVISE_FINALS=false "$bin" transcribe
 [[ ,$only, == *,whole,* ]] && timed whole "$bin" transcribe --whole
 [[ ,$only, == *,fw-greedy,* ]] && timed fw-greedy "$cache/venv/bin/python" scripts/faster-whisper-transcribe.py "$cache/ct2-base" 1 "$threads"
 [[ ,$only, == *,fw-beam5,* ]] && timed fw-beam5 "$cache/venv/bin/python" scripts/faster-whisper-transcribe.py "$cache/ct2-base" 5 "$threads"

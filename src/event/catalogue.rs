@@ -270,6 +270,13 @@ pub struct Transcript {
     /// or `stream` (the audio stream ended).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_by: Option<String>,
+    /// Extension, finals only: `true` on a second final of the same
+    /// utterance, decoded again the careful way while stt had nothing else
+    /// to do (`stt.revise_finals`), whose text differs from the first. It
+    /// replaces the first final's text; its span and `endedBy` are the
+    /// first's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revised: Option<bool>,
 }
 
 /// Extension: a party started speaking. stt sends it as soon as its voice

@@ -51,8 +51,9 @@ struct Call {
     /// Rule id -> how often it fired (in id order, as the summary lists them).
     fired: BTreeMap<String, u64>,
     /// The last final utterances, speaker-labelled (agent = true), for the
-    /// LLM prompt.
-    recent: std::collections::VecDeque<(bool, String)>,
+    /// LLM prompt, with their utterance ids (a revised final replaces its
+    /// utterance's text).
+    recent: std::collections::VecDeque<(bool, String, String)>,
     /// When the LLM should be asked (after the debounce), and when it last was.
     llm_due: Option<Instant>,
     llm_last: Option<Instant>,
@@ -99,16 +100,34 @@ impl Call {
         until.saturating_duration_since(self.started).as_millis() as u64
     }
 
-    /// Keeps a final's words for the LLM prompt; `false` if it had none.
-    fn remember(&mut self, agent: bool, text: &str) -> bool {
+    /// Keeps a final's words for the LLM prompt; `false` if it had none,
+    /// or if it revised an utterance already kept (its text is replaced).
+    fn remember(&mut self, agent: bool, text: &str, utterance: &str) -> bool {
         if text.trim().is_empty() {
             return false;
         }
-        self.recent.push_back((agent, text.to_owned()));
+        if let Some(kept) = self
+            .recent
+            .iter_mut()
+            .find(|(_, _, u)| !utterance.is_empty() && u == utterance)
+        {
+            kept.1 = text.to_owned();
+            return false;
+        }
+        self.recent
+            .push_back((agent, text.to_owned(), utterance.to_owned()));
         if self.recent.len() > RECENT_UTTERANCES {
             self.recent.pop_front();
         }
         true
+    }
+
+    /// The kept utterances as the LLM prompt takes them.
+    fn transcript(&self) -> Vec<(bool, String)> {
+        self.recent
+            .iter()
+            .map(|(agent, text, _)| (*agent, text.clone()))
+            .collect()
     }
 
     /// Ended, and nothing more to wait for: every utterance begun has its
@@ -412,19 +431,30 @@ fn handle(
                 utterance_id,
                 start_ms,
                 end_ms,
+                revised,
                 ..
             } = t;
             let call = publisher.open_call(calls, call_id, now);
             call.last_event = now;
             let agent = *speaker == Speaker::Agent;
             let at = call.elapsed_ms(now);
-            call.metrics
-                .transcript(agent, text, utterance_id, *start_ms, *end_ms, *is_final, at);
+            // A revised final's span counted with its first final.
+            if *revised != Some(true) {
+                call.metrics.transcript(
+                    agent,
+                    text,
+                    utterance_id,
+                    *start_ms,
+                    *end_ms,
+                    *is_final,
+                    at,
+                );
+            }
             if call.ending.is_some() {
                 // A late final of an ended call: it counts in the summary,
                 // coaches no one.
                 if *is_final {
-                    call.remember(agent, text);
+                    call.remember(agent, text, utterance_id);
                 }
                 finish_if_ready(calls, call_id, rules, publisher, s);
                 return;
@@ -434,7 +464,7 @@ fn handle(
             if changed {
                 publish_checklist(call_id, call, rules, publisher);
             }
-            if *is_final && call.remember(agent, text) {
+            if *is_final && call.remember(agent, text, utterance_id) {
                 // The customer spoke: ask the LLM once they pause.
                 if llm && !agent {
                     call.llm_due = Some(now + Duration::from_millis(s.llm_debounce_ms));
@@ -549,7 +579,7 @@ fn ask_llm(calls: &mut HashMap<String, Call>, coach: &LlmCoach, s: &Settings) {
         call.llm_due = None;
         call.llm_last = Some(now);
         call.tips += 1;
-        let transcript: Vec<(bool, String)> = call.recent.iter().cloned().collect();
+        let transcript = call.transcript();
         let fired: Vec<String> = call.fired.keys().cloned().collect();
         let metrics = call.metrics.snapshot(call.elapsed_ms(now));
         coach.request(llm::Job {
@@ -720,6 +750,7 @@ fn finish(call_id: &str, call: Call, reason: &str, rules: &RuleSet, publisher: &
     publisher.metrics(metrics_event(call_id, &m, duration_ms));
     let checklist = call.rules.checklist(rules);
     let (es, en) = summary_texts(&call, &checklist, reason, duration_ms, &m, rules);
+    let transcript = call.transcript();
     let summary = Summary {
         call_id: call_id.to_owned(),
         text: es,
@@ -741,9 +772,8 @@ fn finish(call_id: &str, call: Call, reason: &str, rules: &RuleSet, publisher: &
     publisher.send(Event::Summary(summary.clone()));
     // With an LLM, a fuller summary (reason, outcome, follow-ups) follows.
     if let Some(coach) = &publisher.llm
-        && !call.recent.is_empty()
+        && !transcript.is_empty()
     {
-        let transcript: Vec<(bool, String)> = call.recent.iter().cloned().collect();
         coach.request(llm::Job {
             call_id: call_id.to_owned(),
             messages: llm::summary_messages(&publisher.language, &transcript, &summary),
@@ -757,6 +787,24 @@ fn finish(call_id: &str, call: Call, reason: &str, rules: &RuleSet, publisher: &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_revised_final_replaces_its_utterances_text_and_is_not_new() {
+        let mut call = Call::new(Instant::now());
+        assert!(call.remember(false, "quiero pagar cuatro cinco", "c-1"));
+        assert!(call.remember(true, "de acuerdo", "a-1"));
+        // The revision of c-1: replaced in place, not a new utterance
+        // (the LLM is not asked again).
+        assert!(!call.remember(false, "quiero pagar 45", "c-1"));
+        assert!(!call.remember(false, " ", "c-2"));
+        assert_eq!(
+            call.transcript(),
+            [
+                (false, "quiero pagar 45".to_owned()),
+                (true, "de acuerdo".to_owned())
+            ]
+        );
+    }
 
     #[test]
     fn subscriptions_follow_single_call() {

@@ -66,6 +66,15 @@ pub struct Metrics {
     pub partials_aborted: Counter,
     /// Pieces of long utterances decoded to head their partials.
     pub partial_pieces: Counter,
+    /// Finals decoded again the careful way (`stt.revise_finals`).
+    pub revisions_done: Counter,
+    /// Of those, sent as a revised final: the text differed.
+    pub revisions_sent: Counter,
+    /// Revisions stopped midway for other work (and queued again).
+    pub revisions_stopped: Counter,
+    /// Revisions dropped undecoded: too many waiting, waited past
+    /// `give_up_secs`, or their stream ended first.
+    pub revisions_dropped: Counter,
 }
 
 /// The capacity figures of the moment, rendered with the rest.
@@ -201,6 +210,30 @@ impl Metrics {
             "counter",
             "Decodes that ran alone while the other cores were idle, with up to stt.max_threads_when_idle threads.",
             self.decodes_wide.get().to_string(),
+        );
+        put(
+            "stt_revisions_total",
+            "counter",
+            "Finals decoded again the careful way (stt.revision_beam, stt.revision_audio_ctx) while no final or partial waited (stt.revise_finals).",
+            self.revisions_done.get().to_string(),
+        );
+        put(
+            "stt_revisions_sent_total",
+            "counter",
+            "Revisions whose text differed from the first final's, sent as a second final with revised: true.",
+            self.revisions_sent.get().to_string(),
+        );
+        put(
+            "stt_revisions_stopped_total",
+            "counter",
+            "Revisions stopped midway because a final or a partial needed the worker (queued again).",
+            self.revisions_stopped.get().to_string(),
+        );
+        put(
+            "stt_revisions_dropped_total",
+            "counter",
+            "Revisions not decoded: too many waiting, waited past stt.give_up_secs, or their stream ended first. Their first final stands.",
+            self.revisions_dropped.get().to_string(),
         );
         put(
             "stt_decodes_gave_way_total",

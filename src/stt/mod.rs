@@ -130,6 +130,19 @@ pub struct Settings {
     /// decode time, which a CPU pays in capacity) and 1500 on `cuda`
     /// (16.0% against 17.0%, at no measurable cost on the GPU).
     pub min_audio_ctx: Option<i32>,
+    /// Once a final went out, decode its audio again the careful way
+    /// (`revision_beam`, `revision_audio_ctx`) while the workers have no
+    /// final or partial to do, and send a second final of the same
+    /// utterance (`revised: true`) where the text differs. The first final
+    /// keeps its speed; the call's record gets the better text. A revision
+    /// gives way midway to any final or partial, and is dropped past
+    /// `give_up_secs` or 64 waiting.
+    pub revise_finals: bool,
+    /// A revision's encoder window floor, in frames of 20 ms (64 to 1500;
+    /// never below `min_audio_ctx`). Default 768.
+    pub revision_audio_ctx: i32,
+    /// A revision's beam width (never below `beam`). Default 5.
+    pub revision_beam: usize,
     /// Silence that ends an utterance, in ms.
     pub end_silence_ms: usize,
     /// Start decoding an utterance's final when its silence begins (100
@@ -244,6 +257,9 @@ impl Default for Settings {
             beam: 1,
             final_fallback: false,
             min_audio_ctx: None,
+            revise_finals: true,
+            revision_audio_ctx: 768,
+            revision_beam: 5,
             end_silence_ms: 500,
             speculative_finals: true,
             end_silence_after_sentence_ms: 300,
@@ -327,6 +343,26 @@ impl Section for Settings {
                     "must be 64 to 1500 (frames of 20 ms; 1500 is Whisper's full 30 s window), got {ctx}"
                 ),
             ));
+        }
+        if !(64..=1500).contains(&self.revision_audio_ctx) {
+            return Err(ConfigError::invalid(
+                "stt.revision_audio_ctx",
+                format!(
+                    "must be 64 to 1500 (frames of 20 ms), got {}",
+                    self.revision_audio_ctx
+                ),
+            ));
+        }
+        for (key, beam) in [
+            ("stt.beam", self.beam),
+            ("stt.revision_beam", self.revision_beam),
+        ] {
+            if !(1..=16).contains(&beam) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("must be 1 (greedy) to 16, got {beam}"),
+                ));
+            }
         }
         if self.workers == 0 || self.workers > 64 {
             return Err(ConfigError::invalid("stt.workers", "must be 1 to 64"));
@@ -474,6 +510,15 @@ impl Settings {
         } else {
             AUDIO_CTX_FLOOR_CPU
         })
+    }
+
+    /// What a revision gets beyond the finals' own settings (never less
+    /// than they have).
+    pub fn revision(&self) -> pool::Careful {
+        pool::Careful {
+            audio_ctx: self.audio_ctx_floor().max(self.revision_audio_ctx),
+            beam: self.beam.max(self.revision_beam),
+        }
     }
 
     /// The rule an unset `min_audio_ctx` follows, as `check-config` and
@@ -627,6 +672,29 @@ mod tests {
             "{err}"
         );
         assert!(with("cpu", Some(0)).validate().is_err());
+        // A revision reads 768 frames with beam 5, never less than finals.
+        let r = with("cpu", None).revision();
+        assert_eq!((r.audio_ctx, r.beam), (768, 5));
+        assert_eq!(with("cuda", None).revision().audio_ctx, 1500);
+        let wide = Settings {
+            beam: 8,
+            ..with("cpu", Some(1000))
+        };
+        let r = wide.revision();
+        assert_eq!((r.audio_ctx, r.beam), (1000, 8));
+        for bad in [
+            Settings {
+                revision_audio_ctx: 2000,
+                ..Default::default()
+            },
+            Settings {
+                revision_beam: 0,
+                ..Default::default()
+            },
+        ] {
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains("stt.revision_"), "{err}");
+        }
     }
 
     #[test]

@@ -29,8 +29,14 @@ pub fn transcribe_files(
     s.check_prompt(&engine)?;
     let mut worker = engine.worker()?;
     let mut options = s.decode_options();
+    // The text a live final ends with: its revision's, where finals are
+    // revised (`--whole`: one greedy decode of the full window, as before).
     if whole {
         options.min_audio_ctx = 1500;
+    } else if s.revise_finals {
+        let careful = s.revision();
+        options.beam = careful.beam;
+        options.min_audio_ctx = careful.audio_ctx;
     }
     // A file that cannot be read is said and skipped; the others go on,
     // and the command fails at the end.

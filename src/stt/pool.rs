@@ -37,6 +37,10 @@ pub enum Kind {
     /// utterance began: it becomes the final if the utterance ends with
     /// the same audio, and is dropped if speech resumes.
     Tentative,
+    /// A final that went out, decoded again the careful way
+    /// (`stt.revise_finals`): only while no final or partial waits, and
+    /// stopped midway for one (then queued again).
+    Revision,
 }
 
 /// One transcription to do.
@@ -87,6 +91,33 @@ pub struct Done {
     pub samples: usize,
     /// As the job's: the pieces a partial's audio follows.
     pub pieces: usize,
+    /// A final (or a tentative): its audio and context, handed back for
+    /// its revision. Empty otherwise.
+    pub audio: Vec<f32>,
+    pub context: Option<String>,
+    /// Stopped midway (a partial for a final, a tentative when speech
+    /// resumed): its error is no failure.
+    pub stopped: bool,
+}
+
+impl Done {
+    /// A job not decoded (a final given up, a revision dropped), as its
+    /// stream is told.
+    fn dropped(job: &Job) -> Self {
+        Self {
+            utterance: job.utterance,
+            kind: job.kind,
+            result: Err("given up: stt too far behind".into()),
+            decode: Duration::ZERO,
+            total: job.queued.elapsed(),
+            gave_up: true,
+            samples: job.audio.len(),
+            pieces: job.pieces,
+            audio: Vec::new(),
+            context: None,
+            stopped: false,
+        }
+    }
 }
 
 /// How long a final may wait before the pool hurries, then gives up; and
@@ -98,12 +129,45 @@ pub struct Bounds {
     /// Threads a decode may use when it is the only one and the machine's
     /// other cores are idle (`stt.max_threads_when_idle`).
     pub wide_threads: usize,
+    /// How a revision reads its audio (`stt.revision_audio_ctx`,
+    /// `stt.revision_beam`).
+    pub revision: Careful,
 }
+
+/// The settings a revision gets beyond the finals' own.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Careful {
+    /// Encoder window floor, in frames.
+    pub audio_ctx: i32,
+    /// Beam width.
+    pub beam: usize,
+}
+
+impl Careful {
+    /// The finals' `options` made careful: never less than they are.
+    fn apply(self, options: &DecodeOptions) -> DecodeOptions {
+        DecodeOptions {
+            min_audio_ctx: options.min_audio_ctx.max(self.audio_ctx),
+            beam: options.beam.max(self.beam),
+            ..options.clone()
+        }
+    }
+}
+
+/// Most revisions waiting: past it the oldest is dropped (its first final
+/// stands).
+pub const REVISIONS_WAITING_MAX: usize = 64;
 
 #[derive(Default)]
 struct Queue {
     finals: VecDeque<Job>,
     partials: VecDeque<Job>,
+    /// Last of all: only when no final or partial waits, and workers to
+    /// spare for the streams with an utterance open (`revisions_may_run`).
+    revisions: VecDeque<Job>,
+    /// Streams with an utterance open: their tentative or final may come
+    /// any moment.
+    speaking: std::collections::HashSet<u64>,
     closed: bool,
     /// Workers decoding now.
     busy: usize,
@@ -179,6 +243,15 @@ impl Decoding {
 }
 
 impl Queue {
+    /// Whether a revision may start (or go on): nobody speaking, or two
+    /// workers free beyond one per stream speaking, so that their finals
+    /// never wait for a revision to stop (on 2 cores: only while all are
+    /// silent).
+    fn revisions_may_run(&self, workers: usize) -> bool {
+        let free = workers.saturating_sub(self.busy + self.lent);
+        self.speaking.is_empty() || free >= self.speaking.len() + 2
+    }
+
     /// Clears the way for `job`, a final or a tentative: its stream's
     /// waiting partial goes (the final will have its words), and for a
     /// final its waiting pieces too. A tentative's utterance may go on, and
@@ -192,19 +265,25 @@ impl Queue {
         before - self.partials.len()
     }
 
-    /// The worker to stop so that a final (or a tentative) of `kind`
-    /// starts at once, when none is free: one decoding a partial, or for a
-    /// final, failing that, one decoding a piece (which is done again
-    /// after, `Queue::again`).
+    /// The worker to stop so that a job of `kind` starts at once: one
+    /// decoding a revision, always; else, for a final or a tentative when
+    /// no worker is free, one decoding a partial, or for a final, failing
+    /// that, one decoding a piece (which is done again after,
+    /// `Queue::again`).
     fn to_stop_for(&self, kind: Kind, workers: usize) -> Option<usize> {
-        if self.busy + self.lent < workers {
-            return None;
-        }
         let running = |is: fn(Kind) -> bool| {
             self.running
                 .iter()
                 .position(|r| r.is_some_and(|r| is(r.kind)))
         };
+        // A revision gives way to anything, even with a worker free: the
+        // decode then runs alone, and may go wide on the idle cores.
+        if let Some(w) = running(|k| k == Kind::Revision) {
+            return Some(w);
+        }
+        if self.busy + self.lent < workers || kind.is_partial_like() {
+            return None;
+        }
         let partial = running(|k| k == Kind::Partial);
         if partial.is_some() || kind != Kind::Final {
             return partial;
@@ -223,7 +302,7 @@ impl Queue {
         job.narrow = true;
         match job.kind {
             Kind::Final | Kind::Tentative => self.finals.push_front(job),
-            Kind::Piece(_) => return self.again(job),
+            Kind::Piece(_) | Kind::Revision => return self.again(job),
             Kind::Partial => {
                 if self.waiting_partial(job.stream).is_some() {
                     return Some(job);
@@ -242,15 +321,19 @@ impl Queue {
             .find(|p| p.stream == stream && p.kind == Kind::Partial)
     }
 
-    /// A decode stopped midway: a piece goes back to the head of the
-    /// partials, since its words head its utterance's later partials,
-    /// unless that utterance's final is on its way (it has them). What is
-    /// not queued again comes back.
+    /// A decode stopped midway: a revision goes back to the head of the
+    /// revisions; a piece to the head of the partials, since its words
+    /// head its utterance's later partials, unless that utterance's final
+    /// is on its way (it has them). What is not queued again comes back.
     fn again(&mut self, job: Job) -> Option<Job> {
         let its_final = Decoding {
             kind: Kind::Final,
             ..Decoding::of(&job)
         };
+        if job.kind == Kind::Revision && !self.closed {
+            self.revisions.push_front(job);
+            return None;
+        }
         let final_coming = self.finals.iter().any(|f| Decoding::of(f) == its_final)
             || self.running.contains(&Some(its_final));
         if !matches!(job.kind, Kind::Piece(_)) || final_coming || self.closed {
@@ -304,6 +387,7 @@ impl Pool {
             ..options.for_partials()
         };
         let partial = options.for_partials();
+        let revision = bounds.revision.apply(&options);
         let mut handles = Vec::new();
         for i in 0..workers.max(1) {
             let mut worker = engine.worker()?;
@@ -311,28 +395,30 @@ impl Pool {
             let options = options.clone();
             let hurried = hurried.clone();
             let partial = partial.clone();
+            let revision = revision.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("stt-worker-{i}"))
                 .spawn(move || {
                     while let Some(job) = pool.next(i) {
                         let waited = job.queued.elapsed();
                         let is_final = job.kind == Kind::Final;
-                        if is_final && waited > bounds.give_up {
+                        // A revision that waited as long is only dropped:
+                        // its first final stands.
+                        let late = matches!(job.kind, Kind::Final | Kind::Revision)
+                            && waited > bounds.give_up;
+                        if late {
                             pool.done(i, Grant::default());
-                            pool.metrics.finals_given_up.inc();
-                            let _ = job.reply.send(Done {
-                                utterance: job.utterance,
-                                kind: job.kind,
-                                result: Err("given up: stt too far behind".into()),
-                                decode: Duration::ZERO,
-                                total: waited,
-                                gave_up: true,
-                                samples: job.audio.len(),
-                                pieces: job.pieces,
-                            });
+                            if is_final {
+                                pool.metrics.finals_given_up.inc();
+                            } else {
+                                pool.metrics.revisions_dropped.inc();
+                            }
+                            let _ = job.reply.send(Done::dropped(&job));
                             continue;
                         }
-                        let options = if !job.kind.is_final_like() {
+                        let options = if job.kind == Kind::Revision {
+                            &revision
+                        } else if !job.kind.is_final_like() {
                             &partial
                         } else if waited > bounds.behind {
                             pool.metrics.finals_hurried.inc();
@@ -348,7 +434,12 @@ impl Pool {
                             _ => options.clone(),
                         };
                         let base = options.threads.max(1);
-                        let grant = pool.threads_for(base, bounds.wide_threads, job.narrow);
+                        let grant = pool.threads_for(
+                            base,
+                            bounds.wide_threads,
+                            job.narrow,
+                            job.kind == Kind::Revision,
+                        );
                         let threads = grant.threads;
                         if threads > base {
                             pool.metrics.decodes_wide.inc();
@@ -401,6 +492,8 @@ impl Pool {
                         let gave_way = !aborted && gave_way.into_inner() && result.is_err();
                         if aborted && job.kind.is_partial_like() {
                             pool.metrics.partials_aborted.inc();
+                        } else if aborted && job.kind == Kind::Revision {
+                            pool.metrics.revisions_stopped.inc();
                         } else if aborted {
                             pool.metrics.speculative_stopped.inc();
                         }
@@ -427,6 +520,7 @@ impl Pool {
                         };
                         match job.kind {
                             Kind::Partial => pool.metrics.partials_done.inc(),
+                            Kind::Revision => pool.metrics.revisions_done.inc(),
                             Kind::Piece(_) => pool.metrics.partial_pieces.inc(),
                             // (A tentative stopped midway is no final.)
                             Kind::Tentative if aborted => {}
@@ -445,6 +539,12 @@ impl Pool {
                                 }
                             }
                         }
+                        let samples = job.audio.len();
+                        let (audio, context) = if job.kind.is_final_like() {
+                            (job.audio, job.context)
+                        } else {
+                            (Vec::new(), None)
+                        };
                         let _ = job.reply.send(Done {
                             utterance: job.utterance,
                             kind: job.kind,
@@ -452,8 +552,11 @@ impl Pool {
                             decode,
                             total: job.queued.elapsed(),
                             gave_up: false,
-                            samples: job.audio.len(),
+                            samples,
                             pieces: job.pieces,
+                            audio,
+                            context,
+                            stopped: aborted,
                         });
                     }
                 })
@@ -486,14 +589,29 @@ impl Pool {
                     self.aborts[w].store(true, Ordering::Relaxed);
                 }
             }
-            Kind::Piece(_) => q.partials.push_back(job),
-            Kind::Partial => {
-                if let Some(slot) = q.waiting_partial(job.stream) {
-                    *slot = job;
-                    self.metrics.partials_skipped.inc();
-                } else {
-                    q.partials.push_back(job);
+            Kind::Piece(_) | Kind::Partial => {
+                let kind = job.kind;
+                match q.waiting_partial(job.stream) {
+                    Some(slot) if kind == Kind::Partial => {
+                        *slot = job;
+                        self.metrics.partials_skipped.inc();
+                    }
+                    _ => q.partials.push_back(job),
                 }
+                // A revision running gives way.
+                if let Some(w) = q.to_stop_for(kind, self.workers) {
+                    self.aborts[w].store(true, Ordering::Relaxed);
+                }
+            }
+            Kind::Revision => {
+                if q.revisions.len() >= REVISIONS_WAITING_MAX
+                    && let Some(old) = q.revisions.pop_front()
+                {
+                    self.metrics.revisions_dropped.inc();
+                    // Its stream stops waiting for it.
+                    let _ = old.reply.send(Done::dropped(&old));
+                }
+                q.revisions.push_back(job);
             }
         }
         self.publish_depth(&q);
@@ -555,10 +673,45 @@ impl Pool {
         job
     }
 
-    /// Drops the waiting partial of a stream that went away.
+    /// Stream `stream` opened an utterance (`true`) or closed it: while
+    /// streams speak, revisions wait (and one running stops) unless
+    /// workers are to spare (`Queue::revisions_may_run`), and none goes
+    /// wide.
+    pub fn speaking(&self, stream: u64, open: bool) {
+        let mut q = self.lock();
+        let changed = if open {
+            q.speaking.insert(stream)
+        } else {
+            q.speaking.remove(&stream)
+        };
+        if !changed {
+            return;
+        }
+        if open {
+            let stop = !q.revisions_may_run(self.workers) || q.lent > 0;
+            for (w, r) in q.running.iter().enumerate() {
+                if stop && r.is_some_and(|r| r.kind == Kind::Revision) {
+                    self.aborts[w].store(true, Ordering::Relaxed);
+                }
+            }
+        } else {
+            drop(q);
+            self.ready.notify_all();
+        }
+    }
+
+    /// Drops the waiting partial and revisions of a stream that went away.
     pub fn forget_stream(&self, stream: u64) {
         let mut q = self.lock();
+        if q.speaking.remove(&stream) {
+            self.ready.notify_all();
+        }
         q.partials.retain(|p| p.stream != stream);
+        let before = q.revisions.len();
+        q.revisions.retain(|p| p.stream != stream);
+        self.metrics
+            .revisions_dropped
+            .add((before - q.revisions.len()) as u64);
         self.publish_depth(&q);
     }
 
@@ -577,14 +730,31 @@ impl Pool {
     /// stall as a wide decode does).
     /// The slots of the other workers a wide decode spreads over are lent
     /// to it until it is done, so no decode starts beside it.
-    fn threads_for(&self, base: usize, wide: usize, narrow: bool) -> Grant {
+    fn threads_for(&self, base: usize, wide: usize, narrow: bool, revision: bool) -> Grant {
         let mut q = self.lock();
+        // A revision told to stop is as good as gone (it stops within a
+        // step): the decode it makes way for may still go wide.
+        let others = q
+            .running
+            .iter()
+            .enumerate()
+            .filter(|(w, r)| {
+                r.is_some_and(|r| {
+                    r.kind != Kind::Revision || !self.aborts[*w].load(Ordering::Relaxed)
+                })
+            })
+            .count();
         let plan = Plan {
             base,
-            wide,
+            // A revision goes wide only while nobody speaks.
+            wide: if revision && !q.speaking.is_empty() {
+                base
+            } else {
+                wide
+            },
             narrow,
             workers: self.workers,
-            alone: q.busy == 1 && q.lent == 0,
+            alone: others == 1 && q.lent == 0,
             running: self.threads.load(Ordering::Relaxed),
             free: self.idle.free(),
         };
@@ -627,7 +797,16 @@ impl Pool {
         let mut q = self.lock();
         loop {
             let free = q.busy + q.lent < self.workers;
-            if free && let Some(job) = q.finals.pop_front().or_else(|| q.partials.pop_front()) {
+            let revise = q.revisions_may_run(self.workers);
+            let job = free
+                .then(|| {
+                    q.finals
+                        .pop_front()
+                        .or_else(|| q.partials.pop_front())
+                        .or_else(|| revise.then(|| q.revisions.pop_front()).flatten())
+                })
+                .flatten();
+            if let Some(job) = job {
                 q.busy += 1;
                 q.running[i] = Some(Decoding::of(&job));
                 self.aborts[i].store(false, Ordering::Relaxed);
@@ -712,6 +891,135 @@ mod tests {
         };
         assert_eq!(narrow(1).grant(), g(1, 0));
         assert_eq!(narrow(2).grant(), g(1, 0));
+    }
+
+    #[test]
+    fn a_revision_reads_the_careful_way_never_less_than_a_final() {
+        let finals = DecodeOptions {
+            language: Some("es".into()),
+            threads: 1,
+            prompt: None,
+            context: None,
+            beam: 1,
+            min_audio_ctx: 256,
+            digits: true,
+            fallback: false,
+        };
+        let careful = Careful {
+            audio_ctx: 768,
+            beam: 5,
+        };
+        let r = careful.apply(&finals);
+        assert_eq!((r.min_audio_ctx, r.beam, r.digits), (768, 5, true));
+        let wider = DecodeOptions {
+            min_audio_ctx: 1500,
+            beam: 8,
+            ..finals
+        };
+        let r = careful.apply(&wider);
+        assert_eq!((r.min_audio_ctx, r.beam), (1500, 8));
+    }
+
+    #[test]
+    fn a_revision_gives_way_to_any_decode_and_is_queued_again_first() {
+        let mut q = Queue {
+            busy: 2,
+            running: vec![
+                decoding(1, 1, Kind::Revision),
+                decoding(2, 1, Kind::Partial),
+            ],
+            ..Queue::default()
+        };
+        // Every kind stops the revision before a partial, even with a
+        // worker free.
+        for kind in [Kind::Final, Kind::Tentative, Kind::Partial, Kind::Piece(0)] {
+            assert_eq!(q.to_stop_for(kind, 2), Some(0), "{kind:?}");
+            assert_eq!(q.to_stop_for(kind, 3), Some(0), "{kind:?}");
+        }
+        // Without one, a partial stops nothing, a final a partial.
+        q.running[0] = decoding(1, 2, Kind::Partial);
+        assert_eq!(q.to_stop_for(Kind::Partial, 2), None);
+        assert_eq!(q.to_stop_for(Kind::Final, 2), Some(0));
+        // Stopped, it heads the revisions.
+        q.revisions.push_back(job(3, 1, Kind::Revision));
+        assert!(q.again(job(1, 1, Kind::Revision)).is_none());
+        assert_eq!(
+            kinds(&q.revisions),
+            [(1, Kind::Revision), (3, Kind::Revision)]
+        );
+        q.closed = true;
+        assert!(q.again(job(1, 1, Kind::Revision)).is_some());
+    }
+
+    #[test]
+    fn revisions_wait_while_streams_speak_unless_workers_are_to_spare() {
+        let mut q = Queue::default();
+        assert!(q.revisions_may_run(2));
+        q.speaking.insert(1);
+        // On 2 workers: only in silence; on 3, one speaker leaves room.
+        assert!(!q.revisions_may_run(2));
+        assert!(q.revisions_may_run(3));
+        q.busy = 2;
+        assert!(!q.revisions_may_run(4));
+        q.speaking.insert(2);
+        assert!(q.revisions_may_run(6));
+        q.speaking.clear();
+        assert!(q.revisions_may_run(2));
+    }
+
+    #[test]
+    fn revisions_come_last_and_the_oldest_goes_past_the_bound() {
+        let pool = Pool {
+            queue: Mutex::default(),
+            ready: Condvar::new(),
+            metrics: Arc::default(),
+            capacity: Arc::new(Capacity::new(1, 0.1, None, 8)),
+            workers: 1,
+            idle: super::super::idle::IdleCpu::start(),
+            aborts: vec![AtomicBool::new(false)],
+            threads: AtomicUsize::new(0),
+        };
+        pool.lock().running = vec![None];
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let revision = |utterance| Job {
+            reply: tx.clone(),
+            ..job(1, utterance, Kind::Revision)
+        };
+        pool.submit(revision(0));
+        pool.submit(job(2, 1, Kind::Partial));
+        pool.submit(job(3, 1, Kind::Final));
+        let mut order = Vec::new();
+        for _ in 0..3 {
+            let j = pool.next(0).expect("a job");
+            order.push(j.kind);
+            pool.done(0, Grant::default());
+        }
+        assert_eq!(order, [Kind::Final, Kind::Partial, Kind::Revision]);
+        // Bounded: one past the bound drops the oldest, which its stream
+        // is told of (not decoded).
+        for u in 1..=REVISIONS_WAITING_MAX as u64 + 1 {
+            pool.submit(revision(u));
+        }
+        let dropped = rx.try_recv().expect("the oldest dropped");
+        assert!(dropped.gave_up && dropped.utterance == 1 && dropped.kind == Kind::Revision);
+        assert_eq!(pool.lock().revisions.len(), REVISIONS_WAITING_MAX);
+        assert_eq!(pool.metrics.revisions_dropped.get(), 1);
+        // A stream starts speaking: with no worker to spare, a revision
+        // running stops, and none starts until it is silent again.
+        pool.lock().running = vec![decoding(1, 2, Kind::Revision)];
+        pool.speaking(9, true);
+        assert!(pool.aborts[0].load(Ordering::Relaxed));
+        assert!(!pool.lock().revisions_may_run(1));
+        pool.speaking(9, false);
+        assert!(pool.lock().revisions_may_run(1));
+        pool.lock().running = vec![None];
+        // Its stream gone, the rest go too.
+        pool.forget_stream(1);
+        assert!(pool.lock().revisions.is_empty());
+        assert_eq!(
+            pool.metrics.revisions_dropped.get(),
+            1 + REVISIONS_WAITING_MAX as u64
+        );
     }
 
     #[test]

@@ -361,6 +361,12 @@ impl Segmenter {
         }
     }
 
+    /// Whether an utterance is open: someone may be speaking, and a
+    /// tentative or a final may be asked for soon.
+    pub fn in_utterance(&self) -> bool {
+        self.open.is_some()
+    }
+
     /// The tentative final of utterance `index` reads as a finished
     /// sentence: if that utterance is still open and silent since its
     /// tentative, it ends after `early_end_ms` of silence; at once (the

@@ -105,6 +105,7 @@ pub async fn serve(
         behind: s.behind(),
         give_up: std::time::Duration::from_secs(s.give_up_secs),
         wide_threads: s.max_threads_when_idle,
+        revision: s.revision(),
     };
     let (pool, workers) = Pool::start(
         &engine,

@@ -29,6 +29,10 @@ use crate::event::{Event, Speaker, Speech, Transcript};
 /// Longest wait for outstanding finals once a stream ended.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a stream that ended waits for its revisions (its finals are
+/// all out by then).
+const REVISION_DRAIN: Duration = Duration::from_secs(5);
+
 /// A stream's parameters, checked before the upgrade.
 #[derive(Debug, Clone)]
 pub struct StreamParams {
@@ -127,6 +131,22 @@ struct Utterances {
     pieces: HashMap<u64, Vec<Option<String>>>,
     /// A partial back before the pieces it follows: sent when they are.
     held_partial: Option<Done>,
+    /// Finals out whose revision is asked for: what went out.
+    revising: HashMap<u64, Revising>,
+}
+
+/// A final that went out, as its revision needs it.
+struct Revising {
+    span: Span,
+    text: String,
+    /// The final's `lagMs`.
+    lag_ms: u64,
+}
+
+/// Where a stream's revisions are asked for and come back.
+struct Reviser {
+    stream: u64,
+    reply: mpsc::UnboundedSender<Done>,
 }
 
 impl Utterances {
@@ -144,6 +164,7 @@ impl Utterances {
             context: None,
             pieces: HashMap::new(),
             held_partial: None,
+            revising: HashMap::new(),
         }
     }
 
@@ -333,6 +354,10 @@ where
     let mut leftover: Vec<u8> = Vec::new();
     let mut decoded: Vec<i16> = Vec::new();
     let mut utts = Utterances::new(format!("{}-{}", params.speaker, unique_tag(stream_id)));
+    let reviser = Reviser {
+        stream: stream_id,
+        reply: reply_tx.clone(),
+    };
     let idle = Duration::from_secs(s.idle_timeout_secs.max(1));
     let mut last_audio = Instant::now();
     let mut samples_in: u64 = 0;
@@ -454,6 +479,15 @@ where
     };
 
     let mut counted = Counted::default();
+    // Whether an utterance is open, as the pool was last told (revisions
+    // wait while streams speak).
+    let mut speaking = false;
+    let tell_speaking = |segmenter: &Segmenter, speaking: &mut bool| {
+        if segmenter.in_utterance() != *speaking {
+            *speaking = !*speaking;
+            state.pool.speaking(stream_id, *speaking);
+        }
+    };
     // Receive audio until the stream ends.
     loop {
         counted.add_new(metrics, samples_in, params.sample_rate, &segmenter);
@@ -472,9 +506,10 @@ where
                 let mut out = done.map(|d| utts.ready(d)).unwrap_or_default();
                 if let Some(index) = ended {
                     out.extend(submit(segmenter.end_early(index), &mut utts, samples_in).1);
+                    tell_speaking(&segmenter, &mut speaking);
                 }
                 for done in out {
-                    deliver(state, params, &mut utts, done, &mut tx).await;
+                    deliver(state, params, &mut utts, done, &mut tx, &reviser).await;
                 }
             }
             msg = rx.next() => match msg {
@@ -496,11 +531,12 @@ where
                         None => pcm,
                     };
                     let (started, ready) = submit(segmenter.push(&pcm16), &mut utts, samples_in);
+                    tell_speaking(&segmenter, &mut speaking);
                     for event in started {
                         let _ = tx.send(Message::text(event.to_json())).await;
                     }
                     for done in ready {
-                        deliver(state, params, &mut utts, done, &mut tx).await;
+                        deliver(state, params, &mut utts, done, &mut tx, &reviser).await;
                     }
                 }
                 Some(Ok(Message::Text(text))) => {
@@ -521,8 +557,10 @@ where
             }
         }
     }
-    for done in submit(segmenter.finish(), &mut utts, samples_in).1 {
-        deliver(state, params, &mut utts, done, &mut tx).await;
+    let finished = submit(segmenter.finish(), &mut utts, samples_in).1;
+    tell_speaking(&segmenter, &mut speaking);
+    for done in finished {
+        deliver(state, params, &mut utts, done, &mut tx, &reviser).await;
     }
     counted.add_new(metrics, samples_in, params.sample_rate, &segmenter);
 
@@ -535,7 +573,7 @@ where
                     continue;
                 };
                 for done in utts.ready(done) {
-                    deliver(state, params, &mut utts, done, &mut tx).await;
+                    deliver(state, params, &mut utts, done, &mut tx, &reviser).await;
                 }
             }
             _ => {
@@ -545,10 +583,22 @@ where
                 );
                 // What is decoded still goes out, in order.
                 for (_, done) in std::mem::take(&mut utts.held) {
-                    deliver(state, params, &mut utts, done, &mut tx).await;
+                    deliver(state, params, &mut utts, done, &mut tx, &reviser).await;
                 }
                 break;
             }
+        }
+    }
+    // The revisions asked for: a short wait (they come last, and a busy stt
+    // may drop them); what is not back by then keeps its first final.
+    let deadline = Instant::now() + REVISION_DRAIN;
+    while !utts.revising.is_empty() && state.settings.revise_finals {
+        match tokio::time::timeout_at(deadline.into(), replies.recv()).await {
+            Ok(Some(done)) if done.kind == Kind::Revision => {
+                deliver(state, params, &mut utts, done, &mut tx, &reviser).await;
+            }
+            Ok(Some(_)) => {}
+            _ => break,
         }
     }
     let frame = reason.map(|(code, why)| CloseFrame {
@@ -611,10 +661,14 @@ async fn deliver<W>(
     utts: &mut Utterances,
     done: Done,
     tx: &mut W,
+    reviser: &Reviser,
 ) where
     W: futures_util::Sink<Message> + Unpin,
 {
     let index = done.utterance;
+    if done.kind == Kind::Revision {
+        return deliver_revision(state, params, utts, done, tx).await;
+    }
     let is_final = done.kind == Kind::Final;
     if is_final {
         utts.finals_pending.remove(&index);
@@ -656,14 +710,24 @@ async fn deliver<W>(
         return;
     };
     let gap = done.gave_up.then(|| "overload".to_owned());
-    let decoded = match done.result {
+    let Done {
+        result,
+        total,
+        decode,
+        audio,
+        context,
+        ..
+    } = done;
+    let decoded = match result {
         Ok(d) => d,
         Err(e) => {
             if done.gave_up {
                 tracing::warn!(
-                    waited_ms = done.total.as_millis() as u64,
+                    waited_ms = total.as_millis() as u64,
                     "a final given up: stt too far behind"
                 );
+            } else if done.stopped {
+                tracing::debug!(kind = ?done.kind, "a decode stopped midway");
             } else {
                 tracing::error!(error = %e, "transcription failed");
             }
@@ -730,17 +794,98 @@ async fn deliver<W>(
         utterance_id: format!("{}-{index}", utts.prefix),
         start_ms: span.start_ms,
         end_ms: span.end_ms,
-        latency_ms: Some(done.total.as_millis() as u64),
-        lag_ms: Some(span.behind_ms + done.total.as_millis() as u64),
+        latency_ms: Some(total.as_millis() as u64),
+        lag_ms: Some(span.behind_ms + total.as_millis() as u64),
         gap,
         // (Only a final's span has it.)
         ended_by: span.ended.map(|e| e.as_str().to_owned()),
+        revised: None,
     });
     tracing::debug!(
         final_ = is_final,
-        decode_ms = done.decode.as_millis() as u64,
+        decode_ms = decode.as_millis() as u64,
         chars = text.chars().count(),
         "transcript"
+    );
+    state.publisher.send(event.clone());
+    let _ = tx.send(Message::text(event.to_json())).await;
+    // A final with words: decoded again the careful way when the workers
+    // have nothing else to do.
+    if is_final && !text.is_empty() && !audio.is_empty() && state.settings.revise_finals {
+        utts.revising.insert(
+            index,
+            Revising {
+                span,
+                text,
+                lag_ms: span.behind_ms + total.as_millis() as u64,
+            },
+        );
+        state.pool.submit(Job {
+            stream: reviser.stream,
+            utterance: index,
+            kind: Kind::Revision,
+            audio,
+            context,
+            pieces: 0,
+            queued: Instant::now(),
+            reply: reviser.reply.clone(),
+            narrow: false,
+        });
+    }
+}
+
+/// A revision came back: a second final of its utterance (`revised`),
+/// where its text has words, passes the filters, and differs from the
+/// first final's. The first final's text stays the context for what
+/// follows unless a later final has replaced it.
+async fn deliver_revision<W>(
+    state: &State,
+    params: &StreamParams,
+    utts: &mut Utterances,
+    done: Done,
+    tx: &mut W,
+) where
+    W: futures_util::Sink<Message> + Unpin,
+{
+    let index = done.utterance;
+    let Some(first) = utts.revising.remove(&index) else {
+        return;
+    };
+    let Ok(decoded) = done.result else {
+        return;
+    };
+    let text = decoded.text.trim();
+    if text.is_empty()
+        || reject_reason(&decoded, state.settings.max_no_speech_prob).is_some()
+        || text == first.text.trim()
+    {
+        return;
+    }
+    state.metrics.revisions_sent.inc();
+    if let Some((context, end_ms)) = &mut utts.context
+        && *end_ms == first.span.end_ms
+        && let Some(c) = super::engine::as_context(text)
+    {
+        *context = c;
+    }
+    let event = Event::Transcript(Transcript {
+        call_id: params.call_id.clone(),
+        speaker: params.speaker,
+        text: text.to_owned(),
+        is_final: true,
+        utterance_id: format!("{}-{index}", utts.prefix),
+        start_ms: first.span.start_ms,
+        end_ms: first.span.end_ms,
+        latency_ms: Some(done.total.as_millis() as u64),
+        lag_ms: Some(first.lag_ms + done.total.as_millis() as u64),
+        gap: None,
+        ended_by: first.span.ended.map(|e| e.as_str().to_owned()),
+        revised: Some(true),
+    });
+    tracing::debug!(
+        decode_ms = done.decode.as_millis() as u64,
+        chars = text.chars().count(),
+        "revised final"
     );
     state.publisher.send(event.clone());
     let _ = tx.send(Message::text(event.to_json())).await;
@@ -777,6 +922,9 @@ mod tests {
             gave_up: false,
             samples: 0,
             pieces: 0,
+            audio: Vec::new(),
+            context: None,
+            stopped: false,
         }
     }
 
@@ -787,8 +935,10 @@ mod tests {
         let order = |v: Vec<Done>| v.iter().map(|d| d.utterance).collect::<Vec<_>>();
         // Final 3 decoded first (another worker): held.
         assert!(u.ready(done(3, Kind::Final)).is_empty());
-        // A partial never waits.
+        // A partial never waits, nor a revision (of a final already out).
         assert_eq!(order(u.ready(done(4, Kind::Partial))), [4]);
+        let revision = u.arrived(done(0, Kind::Revision)).expect("passes");
+        assert_eq!(order(u.ready(revision)), [0]);
         // Final 2 waits for 1; 1 releases 1, 2 and 3 in order.
         assert!(u.ready(done(2, Kind::Final)).is_empty());
         assert_eq!(order(u.ready(done(1, Kind::Final))), [1, 2, 3]);

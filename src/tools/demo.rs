@@ -235,9 +235,10 @@ pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Re
     println!();
     printer.report_lag();
     println!(
-        "Demo finished: {} transcripts ({} partial), {} tips, {} of {} checklist items, in {:.0} s.",
+        "Demo finished: {} transcripts ({} partial, {} revised), {} tips, {} of {} checklist items, in {:.0} s.",
         printer.finals,
         printer.partials,
+        printer.revised,
         printer.tips.len(),
         printer.done.len(),
         printer.items,
@@ -258,6 +259,8 @@ pub async fn run(opts: Options, settings: crate::config::Settings) -> anyhow::Re
 struct Printer {
     finals: usize,
     partials: usize,
+    /// Finals revised (`revised`): printed again, not counted in `finals`.
+    revised: usize,
     tips: HashSet<String>,
     done: HashSet<String>,
     items: usize,
@@ -343,6 +346,16 @@ impl Printer {
             }
             // An utterance that turned out not to be speech.
             Event::Transcript(t) if t.is_final && t.text.is_empty() && t.gap.is_none() => {}
+            // The careful decode of an utterance already shown.
+            Event::Transcript(t) if t.revised == Some(true) => {
+                self.revised += 1;
+                let who = if t.speaker == Speaker::Agent {
+                    "agent   "
+                } else {
+                    "customer"
+                };
+                println!("[{}] {who}  (revised) {}", clock(t.start_ms), t.text);
+            }
             Event::Transcript(t) if t.is_final => {
                 self.finals += 1;
                 self.gaps += usize::from(t.gap.is_some());

@@ -49,20 +49,35 @@ struct Line<'a> {
     text: &'a str,
 }
 
-/// The finals with words, in the order they were said.
+/// The finals with words, in the order they were said; a revised final
+/// (`revised`) in place of its utterance's first.
 fn finals(events: &[Received]) -> Vec<Line<'_>> {
-    let mut lines: Vec<Line<'_>> = events
-        .iter()
-        .filter_map(|r| match &r.event {
-            Some(Event::Transcript(t)) if t.is_final && !t.text.trim().is_empty() => Some(Line {
-                speaker: t.speaker.as_str(),
-                start_ms: t.start_ms,
-                end_ms: t.end_ms,
-                text: t.text.trim(),
-            }),
-            _ => None,
-        })
-        .collect();
+    let mut lines: Vec<Line<'_>> = Vec::new();
+    // Utterance id -> its line.
+    let mut at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for r in events {
+        let Some(Event::Transcript(t)) = &r.event else {
+            continue;
+        };
+        if !t.is_final || t.text.trim().is_empty() {
+            continue;
+        }
+        let line = Line {
+            speaker: t.speaker.as_str(),
+            start_ms: t.start_ms,
+            end_ms: t.end_ms,
+            text: t.text.trim(),
+        };
+        match at.get(t.utterance_id.as_str()) {
+            Some(&i) if t.revised == Some(true) => lines[i] = line,
+            _ => {
+                if !t.utterance_id.is_empty() {
+                    at.insert(&t.utterance_id, lines.len());
+                }
+                lines.push(line);
+            }
+        }
+    }
     lines.sort_by_key(|l| l.start_ms);
     lines
 }
@@ -214,5 +229,26 @@ mod tests {
         assert_eq!(j["events"].as_array().unwrap().len(), 5);
         assert_eq!(file_name("a:b", Format::WebVtt), "call-a_b.vtt");
         assert!(Format::parse(Some("pdf")).is_err());
+    }
+
+    #[test]
+    fn a_revised_final_takes_its_first_finals_place() {
+        let events = vec![
+            json!({"type":"transcript","callId":"x","speaker":"customer","text":"cuatro cinco seis","final":true,"utteranceId":"c-1","startMs":1000,"endMs":3000}),
+            json!({"type":"transcript","callId":"x","speaker":"agent","text":"Gracias.","final":true,"utteranceId":"a-1","startMs":4000,"endMs":5000}),
+            json!({"type":"transcript","callId":"x","speaker":"customer","text":"456","final":true,"revised":true,"utteranceId":"c-1","startMs":1000,"endMs":3000}),
+            // Another utterance's first final with a reused id stays.
+            json!({"type":"transcript","callId":"x","speaker":"agent","text":"Otra.","final":true,"utteranceId":"a-1","startMs":6000,"endMs":7000}),
+        ];
+        let txt = render("x", &events, Format::Text);
+        let body: Vec<&str> = txt.lines().filter(|l| l.starts_with('[')).collect();
+        assert_eq!(
+            body,
+            [
+                "[0:01] Cliente: 456",
+                "[0:04] Agente: Gracias.",
+                "[0:06] Agente: Otra."
+            ]
+        );
     }
 }

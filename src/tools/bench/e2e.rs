@@ -218,6 +218,8 @@ async fn run_one(
             continue;
         };
         match event {
+            // A revised final (a second one of its utterance) is not timed.
+            Event::Transcript(t) if t.revised == Some(true) => {}
             Event::Transcript(t) if t.is_final => {
                 let u = format!("{}:{}", t.speaker, t.utterance_id);
                 o.finals.insert(u, (t.end_ms, now));

@@ -201,6 +201,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     lag_ms: None,
                     gap: None,
                     ended_by: None,
+                    revised: None,
                 })
                 .to_json();
                 if let Some(rule) = rule

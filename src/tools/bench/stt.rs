@@ -92,6 +92,10 @@ struct Clip {
     rate: u32,
 }
 
+/// One final of a clip: its utterance id, its text as first sent, and its
+/// text now (revised or not).
+type Heard = (String, String, String);
+
 #[derive(Default)]
 struct Observed {
     /// End-of-speech to final, ms.
@@ -108,8 +112,13 @@ struct Observed {
     /// Streams refused at the handshake.
     refused: usize,
     /// Final texts of each clip playback ((stream, clip start ms) -> (clip
-    /// name, texts)), joined for WER.
-    hypotheses: HashMap<(usize, u64), (String, Vec<String>)>,
+    /// name, per final: its utterance id, its first text and its text now,
+    /// revised or not)), joined for WER.
+    hypotheses: HashMap<(usize, u64), (String, Vec<Heard>)>,
+    /// Revised finals (`revised`), and their lag behind the end of speech,
+    /// ms (not counted in `finals` or `latency_ms`).
+    revised: usize,
+    revision_lag_ms: Vec<f64>,
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
@@ -172,7 +181,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     );
     let _neighbours = Neighbours::start(opts.neighbour)?;
     println!(
-        "{:>6} {:>8} {:>8} {:>8} {:>5} {:>9} {:>9} {:>9} {:>17} {:>12} {:>17} {:>12} {:>7} {:>9} {:>10} {:>7} {:>9}",
+        "{:>6} {:>8} {:>8} {:>8} {:>5} {:>9} {:>9} {:>9} {:>17} {:>12} {:>17} {:>12} {:>7} {:>9} {:>10} {:>17} {:>9} {:>7} {:>9}",
         "calls",
         "streams",
         "refused",
@@ -188,6 +197,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         "RTF",
         "stt CPU",
         "stt RSS",
+        "revised p50/p95",
+        "WER first",
         "WER",
         "capacity"
     );
@@ -301,13 +312,35 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             speech / o.partials as f64
         };
         let sent_asked = format!("{}/{asked:.0}", o.partials);
-        // Only clips that finished playing count towards WER.
-        let hyps: Vec<(String, String)> = o
-            .hypotheses
-            .values()
-            .map(|(name, texts)| (name.clone(), texts.join(" ")))
-            .collect();
+        // Only clips that finished playing count towards WER: of the
+        // finals as they end (revised where they were), and as first sent.
+        let joined = |first: bool| -> Vec<(String, String)> {
+            o.hypotheses
+                .values()
+                .map(|(name, finals)| {
+                    let texts: Vec<&str> = finals
+                        .iter()
+                        .map(|(_, f, n)| if first { f.as_str() } else { n.as_str() })
+                        .collect();
+                    (name.clone(), texts.join(" "))
+                })
+                .collect()
+        };
+        let hyps = joined(false);
         let wer = word_error_rate(&hyps, &references);
+        let wer_first = word_error_rate(&joined(true), &references);
+        let mut revised_lag = o.revision_lag_ms.clone();
+        revised_lag.sort_by(f64::total_cmp);
+        let revised = if revised_lag.is_empty() {
+            "0: -".to_owned()
+        } else {
+            format!(
+                "{}: {:.0}/{:.0}",
+                o.revised,
+                quantile(&revised_lag, 0.5),
+                quantile(&revised_lag, 0.95)
+            )
+        };
         if let Some(path) = &opts.hypotheses {
             let mut lines: Vec<String> = hyps.iter().map(|(n, t)| format!("{n}\t{t}\n")).collect();
             lines.sort();
@@ -315,7 +348,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
         let (refused, finals, gaps) = (o.refused, o.finals, o.gaps);
         println!(
-            "{:>6} {:>8} {:>8} {:>8} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>17} {:>9.0} ms {:>15.2} s {:>12} {:>7.3} {:>8.0}% {:>6.0} MiB {:>7} {:>9}",
+            "{:>6} {:>8} {:>8} {:>8} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>17} {:>9.0} ms {:>15.2} s {:>12} {:>7.3} {:>8.0}% {:>6.0} MiB {:>17} {:>9} {:>7} {:>9}",
             calls,
             calls * 2,
             refused,
@@ -331,6 +364,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             rtf,
             cpu * 100.0,
             peak_rss / 1048576.0,
+            revised,
+            wer_first.map_or("-".into(), |w| format!("{:.1}%", w * 100.0)),
             wer.map_or("-".into(), |w| format!("{:.1}%", w * 100.0)),
             capacity,
         );
@@ -420,7 +455,19 @@ async fn play(
                     Ok(o) => o,
                     Err(_) => return,
                 };
-                if t.is_final {
+                if t.is_final && t.revised == Some(true) {
+                    // A second final of an utterance already counted: its
+                    // text replaces the first's.
+                    o.revised += 1;
+                    let spoken_end = start + Duration::from_millis(t.end_ms);
+                    let ms = now.saturating_duration_since(spoken_end).as_secs_f64() * 1000.0;
+                    o.revision_lag_ms.push(ms);
+                    for (_, finals) in o.hypotheses.values_mut() {
+                        for f in finals.iter_mut().filter(|f| f.0 == id) {
+                            f.2 = t.text.clone();
+                        }
+                    }
+                } else if t.is_final {
                     o.finals += 1;
                     o.gaps += usize::from(t.gap.is_some());
                     let end_ms = t.end_ms;
@@ -437,12 +484,11 @@ async fn play(
                             .iter()
                             .find(|(s, e, _)| start_ms + 400 >= *s && start_ms < *e)
                     {
-                        let hyp = t.text.clone();
                         o.hypotheses
                             .entry((stream, *begin))
                             .or_insert_with(|| (name.clone(), Vec::new()))
                             .1
-                            .push(hyp);
+                            .push((id, t.text.clone(), t.text.clone()));
                     }
                 } else {
                     o.partials += 1;
