@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Accuracy side by side, on the same recordings and the same base weights:
 #   live       stt over its websocket, played at real time (bench-stt --once)
-#   segmented  `call-coach transcribe`: the live path's finals, offline
+#   segmented  `call-coach transcribe`: the live path's finals as revised
+#              (stt.revise_finals), offline
 #   before     the same with the settings before this comparison existed
 #   whole      `call-coach transcribe --whole`: each file decoded at once
 #   fw-greedy, fw-beam5  faster-whisper (int8) on the CTranslate2 copy of base
@@ -120,8 +121,9 @@ timed() { # NAME CMD...: prompts then numbers, timing the prompts
 threads=$(nproc)
 printf '%-16s %7s %16s %16s %10s\n' engine WER "prompts' digits" "numbers' digits" "prompts s"
 [[ ,$only, == *,segmented,* ]] && timed segmented "$bin" transcribe
-# The live path's settings before speculative finals, context
-# and numbers as digits (release 0.1's defaults), for comparison.
+# The live path's settings before speculative finals, context,
+# numbers as digits and revised finals (release 0.1's defaults), for
+# comparison.
 [[ ,$only, == *,before,* ]] && timed before env CALL_COACH_STT__CONTEXT_FROM_PREVIOUS=false \
   CALL_COACH_STT__PREROLL_MS=300 CALL_COACH_STT__NUMBERS_AS_DIGITS=false \
   CALL_COACH_STT__MIN_AUDIO_CTX=256 CALL_COACH_STT__REVISE_FINALS=false "$bin" transcribe
