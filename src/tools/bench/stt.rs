@@ -115,9 +115,8 @@ struct Observed {
     /// name, per final: its utterance id, its first text and its text now,
     /// revised or not)), joined for WER.
     hypotheses: HashMap<(usize, u64), (String, Vec<Heard>)>,
-    /// Revised finals (`revised`), and their lag behind the end of speech,
-    /// ms (not counted in `finals` or `latency_ms`).
-    revised: usize,
+    /// Each revised final's (`revised`) lag behind the end of speech, ms
+    /// (not counted in `finals` or `latency_ms`).
     revision_lag_ms: Vec<f64>,
 }
 
@@ -276,18 +275,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let mut lat = o.latency_ms.clone();
         lat.sort_by(f64::total_cmp);
         let pick = |q: f64| quantile(&lat, q);
-        let mut early = o.sentence_latency_ms.clone();
-        early.sort_by(f64::total_cmp);
-        let early = if early.is_empty() {
-            "0: -".to_owned()
-        } else {
-            format!(
-                "{}: {:.0}/{:.0}",
-                early.len(),
-                quantile(&early, 0.5),
-                quantile(&early, 0.95)
-            )
-        };
+        let early = count_p50_p95(&o.sentence_latency_ms);
         let gap = if o.partial_gaps_ms.is_empty() {
             f64::NAN
         } else {
@@ -329,18 +317,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let hyps = joined(false);
         let wer = word_error_rate(&hyps, &references);
         let wer_first = word_error_rate(&joined(true), &references);
-        let mut revised_lag = o.revision_lag_ms.clone();
-        revised_lag.sort_by(f64::total_cmp);
-        let revised = if revised_lag.is_empty() {
-            "0: -".to_owned()
-        } else {
-            format!(
-                "{}: {:.0}/{:.0}",
-                o.revised,
-                quantile(&revised_lag, 0.5),
-                quantile(&revised_lag, 0.95)
-            )
-        };
+        let revised = count_p50_p95(&o.revision_lag_ms);
         if let Some(path) = &opts.hypotheses {
             let mut lines: Vec<String> = hyps.iter().map(|(n, t)| format!("{n}\t{t}\n")).collect();
             lines.sort();
@@ -371,6 +348,21 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `N: p50/p95` of some figures (ms), or `0: -`.
+fn count_p50_p95(figures: &[f64]) -> String {
+    let mut sorted = figures.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return "0: -".to_owned();
+    }
+    format!(
+        "{}: {:.0}/{:.0}",
+        sorted.len(),
+        quantile(&sorted, 0.5),
+        quantile(&sorted, 0.95)
+    )
 }
 
 /// The `q` quantile of sorted figures (NaN when there are none).
@@ -458,7 +450,6 @@ async fn play(
                 if t.is_final && t.revised == Some(true) {
                     // A second final of an utterance already counted: its
                     // text replaces the first's.
-                    o.revised += 1;
                     let spoken_end = start + Duration::from_millis(t.end_ms);
                     let ms = now.saturating_duration_since(spoken_end).as_secs_f64() * 1000.0;
                     o.revision_lag_ms.push(ms);
