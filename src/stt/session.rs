@@ -836,8 +836,8 @@ async fn deliver<W>(
 
 /// A revision came back: a second final of its utterance (`revised`),
 /// where its text has words, passes the filters, and differs from the
-/// first final's. The first final's text stays the context for what
-/// follows unless a later final has replaced it.
+/// first final's. It becomes the context for what follows, unless a later
+/// final already has.
 async fn deliver_revision<W>(
     state: &State,
     params: &StreamParams,
