@@ -141,7 +141,8 @@ pub struct Settings {
     /// A revision's encoder window floor, in frames of 20 ms (64 to 1500;
     /// never below `min_audio_ctx`). Default 768.
     pub revision_audio_ctx: i32,
-    /// A revision's beam width (never below `beam`). Default 5.
+    /// A revision's beam width (never below `beam`; at most 8, whisper.cpp's
+    /// most decoders). Default 8.
     pub revision_beam: usize,
     /// Silence that ends an utterance, in ms.
     pub end_silence_ms: usize,
@@ -259,7 +260,7 @@ impl Default for Settings {
             min_audio_ctx: None,
             revise_finals: true,
             revision_audio_ctx: 768,
-            revision_beam: 5,
+            revision_beam: 8,
             end_silence_ms: 500,
             speculative_finals: true,
             end_silence_after_sentence_ms: 300,
@@ -357,10 +358,12 @@ impl Section for Settings {
             ("stt.beam", self.beam),
             ("stt.revision_beam", self.revision_beam),
         ] {
-            if !(1..=16).contains(&beam) {
+            // whisper.cpp runs at most 8 decoders (WHISPER_MAX_DECODERS):
+            // a wider beam fails every decode with error -4.
+            if !(1..=8).contains(&beam) {
                 return Err(ConfigError::invalid(
                     key,
-                    format!("must be 1 (greedy) to 16, got {beam}"),
+                    format!("must be 1 (greedy) to 8 (whisper.cpp's most), got {beam}"),
                 ));
             }
         }
@@ -672,16 +675,17 @@ mod tests {
             "{err}"
         );
         assert!(with("cpu", Some(0)).validate().is_err());
-        // A revision reads 768 frames with beam 5, never less than finals.
+        // A revision reads 768 frames with beam 8, never less than finals.
         let r = with("cpu", None).revision();
-        assert_eq!((r.audio_ctx, r.beam), (768, 5));
+        assert_eq!((r.audio_ctx, r.beam), (768, 8));
         assert_eq!(with("cuda", None).revision().audio_ctx, 1500);
         let wide = Settings {
-            beam: 8,
+            beam: 6,
+            revision_beam: 3,
             ..with("cpu", Some(1000))
         };
         let r = wide.revision();
-        assert_eq!((r.audio_ctx, r.beam), (1000, 8));
+        assert_eq!((r.audio_ctx, r.beam), (1000, 6));
         for bad in [
             Settings {
                 revision_audio_ctx: 2000,
@@ -689,6 +693,11 @@ mod tests {
             },
             Settings {
                 revision_beam: 0,
+                ..Default::default()
+            },
+            // whisper.cpp's most is 8 decoders; 9 would fail every decode.
+            Settings {
+                revision_beam: 9,
                 ..Default::default()
             },
         ] {

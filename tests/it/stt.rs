@@ -1297,14 +1297,14 @@ fn transcribe_takes_any_rate_and_goes_on_past_a_bad_file() {
 }
 
 /// Prompts whose first final and careful decode differ (`transcribe` with
-/// `REVISE_FINALS=false` and without: "Lo ego presione la tácla de número"
-/// / "Luego presione la tecla de número", "clave de entrada y invale de
-/// apara esta conferencia" / "clave de entrada inválida para esta
-/// conferencia", "ingrece ... precione" / "ingrese ... presione").
-const REVISED_PROMPTS: [&str; 3] = ["vm-then-pound", "conf-invalidpin", "vm-reenterpassword"];
+/// `REVISE_FINALS=false` and without, beam 8: "Lo ego presione la tácla de
+/// número" / "Luego presione la tecla de número", "Sus contraiseñas han
+/// sido cambiadas" / "Sus contraseñas han sido cambiadas", "Por favor
+/// ingrece" / "Por favor ingrese").
+const REVISED_PROMPTS: [&str; 3] = ["vm-then-pound", "vm-passchanged", "vm-reenterpassword"];
 
 /// A final goes out at once; once stt has nothing else to do, its audio is
-/// decoded again the careful way (beam 5, a 768-frame window) and, where
+/// decoded again the careful way (beam 8, a 768-frame window) and, where
 /// the text differs, follows as a second final of the same utterance
 /// (`revised: true`), on the socket and to the relay. These prompts come
 /// out differently the two ways (measured with `transcribe`).
