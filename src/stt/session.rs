@@ -786,40 +786,24 @@ async fn deliver<W>(
         utts.last_partial = Some((index, text.clone()));
         utts.announced.insert(index);
     }
-    let event = Event::Transcript(Transcript {
-        call_id: params.call_id.clone(),
-        speaker: params.speaker,
-        text: text.clone(),
-        is_final,
-        utterance_id: format!("{}-{index}", utts.prefix),
-        start_ms: span.start_ms,
-        end_ms: span.end_ms,
-        latency_ms: Some(total.as_millis() as u64),
-        lag_ms: Some(span.behind_ms + total.as_millis() as u64),
-        gap,
-        // (Only a final's span has it.)
-        ended_by: span.ended.map(|e| e.as_str().to_owned()),
-        revised: None,
-    });
     tracing::debug!(
         final_ = is_final,
         decode_ms = decode.as_millis() as u64,
         chars = text.chars().count(),
         "transcript"
     );
-    state.publisher.send(event.clone());
-    let _ = tx.send(Message::text(event.to_json())).await;
+    let lag_ms = span.behind_ms + total.as_millis() as u64;
+    let event = Transcript {
+        latency_ms: Some(total.as_millis() as u64),
+        lag_ms: Some(lag_ms),
+        gap,
+        ..transcript(params, utts, index, &span, text.clone(), is_final)
+    };
+    publish(state, tx, event).await;
     // A final with words: decoded again the careful way when the workers
     // have nothing else to do.
     if is_final && !text.is_empty() && !audio.is_empty() && state.settings.revise_finals {
-        utts.revising.insert(
-            index,
-            Revising {
-                span,
-                text,
-                lag_ms: span.behind_ms + total.as_millis() as u64,
-            },
-        );
+        utts.revising.insert(index, Revising { span, text, lag_ms });
         state.pool.submit(Job {
             stream: reviser.stream,
             utterance: index,
@@ -868,25 +852,53 @@ async fn deliver_revision<W>(
     {
         *context = c;
     }
-    let event = Event::Transcript(Transcript {
-        call_id: params.call_id.clone(),
-        speaker: params.speaker,
-        text: text.to_owned(),
-        is_final: true,
-        utterance_id: format!("{}-{index}", utts.prefix),
-        start_ms: first.span.start_ms,
-        end_ms: first.span.end_ms,
-        latency_ms: Some(done.total.as_millis() as u64),
-        lag_ms: Some(first.lag_ms + done.total.as_millis() as u64),
-        gap: None,
-        ended_by: first.span.ended.map(|e| e.as_str().to_owned()),
-        revised: Some(true),
-    });
     tracing::debug!(
         decode_ms = done.decode.as_millis() as u64,
         chars = text.chars().count(),
         "revised final"
     );
+    let event = Transcript {
+        latency_ms: Some(done.total.as_millis() as u64),
+        lag_ms: Some(first.lag_ms + done.total.as_millis() as u64),
+        revised: Some(true),
+        ..transcript(params, utts, index, &first.span, text.to_owned(), true)
+    };
+    publish(state, tx, event).await;
+}
+
+/// A `transcript` event of utterance `index` over `span`, without the
+/// timing fields, `gap` or `revised` (the caller sets those).
+fn transcript(
+    params: &StreamParams,
+    utts: &Utterances,
+    index: u64,
+    span: &Span,
+    text: String,
+    is_final: bool,
+) -> Transcript {
+    Transcript {
+        call_id: params.call_id.clone(),
+        speaker: params.speaker,
+        text,
+        is_final,
+        utterance_id: format!("{}-{index}", utts.prefix),
+        start_ms: span.start_ms,
+        end_ms: span.end_ms,
+        latency_ms: None,
+        lag_ms: None,
+        gap: None,
+        // (Only a final's span has it.)
+        ended_by: span.ended.map(|e| e.as_str().to_owned()),
+        revised: None,
+    }
+}
+
+/// Sends a transcript to the stream's client and to the relay.
+async fn publish<W>(state: &State, tx: &mut W, transcript: Transcript)
+where
+    W: futures_util::Sink<Message> + Unpin,
+{
+    let event = Event::Transcript(transcript);
     state.publisher.send(event.clone());
     let _ = tx.send(Message::text(event.to_json())).await;
 }
