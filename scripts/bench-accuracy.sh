@@ -19,7 +19,9 @@
 # asterisk-core-sounds-es-wav asterisk-core-sounds-es espeak-ng sox
 # python3-venv; installs faster-whisper into ~/.cache/call-coach/bench
 # with pip (once). Extra stt settings pass through the environment
-# (e.g. CALL_COACH_STT__BEAM=5).
+# (e.g. CALL_COACH_STT__BEAM=5). stt gives a decode more threads on idle
+# cores, and a beam search can turn on the last bits that changes: for
+# bit-for-bit repeats on a busy machine set CALL_COACH_STT__THREADS_PER_WORKER.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 limit=0 set_name=held-out calls=1 only=live,segmented,before,whole,fw-greedy,fw-beam5
@@ -29,7 +31,7 @@ while [ $# -gt 0 ]; do
     --calls) calls=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
     --limit) limit=$2; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 64 ;;
   esac
 done
