@@ -19,9 +19,10 @@
 # asterisk-core-sounds-es-wav asterisk-core-sounds-es espeak-ng sox
 # python3-venv; installs faster-whisper into ~/.cache/call-coach/bench
 # with pip (once). Extra stt settings pass through the environment
-# (e.g. CALL_COACH_STT__BEAM=5). stt gives a decode more threads on idle
-# cores, and a beam search can turn on the last bits that changes: for
-# bit-for-bit repeats on a busy machine set CALL_COACH_STT__THREADS_PER_WORKER.
+# (e.g. CALL_COACH_STT__BEAM=5). whisper.cpp's beam search draws its
+# candidates at random (one generator per decoder state, seeded once), so
+# a revision's text can depend on what was decoded before it: a file may
+# come out otherwise in another order or set. Compare sets, not files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 limit=0 set_name=held-out calls=1 only=live,segmented,before,whole,fw-greedy,fw-beam5
@@ -31,7 +32,7 @@ while [ $# -gt 0 ]; do
     --calls) calls=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
     --limit) limit=$2; shift 2 ;;
-    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 64 ;;
   esac
 done
