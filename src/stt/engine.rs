@@ -162,11 +162,16 @@ impl Engine {
             .ctx
             .create_state()
             .map_err(|e| EngineError::Whisper(e.to_string()))?;
-        Ok(Worker { state })
+        Ok(Worker {
+            ctx: Arc::clone(&self.ctx),
+            state,
+        })
     }
 }
 
 pub struct Worker {
+    ctx: Arc<WhisperContext>,
+    /// The greedy decodes' state, kept from one decode to the next.
     state: WhisperState,
 }
 
@@ -297,12 +302,30 @@ impl Worker {
         } else {
             audio
         };
-        self.state
+        // whisper.cpp's beam search draws its candidates at random, one
+        // generator per decoder: the others are seeded again at each decode,
+        // the first only when its state is made. On the worker's own state a
+        // beam decode's text would depend on every decode before it (the
+        // same prompt came out "clave de entrada inválida" or "y invale de
+        // apara"), so a beam decode gets a new state: the same audio and
+        // prompt give the same text. A state takes 4-17 ms to make on a CPU,
+        // a beam-8 revision there about a second.
+        let mut own;
+        let state = if opts.beam > 1 {
+            own = self
+                .ctx
+                .create_state()
+                .map_err(|e| EngineError::Whisper(e.to_string()))?;
+            &mut own
+        } else {
+            &mut self.state
+        };
+        state
             .full(params, audio)
             .map_err(|e| EngineError::Whisper(e.to_string()))?;
         let mut text = String::new();
         let mut no_speech_prob: f32 = 0.0;
-        for segment in self.state.as_iter() {
+        for segment in state.as_iter() {
             if let Ok(s) = segment.to_str_lossy() {
                 text.push_str(&s);
             }
