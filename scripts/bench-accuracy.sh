@@ -20,9 +20,9 @@
 # python3-venv; installs faster-whisper into ~/.cache/call-coach/bench
 # with pip (once). Extra stt settings pass through the environment
 # (e.g. CALL_COACH_STT__BEAM=5). whisper.cpp's beam search draws its
-# candidates at random (one generator per decoder state, seeded once), so
-# a revision's text can depend on what was decoded before it: a file may
-# come out otherwise in another order or set. Compare sets, not files.
+# candidates at random, but from the same seeds at each decode (stt gives
+# every beam decode a new state), so a file's text does not depend on the
+# order or the set it is decoded in.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 limit=0 set_name=held-out calls=1 only=live,segmented,before,whole,fw-greedy,fw-beam5
