@@ -159,15 +159,17 @@ impl Engine {
 
     /// A decoder state for one worker.
     pub fn worker(&self) -> Result<Worker, EngineError> {
-        let state = self
-            .ctx
-            .create_state()
-            .map_err(|e| EngineError::Whisper(e.to_string()))?;
         Ok(Worker {
+            state: Some(new_state(&self.ctx)?),
             ctx: Arc::clone(&self.ctx),
-            state: Some(state),
         })
     }
+}
+
+/// A decoder state: its buffers, KV caches and random generators as new.
+fn new_state(ctx: &WhisperContext) -> Result<WhisperState, EngineError> {
+    ctx.create_state()
+        .map_err(|e| EngineError::Whisper(e.to_string()))
 }
 
 pub struct Worker {
@@ -319,10 +321,7 @@ impl Worker {
         }
         let state = match self.state.take() {
             Some(state) => state,
-            None => self
-                .ctx
-                .create_state()
-                .map_err(|e| EngineError::Whisper(e.to_string()))?,
+            None => new_state(&self.ctx)?,
         };
         decode(self.state.insert(state), params, audio, opts)
     }
@@ -361,7 +360,7 @@ fn decode(
 /// mapped buffer freed (up to 32 MiB), so once a whisper state is freed
 /// (each beam decode makes a new one), buffers that size come from its
 /// heaps, which keep what is freed: stt's peak RSS at 1 call (24 held-out
-/// prompts) was 541-585 MiB with new states, 460 MiB before them, and 433
+/// prompts) was 541-605 MiB with new states, 460 MiB before them, and 433
 /// MiB with this fixed limit. (musl's allocator gives memory back as it
 /// is.)
 fn keep_freed_memory_from_piling_up() {
