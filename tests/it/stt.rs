@@ -1336,8 +1336,8 @@ fn transcribe_takes_any_rate_and_goes_on_past_a_bad_file() {
 }
 
 /// Prompts whose first final and careful decode differ, played as this
-/// test plays them (first final / revision, beam 8, with one and two
-/// threads per worker alike): "¿Enski carpeta de ser guardar el mensaje?" /
+/// test plays them (first final / revision, beam 8; the test also passes
+/// with 1 and 2 threads per worker): "¿Enski carpeta de ser guardar el mensaje?" /
 /// "¿En qué carpeta desea guardar el mensaje?", "está a hora siendo
 /// grabada" / "está ahora siendo grabada", "El modo Mudo" / "El modo mudo".
 /// (A revision's text no longer depends on what the worker decoded before,
