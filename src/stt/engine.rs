@@ -8,6 +8,7 @@ use std::sync::{Arc, Once};
 
 use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperState};
 
+use super::beam::{self, Vocab};
 use crate::text::normalise;
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +121,7 @@ impl DecodeOptions {
 #[derive(Clone)]
 pub struct Engine {
     ctx: Arc<WhisperContext>,
+    vocab: Arc<Vocab>,
 }
 
 /// What Whisper made of one piece of audio.
@@ -135,7 +137,6 @@ impl Engine {
     /// cuda`, `DEVICE=cuda`), else it runs on the CPU whatever the build.
     pub fn load(path: &Path, gpu: bool) -> Result<Self, EngineError> {
         silence_whisper_logs();
-        keep_freed_memory_from_piling_up();
         let mut params = whisper_rs::WhisperContextParameters::default();
         params.use_gpu(gpu);
         // Flash attention stays off (whisper-rs's default): on the CPU it
@@ -145,7 +146,11 @@ impl Engine {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        Ok(Self { ctx: Arc::new(ctx) })
+        let vocab = Arc::new(Vocab::new(&ctx));
+        Ok(Self {
+            ctx: Arc::new(ctx),
+            vocab,
+        })
     }
 
     /// How many tokens `text` is to Whisper.
@@ -160,8 +165,9 @@ impl Engine {
     /// A decoder state for one worker.
     pub fn worker(&self) -> Result<Worker, EngineError> {
         Ok(Worker {
-            state: Some(new_state(&self.ctx)?),
+            state: new_state(&self.ctx)?,
             ctx: Arc::clone(&self.ctx),
+            vocab: Arc::clone(&self.vocab),
         })
     }
 }
@@ -174,9 +180,9 @@ fn new_state(ctx: &WhisperContext) -> Result<WhisperState, EngineError> {
 
 pub struct Worker {
     ctx: Arc<WhisperContext>,
-    /// The decoder's state, kept from one decode to the next; a beam decode
-    /// makes a new one (`None` only where making it failed).
-    state: Option<WhisperState>,
+    vocab: Arc<Vocab>,
+    /// The decoder's state, kept from one decode to the next.
+    state: WhisperState,
 }
 
 /// Encoder frames per second of audio (the encoder's 1500 frames are 30 s).
@@ -241,14 +247,11 @@ impl Worker {
         opts: &DecodeOptions,
         abort: Option<&Stop<'_>>,
     ) -> Result<Decoded, EngineError> {
-        let strategy = if opts.beam > 1 {
-            SamplingStrategy::BeamSearch {
-                beam_size: opts.beam as i32,
-                patience: -1.0,
-            }
-        } else {
-            SamplingStrategy::Greedy { best_of: 1 }
-        };
+        // A beam decode is searched here (`beam`): whisper.cpp runs the
+        // encoder and one greedy token first, for the window and the
+        // no-speech probability.
+        let searched = opts.beam > 1;
+        let strategy = SamplingStrategy::Greedy { best_of: 1 };
         let mut params = FullParams::new(strategy);
         params.set_n_threads(opts.threads.max(1) as i32);
         params.set_language(opts.language.as_deref());
@@ -293,7 +296,8 @@ impl Worker {
         params.set_audio_ctx(ctx.clamp(opts.min_audio_ctx.clamp(64, 1500), 1500));
         // A runaway decode ("7, 7, 7, ...") stops at a length no speaker
         // reaches: about 8 tokens a second plus some slack.
-        params.set_max_tokens((secs * 8.0) as i32 + 24);
+        let max_tokens = (secs * 8.0) as usize + 24;
+        params.set_max_tokens(max_tokens as i32);
         // Whisper wants at least a second of audio; pad short pieces.
         let padded;
         let audio = if audio.len() < 16_000 {
@@ -306,24 +310,34 @@ impl Worker {
         } else {
             audio
         };
-        // whisper.cpp's beam search draws its candidates at random, one
-        // generator per decoder: the others are seeded again at each decode,
-        // the first only when its state is made. On a state kept from one
-        // decode to the next, a beam decode's text would depend on every
-        // decode before it (the same prompt came out "clave de entrada
-        // inválida" or "y invale de apara"), so a beam decode starts on a
-        // new state: the same audio and prompt give the same text. The old
-        // state goes first, so a worker holds one state at a time (a state
-        // takes 4-17 ms to make on a CPU, a beam-8 revision there about a
-        // second).
-        if opts.beam > 1 {
-            self.state = None;
+        let state = &mut self.state;
+        if !searched {
+            return decode(state, params, audio, opts);
         }
-        let state = match self.state.take() {
-            Some(state) => state,
-            None => new_state(&self.ctx)?,
+        params.set_max_tokens(1);
+        params.set_temperature_inc(0.0);
+        let first = decode(state, params, audio, opts)?;
+        let lang = match opts.language.as_deref() {
+            Some(l) => whisper_rs::get_lang_id(l),
+            None => Some(state.full_lang_id_from_state()),
         };
-        decode(self.state.insert(state), params, audio, opts)
+        let prompt = Vocab::prompt(&self.ctx, opts.initial_prompt().as_deref(), lang)?;
+        let never = || false;
+        let stop: &Stop<'_> = abort.unwrap_or(&never);
+        let found = beam::search(
+            state,
+            &self.vocab,
+            &prompt,
+            opts.beam,
+            max_tokens,
+            opts.threads,
+            stop,
+        )?;
+        let text = found.map_or_else(String::new, |h| beam::text(&self.ctx, &h.tokens));
+        Ok(Decoded {
+            text: finish_text(&text, opts),
+            no_speech_prob: first.no_speech_prob,
+        })
     }
 }
 
@@ -345,30 +359,20 @@ fn decode(
         }
         no_speech_prob = no_speech_prob.max(segment.no_speech_probability());
     }
-    let mut text = collapse_repeats(text.trim());
-    if opts.digits && opts.language.as_deref() == Some("es") {
-        text = crate::text::numbers::to_digits(&text, crate::text::numbers::Mode::Display);
-    }
     Ok(Decoded {
-        text,
+        text: finish_text(&text, opts),
         no_speech_prob,
     })
 }
 
-/// Buffers of 128 KiB or more are mapped from the system and given back
-/// when freed. glibc's default raises that limit to the size of each
-/// mapped buffer freed (up to 32 MiB), so once a whisper state is freed
-/// (each beam decode makes a new one), buffers that size come from its
-/// heaps, which keep what is freed: stt's peak RSS at 1 call (24 held-out
-/// prompts) was 541-605 MiB with new states, 460 MiB before them, and 433
-/// MiB with this fixed limit. (musl's allocator gives memory back as it
-/// is.)
-fn keep_freed_memory_from_piling_up() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes the allocator's settings; a setting it
-    // refuses leaves them as they were.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+/// A decode's text as stt sends it: trimmed, a repetition loop cut, and
+/// numbers as digits where asked.
+fn finish_text(text: &str, opts: &DecodeOptions) -> String {
+    let text = collapse_repeats(text.trim());
+    if opts.digits && opts.language.as_deref() == Some("es") {
+        crate::text::numbers::to_digits(&text, crate::text::numbers::Mode::Display)
+    } else {
+        text
     }
 }
 
