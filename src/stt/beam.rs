@@ -143,33 +143,66 @@ impl Vocab {
         Ok(prompt)
     }
 
-    /// Log-probabilities of the next token from the decoder's `logits`,
-    /// with whisper.cpp's filters for text without timestamps: no special
-    /// token but the end, no non-speech symbol, and neither the end nor a
-    /// bare space first.
-    fn logprobs(&self, logits: &[f32], first: bool, out: &mut Vec<f32>) {
-        out.clear();
-        out.extend_from_slice(&logits[..self.n_vocab.min(logits.len())]);
+    /// The `k` likeliest next tokens and their log-probabilities, from the
+    /// decoder's `logits`, with whisper.cpp's filters for text without
+    /// timestamps: no special token but the end, no non-speech symbol, and
+    /// neither the end nor a bare space first. (Two plain passes over the
+    /// vocabulary: this runs for every beam and token, also in the tests'
+    /// unoptimised builds.)
+    fn next(
+        &self,
+        logits: &[f32],
+        first: bool,
+        k: usize,
+        masked: &mut Vec<f32>,
+    ) -> Vec<(WhisperTokenId, f32)> {
         let eot = self.eot as usize;
-        for l in out.iter_mut().skip(eot + 1) {
-            *l = f32::NEG_INFINITY;
-        }
+        masked.clear();
+        // The special tokens come after the end: left out.
+        masked.extend_from_slice(&logits[..(eot + 1).min(logits.len())]);
         for &id in &self.suppressed {
-            out[id as usize] = f32::NEG_INFINITY;
-        }
-        if first {
-            out[eot] = f32::NEG_INFINITY;
-            if let Some(space) = self.space {
-                out[space as usize] = f32::NEG_INFINITY;
+            if let Some(l) = masked.get_mut(id as usize) {
+                *l = f32::NEG_INFINITY;
             }
         }
-        let max = out.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f64 = out.iter().map(|&l| f64::from((l - max).exp())).sum();
-        let log_sum = max + sum.ln() as f32;
-        for l in out.iter_mut() {
-            *l -= log_sum;
+        if first {
+            for id in [Some(self.eot), self.space].into_iter().flatten() {
+                if let Some(l) = masked.get_mut(id as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
+        top_logprobs(masked, k)
+    }
+}
+
+/// The `k` highest of `logits` as log-probabilities (log-softmax over all
+/// of them), highest first; none that cannot be.
+fn top_logprobs(logits: &[f32], k: usize) -> Vec<(WhisperTokenId, f32)> {
+    // (index, logit), highest first.
+    let mut top: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
+    let mut floor = f32::NEG_INFINITY;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > floor || (top.len() < k && l > f32::NEG_INFINITY) {
+            let at = top.iter().position(|&(_, t)| l > t).unwrap_or(top.len());
+            top.insert(at, (i, l));
+            top.truncate(k);
+            if top.len() == k {
+                floor = top[k - 1].1;
+            }
         }
     }
+    let Some(&(_, max)) = top.first() else {
+        return Vec::new();
+    };
+    let mut sum = 0.0f64;
+    for &l in logits {
+        sum += f64::from((l - max).exp());
+    }
+    let log_sum = max + sum.ln() as f32;
+    top.into_iter()
+        .map(|(i, l)| (i as WhisperTokenId, l - log_sum))
+        .collect()
 }
 
 /// One sequence the search holds: its tokens after the prompt (without
@@ -207,7 +240,7 @@ pub fn search(
     let mut ended: Vec<Hypothesis> = Vec::new();
     // The sequence the decoder's cache holds.
     let mut cached: Vec<WhisperTokenId> = Vec::new();
-    let mut logprobs = Vec::with_capacity(vocab.n_vocab);
+    let mut masked = Vec::with_capacity(vocab.n_vocab);
     let mut sequence = Vec::new();
     for _ in 0..max_tokens.max(1) {
         beams.sort_by(|a, b| a.tokens.cmp(&b.tokens));
@@ -245,8 +278,8 @@ pub fn search(
             let logits = state
                 .get_logits()
                 .map_err(|e| EngineError::Whisper(e.to_string()))?;
-            vocab.logprobs(logits, beam.tokens.is_empty(), &mut logprobs);
-            for (token, lp) in best(&logprobs, width + 1) {
+            let next = vocab.next(logits, beam.tokens.is_empty(), width + 1, &mut masked);
+            for (token, lp) in next {
                 candidates.push((beam.logprob + f64::from(lp), i, token));
             }
         }
@@ -282,24 +315,6 @@ pub fn search(
         .max_by(|a, b| a.score().total_cmp(&b.score())))
 }
 
-/// The `k` likeliest tokens, likeliest first (none that cannot be).
-fn best(logprobs: &[f32], k: usize) -> Vec<(WhisperTokenId, f32)> {
-    let mut ids: Vec<(WhisperTokenId, f32)> = logprobs
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| l.is_finite())
-        .map(|(i, &l)| (i as WhisperTokenId, l))
-        .collect();
-    let k = k.min(ids.len());
-    if k == 0 {
-        return Vec::new();
-    }
-    ids.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
-    ids.truncate(k);
-    ids.sort_by(|a, b| b.1.total_cmp(&a.1));
-    ids
-}
-
 /// The text of `tokens`, as whisper.cpp joins them.
 pub fn text(ctx: &WhisperContext, tokens: &[WhisperTokenId]) -> String {
     let mut bytes = Vec::new();
@@ -316,11 +331,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_likeliest_come_first() {
-        let l = [-3.0, f32::NEG_INFINITY, -0.5, -1.0, -2.0];
-        assert_eq!(best(&l, 2), vec![(2, -0.5), (3, -1.0)]);
-        assert_eq!(best(&l, 9).len(), 4);
-        assert!(best(&[f32::NEG_INFINITY], 3).is_empty());
+    fn the_likeliest_come_first_as_log_probabilities() {
+        let l = [-3.0, f32::NEG_INFINITY, 2.0, 1.0, 0.0];
+        let top = top_logprobs(&l, 2);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), [2, 3]);
+        let sum: f32 = [-3.0f32, 2.0, 1.0, 0.0].iter().map(|l| l.exp()).sum();
+        assert!((top[0].1 - (2.0 - sum.ln())).abs() < 1e-5, "{top:?}");
+        assert!((top[1].1 - (1.0 - sum.ln())).abs() < 1e-5, "{top:?}");
+        // Fewer than asked where the rest cannot be; none where none can.
+        assert_eq!(top_logprobs(&l, 9).len(), 4);
+        assert!(top_logprobs(&[f32::NEG_INFINITY; 3], 3).is_empty());
+        // Ties and a decreasing run keep the order.
+        let d = [5.0, 4.0, 3.0, 2.0, 1.0];
+        let ids: Vec<_> = top_logprobs(&d, 3).iter().map(|t| t.0).collect();
+        assert_eq!(ids, [0, 1, 2]);
     }
 
     #[test]

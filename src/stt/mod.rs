@@ -142,8 +142,8 @@ pub struct Settings {
     /// A revision's encoder window floor, in frames of 20 ms (64 to 1500;
     /// never below `min_audio_ctx`). Default 768.
     pub revision_audio_ctx: i32,
-    /// A revision's beam width (never below `beam`; at most 8, whisper.cpp's
-    /// most decoders). Default 8.
+    /// A revision's beam width (never below `beam`; at most 8, the widest
+    /// measured). Default 5.
     pub revision_beam: usize,
     /// Silence that ends an utterance, in ms.
     pub end_silence_ms: usize,
@@ -261,7 +261,7 @@ impl Default for Settings {
             min_audio_ctx: None,
             revise_finals: true,
             revision_audio_ctx: 768,
-            revision_beam: 8,
+            revision_beam: 5,
             end_silence_ms: 500,
             speculative_finals: true,
             end_silence_after_sentence_ms: 300,
@@ -360,8 +360,8 @@ impl Section for Settings {
             ("stt.revision_beam", self.revision_beam),
         ] {
             // Each beam costs a decoder pass per token (`stt::beam`): 8 is
-            // the widest measured, and beam 5 was as good (README "stt's
-            // own beam search").
+            // the widest measured, and no better than 5, the default
+            // (README "stt's own beam search").
             if !(1..=8).contains(&beam) {
                 return Err(ConfigError::invalid(
                     key,
@@ -677,9 +677,9 @@ mod tests {
             "{err}"
         );
         assert!(with("cpu", Some(0)).validate().is_err());
-        // A revision reads 768 frames with beam 8, never less than finals.
+        // A revision reads 768 frames with beam 5, never less than finals.
         let r = with("cpu", None).revision();
-        assert_eq!((r.audio_ctx, r.beam), (768, 8));
+        assert_eq!((r.audio_ctx, r.beam), (768, 5));
         assert_eq!(with("cuda", None).revision().audio_ctx, 1500);
         let wide = Settings {
             beam: 6,

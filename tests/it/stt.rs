@@ -480,9 +480,9 @@ fn spanish_word_error_rate_is_within_bounds() {
     for (w, stem, hyp) in worst.iter().take(5) {
         eprintln!("  {:.0}% {stem}: {hyp}", w * 100.0);
     }
-    // Measured 18.6% with base q8_0 decoded as revised finals are (stt's
-    // own beam search, beam 8, a 768-frame window; whisper.cpp's sampled
-    // beam made 19.7%), context from the previous utterance; 20.9% as
+    // Measured 18.9% with base q8_0 decoded as revised finals are (stt's
+    // own beam search, beam 5, a 768-frame window; beam 8 18.6%;
+    // whisper.cpp's sampled beam 8 made 19.7%), context from the previous utterance; 20.9% as
     // first finals are (greedy, the fitted window; faster-whisper greedy on
     // the whole files: 19.7%; the references are the prompts' scripts, not
     // verbatim: "marque 1" is spoken "marque el número uno"). A broken
@@ -581,7 +581,7 @@ fn transcribe(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
 /// had decoded before: after `vm-advopts`, "La doración de este mensaje,
 /// este." where `vm-duration` alone gave "La duración de este mensaje
 /// este.", and `vm-msgsaved` came out "sumen suje asido guardado." whatever
-/// the order. stt's own beam search (`stt::beam`) keeps the likeliest
+/// the order. stt's own beam search (`stt::beam`, beam 5) keeps the likeliest
 /// continuations at each step: each file reads the same alone and in the
 /// batch, and those two read right.
 #[test]
@@ -1349,8 +1349,9 @@ fn transcribe_takes_any_rate_and_goes_on_past_a_bad_file() {
 }
 
 /// Prompts whose first final and careful decode differ, played as this
-/// test plays them (first final / revision, beam 8; the test also passes
-/// with 1 and 2 threads per worker): "¿Enski carpeta de ser guardar el mensaje?" /
+/// test plays them (first final / revision, whisper.cpp's beam 8, which
+/// also passed with 1 and 2 threads per worker; the test passes with stt's
+/// own beam search, beam 5, at the default threads): "¿Enski carpeta de ser guardar el mensaje?" /
 /// "¿En qué carpeta desea guardar el mensaje?", "está a hora siendo
 /// grabada" / "está ahora siendo grabada", "El modo Mudo" / "El modo mudo".
 /// (A revision's text no longer depends on what the worker decoded before,
@@ -1358,7 +1359,7 @@ fn transcribe_takes_any_rate_and_goes_on_past_a_bad_file() {
 const REVISED_PROMPTS: [&str; 3] = ["vm-savefolder", "conf-now-recording", "conf-now-unmuted"];
 
 /// A final goes out at once; once stt has nothing else to do, its audio is
-/// decoded again the careful way (beam 8, a 768-frame window) and, where
+/// decoded again the careful way (beam 5, a 768-frame window) and, where
 /// the text differs, follows as a second final of the same utterance
 /// (`revised: true`), on the socket and to the relay. These prompts come
 /// out differently the two ways (measured with `transcribe`).
