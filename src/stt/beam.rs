@@ -89,6 +89,8 @@ pub struct Vocab {
     /// with `-` or `'`).
     suppressed: Vec<WhisperTokenId>,
     n_vocab: usize,
+    /// Positions the decoder has (448): prompt and text together.
+    n_text_ctx: usize,
 }
 
 impl Vocab {
@@ -114,6 +116,7 @@ impl Vocab {
             space,
             suppressed,
             n_vocab: ctx.n_vocab().max(0) as usize,
+            n_text_ctx: ctx.n_text_ctx().max(0) as usize,
         }
     }
 
@@ -233,6 +236,7 @@ pub fn search(
     stop: &dyn Fn() -> bool,
 ) -> Result<Option<Hypothesis>, EngineError> {
     let width = width.max(1);
+    let steps = steps(prompt.len(), max_tokens, vocab.n_text_ctx);
     let mut beams = vec![Hypothesis {
         tokens: Vec::new(),
         logprob: 0.0,
@@ -242,7 +246,7 @@ pub fn search(
     let mut cached: Vec<WhisperTokenId> = Vec::new();
     let mut masked = Vec::with_capacity(vocab.n_vocab);
     let mut sequence = Vec::new();
-    for _ in 0..max_tokens.max(1) {
+    for _ in 0..steps {
         beams.sort_by(|a, b| a.tokens.cmp(&b.tokens));
         // (score, beam, token)
         let mut candidates: Vec<(f64, usize, WhisperTokenId)> = Vec::new();
@@ -315,6 +319,16 @@ pub fn search(
         .max_by(|a, b| a.score().total_cmp(&b.score())))
 }
 
+/// How many tokens a search may write after a prompt of `prompt` tokens:
+/// `max_tokens`, but never past the decoder's positions (a position past
+/// them is outside its tables), nor past half of them, as whisper.cpp
+/// decodes at most.
+fn steps(prompt: usize, max_tokens: usize, n_text_ctx: usize) -> usize {
+    max_tokens
+        .min((n_text_ctx / 2).saturating_sub(4))
+        .min(n_text_ctx.saturating_sub(prompt))
+}
+
 /// The text of `tokens`, as whisper.cpp joins them.
 pub fn text(ctx: &WhisperContext, tokens: &[WhisperTokenId]) -> String {
     let mut bytes = Vec::new();
@@ -345,6 +359,15 @@ mod tests {
         let d = [5.0, 4.0, 3.0, 2.0, 1.0];
         let ids: Vec<_> = top_logprobs(&d, 3).iter().map(|t| t.0).collect();
         assert_eq!(ids, [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_search_never_writes_past_the_decoders_positions() {
+        // The longest prompt (marker, 223 tokens, 4 task tokens) and 30 s.
+        assert_eq!(steps(228, 264, 448), 220);
+        assert_eq!(steps(4, 40, 448), 40);
+        assert_eq!(steps(300, 264, 448), 148);
+        assert_eq!(steps(500, 10, 448), 0);
     }
 
     #[test]
