@@ -88,7 +88,6 @@ pub struct Vocab {
     /// Text tokens never written (non-speech symbols, a word starting
     /// with `-` or `'`).
     suppressed: Vec<WhisperTokenId>,
-    n_vocab: usize,
     /// Positions the decoder has (448): prompt and text together.
     n_text_ctx: usize,
 }
@@ -115,7 +114,6 @@ impl Vocab {
             eot,
             space,
             suppressed,
-            n_vocab: ctx.n_vocab().max(0) as usize,
             n_text_ctx: ctx.n_text_ctx().max(0) as usize,
         }
     }
@@ -130,9 +128,7 @@ impl Vocab {
     ) -> Result<Vec<WhisperTokenId>, EngineError> {
         let mut prompt = Vec::new();
         if let Some(text) = initial.filter(|t| !t.is_empty()) {
-            let tokens = ctx
-                .tokenize(text, text.len() + 16)
-                .map_err(|e| EngineError::Whisper(format!("cannot tokenize the prompt: {e}")))?;
+            let tokens = super::engine::tokenize(ctx, text)?;
             let most = (ctx.n_text_ctx().max(2) / 2 - 1) as usize;
             prompt.push(ctx.token_prev());
             prompt.extend_from_slice(&tokens[tokens.len().saturating_sub(most)..]);
@@ -244,8 +240,13 @@ pub fn search(
     let mut ended: Vec<Hypothesis> = Vec::new();
     // The sequence the decoder's cache holds.
     let mut cached: Vec<WhisperTokenId> = Vec::new();
-    let mut masked = Vec::with_capacity(vocab.n_vocab);
+    let mut masked = Vec::with_capacity(vocab.eot as usize + 1);
     let mut sequence = Vec::new();
+    let decode = |state: &mut WhisperState, tokens: &[WhisperTokenId], past: usize| {
+        state
+            .decode(tokens, past, threads.max(1))
+            .map_err(|e| EngineError::Whisper(e.to_string()))
+    };
     for _ in 0..steps {
         beams.sort_by(|a, b| a.tokens.cmp(&b.tokens));
         // (score, beam, token)
@@ -269,11 +270,6 @@ pub fn search(
             // `whisper_get_logits` gives a batch's first row, and only its
             // last token's is computed: the last token goes alone.
             let last = sequence.len() - 1;
-            let decode = |state: &mut WhisperState, tokens: &[WhisperTokenId], past: usize| {
-                state
-                    .decode(tokens, past, threads.max(1))
-                    .map_err(|e| EngineError::Whisper(e.to_string()))
-            };
             if shared < last {
                 decode(state, &sequence[shared..last], shared)?;
             }

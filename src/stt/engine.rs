@@ -155,11 +155,7 @@ impl Engine {
 
     /// How many tokens `text` is to Whisper.
     pub fn tokens(&self, text: &str) -> Result<usize, EngineError> {
-        // (A token is at least one byte.)
-        self.ctx
-            .tokenize(text, text.len() + 16)
-            .map(|t| t.len())
-            .map_err(|e| EngineError::Whisper(format!("cannot tokenize the prompt: {e}")))
+        tokenize(&self.ctx, text).map(|t| t.len())
     }
 
     /// A decoder state for one worker.
@@ -170,6 +166,16 @@ impl Engine {
             vocab: Arc::clone(&self.vocab),
         })
     }
+}
+
+/// `text` as Whisper's tokens (a prompt's).
+pub fn tokenize(
+    ctx: &WhisperContext,
+    text: &str,
+) -> Result<Vec<whisper_rs::WhisperTokenId>, EngineError> {
+    // (A token is at least one byte.)
+    ctx.tokenize(text, text.len() + 16)
+        .map_err(|e| EngineError::Whisper(format!("cannot tokenize the prompt: {e}")))
 }
 
 /// A decoder state: its buffers, KV caches and random generators as new.
