@@ -13,6 +13,9 @@ command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 # Real Spanish recordings and their reference texts, for the stt tests.
 [ -f /usr/share/asterisk/sounds/es/vm-intro.wav ] || need_apt+=(asterisk-core-sounds-es-wav)
 [ -f /usr/share/doc/asterisk-core-sounds-es/core-sounds-es.txt.gz ] || need_apt+=(asterisk-core-sounds-es)
+# A synthetic voice (espeak-ng, resampled by sox) for the fallback test.
+command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)
+command -v sox >/dev/null || need_apt+=(sox)
 command -v pip3 >/dev/null || command -v pip >/dev/null || need_apt+=(python3-pip)
 # The web UI's tests run in Debian's Chromium, driven from Node.js.
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)

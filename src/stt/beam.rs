@@ -315,6 +315,48 @@ pub fn search(
         .max_by(|a, b| a.score().total_cmp(&b.score())))
 }
 
+/// Whisper's temperature fallback (OpenAI's decoder and whisper.cpp):
+/// a text whose last 32 tokens are this repetitive (the entropy of their
+/// counts, in nats) is a failed decode ...
+pub const ENTROPY_MIN: f64 = 2.4;
+/// ... and so is one under this mean log-probability per token, unless
+/// the audio is likely no speech at all (`NO_SPEECH_MIN`).
+pub const MEAN_LOGPROB_MIN: f64 = -1.0;
+/// whisper.cpp's `no_speech_thold`: above it, a weak text is silence.
+pub const NO_SPEECH_MIN: f32 = 0.6;
+/// How many of the last tokens the repetition test counts.
+const ENTROPY_TOKENS: usize = 32;
+
+/// Whether a searched text looks like a failed decode, by whisper.cpp's
+/// test for its temperature fallback: a repetition loop (over 32 tokens,
+/// the last 32 with entropy under [`ENTROPY_MIN`]), or a mean
+/// log-probability under [`MEAN_LOGPROB_MIN`] where `no_speech_prob` is
+/// under [`NO_SPEECH_MIN`]. Nothing found (only the end) is no failure.
+pub fn looks_failed(found: Option<&Hypothesis>, no_speech_prob: f32) -> bool {
+    let Some(h) = found else {
+        return false;
+    };
+    let n = h.tokens.len();
+    let looped = n > ENTROPY_TOKENS && entropy(&h.tokens[n - ENTROPY_TOKENS..]) < ENTROPY_MIN;
+    looped || (h.score() < MEAN_LOGPROB_MIN && no_speech_prob < NO_SPEECH_MIN)
+}
+
+/// The entropy (nats) of how often each token occurs in `tokens`.
+fn entropy(tokens: &[WhisperTokenId]) -> f64 {
+    let mut counts = std::collections::HashMap::new();
+    for t in tokens {
+        *counts.entry(t).or_insert(0usize) += 1;
+    }
+    let n = tokens.len() as f64;
+    counts
+        .values()
+        .map(|&c| {
+            let p = c as f64 / n;
+            -p * p.ln()
+        })
+        .sum()
+}
+
 /// How many tokens a search may write after a prompt of `prompt` tokens:
 /// `max_tokens`, but never past the decoder's positions (a position past
 /// them is outside its tables), nor past half of them, as whisper.cpp
@@ -355,6 +397,27 @@ mod tests {
         let d = [5.0, 4.0, 3.0, 2.0, 1.0];
         let ids: Vec<_> = top_logprobs(&d, 3).iter().map(|t| t.0).collect();
         assert_eq!(ids, [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_loop_or_a_weak_text_is_a_failed_decode_as_whisper_cpp_tests_it() {
+        let h = |tokens: Vec<WhisperTokenId>, mean: f64| Hypothesis {
+            logprob: mean * tokens.len() as f64,
+            tokens,
+        };
+        // 33 tokens, 4 kinds in the last 32 (8 each): entropy ln 4 = 1.39.
+        let looped: Vec<_> = (0..33).map(|i| i % 4).collect();
+        assert!(looks_failed(Some(&h(looped.clone(), -0.1)), 0.0));
+        // The same loop at 32 tokens is too short to judge by entropy.
+        assert!(!looks_failed(Some(&h(looped[..32].to_vec(), -0.1)), 0.0));
+        // 40 tokens, all different: entropy ln 32 = 3.47.
+        let varied: Vec<_> = (0..40).collect();
+        assert!((entropy(&varied[8..]) - 32f64.ln()).abs() < 1e-9);
+        assert!(!looks_failed(Some(&h(varied.clone(), -0.1)), 0.0));
+        // Weak: failed where the audio is likely speech, not where silence.
+        assert!(looks_failed(Some(&h(varied.clone(), -1.2)), 0.5));
+        assert!(!looks_failed(Some(&h(varied, -1.2)), 0.7));
+        assert!(!looks_failed(None, 0.0));
     }
 
     #[test]

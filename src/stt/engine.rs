@@ -43,10 +43,11 @@ pub struct DecodeOptions {
     pub min_audio_ctx: i32,
     /// Spoken numbers written as digits (Spanish: `text::numbers`).
     pub digits: bool,
-    /// Decode again at a higher temperature when the greedy result looks
-    /// like a failure (Whisper's own test: low average log-probability or
-    /// high entropy, as in a repetition loop). For finals only: it costs a
-    /// second decode where it triggers.
+    /// Decode again at a higher temperature when the result (greedy or
+    /// searched) looks like a failure (Whisper's own test,
+    /// [`beam::looks_failed`]: a low mean log-probability, or the low
+    /// entropy of a repetition loop). For finals only: it costs a second
+    /// decode where it triggers.
     pub fallback: bool,
 }
 
@@ -253,12 +254,92 @@ impl Worker {
         opts: &DecodeOptions,
         abort: Option<&Stop<'_>>,
     ) -> Result<Decoded, EngineError> {
+        let secs = audio.len() as f64 / 16_000.0;
+        let ctx = (secs * AUDIO_CTX_PER_SEC).ceil() as i32 + AUDIO_CTX_MARGIN;
+        let audio_ctx = ctx.clamp(opts.min_audio_ctx.clamp(64, 1500), 1500);
+        // A runaway decode ("7, 7, 7, ...") stops at a length no speaker
+        // reaches: about 8 tokens a second plus some slack.
+        let max_tokens = (secs * 8.0) as usize + 24;
+        let prompt = opts.initial_prompt();
+        let full = Full {
+            opts,
+            prompt: prompt.as_deref(),
+            abort: &abort,
+            audio_ctx,
+        };
+        // Whisper wants at least a second of audio; pad short pieces.
+        let padded;
+        let audio = if audio.len() < 16_000 {
+            padded = {
+                let mut v = audio.to_vec();
+                v.resize(16_100, 0.0);
+                v
+            };
+            &padded[..]
+        } else {
+            audio
+        };
+        let state = &mut self.state;
+        if opts.beam <= 1 {
+            let params = full.params(max_tokens, opts.fallback);
+            return decode(state, params, audio, opts);
+        }
         // A beam decode is searched here (`beam`): whisper.cpp runs the
         // encoder and one greedy token first, for the window and the
         // no-speech probability.
-        let searched = opts.beam > 1;
-        let strategy = SamplingStrategy::Greedy { best_of: 1 };
-        let mut params = FullParams::new(strategy);
+        let first = decode(state, full.params(1, false), audio, opts)?;
+        let lang = match opts.language.as_deref() {
+            Some(l) => whisper_rs::get_lang_id(l),
+            None => Some(state.full_lang_id_from_state()),
+        };
+        let prompt = Vocab::prompt(&self.ctx, prompt.as_deref(), lang)?;
+        let never = || false;
+        let stop: &Stop<'_> = abort.unwrap_or(&never);
+        let found = beam::search(
+            state,
+            &self.vocab,
+            &prompt,
+            opts.beam,
+            max_tokens,
+            opts.threads,
+            stop,
+        )?;
+        if opts.fallback && beam::looks_failed(found.as_ref(), first.no_speech_prob) {
+            // Whisper's temperature fallback, as whisper.cpp's own beam
+            // search does it: sampled again from the first temperature
+            // above 0 on.
+            let mut params = full.params(max_tokens, true);
+            params.set_temperature(FALLBACK_TEMPERATURE_STEP);
+            tracing::debug!("a searched decode looked failed: sampled again");
+            return decode(state, params, audio, opts);
+        }
+        let text = found.map_or_else(String::new, |h| beam::text(&self.ctx, &h.tokens));
+        Ok(Decoded {
+            text: finish_text(&text, opts),
+            no_speech_prob: first.no_speech_prob,
+        })
+    }
+}
+
+/// Each fallback step raises the temperature by this (whisper.cpp's and
+/// OpenAI's default).
+const FALLBACK_TEMPERATURE_STEP: f32 = 0.2;
+
+/// What every `whisper_full` of one decode shares.
+struct Full<'a> {
+    opts: &'a DecodeOptions,
+    prompt: Option<&'a str>,
+    abort: &'a Option<&'a Stop<'a>>,
+    audio_ctx: i32,
+}
+
+impl<'a> Full<'a> {
+    /// whisper.cpp's parameters for a greedy decode of at most
+    /// `max_tokens`, with its temperature fallback where `fallback`.
+    fn params(&self, max_tokens: usize, fallback: bool) -> FullParams<'a, 'a> {
+        let opts = self.opts;
+        // One sample per fallback temperature: a retry costs one decode.
+        let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
         params.set_n_threads(opts.threads.max(1) as i32);
         params.set_language(opts.language.as_deref());
         params.set_detect_language(false);
@@ -273,77 +354,32 @@ impl Worker {
         params.set_suppress_blank(true);
         params.set_suppress_nst(true);
         params.set_temperature(0.0);
-        if opts.fallback {
+        if fallback {
             // whisper.cpp's defaults (those of OpenAI's reference decoder).
-            params.set_temperature_inc(0.2);
-            params.set_entropy_thold(2.4);
-            params.set_logprob_thold(-1.0);
+            params.set_temperature_inc(FALLBACK_TEMPERATURE_STEP);
+            params.set_entropy_thold(beam::ENTROPY_MIN as f32);
+            params.set_logprob_thold(beam::MEAN_LOGPROB_MIN as f32);
         } else {
             // A partial must come back quickly; a bad one is caught by the
             // filters, and its final replaces it.
             params.set_temperature_inc(0.0);
         }
-        let prompt = opts.initial_prompt();
-        if let Some(prompt) = &prompt {
+        if let Some(prompt) = self.prompt {
             params.set_initial_prompt(prompt);
         }
-        if let Some(stop) = &abort {
-            // SAFETY: the callback only calls `stop`, which outlives `full`
-            // below (`abort` is borrowed for this whole call); whisper.cpp
-            // calls it between graph steps of this decode, and `Stop` is
-            // `Sync` for any thread of it that does.
+        if let Some(stop) = self.abort {
+            // SAFETY: the callback only calls `stop`, which outlives every
+            // `full` of this decode (`abort` is borrowed for the whole of
+            // `transcribe_unless`); whisper.cpp calls it between graph
+            // steps, and `Stop` is `Sync` for any thread of it that does.
             unsafe {
                 params.set_abort_callback(Some(abort_when));
                 params.set_abort_callback_user_data(stop as *const &Stop<'_> as *mut c_void);
             }
         }
-        let secs = audio.len() as f64 / 16_000.0;
-        let ctx = (secs * AUDIO_CTX_PER_SEC).ceil() as i32 + AUDIO_CTX_MARGIN;
-        params.set_audio_ctx(ctx.clamp(opts.min_audio_ctx.clamp(64, 1500), 1500));
-        // A runaway decode ("7, 7, 7, ...") stops at a length no speaker
-        // reaches: about 8 tokens a second plus some slack.
-        let max_tokens = (secs * 8.0) as usize + 24;
+        params.set_audio_ctx(self.audio_ctx);
         params.set_max_tokens(max_tokens as i32);
-        // Whisper wants at least a second of audio; pad short pieces.
-        let padded;
-        let audio = if audio.len() < 16_000 {
-            padded = {
-                let mut v = audio.to_vec();
-                v.resize(16_100, 0.0);
-                v
-            };
-            &padded[..]
-        } else {
-            audio
-        };
-        let state = &mut self.state;
-        if !searched {
-            return decode(state, params, audio, opts);
-        }
-        params.set_max_tokens(1);
-        params.set_temperature_inc(0.0);
-        let first = decode(state, params, audio, opts)?;
-        let lang = match opts.language.as_deref() {
-            Some(l) => whisper_rs::get_lang_id(l),
-            None => Some(state.full_lang_id_from_state()),
-        };
-        let prompt = Vocab::prompt(&self.ctx, opts.initial_prompt().as_deref(), lang)?;
-        let never = || false;
-        let stop: &Stop<'_> = abort.unwrap_or(&never);
-        let found = beam::search(
-            state,
-            &self.vocab,
-            &prompt,
-            opts.beam,
-            max_tokens,
-            opts.threads,
-            stop,
-        )?;
-        let text = found.map_or_else(String::new, |h| beam::text(&self.ctx, &h.tokens));
-        Ok(Decoded {
-            text: finish_text(&text, opts),
-            no_speech_prob: first.no_speech_prob,
-        })
+        params
     }
 }
 

@@ -117,9 +117,10 @@ pub struct Settings {
     /// Beam width for finals; 1 is greedy (fastest). Partials are always
     /// greedy.
     pub beam: usize,
-    /// Finals whose greedy decode looks failed (a repetition loop, low
-    /// confidence) are decoded again at a higher temperature (Whisper's
-    /// temperature fallback). Partials never are. Off: measured no gain on
+    /// Finals (and revisions) whose decode looks failed (a repetition
+    /// loop, low confidence) are decoded again at a higher temperature
+    /// (Whisper's temperature fallback), greedy or after a beam search.
+    /// Partials never are. Off: measured no gain on
     /// the held-out prompts (18.0% either way), and on hard audio the
     /// sampled retries can be worse than the greedy text (mixed-language
     /// nonsense on a synthetic voice).

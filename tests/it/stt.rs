@@ -626,6 +626,66 @@ fn a_revision_is_the_likeliest_text_whatever_the_worker_decoded_before() {
     );
 }
 
+/// Seen on the spoken-number recordings (`scripts/make-number-recordings.sh`):
+/// espeak-ng's Latin American voice saying an order number makes the
+/// revision's beam search loop ("El penímo, el fiel fiel fiel …", 14
+/// times). With `final_fallback` on, a searched text that loops (or is
+/// weak) is sampled again at a higher temperature, as whisper.cpp's own
+/// beam search did before stt searched itself (over those 31 recordings,
+/// `transcribe`: digits right 47.9% -> 57.5%). The script's recordings
+/// are the same on every run (sox's dither made them differ, and this
+/// decode with them).
+#[test]
+fn with_final_fallback_a_searched_decode_that_loops_is_sampled_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/make-number-recordings.sh"
+    );
+    let made = std::process::Command::new("bash")
+        .arg(script)
+        .arg(dir.path())
+        .output()
+        .expect("bash");
+    let why = String::from_utf8_lossy(&made.stderr);
+    assert!(made.status.success(), "{script} (espeak-ng, sox): {why}");
+    let file = dir.path().join("pedido1-es-419.wav");
+    let file = file.to_str().unwrap();
+    // The longest run of one word said again and again.
+    let longest_run = |out: &str| {
+        let text = out
+            .lines()
+            .find_map(|l| l.strip_prefix(file)?.strip_prefix('\t'))
+            .unwrap_or_else(|| panic!("no text in {out}"));
+        let words: Vec<String> = call_coach::text::normalise(text)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        let mut best = 0;
+        let mut run = 0;
+        for (i, w) in words.iter().enumerate() {
+            run = if i > 0 && words[i - 1] == *w {
+                run + 1
+            } else {
+                1
+            };
+            best = best.max(run);
+        }
+        (best, text.to_owned())
+    };
+    let (code, off, err) = transcribe(&[file], &[]);
+    assert_eq!(code, 0, "{err}");
+    let (run, text) = longest_run(&off);
+    assert!(
+        run >= 5,
+        "the case seen: without the fallback it loops: {text:?}"
+    );
+    let (code, on, err) = transcribe(&[file], &[("CALL_COACH_STT__FINAL_FALLBACK", "true")]);
+    assert_eq!(code, 0, "{err}");
+    let (run, text) = longest_run(&on);
+    assert!(run < 4, "with the fallback it does not: {text:?}");
+}
+
 /// Seen live, on a stream that played `queue-thereare` and then
 /// `screen-callee-options`: with the first final ("¿Pusted es al cliente
 /// número?") as Whisper's context, the second prompt's first utterance
