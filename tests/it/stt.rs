@@ -575,6 +575,13 @@ fn transcribe(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     crate::util::run_bin(None, &argv, &all)
 }
 
+/// The text `transcribe` printed for `file` (its lines are `FILE<TAB>text`).
+fn file_text<'a>(out: &'a str, file: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(file)?.strip_prefix('\t'))
+        .unwrap_or_else(|| panic!("no text for {file} in {out}"))
+}
+
 /// whisper.cpp's beam search draws its candidates at random (and one of
 /// its generators was seeded only when a worker's state was made), so a
 /// revision (beam 8) missed likely texts and depended on what the worker
@@ -596,12 +603,7 @@ fn a_revision_is_the_likeliest_text_whatever_the_worker_decoded_before() {
     .iter()
     .map(|f| sound(f).to_string_lossy().into_owned())
     .collect();
-    let text = |out: &str, file: &str| -> String {
-        out.lines()
-            .find_map(|l| l.strip_prefix(file)?.strip_prefix('\t'))
-            .unwrap_or_else(|| panic!("no text for {file} in {out}"))
-            .to_owned()
-    };
+    let text = |out: &str, file: &str| file_text(out, file).to_owned();
     let args: Vec<&str> = files.iter().map(String::as_str).collect();
     let (code, batch, err) = transcribe(&args, &[]);
     assert_eq!(code, 0, "{err}");
@@ -653,25 +655,11 @@ fn with_final_fallback_a_searched_decode_that_loops_is_sampled_again() {
     let file = file.to_str().unwrap();
     // The longest run of one word said again and again.
     let longest_run = |out: &str| {
-        let text = out
-            .lines()
-            .find_map(|l| l.strip_prefix(file)?.strip_prefix('\t'))
-            .unwrap_or_else(|| panic!("no text in {out}"));
-        let words: Vec<String> = call_coach::text::normalise(text)
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
-        let mut best = 0;
-        let mut run = 0;
-        for (i, w) in words.iter().enumerate() {
-            run = if i > 0 && words[i - 1] == *w {
-                run + 1
-            } else {
-                1
-            };
-            best = best.max(run);
-        }
-        (best, text.to_owned())
+        let text = file_text(out, file);
+        let plain = call_coach::text::normalise(text);
+        let words: Vec<&str> = plain.split_whitespace().collect();
+        let run = words.chunk_by(|a, b| a == b).map(<[_]>::len).max();
+        (run.unwrap_or(0), text.to_owned())
     };
     let (code, off, err) = transcribe(&[file], &[]);
     assert_eq!(code, 0, "{err}");
